@@ -1,0 +1,246 @@
+"""DiT flow-matching model for mel spectrograms with per-layer gates (paper, App. A.4).
+
+Input interface (index 0 of the hidden states)::
+
+    h_0 = Linear([x_t | token embedding interpolated to mel rate | reference mel])
+
+Block l (1-based) adds its whole residual update, scaled by a gate g_l::
+
+    a   = gate_msa * Attn(modulate(LN(h), shift_msa, scale_msa))
+    m   = gate_mlp * MLP(modulate(LN(h + a), shift_mlp, scale_mlp))
+    h_l = h_{l-1} + g_l * (a + m)
+
+with adaLN-Zero modulation from the sinusoidal time embedding (all six
+modulation vectors come from one zero-initialised linear layer, so each block
+starts as the identity). ``g_l = 1`` is the ordinary model; ``g_l = 0`` removes
+block l exactly (``h_l == h_{l-1}`` bitwise), which is what FoG-A measures.
+
+Positions: rotary position embedding (RoPE) on queries and keys inside every
+attention layer. It is relative, needs no maximum length, and leaves the
+residual stream free of an additive position signal, so the pooled hidden
+states the probes read carry no position bias.
+
+Token ids: 0 is padding (``PAD_ID``); sequences are left-aligned (real tokens
+first). Each sample's real tokens are linearly interpolated to its real mel
+length inside the model (``F.interpolate(mode="linear", align_corners=False)``
+semantics), so token rate and mel rate are independent.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PAD_ID = 0
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, scale: float = 1000.0) -> Tensor:
+    """Sinusoidal embedding of flow time ``t`` in [0, 1] (scaled by ``scale``) -> [B, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = (t.float() * scale)[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def interpolate_tokens(emb: Tensor, n_tokens: Tensor, n_frames: Tensor, T: int) -> Tensor:
+    """Linearly resample each sample's first ``n_tokens[b]`` rows of ``emb`` [B, N, D]
+    to ``n_frames[b]`` frames, zero beyond, -> [B, T, D]."""
+    B, N, D = emb.shape
+    n = n_tokens.clamp(min=1).to(emb.dtype)[:, None]
+    nf = n_frames.clamp(min=1).to(emb.dtype)[:, None]
+    i = torch.arange(T, device=emb.device, dtype=emb.dtype)[None]
+    pos = ((i + 0.5) * n / nf - 0.5).clamp(min=0)
+    pos = torch.minimum(pos, n - 1)
+    lo = pos.floor().long()
+    hi = torch.minimum(lo + 1, (n - 1).long())
+    w = (pos - lo.to(emb.dtype))[..., None]
+    e_lo = torch.gather(emb, 1, lo[..., None].expand(B, T, D))
+    e_hi = torch.gather(emb, 1, hi[..., None].expand(B, T, D))
+    out = e_lo * (1 - w) + e_hi * w
+    valid = i < n_frames[:, None]
+    return out * valid[..., None].to(emb.dtype)
+
+
+class Rotary(nn.Module):
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+        inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def forward(self, T: int, device) -> tuple[Tensor, Tensor]:
+        pos = torch.arange(T, device=device, dtype=torch.float32)
+        f = torch.outer(pos, self.inv_freq.to(device))
+        f = torch.cat([f, f], dim=-1)
+        return f.cos(), f.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+@dataclass
+class Context:
+    """What every block needs besides the residual stream (computed once per forward)."""
+
+    c: Tensor                 # [B, dim] time embedding
+    cos: Tensor               # [T, head_dim] rotary tables
+    sin: Tensor
+    attn_mask: Tensor | None  # [B, 1, 1, T] bool, True = attend
+    mask: Tensor | None       # [B, T] bool, True = real frame
+
+    def repeat(self, k: int) -> "Context":
+        """The same context for a batch stacked ``k`` times along dim 0."""
+        rep = lambda x: None if x is None else x.repeat(k, *([1] * (x.dim() - 1)))
+        return Context(rep(self.c), self.cos, self.sin, rep(self.attn_mask), rep(self.mask))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim {dim} is not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, n_heads: int, ff_mult: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, n_heads, dropout)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(approximate="tanh"),
+                                 nn.Dropout(dropout), nn.Linear(ff_mult * dim, dim))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def update(self, h: Tensor, ctx: Context) -> Tensor:
+        """The block's whole residual update u_l (so that h_l = h_{l-1} + g_l * u_l)."""
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(ctx.c).chunk(6, dim=-1)
+        a = g1[:, None] * self.attn(modulate(self.norm1(h), sh1, sc1), ctx)
+        m = g2[:, None] * self.mlp(modulate(self.norm2(h + a), sh2, sc2))
+        return a + m
+
+    def forward(self, h: Tensor, ctx: Context, gate: Tensor | None = None) -> Tensor:
+        u = self.update(h, ctx)
+        if gate is None:
+            return h + u
+        return h + gate.to(u.dtype).view(-1, 1, 1) * u
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, n_mels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = nn.Linear(dim, n_mels)
+        for layer in (self.ada[1], self.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, h: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.ada(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(h), shift, scale))
+
+
+class DiT(nn.Module):
+    """Token- and prompt-conditioned DiT predicting the flow-matching velocity of a mel."""
+
+    def __init__(self, n_layers: int = 12, dim: int = 192, n_heads: int = 4, n_mels: int = 100,
+                 vocab_size: int = 1024, ff_mult: int = 4, dropout: float = 0.0,
+                 token_dim: int | None = None, time_freq_dim: int = 256):
+        super().__init__()
+        self.n_layers, self.dim, self.n_mels, self.vocab_size = n_layers, dim, n_mels, vocab_size
+        token_dim = token_dim or dim
+        self.token_emb = nn.Embedding(vocab_size, token_dim, padding_idx=PAD_ID)
+        self.time_freq_dim = time_freq_dim
+        self.time_mlp = nn.Sequential(nn.Linear(time_freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.input_proj = nn.Linear(2 * n_mels + token_dim, dim)
+        self.rotary = Rotary(dim // n_heads)
+        self.blocks = nn.ModuleList([Block(dim, n_heads, ff_mult, dropout) for _ in range(n_layers)])
+        self.final = FinalLayer(dim, n_mels)
+
+    # -- the three pieces of a forward pass (used separately by the probes) --
+
+    def prepare(self, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None = None,
+                drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None) -> tuple[Tensor, Context]:
+        """Input interface h_0 [B, T, dim] and the shared per-forward context."""
+        B, T, _ = x_t.shape
+        if tokens.dim() != 2 or tokens.shape[0] != B:
+            raise ValueError(f"tokens must be [B, N] with B={B}, got {tuple(tokens.shape)}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        n_frames = mask.sum(1) if mask is not None else torch.full((B,), T, device=x_t.device)
+        n_tokens = (tokens != PAD_ID).sum(1)
+        tok = interpolate_tokens(self.token_emb(tokens), n_tokens, n_frames, T)
+        if drop_tokens is not None:
+            tok = tok * (~drop_tokens.bool()).to(tok.dtype)[:, None, None]
+        if drop_prompt is not None:
+            prompt = prompt * (~drop_prompt.bool()).to(prompt.dtype)[:, None, None]
+        h0 = self.input_proj(torch.cat([x_t, tok, prompt], dim=-1))
+        c = self.time_mlp(timestep_embedding(t.reshape(B), self.time_freq_dim).to(h0.dtype))
+        cos, sin = self.rotary(T, x_t.device)
+        attn_mask = None if mask is None else mask.bool()[:, None, None, :]
+        return h0, Context(c, cos, sin, attn_mask, None if mask is None else mask.bool())
+
+    def output(self, h: Tensor, ctx: Context) -> Tensor:
+        return self.final(h, ctx.c)
+
+    @staticmethod
+    def gate_columns(gates: Tensor | None, B: int, L: int) -> list[Tensor | None]:
+        """Per-layer gate vectors [B] from gates [L] or [B, L] (None -> no gating)."""
+        if gates is None:
+            return [None] * L
+        if gates.dim() == 1:
+            if gates.shape[0] != L:
+                raise ValueError(f"gates must have {L} entries, got {gates.shape[0]}")
+            gates = gates[None].expand(B, L)
+        elif gates.shape != (B, L):
+            raise ValueError(f"gates must be [L] or [B, L] = [{B}, {L}], got {tuple(gates.shape)}")
+        return [gates[:, i] for i in range(L)]
+
+    def forward(self, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None = None,
+                gates: Tensor | None = None, return_hidden: bool = False,
+                drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None):
+        h, ctx = self.prepare(x_t, t, tokens, prompt, mask, drop_tokens, drop_prompt)
+        hidden = [h]
+        for block, g in zip(self.blocks, self.gate_columns(gates, x_t.shape[0], self.n_layers)):
+            h = block(h, ctx, g)
+            if return_hidden:
+                hidden.append(h)
+        v = self.output(h, ctx)
+        return (v, hidden) if return_hidden else v
+
+
+def build_model(cfg: dict, vocab_size: int) -> DiT:
+    """A DiT from the config's ``model`` section."""
+    m = cfg["model"]
+    return DiT(n_layers=m["n_layers"], dim=m["dim"], n_heads=m["n_heads"], n_mels=cfg["audio"]["n_mels"],
+               vocab_size=vocab_size, ff_mult=m.get("ff_mult", 4), dropout=m.get("dropout", 0.0),
+               token_dim=m.get("token_dim"))

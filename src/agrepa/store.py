@@ -1,0 +1,122 @@
+"""Sharded tensor store keyed by clip id (mels, teacher embeddings, tokens).
+
+Layout of a store directory::
+
+    DIR/shard-00000.safetensors   tensors named "<clip id>::<name>"
+    DIR/shard-00001.safetensors
+    DIR/index.json                {"meta": {...}, "shards": {clip id: shard file}}
+
+``index.json`` is written last and atomically, so a store without it is
+incomplete (a killed job) and is never read. Rules name ``DIR/index.json`` as
+their output.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import io
+
+SEP = "::"
+
+
+class StoreWriter:
+    """Write ``{clip id: {name: tensor}}`` into shards of ``shard_size`` clips."""
+
+    def __init__(self, out_dir: str | os.PathLike, meta: dict[str, Any] | None = None,
+                 shard_size: int = 512):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.meta = dict(meta or {})
+        self.shard_size = shard_size
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_keys: list[str] = []
+        self._shards: dict[str, str] = {}
+        self._n_shard = 0
+
+    def add(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        if SEP in key:
+            raise ValueError(f"clip id {key!r} contains the reserved separator {SEP!r}")
+        if key in self._shards or key in self._pending_keys:
+            raise ValueError(f"clip id {key!r} added twice")
+        for name, t in tensors.items():
+            self._pending[f"{key}{SEP}{name}"] = t.detach().cpu().contiguous()
+        self._pending_keys.append(key)
+        if len(self._pending_keys) >= self.shard_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending_keys:
+            return
+        name = f"shard-{self._n_shard:05d}.safetensors"
+        with io.atomic_path(self.out_dir / name) as tmp:
+            save_file(self._pending, str(tmp))
+        for key in self._pending_keys:
+            self._shards[key] = name
+        self._n_shard += 1
+        self._pending, self._pending_keys = {}, []
+
+    def close(self) -> Path:
+        self._flush()
+        live = set(self._shards.values())
+        for stale in self.out_dir.glob("shard-*.safetensors"):
+            if stale.name not in live:
+                stale.unlink()
+        index = self.out_dir / "index.json"
+        io.write_json(index, {"meta": self.meta, "shards": self._shards})
+        return index
+
+
+class Store:
+    """Read a store written by :class:`StoreWriter`."""
+
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        self.dir = path.parent if path.name == "index.json" else path
+        index_path = self.dir / "index.json"
+        if not index_path.exists():
+            raise FileNotFoundError(f"{index_path}: store index missing (incomplete or never built)")
+        index = io.read_json(index_path)
+        if not isinstance(index, dict) or "shards" not in index:
+            raise ValueError(f"{index_path}: not a store index (no 'shards' key)")
+        self.meta: dict[str, Any] = index.get("meta", {})
+        self._shards: dict[str, str] = index["shards"]
+        self._handles: dict[str, Any] = {}
+
+    def keys(self) -> list[str]:
+        return list(self._shards)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._shards
+
+    def __len__(self) -> int:
+        return len(self._shards)
+
+    def _handle(self, shard: str):
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.dir / shard), framework="pt")
+        return self._handles[shard]
+
+    def get(self, key: str) -> dict[str, torch.Tensor]:
+        try:
+            shard = self._shards[key]
+        except KeyError:
+            raise KeyError(f"{self.dir}: no entry for clip id {key!r}") from None
+        h = self._handle(shard)
+        prefix = f"{key}{SEP}"
+        return {k[len(prefix):]: h.get_tensor(k) for k in h.keys() if k.startswith(prefix)}
+
+    def load(self, name: str, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """``{clip id: tensor}`` for one tensor name, for all (or the given) clips."""
+        out = {}
+        for key in (self.keys() if keys is None else keys):
+            shard = self._shards.get(key)
+            if shard is None:
+                raise KeyError(f"{self.dir}: no entry for clip id {key!r}")
+            out[key] = self._handle(shard).get_tensor(f"{key}{SEP}{name}")
+        return out
