@@ -1,0 +1,77 @@
+"""Config merging, atomic writes and the sharded tensor store."""
+import os
+
+import pytest
+import torch
+
+from agrepa import config, io
+from agrepa.store import Store, StoreWriter
+
+
+def test_deep_merge_and_overrides(tmp_path):
+    base = tmp_path / "base.yaml"
+    over = tmp_path / "over.yaml"
+    base.write_text("model: {dim: 192, n_layers: 12}\nseeds: [0, 1, 2]\n")
+    over.write_text("model: {dim: 64}\n")
+    cfg = config.load([base, over], ["model.n_heads=4", "seeds=[5]"])
+    assert cfg == {"model": {"dim": 64, "n_layers": 12, "n_heads": 4}, "seeds": [5]}
+    assert config.get(cfg, "model.dim") == 64
+    with pytest.raises(KeyError, match="model.ff_mult"):
+        config.get(cfg, "model.ff_mult")
+
+
+def test_config_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ValueError, match="bad.yaml: not valid YAML"):
+        config.load(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n")
+    with pytest.raises(ValueError, match="list.yaml: a config must be a mapping"):
+        config.load(lst)
+    with pytest.raises(ValueError, match="expected KEY.PATH=VALUE"):
+        config.load(None, ["model.dim"])
+
+
+def test_default_config_loads():
+    cfg = config.load()
+    assert cfg["audio"]["sample_rate"] == 24000 and cfg["audio"]["n_mels"] == 100
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    io.write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed")
+    assert io.read_json(target) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_store_roundtrip_and_incomplete_store(tmp_path):
+    w = StoreWriter(tmp_path / "s", meta={"k": 1}, shard_size=2)
+    tensors = {f"clip{i}": torch.randn(i + 1, 3) for i in range(5)}
+    for i, (key, t) in enumerate(tensors.items()):
+        w.add(key, {"x": t, "n": torch.tensor(i)})
+    w.close()
+    s = Store(tmp_path / "s" / "index.json")
+    assert s.meta == {"k": 1} and len(s) == 5 and "clip3" in s
+    assert len(list((tmp_path / "s").glob("shard-*.safetensors"))) == 3
+    for key, t in tensors.items():
+        assert torch.equal(s.get(key)["x"], t)
+    assert torch.equal(s.load("x")["clip4"], tensors["clip4"])
+    with pytest.raises(KeyError, match="nope"):
+        s.get("nope")
+    os.remove(tmp_path / "s" / "index.json")
+    with pytest.raises(FileNotFoundError, match="store index missing"):
+        Store(tmp_path / "s")
+
+
+def test_store_rejects_duplicate_and_reserved_ids(tmp_path):
+    w = StoreWriter(tmp_path / "s")
+    w.add("a", {"x": torch.zeros(1)})
+    with pytest.raises(ValueError, match="added twice"):
+        w.add("a", {"x": torch.zeros(1)})
+    with pytest.raises(ValueError, match="reserved separator"):
+        w.add("a::b", {"x": torch.zeros(1)})
