@@ -1,0 +1,137 @@
+"""FoG-A: forward-only gate ablation (paper, Sec. 4.3, Eqs. 7-9).
+
+For every block l (1-based) the ablated velocity ``v^(l)`` is the model's
+velocity with gate ``g_l = 0`` and every other gate 1. The score of layer l is::
+
+    FoG-A_l = mean_b  ||v_b - v_b^(l)|| / (||v_b|| + eps)
+
+with the norms taken over every valid (unpadded) element of sample b, i.e.
+over the real frames x all mel bins.
+
+:func:`foga` computes all L ablations exactly but shares the work:
+
+* the embedding and the context (time embedding, rotary tables, attention
+  mask) are computed once;
+* one clean forward caches h_0..h_L; ablating block l leaves h_0..h_{l-1}
+  unchanged and makes block l's output equal to h_{l-1}, so each ablated
+  stream starts from the cached clean state and only runs blocks l+1..L;
+* the live ablated streams are stacked along the batch dimension
+  (``ctx.repeat(k)``) and pushed through each block together.
+
+Cost: L(L+1)/2 block-sample evaluations (clean L + sum_l (L-l)) against
+L(L+1) for the naive loop of L gated forwards (plus the clean one), and every
+block sees one large batch instead of L small ones. ``max_streams`` bounds how
+many ablations travel together (memory ~ max_streams x B x T x dim).
+:func:`foga_naive` is the reference loop of gated full forwards.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .model import DiT
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode (no dropout) and restore its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def valid_elements(mask: Tensor | None, like: Tensor) -> Tensor:
+    """Float weights [B, T, 1] that are 1 on real frames and 0 on padding (all 1 without a mask)."""
+    if mask is None:
+        return torch.ones(like.shape[0], like.shape[1], 1, dtype=like.dtype, device=like.device)
+    if mask.shape != like.shape[:2]:
+        raise ValueError(f"mask must be [B, T] = {tuple(like.shape[:2])}, got {tuple(mask.shape)}")
+    return mask.to(like.dtype)[..., None]
+
+
+def relative_deviation(v: Tensor, v_abl: Tensor, mask: Tensor | None, eps: float) -> Tensor:
+    """``||v_b - v_abl_b|| / (||v_b|| + eps)`` per sample; norms over valid elements.
+
+    ``v`` is [B, T, C]; ``v_abl`` holds k ablations stacked along dim 0
+    ([k*B, T, C], k >= 1). Returns [k, B].
+    """
+    B = v.shape[0]
+    k = v_abl.shape[0] // B
+    if k < 1 or v_abl.shape[0] != k * B or v_abl.shape[1:] != v.shape[1:]:
+        raise ValueError(f"ablated velocity {tuple(v_abl.shape)} is not k stacked copies of {tuple(v.shape)}")
+    w = valid_elements(mask, v)
+    ref = (v * w).flatten(1).norm(dim=1)                                   # [B]
+    diff = ((v_abl.view(k, *v.shape) - v[None]) * w[None]).flatten(2).norm(dim=2)  # [k, B]
+    return diff / (ref[None] + eps)
+
+
+@torch.no_grad()
+def foga_per_sample(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
+                    mask: Tensor | None = None, eps: float = 1e-6,
+                    max_streams: int | None = None) -> Tensor:
+    """FoG-A per sample and layer -> [B, L] (column l-1 is block l), computed with shared work.
+
+    ``max_streams``: at most this many ablated streams are stacked through a
+    block at once (None: all L). The result does not depend on it.
+    """
+    L = model.n_layers
+    if max_streams is not None and max_streams < 1:
+        raise ValueError(f"max_streams must be >= 1 or None, got {max_streams}")
+    G = L if max_streams is None else min(max_streams, L)
+    with eval_mode(model):
+        h, ctx = model.prepare(x_t, t, tokens, prompt, mask)
+        hidden = [h]                                       # hidden[j] = h_j (clean)
+        for block in model.blocks:
+            h = block(h, ctx)
+            hidden.append(h)
+        v = model.output(h, ctx)
+        B = v.shape[0]
+        ctxs = {1: ctx}
+
+        def ctx_k(k: int):
+            if k not in ctxs:
+                ctxs[k] = ctx.repeat(k)
+            return ctxs[k]
+
+        scores = torch.empty(L, B, dtype=v.dtype, device=v.device)
+        for a in range(1, L + 1, G):                      # ablations a..b travel together
+            b = min(a + G - 1, L)
+            streams: Tensor | None = None
+            for j in range(a, L + 1):                     # block j (1-based)
+                if streams is not None:                   # ablations a..min(j-1, b) pass block j
+                    streams = model.blocks[j - 1](streams, ctx_k(streams.shape[0] // B))
+                if j <= b:                                # ablation j: block j's output is h_{j-1}
+                    streams = hidden[j - 1] if streams is None else torch.cat([streams, hidden[j - 1]])
+            k = b - a + 1
+            v_abl = model.output(streams, ctx_k(k))
+            scores[a - 1:b] = relative_deviation(v, v_abl, mask, eps).view(k, B)
+        return scores.T.contiguous()
+
+
+def foga(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
+         mask: Tensor | None = None, eps: float = 1e-6, max_streams: int | None = None) -> Tensor:
+    """FoG-A score per layer -> Tensor[L] (index l-1 is block l): mean over samples of
+    ``||v - v^(l)|| / (||v|| + eps)``. Exact; see the module docstring for how work is shared."""
+    return foga_per_sample(model, x_t, t, tokens, prompt, mask, eps, max_streams).mean(0)
+
+
+@torch.no_grad()
+def foga_naive(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
+               mask: Tensor | None = None, eps: float = 1e-6) -> Tensor:
+    """Reference FoG-A -> Tensor[L]: one full gated forward per layer (g_l = 0, others 1)."""
+    L = model.n_layers
+    with eval_mode(model):
+        v = model(x_t, t, tokens, prompt, mask)
+        out = []
+        for l in range(L):
+            gates = torch.ones(L, dtype=v.dtype, device=v.device)
+            gates[l] = 0
+            v_abl = model(x_t, t, tokens, prompt, mask, gates=gates)
+            out.append(relative_deviation(v, v_abl, mask, eps)[0].mean())
+        return torch.stack(out)

@@ -1,0 +1,349 @@
+"""Layer probes of a warm-up checkpoint: FoG-A, LASP (BiT-C across depth) and gradient norm.
+
+* **FoG-A** ("what a layer does", Sec. 4.3): :mod:`agrepa.foga`.
+* **LASP** ("what a layer knows", Sec. 4.2, Eq. 6): every hidden state h_l,
+  l = 0..L (0 = input interface), is pooled over its valid frames and scored by
+  ONE frozen head per teacher, shared by all layers (the BiT-C interface head):
+  ``cos(head(LN(pool(h_l))), teacher embedding)``. Speech samples use the
+  semantic head and teacher (Cos-SEM), audio samples the acoustic ones (Cos-EVT).
+* **Gradient norm** (Table 3's baseline): for block l, the L2 norm over all of
+  block l's parameters of dL_FM/dtheta_l, where L_FM is the training
+  flow-matching loss (``agrepa.alignment.flow_matching_loss``) of one probe batch
+  averaged over the probe t grid (same x0, x1 for every t;
+  ``probe.gradnorm_t_grid`` overrides the grid).
+  Each batch gives one norm per block; the CSV reports the mean and std of the
+  per-batch norms over the probe batches of a domain.
+
+The probe CLI (``agrepa probe``) runs all three on real training clips:
+x_t = (1 - t) x0 + t x1 with x1 the normalised mel and x0 fixed Gaussian noise
+(``probe.seed``), for every t in ``probe.t_grid``, per domain, over
+``probe.n_batches`` batches, and writes a tidy CSV with columns
+``config, seed, domain, probe, layer, t, score, spread, n`` (``spread`` = std of
+the per-batch scores across batches, NaN with one batch; ``n`` = samples).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from . import config as config_mod
+from . import io
+from .foga import eval_mode, foga_per_sample
+from .model import DiT
+
+log = logging.getLogger(__name__)
+
+DOMAINS = ("speech", "audio")                 # domain index 0, 1 in a batch's ``domain``
+PROBES = ("foga", "lasp", "gradnorm")
+CSV_COLUMNS = ["config", "seed", "domain", "probe", "layer", "t", "score", "spread", "n"]
+
+# score_fn(h [B, T, D], mask [B, T] | None) -> cosine per sample [B]
+ScoreFn = Callable[[Tensor, "Tensor | None"], Tensor]
+
+
+# --------------------------------------------------------------------------- LASP
+
+@torch.no_grad()
+def lasp_per_sample(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
+                    mask: Tensor | None, score_fn: ScoreFn) -> Tensor:
+    """LASP per sample and hidden state -> [B, L+1] (column l is h_l; 0 = input interface).
+
+    ``score_fn`` is the one frozen head (with its teacher targets) applied to
+    every layer, so all depths are scored in the same space.
+    """
+    with eval_mode(model):
+        _, hidden = model(x_t, t, tokens, prompt, mask, return_hidden=True)
+        return torch.stack([score_fn(h, mask) for h in hidden], dim=1)
+
+
+def lasp(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
+         mask: Tensor | None, score_fn: ScoreFn) -> Tensor:
+    """LASP score per hidden state -> Tensor[L+1]: mean over samples of the shared head's cosine."""
+    return lasp_per_sample(model, x_t, t, tokens, prompt, mask, score_fn).mean(0)
+
+
+def bitc_scorer(heads, domain: str, target: Tensor) -> ScoreFn:
+    """The shared frozen BiT-C head of ``domain`` ("speech" -> semantic, "audio" -> acoustic)
+    as a LASP ``score_fn`` against teacher embeddings ``target`` [B, D_teacher].
+
+    ``heads`` is an ``agrepa.alignment.BiTCHeads``; its ``cosine`` pools over
+    valid frames, applies LayerNorm and the teacher head and returns the cosine per sample.
+    """
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+
+    def score(h: Tensor, mask: Tensor | None) -> Tensor:
+        return heads.cosine(h, mask, domain, target)
+
+    return score
+
+
+# --------------------------------------------------------------------------- gradient norm
+
+def gradnorm(model: DiT, batch: dict, x0: Tensor, t_grid: Sequence[float],
+             loss_on_prompt: bool = True) -> Tensor:
+    """Per-block gradient norm -> Tensor[L] (index l-1 is block l).
+
+    ``||d L_FM / d theta_l||_2`` over all parameters of block l, with
+    L_FM = mean over ``t_grid`` of ``agrepa.alignment.flow_matching_loss`` on
+    ``batch`` (keys mel, mask, tokens, prompt[, prompt_mask]) from noise ``x0``
+    at flow time t for every sample. Model in eval mode (no dropout, no CFG drop).
+    The model's ``.grad`` fields and ``requires_grad`` flags are left untouched.
+    """
+    from .alignment import flow_matching_loss
+
+    if len(t_grid) == 0:
+        raise ValueError("gradnorm needs a non-empty t grid")
+    params = [list(block.parameters()) for block in model.blocks]
+    flat = [p for ps in params for p in ps]
+    flags = [p.requires_grad for p in flat]
+    x1 = batch["mel"]
+    B = x1.shape[0]
+    total = [torch.zeros_like(p) for p in flat]
+    try:
+        for p in flat:
+            p.requires_grad_(True)
+        with eval_mode(model), torch.enable_grad():
+            for t in t_grid:
+                tt = torch.full((B,), float(t), dtype=x1.dtype, device=x1.device)
+                loss = flow_matching_loss(model, batch, tt, x0, loss_on_prompt=loss_on_prompt).loss
+                grads = torch.autograd.grad(loss / len(t_grid), flat, allow_unused=True)
+                for acc, g in zip(total, grads):
+                    if g is not None:
+                        acc.add_(g)
+    finally:
+        for p, f in zip(flat, flags):
+            p.requires_grad_(f)
+    out, i = [], 0
+    for ps in params:
+        out.append(torch.sqrt(sum(g.double().pow(2).sum() for g in total[i:i + len(ps)])))
+        i += len(ps)
+    return torch.stack(out).float()
+
+
+# --------------------------------------------------------------------------- the probe sweep
+
+def fixed_noise(like: Tensor, seed: int, domain_index: int, batch_index: int) -> Tensor:
+    """x0 for one probe batch: standard normal drawn on CPU from a generator seeded by
+    (seed, domain, batch), so it depends on nothing else (device, other batches)."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + domain_index * 10_007 + batch_index)
+    return torch.randn(like.shape, generator=g, dtype=torch.float32).to(device=like.device, dtype=like.dtype)
+
+
+def _summarise(per_batch: list[Tensor], n: int, meta: dict, first_layer: int) -> list[dict]:
+    stacked = torch.stack(per_batch).double()              # [n_batches, layers]
+    mean = stacked.mean(0)
+    spread = stacked.std(0, unbiased=True) if stacked.shape[0] > 1 else torch.full_like(mean, math.nan)
+    return [dict(meta, layer=first_layer + i, score=float(mean[i]), spread=float(spread[i]), n=n)
+            for i in range(stacked.shape[1])]
+
+
+def run_probes(model: DiT, batches: dict[str, list[dict]], t_grid: Sequence[float], *,
+               noise_seed: int, eps: float = 1e-6, scorers: dict[str, Callable[[dict], ScoreFn]] | None = None,
+               probes: Iterable[str] = PROBES, config_name: str = "", seed: int = 0,
+               max_streams: int | None = None, gradnorm_t_grid: Sequence[float] | None = None,
+               loss_on_prompt: bool = True) -> pd.DataFrame:
+    """Run the probes over per-domain batches -> tidy DataFrame (:data:`CSV_COLUMNS`).
+
+    ``batches[domain]`` is a list of batch dicts with ``mel`` [B, T, n_mels]
+    (normalised x1), ``mask`` [B, T], ``tokens`` [B, N], ``prompt`` [B, T, n_mels].
+    ``scorers[domain](batch)`` returns the LASP ``score_fn`` for that batch
+    (the shared head against the batch's teacher embeddings); needed for "lasp".
+    Scores are per-batch means over samples; the row's score is the mean over
+    batches and ``spread`` their std. ``gradnorm_t_grid`` (default ``t_grid``)
+    are the flow times averaged in the gradient-norm loss; with
+    ``loss_on_prompt=False`` that loss leaves out the batch's ``prompt_mask`` frames
+    (as ``train.loss_on_prompt`` does in training; needs ``prompt_mask``).
+    """
+    from .alignment import ot_path
+
+    grad_grid = list(t_grid if gradnorm_t_grid is None else gradnorm_t_grid)
+    probes = list(probes)
+    unknown = set(probes) - set(PROBES)
+    if unknown:
+        raise ValueError(f"unknown probe(s) {sorted(unknown)}; choose from {PROBES}")
+    if "lasp" in probes and not scorers:
+        raise ValueError("the lasp probe needs scorers (one shared head per domain)")
+    rows: list[dict] = []
+    for domain, blist in batches.items():
+        if domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+        if not blist:
+            log.warning("no probe batches for domain %s; skipped", domain)
+            continue
+        d_idx = DOMAINS.index(domain)
+        foga_b = {t: [] for t in t_grid}
+        lasp_b = {t: [] for t in t_grid}
+        grad_b: list[Tensor] = []
+        n = 0
+        steps = tqdm(total=len(blist) * (len(t_grid) + ("gradnorm" in probes)), desc=f"probe {domain}",
+                     leave=False)
+        for i, batch in enumerate(blist):
+            x1, mask = batch["mel"], batch.get("mask")
+            tokens, prompt = batch["tokens"], batch["prompt"]
+            x0 = fixed_noise(x1, noise_seed, d_idx, i)
+            if mask is not None:
+                x0 = x0 * mask.to(x0.dtype)[..., None]
+            n += x1.shape[0]
+            score_fn = scorers[domain](batch) if "lasp" in probes else None
+            for t in t_grid:
+                tt = torch.full((x1.shape[0],), float(t), dtype=x1.dtype, device=x1.device)
+                x_t, _ = ot_path(x0, x1, tt)
+                if "foga" in probes:
+                    foga_b[t].append(foga_per_sample(model, x_t, tt, tokens, prompt, mask, eps,
+                                                     max_streams).mean(0).cpu())
+                if "lasp" in probes:
+                    lasp_b[t].append(lasp(model, x_t, tt, tokens, prompt, mask, score_fn).cpu())
+                steps.update()
+            if "gradnorm" in probes:
+                grad_b.append(gradnorm(model, batch, x0, grad_grid, loss_on_prompt).cpu())
+                steps.update()
+        steps.close()
+        base = {"config": config_name, "seed": seed, "domain": domain}
+        for t in t_grid:
+            if "foga" in probes:
+                rows += _summarise(foga_b[t], n, dict(base, probe="foga", t=float(t)), 1)
+            if "lasp" in probes:
+                rows += _summarise(lasp_b[t], n, dict(base, probe="lasp", t=float(t)), 0)
+        if "gradnorm" in probes:
+            rows += _summarise(grad_b, n, dict(base, probe="gradnorm", t=math.nan), 1)
+        log.info("probed %s: %d batches, %d samples", domain, len(blist), n)
+    return pd.DataFrame(rows, columns=CSV_COLUMNS)
+
+
+def read_probes(path: str | Path) -> pd.DataFrame:
+    """Read a probes CSV and check its columns and values; errors name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: probes CSV not found")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable CSV ({err})") from None
+    missing = [c for c in CSV_COLUMNS if c not in df.columns and c != "n"]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing} (expected {CSV_COLUMNS})")
+    bad = sorted(set(df["probe"]) - set(PROBES))
+    if bad:
+        raise ValueError(f"{path}: unknown probe name(s) {bad}")
+    bad = sorted(set(df["domain"]) - set(DOMAINS))
+    if bad:
+        raise ValueError(f"{path}: unknown domain(s) {bad}")
+    df["config"] = df["config"].astype(str)
+    return df
+
+
+# --------------------------------------------------------------------------- CLI
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+
+
+def split_by_domain(batch: dict) -> dict[str, dict]:
+    """Split a mixed batch dict by its ``domain`` [B] (0 speech, 1 audio) into per-domain batches."""
+    out = {}
+    dom = batch["domain"]
+    B = len(dom)
+    for i, name in enumerate(DOMAINS):
+        idx = torch.nonzero(torch.as_tensor(dom) == i).flatten()
+        if len(idx) == 0:
+            continue
+        sub = {}
+        for k, v in batch.items():
+            if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == B:
+                sub[k] = v[idx]
+            elif isinstance(v, (list, tuple)) and len(v) == B:
+                sub[k] = [v[j] for j in idx.tolist()]
+            else:
+                sub[k] = v
+        out[name] = sub
+    return out
+
+
+def cmd_probe(args) -> int:
+    cfg = config_mod.from_args(args)
+    pcfg = config_mod.get(cfg, "probe")
+    t_grid = [float(t) for t in config_mod.get(cfg, "probe.t_grid")]
+    if not t_grid or any(not 0.0 <= t <= 1.0 for t in t_grid):
+        raise ValueError(f"config key 'probe.t_grid': need flow times in [0, 1], got {t_grid}")
+    torch.manual_seed(int(pcfg["seed"]))
+    from .train import load_checkpoint                        # the training stage owns checkpoints
+
+    ckpt = Path(args.ckpt)
+    if not ckpt.exists():
+        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
+    run = load_checkpoint(ckpt, use_ema=True)
+    device = resolve_device(str(cfg.get("device", "auto")))
+    model = run.model.to(device)
+    heads = run.bitc.to(device) if run.bitc is not None else None
+    probes = [p.strip() for p in args.probes.split(",") if p.strip()]
+    if "lasp" in probes and heads is None:
+        raise ValueError(f"{ckpt}: checkpoint has no BiT-C heads, so the lasp probe cannot run "
+                         f"(train the warm-up with BiT-C, or pass --probes without lasp)")
+    batches = probe_batches(cfg, args, device)
+    scorers = {
+        "speech": lambda b: bitc_scorer(heads, "speech", b["emb_semantic"]),
+        "audio": lambda b: bitc_scorer(heads, "audio", b["emb_acoustic"]),
+    }
+    config_name = args.token_config or str(run.cfg.get("token_config", "") if isinstance(run.cfg, dict) else "")
+    df = run_probes(model, batches, t_grid, noise_seed=int(pcfg["seed"]), eps=float(pcfg["eps"]),
+                    scorers=scorers, probes=probes, config_name=config_name, seed=args.seed,
+                    max_streams=pcfg.get("foga_max_streams"), gradnorm_t_grid=pcfg.get("gradnorm_t_grid"),
+                    loss_on_prompt=bool(config_mod.get(cfg, "train.loss_on_prompt", True)))
+    io.write_csv(args.out, df)
+    log.info("wrote %s (%d rows)", args.out, len(df))
+    return 0
+
+
+def probe_batches(cfg: dict, args, device: torch.device) -> dict[str, list[dict]]:
+    """``probe.n_batches`` deterministic batches of ``probe.batch_size`` clips per domain from
+    ``args.split`` (crops from frame 0, fixed prompt fraction: ``TrainingData.eval_batches``)."""
+    from .dataset import TrainingData                         # the training stage owns the loader
+
+    n_batches = int(config_mod.get(cfg, "probe.n_batches"))
+    bs = int(config_mod.get(cfg, "probe.batch_size"))
+    if n_batches < 1 or bs < 1:
+        raise ValueError(f"config keys 'probe.n_batches'/'probe.batch_size' must be >= 1, got {n_batches}/{bs}")
+    data = TrainingData(cfg, args.manifest, args.mels, args.tokens, args.semantic, args.acoustic,
+                        split=args.split)
+    out: dict[str, list[dict]] = {}
+    for domain in DOMAINS:
+        got = data.eval_batches(bs, domain=domain, limit=n_batches)
+        if len(got) < n_batches:
+            log.warning("%s split has only %d %s batch(es) of %d clips (probe.n_batches = %d)",
+                        args.split, len(got), domain, bs, n_batches)
+        out[domain] = [_to_device(b, device) for b in got]
+    return out
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("probe", help="FoG-A, LASP and gradient-norm probes of a warm-up checkpoint",
+                              description=__doc__.split("\n\n")[0])
+    config_mod.add_cli_args(p)
+    p.add_argument("--ckpt", required=True, help="warm-up checkpoint (final.pt)")
+    p.add_argument("--manifest", required=True, help="manifest.csv")
+    p.add_argument("--mels", required=True, help="mel store (dir or index.json)")
+    p.add_argument("--tokens", required=True, help="token store of this token config")
+    p.add_argument("--semantic", required=True, help="semantic teacher embedding store")
+    p.add_argument("--acoustic", required=True, help="acoustic teacher embedding store")
+    p.add_argument("--seed", type=int, required=True, help="the run's seed (recorded in the CSV)")
+    p.add_argument("--token-config", default=None, help="token config name for the CSV (default: from the run)")
+    p.add_argument("--split", default="train", help="manifest split to probe (the paper: train)")
+    p.add_argument("--probes", default=",".join(PROBES), help="comma list of foga,lasp,gradnorm")
+    p.add_argument("--out", required=True, help="probes.csv")
+    p.set_defaults(func=cmd_probe)
