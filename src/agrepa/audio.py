@@ -1,0 +1,146 @@
+"""Audio front end: loading, resampling and the Vocos log-mel spectrogram.
+
+The mel front end is exactly the one the pretrained Vocos vocoder
+(``charactr/vocos-mel-24khz``) was trained on, so mels we compute can be decoded
+by it and mels a model generates are in the space Vocos expects:
+
+* 24 kHz audio, STFT with ``n_fft = 1024``, ``hop = 256``, Hann window of 1024;
+* centred frames (reflect-padded by ``n_fft // 2`` each side), so a clip of ``N``
+  samples has ``T = 1 + N // hop`` frames -- 24000 / 256 = **93.75 frames per second**;
+* 100 HTK mel bands from 0 Hz to Nyquist, no filter normalisation, magnitude (power 1);
+* ``log(clamp(mel, 1e-7))``.
+
+All numbers come from the ``audio:`` section of the config.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+#: The Vocos front end; used when no config is given.
+VOCOS_AUDIO: dict[str, Any] = {
+    "sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "win_length": 1024,
+    "n_mels": 100, "power": 1.0, "center": True, "log_clamp": 1.0e-7,
+}
+
+
+def _audio_cfg(cfg_audio: dict | None) -> dict:
+    """The ``audio:`` section (accepts the whole config too), over the Vocos defaults."""
+    if cfg_audio is None:
+        return dict(VOCOS_AUDIO)
+    if "audio" in cfg_audio and isinstance(cfg_audio["audio"], dict):
+        cfg_audio = cfg_audio["audio"]
+    return {**VOCOS_AUDIO, **cfg_audio}
+
+
+def resample(wave: np.ndarray | torch.Tensor, orig_sr: int, new_sr: int) -> np.ndarray:
+    """Band-limited (windowed-sinc) resampling along the last axis, float32 out."""
+    x = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+    if int(orig_sr) != int(new_sr):
+        x = torchaudio.functional.resample(x, int(orig_sr), int(new_sr))
+    return x.numpy().astype(np.float32, copy=False)
+
+
+def peak_normalize(wave: np.ndarray, peak: float | None) -> np.ndarray:
+    """Scale so that ``max |wave| == peak`` (no-op for silence or ``peak=None``)."""
+    if peak is None:
+        return wave
+    top = float(np.max(np.abs(wave))) if wave.size else 0.0
+    if top <= 0.0:
+        return wave
+    return (wave * (peak / top)).astype(np.float32, copy=False)
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read a file with soundfile as float32 ``[frames, channels]`` and its sample rate.
+
+    Raises ``ValueError("<path>: ...")`` if the file cannot be decoded.
+    """
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: audio file not found") from None
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: audio file not found") from None
+        raise ValueError(f"{path}: unreadable or corrupt audio ({err})") from None
+    return data, int(sr)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = 24000,
+               peak: float | None = 0.95) -> np.ndarray:
+    """Load a wav/flac/ogg file as mono float32 ``[N]`` at ``sample_rate``.
+
+    Channels are averaged, the signal is resampled with
+    ``torchaudio.functional.resample`` and peak-normalised to ``peak``
+    (the config's ``audio.peak_normalize``; ``None`` keeps the level).
+    Raises ``ValueError("<path>: ...")`` for unreadable/corrupt files, empty
+    files and files with NaN/inf samples; ``FileNotFoundError`` if it is absent.
+    """
+    data, sr = read_audio(path)
+    if data.shape[0] == 0:
+        raise ValueError(f"{path}: empty audio file (zero samples)")
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"{path}: audio contains NaN or infinite samples")
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    mono = resample(mono, sr, sample_rate)
+    return peak_normalize(mono, peak)
+
+
+def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int,
+              subtype: str = "PCM_16") -> None:
+    """Write mono audio atomically as a WAV file (values clipped to [-1, 1])."""
+    from . import io
+
+    wave = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)
+    with io.atomic_path(path) as tmp:
+        sf.write(str(tmp), wave, int(sample_rate), subtype=subtype, format="WAV")
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_transform(sample_rate: int, n_fft: int, hop_length: int, win_length: int,
+                   n_mels: int, power: float, center: bool,
+                   device: str) -> torchaudio.transforms.MelSpectrogram:
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, win_length=win_length,
+        n_mels=n_mels, power=power, center=center).to(device)
+
+
+def log_mel(wave: torch.Tensor | np.ndarray, cfg_audio: dict | None = None) -> torch.Tensor:
+    """Log-mel spectrogram ``[..., n_mels, T]`` of ``wave [..., N]`` (Vocos front end).
+
+    ``mel = MelFilterbank(|STFT(wave)|^power)``, ``out = log(clamp(mel, log_clamp))``,
+    with the STFT centred so ``T = frames_for(N)``. ``wave`` must already be at
+    ``audio.sample_rate``.
+    """
+    c = _audio_cfg(cfg_audio)
+    x = torch.as_tensor(wave, dtype=torch.float32)
+    mel = _mel_transform(int(c["sample_rate"]), int(c["n_fft"]), int(c["hop_length"]),
+                         int(c["win_length"]), int(c["n_mels"]), float(c["power"]),
+                         bool(c["center"]), str(x.device))(x)
+    return torch.log(torch.clamp(mel, min=float(c["log_clamp"])))
+
+
+def frames_for(n_samples: int, cfg_audio: dict | None = None) -> int:
+    """Number of mel frames :func:`log_mel` gives for ``n_samples`` samples.
+
+    Centred: ``1 + N // hop`` (93.75 frames/s at 24 kHz, hop 256);
+    not centred: ``1 + (N - n_fft) // hop``.
+    """
+    c = _audio_cfg(cfg_audio)
+    hop, n_fft = int(c["hop_length"]), int(c["n_fft"])
+    if bool(c["center"]):
+        return 1 + int(n_samples) // hop
+    return max(0, 1 + (int(n_samples) - n_fft) // hop)
+
+
+def frame_rate(cfg_audio: dict | None = None) -> float:
+    """Mel frames per second: ``sample_rate / hop_length`` (93.75 for Vocos)."""
+    c = _audio_cfg(cfg_audio)
+    return float(c["sample_rate"]) / float(c["hop_length"])

@@ -1,0 +1,208 @@
+"""The embedded corpus: synthetic speech (espeak-ng) + synthetic sound events, no downloads.
+
+``build_synth(cfg, out_dir)`` writes::
+
+    out_dir/audio/<id>.wav     24 kHz mono PCM_16
+    out_dir/manifest.csv       see agrepa.corpora.manifest
+    out_dir/rejects.csv        path,reason (generated clips that failed validation)
+    out_dir/speakers.json      the voice, variant, pitch and rate of every synthetic speaker
+    out_dir/config.resolved.yaml
+
+Everything is a function of ``data.synth.seed`` (and the sizes): the same seed gives
+the same manifest and byte-identical audio; every utterance / clip draws from its own
+generator ``default_rng([seed, stream, index])`` so clips do not depend on each other.
+
+Splits. Speech is split by utterance within each speaker: every speaker has at
+least ``min_test_per_speaker`` test utterances (a zero-shot prompt for one test
+utterance comes from another utterance of the same speaker), valid utterances
+when ``valid_fraction > 0``, and the rest in train -- so every test and valid
+speaker is also a train speaker. Sound events are split within each (first)
+class, so every class appears in train, valid and test.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import audio as audio_mod
+from .. import config as config_mod
+from .. import io
+from . import manifest as mf
+from . import sentences, synth_events, synth_speech
+from .validate import check_waveform, summarize
+
+log = logging.getLogger(__name__)
+
+SPEECH_STREAM, EVENT_STREAM, SPLIT_STREAM = 1, 2, 3
+
+
+def split_counts(n: int, valid_fraction: float, test_fraction: float, min_test: int,
+                 what: str) -> tuple[int, int, int]:
+    """(train, valid, test) sizes for one group of ``n`` items; at least one train item,
+    ``min_test`` test items, and one valid item when ``valid_fraction > 0``."""
+    n_test = max(min_test, int(round(n * test_fraction)))
+    n_valid = max(1 if valid_fraction > 0 else 0, int(round(n * valid_fraction)))
+    n_train = n - n_test - n_valid
+    if n_train < 1:
+        raise ValueError(f"{what}: {n} items cannot be split into >= 1 train, {n_valid} valid "
+                         f"and {n_test} test items; increase the corpus size")
+    return n_train, n_valid, n_test
+
+
+def _assign_splits(groups: dict[str, list[int]], rng: np.random.Generator, valid_fraction: float,
+                   test_fraction: float, min_test: int, what: str) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for key in sorted(groups):
+        items = [groups[key][int(i)] for i in rng.permutation(len(groups[key]))]
+        n_train, n_valid, n_test = split_counts(len(items), valid_fraction, test_fraction, min_test,
+                                                f"{what} {key!r}")
+        for i, idx in enumerate(items):
+            out[idx] = "test" if i < n_test else ("valid" if i < n_test + n_valid else "train")
+    return out
+
+
+def synth_speech_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[dict], list, list]:
+    """Generate the speech half; returns (manifest rows, rejects, speaker dicts)."""
+    sc = config_mod.get(cfg, "data.synth.speech")
+    seed = int(config_mod.get(cfg, "data.synth.seed"))
+    sr = int(config_mod.get(cfg, "audio.sample_rate"))
+    peak = config_mod.get(cfg, "audio.peak_normalize", 0.95)
+    n_utt, n_spk = int(sc["n_utterances"]), int(sc["n_speakers"])
+    if n_utt <= 0:
+        return [], [], []
+    if n_spk <= 0:
+        raise ValueError("data.synth.speech.n_speakers: must be >= 1")
+    speakers = synth_speech.make_speakers(n_spk, sc, np.random.default_rng([seed, SPEECH_STREAM]))
+    by_speaker = {s.id: [j for j in range(n_utt) if j % n_spk == k] for k, s in enumerate(speakers)}
+    splits = _assign_splits(by_speaker, np.random.default_rng([seed, SPLIT_STREAM, SPEECH_STREAM]),
+                            float(config_mod.get(cfg, "data.synth.valid_fraction")),
+                            float(config_mod.get(cfg, "data.synth.test_fraction")),
+                            int(sc.get("min_test_per_speaker", 2)), "data.synth.speech: speaker")
+    engine = synth_speech.Espeak.get()
+    lo, hi = float(sc["min_seconds"]), float(sc["max_seconds"])
+    min_words, max_words = int(sc["min_words"]), int(sc["max_words"])
+    rows, rejects, seen = [], [], set()
+    for j in tqdm(range(n_utt), desc="speech", unit="utt", leave=False):
+        spk = speakers[j % n_spk]
+        rng = np.random.default_rng([seed, SPEECH_STREAM, j])
+        target = int(rng.integers(min_words, max_words + 1))
+        wave, text = None, ""
+        for _ in range(int(sc["max_tries"])):
+            text = sentences.make_sentence(rng, target)
+            if text in seen:
+                continue
+            raw = engine.synth(text, spk, seed=int(rng.integers(1, 2**31 - 1)))
+            raw = synth_speech.trim_silence(raw, engine.sample_rate, float(sc["trim_threshold"]),
+                                            float(sc["trim_margin"]))
+            dur = raw.size / engine.sample_rate
+            if dur < lo:
+                target = min(max_words + 8, target + 2)
+            elif dur > hi:
+                target = max(3, target - 3)
+            else:
+                wave = audio_mod.peak_normalize(audio_mod.resample(raw, engine.sample_rate, sr), peak)
+                wave = wave[: int(hi * sr)]
+                break
+        uid = f"{spk.id}_u{j:04d}"
+        rel = f"{rel_dir}/{uid}.wav"
+        if wave is None:
+            rejects.append((rel, f"no sentence of {lo:g}-{hi:g} s after {sc['max_tries']} tries"))
+            continue
+        reason = check_waveform(wave, sr, cfg["audio"])
+        if reason:
+            rejects.append((rel, reason))
+            continue
+        seen.add(text)
+        audio_mod.write_wav(audio_dir / f"{uid}.wav", wave, sr)
+        rows.append({"id": uid, "path": rel, "duration": round(wave.size / sr, 6), "sample_rate": sr,
+                     "domain": "speech", "split": splits[j], "speaker": spk.id, "text": text,
+                     "labels": "", "caption": f"{spk.id} says: {text}"})
+    return rows, rejects, [s.to_dict() for s in speakers]
+
+
+def _event_caption(phrases: list[str]) -> str:
+    return phrases[0] if len(phrases) == 1 else f"{phrases[0]} together with {phrases[1]}"
+
+
+def synth_event_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[dict], list]:
+    """Generate the sound-event half; returns (manifest rows, rejects)."""
+    ac = config_mod.get(cfg, "data.synth.audio")
+    seed = int(config_mod.get(cfg, "data.synth.seed"))
+    sr = int(config_mod.get(cfg, "audio.sample_rate"))
+    peak = config_mod.get(cfg, "audio.peak_normalize", 0.95)
+    n, classes = int(ac["n_clips"]), list(ac["classes"])
+    if n <= 0:
+        return [], []
+    if len(classes) < 2:
+        raise ValueError("data.synth.audio.classes: at least two event classes are needed")
+    for c in classes:
+        if c not in synth_events.EVENTS:
+            raise KeyError(f"data.synth.audio.classes: unknown event class {c!r} "
+                           f"(known: {', '.join(synth_events.EVENTS)})")
+    frac = float(ac["mixture_fraction"])
+    if not 0.0 <= frac <= 1.0:
+        raise ValueError(f"data.synth.audio.mixture_fraction: {frac} is not in [0, 1]")
+    plan_rng = np.random.default_rng([seed, EVENT_STREAM])
+    primary = [classes[i % len(classes)] for i in plan_rng.permutation(n)]
+    mixed = set(int(i) for i in plan_rng.choice(n, size=int(round(frac * n)), replace=False))
+    by_class = {c: [i for i in range(n) if primary[i] == c] for c in classes}
+    splits = _assign_splits(by_class, np.random.default_rng([seed, SPLIT_STREAM, EVENT_STREAM]),
+                            float(config_mod.get(cfg, "data.synth.valid_fraction")),
+                            float(config_mod.get(cfg, "data.synth.test_fraction")), 1,
+                            "data.synth.audio: class")
+    lo, hi = float(ac["min_seconds"]), float(ac["max_seconds"])
+    g_lo, g_hi = (float(x) for x in ac.get("mixture_gain", [0.5, 1.0]))
+    rows, rejects = [], []
+    for i in tqdm(range(n), desc="events", unit="clip", leave=False):
+        rng = np.random.default_rng([seed, EVENT_STREAM, i])
+        n_samples = int(round(rng.uniform(lo, hi) * sr))
+        labels = [primary[i]]
+        wave, words = synth_events.render(primary[i], rng, sr, n_samples)
+        phrases = [words]
+        if i in mixed:
+            other = [c for c in classes if c != primary[i]]
+            second = other[int(rng.integers(len(other)))]
+            n2 = int(round(rng.uniform(0.3, 1.0) * n_samples))
+            w2, words2 = synth_events.render(second, rng, sr, n2)
+            wave = synth_events.mix(wave, w2, float(rng.uniform(g_lo, g_hi)),
+                                    int(rng.integers(0, n_samples - n2 + 1)))
+            labels.append(second)
+            phrases.append(words2)
+        wave = audio_mod.peak_normalize(wave, peak)
+        uid = f"ev_{i:04d}"
+        rel = f"{rel_dir}/{uid}.wav"
+        reason = check_waveform(wave, sr, cfg["audio"])
+        if reason:
+            rejects.append((rel, reason))
+            continue
+        audio_mod.write_wav(audio_dir / f"{uid}.wav", wave, sr)
+        rows.append({"id": uid, "path": rel, "duration": round(wave.size / sr, 6), "sample_rate": sr,
+                     "domain": "audio", "split": splits[i], "speaker": "", "text": "",
+                     "labels": mf.join_labels(labels), "caption": _event_caption(phrases)})
+    return rows, rejects
+
+
+def build_synth(cfg: dict, out_dir: str | os.PathLike) -> Path:
+    """Build the embedded corpus into ``out_dir``; returns the manifest path."""
+    out_dir = Path(out_dir)
+    audio_dir = out_dir / "audio"
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    speech_rows, speech_rejects, speakers = synth_speech_corpus(cfg, audio_dir, "audio")
+    summarize(speech_rejects, len(speech_rows), "synthetic speech")
+    event_rows, event_rejects = synth_event_corpus(cfg, audio_dir, "audio")
+    summarize(event_rejects, len(event_rows), "synthetic sound events")
+    rows = speech_rows + event_rows
+    live = {Path(r["path"]).name for r in rows}
+    for stale in audio_dir.glob("*.wav"):  # clips of an earlier, larger build
+        if stale.name not in live:
+            stale.unlink()
+    io.write_json(out_dir / "speakers.json", speakers)
+    config_mod.save_resolved(cfg, out_dir)
+    mf.write_rejects(speech_rejects + event_rejects, out_dir / "rejects.csv")
+    path = mf.write_manifest(mf.make_manifest(rows), out_dir / "manifest.csv")
+    log.info("wrote %s: %d speech + %d audio clips", path, len(speech_rows), len(event_rows))
+    return path
