@@ -1,0 +1,359 @@
+"""Training data for the flow-matching model: clips, crops, prompts and balanced sampling.
+
+A :class:`TrainingData` holds one split in memory (the embedded default is
+toy-scale): per clip the normalised mel ``(mel - mean) / std`` (train-split
+statistics from the mel store's meta), its token ids, its domain and the cached
+teacher embeddings. :meth:`TrainingData.collate` turns a list of clip indices into
+a batch dict:
+
+=================  ==================  =============================================
+key                shape / type        meaning
+=================  ==================  =============================================
+``mel``            [B, T, n_mels]      normalised mel crop (x1 of the flow), 0-padded
+``mask``           [B, T] bool         True on real frames
+``tokens``         [B, N] int64        the crop's token span, left-aligned, 0-padded
+``prompt``         [B, T, n_mels]      reference mel: the crop's first p frames, 0 beyond
+``prompt_mask``    [B, T] bool         True on the p prompt frames
+``domain``         [B] int64           0 speech, 1 audio (:data:`DOMAINS`)
+``emb_semantic``   [B, Ds] float32     cached pooled semantic-teacher embedding (0 if none)
+``emb_acoustic``   [B, Da] float32     cached pooled acoustic-teacher embedding (0 if none)
+``ids``            list[str]           clip ids
+=================  ==================  =============================================
+
+Crop: a window of ``L = min(T_clip, round(train.crop_seconds * sr / hop))`` frames
+starting at ``floor(u * (T_clip - L + 1))`` for ``u`` in [0, 1). Tokens are cropped
+by time with the clip's own token/frame ratio ``r = N / T_clip``: token span
+``[floor(start * r), ceil((start + L) * r))`` (at least one token), which the model
+then interpolates to the L mel frames.
+
+Prompt (as the paper's code): a prefix of ``p = floor(v * (floor(f * L) + 1))``
+frames of the crop, ``v`` in [0, 1), ``f = train.prompt_max_fraction`` (so
+0 <= p <= f * L), zeros beyond. Deterministic batches (:meth:`eval_batches`) use
+``u = 0`` (crop from the start) and ``p = floor(train.eval_prompt_fraction * L)``.
+
+:class:`BalancedSampler` draws global batches with half speech and half audio
+(interleaved s, a, s, a, ...; one domain alone when the other has no clips), each
+domain walking through its own per-epoch permutation drawn by a ``torch.Generator``
+seeded from (run seed, tag, domain, epoch). Its state is three integers per domain,
+so resuming restores the exact position.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from . import config as config_mod
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+DOMAINS = ("speech", "audio")                           # index = domain id in batches
+DOMAIN_TEACHER = {"speech": "semantic", "audio": "acoustic"}
+TEACHERS = ("semantic", "acoustic")
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any tuple of ints/strings (stable across runs and platforms)."""
+    text = ":".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def generator(*parts) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with :func:`derive_seed` of ``parts``."""
+    g = torch.Generator()
+    g.manual_seed(derive_seed(*parts))
+    return g
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """The manifest as a DataFrame (the one place that reads it in this module)."""
+    try:
+        from .corpora.manifest import read_manifest as _read
+    except ModuleNotFoundError:
+        _read = None
+    if _read is not None:
+        return _read(path)
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: manifest not found")
+    return pd.read_csv(path, dtype={"id": str, "speaker": str, "text": str, "labels": str,
+                                    "caption": str}, keep_default_na=False)
+
+
+def frames_per_second(cfg: dict) -> float:
+    return config_mod.get(cfg, "audio.sample_rate") / config_mod.get(cfg, "audio.hop_length")
+
+
+def crop_frames(cfg: dict) -> int:
+    """Training crop length in mel frames (``train.crop_seconds`` at the mel rate)."""
+    n = int(round(float(config_mod.get(cfg, "train.crop_seconds")) * frames_per_second(cfg)))
+    if n < 1:
+        raise ValueError(f"train.crop_seconds: gives {n} frames; must give at least 1")
+    return n
+
+
+class TrainingData:
+    """One split of the corpus in memory, with crop/prompt batching (see module doc)."""
+
+    def __init__(self, cfg: dict, manifest: str | os.PathLike | pd.DataFrame,
+                 mels_dir: str | os.PathLike, tokens_dir: str | os.PathLike,
+                 semantic_dir: str | os.PathLike, acoustic_dir: str | os.PathLike,
+                 split: str = "train"):
+        self.cfg = cfg
+        self.split = split
+        self.n_mels = int(config_mod.get(cfg, "audio.n_mels"))
+        self.crop = crop_frames(cfg)
+        self.prompt_max_fraction = float(config_mod.get(cfg, "train.prompt_max_fraction"))
+        self.eval_prompt_fraction = float(config_mod.get(cfg, "train.eval_prompt_fraction"))
+        for key, f in (("train.prompt_max_fraction", self.prompt_max_fraction),
+                       ("train.eval_prompt_fraction", self.eval_prompt_fraction)):
+            if not 0.0 <= f < 1.0:
+                raise ValueError(f"{key}: must lie in [0, 1), got {f}")
+        max_frames = int(math.floor(float(config_mod.get(cfg, "audio.max_seconds")) * frames_per_second(cfg)))
+
+        df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+        src = "manifest" if isinstance(manifest, pd.DataFrame) else str(manifest)
+        for col in ("id", "domain", "split"):
+            if col not in df.columns:
+                raise KeyError(f"{src}: manifest has no column {col!r}")
+        bad = sorted(set(df["domain"]) - set(DOMAINS))
+        if bad:
+            raise ValueError(f"{src}: unknown domain value(s) {bad}; expected {list(DOMAINS)}")
+        df = df[df["split"] == split]
+        if df.empty:
+            raise ValueError(f"{src}: no clips in split {split!r}")
+
+        mels, toks = Store(mels_dir), Store(tokens_dir)
+        stores = {"semantic": Store(semantic_dir), "acoustic": Store(acoustic_dir)}
+        stats = mels.meta.get("stats")
+        if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
+            raise KeyError(f"{mels.dir / 'index.json'}: meta has no 'stats' with 'mean' and 'std'")
+        self.mean = torch.tensor(stats["mean"], dtype=torch.float32)
+        self.std = torch.tensor(stats["std"], dtype=torch.float32)
+        if self.mean.shape != (self.n_mels,) or self.std.shape != (self.n_mels,):
+            raise ValueError(f"{mels.dir / 'index.json'}: stats must have {self.n_mels} entries "
+                             f"(audio.n_mels), got {tuple(self.mean.shape)}/{tuple(self.std.shape)}")
+        if not bool((self.std > 0).all()):
+            raise ValueError(f"{mels.dir / 'index.json'}: stats.std must be positive")
+        if "vocab_size" not in toks.meta:
+            raise KeyError(f"{toks.dir / 'index.json'}: meta has no 'vocab_size'")
+        self.vocab_size = int(toks.meta["vocab_size"])
+        self.teacher_dims = {name: self._teacher_dim(store) for name, store in stores.items()}
+
+        self.ids: list[str] = []
+        self.domain: list[int] = []
+        self.mels: list[Tensor] = []
+        self.tokens: list[Tensor] = []
+        self.emb = {name: [] for name in TEACHERS}
+        skipped: list[tuple[str, str]] = []
+        for clip_id, dom in zip(df["id"].astype(str), df["domain"]):
+            teacher = DOMAIN_TEACHER[dom]
+            missing = [name for name, s in (("mels", mels), ("tokens", toks), (teacher, stores[teacher]))
+                       if clip_id not in s]
+            if missing:
+                skipped.append((clip_id, "not in " + ", ".join(missing)))
+                continue
+            mel = mels.get(clip_id)["mel"].float()
+            if mel.dim() != 2 or mel.shape[1] != self.n_mels:
+                raise ValueError(f"{mels.dir}: mel of {clip_id!r} has shape {tuple(mel.shape)}, "
+                                 f"expected [T, {self.n_mels}]")
+            tok = toks.get(clip_id)["tokens"].long()
+            if tok.dim() != 1 or tok.numel() == 0 or int(tok.min()) < 1 or int(tok.max()) >= self.vocab_size:
+                skipped.append((clip_id, "empty or out-of-range token ids"))
+                continue
+            self.ids.append(clip_id)
+            self.domain.append(DOMAINS.index(dom))
+            self.mels.append(((mel[:max_frames] - self.mean) / self.std).contiguous())
+            self.tokens.append(tok)
+            for name in TEACHERS:
+                s = stores[name]
+                if clip_id in s:
+                    e = s.get(clip_id)["pooled"].float().reshape(-1)
+                    if e.numel() != self.teacher_dims[name]:
+                        raise ValueError(f"{s.dir}: pooled embedding of {clip_id!r} has {e.numel()} "
+                                         f"entries, expected {self.teacher_dims[name]}")
+                else:
+                    e = torch.zeros(self.teacher_dims[name])
+                self.emb[name].append(e)
+        if skipped:
+            log.warning("%s split: skipped %d clip(s) (e.g. %s)", split, len(skipped),
+                        "; ".join(f"{i}: {why}" for i, why in skipped[:3]))
+        if not self.ids:
+            raise ValueError(f"{src}: none of the {len(df)} clips of split {split!r} is usable "
+                             f"(first: {skipped[0][0]}: {skipped[0][1]})")
+        self.emb_tensor = {name: torch.stack(v) for name, v in self.emb.items()}
+        log.info("%s split: %d clips (%d speech, %d audio)", split, len(self.ids),
+                 self.domain.count(0), self.domain.count(1))
+
+    @staticmethod
+    def _teacher_dim(store: Store) -> int:
+        dim = store.meta.get("dim")
+        if dim is None:
+            keys = store.keys()
+            if not keys:
+                raise ValueError(f"{store.dir}: embedding store is empty")
+            dim = store.get(keys[0])["pooled"].numel()
+        return int(dim)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def indices(self, domain: int | str | None = None) -> list[int]:
+        """Clip indices, all or of one domain (id 0/1 or name)."""
+        if domain is None:
+            return list(range(len(self.ids)))
+        d = DOMAINS.index(domain) if isinstance(domain, str) else int(domain)
+        return [i for i, x in enumerate(self.domain) if x == d]
+
+    # -- batching --
+
+    def collate(self, indices: Sequence[int], crop_pos: Tensor | None = None,
+                prompt_pos: Tensor | None = None) -> dict:
+        """The batch dict for clips ``indices`` (see module doc).
+
+        ``crop_pos`` / ``prompt_pos``: per-item uniforms in [0, 1) choosing the crop
+        start and the prompt length; ``None`` gives the deterministic crop (start 0)
+        and prompt (``train.eval_prompt_fraction`` of the crop).
+        """
+        B = len(indices)
+        if B == 0:
+            raise ValueError("collate: empty list of clips")
+        crops, spans, plens = [], [], []
+        for j, i in enumerate(indices):
+            mel, tok = self.mels[i], self.tokens[i]
+            T, N = mel.shape[0], tok.shape[0]
+            L = min(T, self.crop)
+            start = 0 if crop_pos is None else min(int(float(crop_pos[j]) * (T - L + 1)), T - L)
+            a = int(math.floor(start * N / T))
+            b = max(a + 1, min(N, int(math.ceil((start + L) * N / T))))
+            crops.append(mel[start:start + L])
+            spans.append(tok[a:b])
+            if prompt_pos is None:
+                p = int(math.floor(self.eval_prompt_fraction * L))
+            else:
+                p_max = int(math.floor(self.prompt_max_fraction * L))
+                p = min(int(float(prompt_pos[j]) * (p_max + 1)), p_max)
+            plens.append(p)
+        T = max(c.shape[0] for c in crops)
+        N = max(s.shape[0] for s in spans)
+        mel = torch.zeros(B, T, self.n_mels)
+        mask = torch.zeros(B, T, dtype=torch.bool)
+        tokens = torch.zeros(B, N, dtype=torch.long)
+        prompt_mask = torch.zeros(B, T, dtype=torch.bool)
+        for j, (c, s, p) in enumerate(zip(crops, spans, plens)):
+            mel[j, :c.shape[0]] = c
+            mask[j, :c.shape[0]] = True
+            tokens[j, :s.shape[0]] = s
+            prompt_mask[j, :p] = True
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return {
+            "mel": mel,
+            "mask": mask,
+            "tokens": tokens,
+            "prompt": mel * prompt_mask[..., None],
+            "prompt_mask": prompt_mask,
+            "domain": torch.as_tensor([self.domain[i] for i in indices], dtype=torch.long),
+            "emb_semantic": self.emb_tensor["semantic"][idx],
+            "emb_acoustic": self.emb_tensor["acoustic"][idx],
+            "ids": [self.ids[i] for i in indices],
+        }
+
+    def eval_batches(self, batch_size: int, domain: int | str | None = None,
+                     limit: int | None = None) -> list[dict]:
+        """Fixed batches for probes and evaluation: no randomness at all.
+
+        Clips in manifest order; with ``domain=None`` speech and audio clips are
+        interleaved (s, a, s, a, ...; the rest of the longer domain at the end) so the
+        first batches cover both domains. Crops start at frame 0; prompts are the
+        first ``train.eval_prompt_fraction`` of each crop. ``limit``: at most that
+        many batches.
+        """
+        if batch_size < 1:
+            raise ValueError(f"eval_batches: batch_size must be >= 1, got {batch_size}")
+        if domain is None:
+            s, a = self.indices(0), self.indices(1)
+            order = [i for pair in zip(s, a) for i in pair] + s[len(a):] + a[len(s):]
+        else:
+            order = self.indices(domain)
+        batches = [self.collate(order[k:k + batch_size]) for k in range(0, len(order), batch_size)]
+        return batches if limit is None else batches[:limit]
+
+
+class BalancedSampler:
+    """Endless domain-balanced global batches of clip indices (see module doc).
+
+    ``next_batch()`` returns ``batch_size`` indices in the order s, a, s, a, ...;
+    with an odd batch size the extra slot alternates between the domains from batch
+    to batch. Every rank of a multi-process run builds the same sampler and takes
+    its contiguous shard (:func:`shard`), which keeps each shard balanced too.
+    """
+
+    def __init__(self, domains: Sequence[int], batch_size: int, seed: int, tag: str = "train"):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        self.batch_size, self.seed, self.tag = batch_size, int(seed), str(tag)
+        self.pools = [[i for i, d in enumerate(domains) if d == k] for k in range(len(DOMAINS))]
+        if not any(self.pools):
+            raise ValueError("sampler: no clips")
+        self.batches = 0
+        self.cursor = [[0, 0] for _ in self.pools]   # per domain: epoch, position
+        self._perm: dict[tuple[int, int], list[int]] = {}
+
+    def _permutation(self, d: int, epoch: int) -> list[int]:
+        key = (d, epoch)
+        if key not in self._perm:
+            self._perm = {k: v for k, v in self._perm.items() if k[0] != d}
+            g = generator(self.seed, self.tag, "sampler", DOMAINS[d], epoch)
+            self._perm[key] = [self.pools[d][i] for i in torch.randperm(len(self.pools[d]), generator=g).tolist()]
+        return self._perm[key]
+
+    def _draw(self, d: int) -> int:
+        epoch, pos = self.cursor[d]
+        perm = self._permutation(d, epoch)
+        item = perm[pos]
+        pos += 1
+        if pos == len(perm):
+            epoch, pos = epoch + 1, 0
+        self.cursor[d] = [epoch, pos]
+        return item
+
+    def next_batch(self) -> list[int]:
+        live = [d for d, p in enumerate(self.pools) if p]
+        first = live[self.batches % len(live)] if len(live) > 1 else live[0]
+        order = [first] + [d for d in live if d != first]
+        out = [self._draw(order[k % len(order)]) for k in range(self.batch_size)]
+        self.batches += 1
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "tag": self.tag, "batch_size": self.batch_size,
+                "batches": self.batches, "cursor": [list(c) for c in self.cursor],
+                "pool_sizes": [len(p) for p in self.pools]}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        for key in ("seed", "tag", "batch_size", "pool_sizes"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"sampler state: {key} is {state.get(key)!r}, this run has {mine[key]!r}")
+        self.batches = int(state["batches"])
+        self.cursor = [[int(e), int(p)] for e, p in state["cursor"]]
+
+
+def shard(n: int, rank: int, world_size: int) -> slice:
+    """The contiguous slice of a global batch of ``n`` items that ``rank`` trains on."""
+    if n % world_size:
+        raise ValueError(f"train.batch_size {n} is not divisible by the world size {world_size}")
+    k = n // world_size
+    return slice(rank * k, (rank + 1) * k)
