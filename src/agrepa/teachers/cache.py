@@ -1,0 +1,88 @@
+"""Teacher embedding cache: run a teacher once over every clip of a manifest.
+
+Output: an :mod:`agrepa.store` with, per clip id, ``pooled`` [D] (mean over real
+frames) and ``frames`` [T', D] (float32). ``index.json`` meta::
+
+    role, teacher, fingerprint, dim, frame_rate, sample_rate,
+    manifest_sha256, cache_key = sha256(role, fingerprint, manifest_sha256), n_clips
+
+A second run with the same teacher (same fingerprint: weights + settings) and
+the same manifest bytes finds ``cache_key`` in the existing index and returns
+without running the teacher; any change to either recomputes everything.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .. import audio as A
+from .. import config as C
+from .. import io
+from ..store import Store, StoreWriter
+from . import Teacher, build_teacher
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(role: str, fingerprint: str, manifest_sha256: str) -> str:
+    return io.sha256_json({"role": role, "fingerprint": fingerprint, "manifest": manifest_sha256})
+
+
+def cached_meta(out_dir: str | os.PathLike, key: str, ids: list[str]) -> dict | None:
+    """The existing store's meta if it is complete for ``key`` and exactly ``ids``; else None."""
+    index = Path(out_dir) / "index.json"
+    if not index.exists():
+        return None
+    try:
+        store = Store(out_dir)
+    except (ValueError, FileNotFoundError):
+        return None
+    if store.meta.get("cache_key") != key or sorted(store.keys()) != sorted(ids):
+        return None
+    return store.meta
+
+
+def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
+                   teacher: Teacher | None = None, teacher_dir: str | os.PathLike | None = None) -> dict:
+    """Embed every clip of the manifest (both domains) with the ``role`` teacher
+    into the store ``out_dir``; a no-op when the cache is current. Returns the meta."""
+    from ..corpora.manifest import read_manifest, resolve_path
+
+    manifest = read_manifest(manifest_path)
+    if manifest.empty:
+        raise ValueError(f"{manifest_path}: manifest has no clips to embed")
+    if teacher is None:
+        teacher = build_teacher(cfg, role, teacher_dir=teacher_dir)
+    fingerprint = teacher.fingerprint()
+    manifest_sha = io.sha256_file(manifest_path)
+    key = cache_key(role, fingerprint, manifest_sha)
+    ids = manifest["id"].tolist()
+    hit = cached_meta(out_dir, key, ids)
+    if hit is not None:
+        log.info("embedding cache hit: %s (%s, %d clips) -- teacher not run", out_dir, teacher.name, len(ids))
+        return hit
+
+    out = Path(out_dir)
+    stale = out / "index.json"
+    if stale.exists():  # never leave an old index pointing at shards being rewritten
+        stale.unlink()
+    meta = {"role": role, "teacher": teacher.name, "fingerprint": fingerprint, "dim": teacher.dim,
+            "frame_rate": teacher.frame_rate, "sample_rate": teacher.sample_rate,
+            "manifest_sha256": manifest_sha, "cache_key": key, "n_clips": len(ids)}
+    peak = C.get(cfg, "audio.peak_normalize", 0.95)
+    writer = StoreWriter(out, meta=meta, shard_size=int(C.get(cfg, "teachers.shard_size", 256)))
+    for _, row in tqdm(manifest.iterrows(), total=len(manifest), desc=f"embed {role} ({teacher.name})"):
+        path = resolve_path(manifest_path, row["path"])
+        wave = A.load_audio(path, sample_rate=teacher.sample_rate, peak=peak)
+        frames, pooled = teacher.embed(torch.from_numpy(wave), teacher.sample_rate)
+        if not torch.isfinite(frames).all():
+            raise ValueError(f"{path}: teacher {teacher.name} produced non-finite features")
+        writer.add(row["id"], {"pooled": pooled.float(), "frames": frames.float()})
+    writer.close()
+    C.save_resolved(cfg, out)
+    log.info("embedded %d clips with %s into %s", len(ids), teacher.name, out)
+    return meta

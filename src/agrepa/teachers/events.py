@@ -1,0 +1,329 @@
+"""The embedded default's BEATs stand-in: a small audio-event encoder trained here.
+
+Architecture (:class:`EventEncoder`), on the Vocos log-mel (``agrepa.audio.log_mel``)::
+
+    mel [100, T] -> (mel - mean) / std               (scalar train-set statistics)
+    -> Conv1d(k5) -> GELU -> Conv1d(k4, stride 2) -> GELU -> Conv1d(k4, stride 2) -> GELU
+    -> + sinusoidal positions -> pre-norm Transformer encoder (n_layers) -> LayerNorm
+    = frame features [T // 4, dim]                    (93.75 / 4 = 23.4375 frames/s)
+    -> masked mean over real frames -> Linear -> label logits
+
+Training (``agrepa teacher train``): the audio-domain clips of the train split,
+multi-label binary cross-entropy over the label vocabulary (the sorted set of
+the train clips' labels), AdamW, seeded. Then frozen. The valid split's audio
+clips are scored with:
+
+* exact match: the predicted label set (sigmoid > threshold) equals the true set;
+  chance = always predicting the train split's most frequent label set;
+* top-1 accuracy: the arg-max label is one of the true labels; chance = always
+  predicting the most frequent train label;
+* per-label F1 and average precision (AP = mean of the precision at the rank of
+  each positive); mAP over labels with a positive in valid; chance mAP = mean
+  label prevalence (the expected AP of a random scorer).
+
+Output directory: ``model.safetensors``, ``config.json`` (architecture, label
+list, normalisation, audio front end), ``metrics.json``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .. import audio as A
+from .. import config as C
+from .. import io
+from . import Teacher
+
+log = logging.getLogger(__name__)
+
+DOWNSAMPLE = 4  # two stride-2 convolutions
+
+
+def sinusoid(n: int, dim: int) -> Tensor:
+    """Sinusoidal position table [n, dim]."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    table = torch.zeros(n, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table
+
+
+class EventEncoder(nn.Module):
+    def __init__(self, n_mels: int, dim: int, n_layers: int, n_heads: int, n_labels: int,
+                 dropout: float = 0.1, ff_mult: int = 2):
+        super().__init__()
+        self.register_buffer("mel_mean", torch.zeros(()))
+        self.register_buffer("mel_std", torch.ones(()))
+        self.conv = nn.Sequential(
+            nn.Conv1d(n_mels, dim, 5, padding=2), nn.GELU(),
+            nn.Conv1d(dim, dim, 4, stride=2, padding=1), nn.GELU(),
+            nn.Conv1d(dim, dim, 4, stride=2, padding=1), nn.GELU())
+        layer = nn.TransformerEncoderLayer(dim, n_heads, dim * ff_mult, dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, n_labels)
+        self.dim = dim
+
+    @staticmethod
+    def frame_lengths(mel_lengths: Tensor) -> Tensor:
+        return torch.div(mel_lengths, DOWNSAMPLE, rounding_mode="floor").clamp(min=1)
+
+    def frames(self, mel: Tensor, mel_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """mel [B, n_mels, T] (T >= 4) -> frames [B, T // 4, dim] and the real-frame mask [B, T // 4]."""
+        x = (mel - self.mel_mean) / self.mel_std
+        x = self.conv(x).transpose(1, 2)
+        n = self.frame_lengths(mel_lengths)
+        mask = torch.arange(x.shape[1], device=x.device)[None] < n[:, None]
+        x = x + sinusoid(x.shape[1], self.dim).to(x)
+        x = self.transformer(x, src_key_padding_mask=~mask)
+        return self.norm(x), mask
+
+    def forward(self, mel: Tensor, mel_lengths: Tensor) -> Tensor:
+        h, mask = self.frames(mel, mel_lengths)
+        m = mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1)
+        return self.head(pooled)
+
+
+def pad_mels(mels: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """List of [n_mels, T_i] -> zero-padded [B, n_mels, max(T, 4)] and lengths."""
+    lengths = torch.tensor([m.shape[-1] for m in mels])
+    T = max(int(lengths.max()), DOWNSAMPLE)
+    out = mels[0].new_zeros(len(mels), mels[0].shape[0], T)
+    for i, m in enumerate(mels):
+        out[i, :, : m.shape[-1]] = m
+    return out, lengths
+
+
+# ----------------------------------------------------------------------------- metrics
+def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    """AP = mean over positives of precision at that positive's rank (scores descending)."""
+    n_pos = int(truth.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    hits = truth[order].astype(float)
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision * hits).sum() / n_pos)
+
+
+def multilabel_metrics(probs: np.ndarray, truth: np.ndarray, labels: list[str], train_truth: np.ndarray,
+                       threshold: float = 0.5) -> dict:
+    """Exact match, top-1, per-label F1/AP, mAP and their chance levels (see module doc)."""
+    pred = probs > threshold
+    t = truth.astype(bool)
+    exact = float((pred == t).all(1).mean())
+    top1 = float(t[np.arange(len(t)), probs.argmax(1)].mean())
+    # chance: constant predictions learnt from the train split
+    sets, counts = np.unique(train_truth.astype(bool), axis=0, return_counts=True)
+    majority_set = sets[counts.argmax()]
+    chance_exact = float((t == majority_set[None]).all(1).mean())
+    chance_top1 = float(t[:, train_truth.sum(0).argmax()].mean())
+    per_label, aps, f1s, prevalence = {}, [], [], []
+    for j, name in enumerate(labels):
+        tp = float((pred[:, j] & t[:, j]).sum())
+        fp = float((pred[:, j] & ~t[:, j]).sum())
+        fn = float((~pred[:, j] & t[:, j]).sum())
+        f1 = 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else float("nan")
+        ap = average_precision(probs[:, j], t[:, j])
+        per_label[name] = {"f1": f1, "ap": ap, "support": int(t[:, j].sum())}
+        if t[:, j].any():
+            aps.append(ap)
+            f1s.append(f1)
+            prevalence.append(float(t[:, j].mean()))
+    return {"n": int(len(t)), "exact_match": exact, "chance_exact_match": chance_exact,
+            "top1_accuracy": top1, "chance_top1_accuracy": chance_top1,
+            "mAP": float(np.mean(aps)) if aps else float("nan"),
+            "chance_mAP": float(np.mean(prevalence)) if prevalence else float("nan"),
+            "macro_f1": float(np.mean(f1s)) if f1s else float("nan"),
+            "threshold": threshold, "per_label": per_label}
+
+
+# ----------------------------------------------------------------------------- data
+def _clip_mels(manifest_path, rows, cfg: dict) -> list[Tensor]:
+    from ..corpora.manifest import resolve_path
+
+    sr = int(C.get(cfg, "audio.sample_rate"))
+    peak = C.get(cfg, "audio.peak_normalize", 0.95)
+    max_samples = int(float(C.get(cfg, "audio.max_seconds")) * sr)
+    mels = []
+    for _, row in tqdm(rows.iterrows(), total=len(rows), desc="mels", leave=False):
+        wave = A.load_audio(resolve_path(manifest_path, row["path"]), sample_rate=sr, peak=peak)
+        mels.append(A.log_mel(torch.from_numpy(wave[:max_samples]), cfg.get("audio")))
+    return mels
+
+
+def _label_matrix(rows, labels: list[str]) -> np.ndarray:
+    from ..corpora.manifest import split_labels
+
+    index = {name: j for j, name in enumerate(labels)}
+    y = np.zeros((len(rows), len(labels)), np.float32)
+    for i, lab in enumerate(rows["labels"]):
+        for name in split_labels(lab):
+            if name in index:
+                y[i, index[name]] = 1.0
+    return y
+
+
+@torch.no_grad()
+def predict(model: EventEncoder, mels: list[Tensor], batch_size: int) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(mels), batch_size):
+        x, n = pad_mels(mels[i: i + batch_size])
+        out.append(torch.sigmoid(model(x, n)))
+    return torch.cat(out).numpy()
+
+
+def train_events(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: dict) -> dict:
+    """Train the event encoder on the manifest's audio train clips; write the
+    model, its config and the valid metrics to ``out_dir``; return the metrics."""
+    from ..corpora.manifest import read_manifest, split_labels
+
+    ecfg = C.get(cfg, "teachers.acoustic.events")
+    seed = int(ecfg["seed"])
+    torch.manual_seed(seed)
+    manifest = read_manifest(manifest_path)
+    audio = manifest[manifest["domain"] == "audio"]
+    train, valid = audio[audio["split"] == "train"], audio[audio["split"] == "valid"]
+    if train.empty:
+        raise ValueError(f"{manifest_path}: no audio-domain clips in the train split to train the event teacher")
+    if valid.empty:
+        raise ValueError(f"{manifest_path}: no audio-domain clips in the valid split to score the event teacher")
+    labels = sorted({name for lab in train["labels"] for name in split_labels(lab)})
+    if len(labels) < 2:
+        raise ValueError(f"{manifest_path}: the train audio clips carry {len(labels)} label(s); need >= 2")
+    log.info("event teacher: %d train / %d valid clips, %d labels", len(train), len(valid), len(labels))
+
+    t0 = time.time()
+    train_mels = _clip_mels(manifest_path, train, cfg)
+    valid_mels = _clip_mels(manifest_path, valid, cfg)
+    y_train, y_valid = _label_matrix(train, labels), _label_matrix(valid, labels)
+    cat = torch.cat([m.flatten() for m in train_mels])
+    n_mels = int(train_mels[0].shape[0])
+    arch = {"n_mels": n_mels, "dim": int(ecfg["dim"]), "n_layers": int(ecfg["n_layers"]),
+            "n_heads": int(ecfg.get("n_heads", 4)), "n_labels": len(labels),
+            "dropout": float(ecfg.get("dropout", 0.1)), "ff_mult": int(ecfg.get("ff_mult", 2))}
+    model = EventEncoder(**arch)
+    model.mel_mean.fill_(float(cat.mean()))
+    model.mel_std.fill_(float(cat.std()))
+
+    opt = torch.optim.AdamW(model.parameters(), lr=float(ecfg["lr"]),
+                            weight_decay=float(ecfg.get("weight_decay", 0.01)))
+    epochs, bs = int(ecfg["epochs"]), int(ecfg["batch_size"])
+    steps = epochs * math.ceil(len(train_mels) / bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(ecfg["lr"]), total_steps=steps,
+                                                pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    yt = torch.from_numpy(y_train)
+    history = []
+    bar = tqdm(total=steps, desc="teacher train", leave=False)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(train_mels), generator=gen).tolist()
+        total = 0.0
+        for i in range(0, len(order), bs):
+            idx = order[i: i + bs]
+            x, n = pad_mels([train_mels[j] for j in idx])
+            loss = F.binary_cross_entropy_with_logits(model(x, n), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            total += float(loss) * len(idx)
+            bar.update(1)
+        history.append(total / len(order))
+        log.info("epoch %d/%d: train BCE %.4f", epoch + 1, epochs, history[-1])
+    bar.close()
+    train_seconds = time.time() - t0
+
+    threshold = float(ecfg.get("threshold", 0.5))
+    metrics = multilabel_metrics(predict(model, valid_mels, bs), y_valid, labels, y_train, threshold)
+    train_fit = multilabel_metrics(predict(model, train_mels, bs), y_train, labels, y_train, threshold)
+    metrics.update({"split": "valid", "labels": labels, "train_loss": history,
+                    "train_exact_match": train_fit["exact_match"], "train_seconds": train_seconds,
+                    "n_train": len(train_mels)})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with io.atomic_path(out / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    io.write_json(out / "config.json", {"arch": arch, "labels": labels, "downsample": DOWNSAMPLE,
+                                        "audio": A._audio_cfg(cfg.get("audio")), "seed": seed,
+                                        "manifest_sha256": io.sha256_file(manifest_path)})
+    io.write_json(out / "metrics.json", metrics)
+    log.info("event teacher: valid exact match %.3f (chance %.3f), mAP %.3f (chance %.3f), %.1f s",
+             metrics["exact_match"], metrics["chance_exact_match"], metrics["mAP"], metrics["chance_mAP"],
+             train_seconds)
+    return metrics
+
+
+class EventsTeacher(Teacher):
+    name = "events"
+
+    def __init__(self, model: EventEncoder, meta: dict, weights_sha256: str):
+        self.model = model.eval()
+        self.meta = meta
+        self.cfg_audio = meta["audio"]
+        self.sample_rate = int(self.cfg_audio["sample_rate"])
+        self.frame_rate = A.frame_rate(self.cfg_audio) / meta["downsample"]
+        self.dim = int(meta["arch"]["dim"])
+        self.labels = list(meta["labels"])
+        self._sha = weights_sha256
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, cfg_audio: dict | None = None) -> "EventsTeacher":
+        directory = Path(directory)
+        weights, conf = directory / "model.safetensors", directory / "config.json"
+        for p in (weights, conf):
+            if not p.exists():
+                raise FileNotFoundError(f"{p}: event teacher file missing (run `agrepa teacher train`)")
+        meta = io.read_json(conf)
+        for key in ("arch", "labels", "audio", "downsample"):
+            if key not in meta:
+                raise KeyError(f"{conf}: missing key {key!r}")
+        if cfg_audio is not None:
+            want = A._audio_cfg(cfg_audio)
+            if int(want["sample_rate"]) != int(meta["audio"]["sample_rate"]) or \
+                    int(want["n_mels"]) != int(meta["audio"]["n_mels"]):
+                raise ValueError(f"{conf}: teacher trained on {meta['audio']['sample_rate']} Hz / "
+                                 f"{meta['audio']['n_mels']} mels, the config asks for "
+                                 f"{want['sample_rate']} Hz / {want['n_mels']} mels")
+        model = EventEncoder(**meta["arch"])
+        state = load_file(str(weights))
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{weights}: does not match {conf} ({err})") from None
+        return cls(model, meta, io.sha256_json({"weights": io.sha256_file(weights), "config": meta}))
+
+    def weights_sha256(self) -> str:
+        return self._sha
+
+    def settings(self) -> dict:
+        return {"audio": self.cfg_audio, "downsample": self.meta["downsample"]}
+
+    def frames(self, wave: Tensor) -> Tensor:
+        mel = A.log_mel(wave, self.cfg_audio)
+        x, n = pad_mels([mel])
+        h, mask = self.model.frames(x, n)
+        return h[0, : int(mask[0].sum())]
+
+    @torch.no_grad()
+    def predict_proba(self, wave: Tensor) -> Tensor:
+        mel = A.log_mel(wave, self.cfg_audio)
+        x, n = pad_mels([mel])
+        return torch.sigmoid(self.model(x, n))[0]

