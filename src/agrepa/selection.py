@@ -1,0 +1,169 @@
+"""Layer selection from probe scores (paper, Sec. 4.4, Eqs. 10-11; Table 3's strategies).
+
+Per-layer score s_l (blocks l = 1..L only; the input interface is never selected):
+
+* ``foga``: FoG-A averaged over the t grid and both domains, or at one t
+  (``selection.foga_t``: ``all`` or a t value that is in the probe grid);
+* ``lasp``: per domain the mean over t (Cos-SEM for speech, Cos-EVT for audio),
+  then the mean of the two;
+* ``gradnorm``: gradient norm averaged over the domains;
+* ``random``: K layers drawn without replacement by ``numpy.random.default_rng(seed)``.
+
+Top-K (Eq. 10): the K largest scores; ties go to the lower layer index. Weights
+(Eq. 11): alpha_l = s_l / sum_{j in top-K} s_j. Rule for non-positive scores
+(possible for LASP cosines): weights use max(s_l, 0); if every selected score
+is <= 0 the weights are uniform (1/K). A non-finite score is an error. The
+random strategy always has uniform weights.
+
+Output JSON: ``{"strategy", "k", "layers" (1-based, by score descending; the
+random draw in ascending order), "weights" (aligned with "layers", sum 1),
+"scores" ({"1": s_1, ..., "L": s_L}; empty for random), "seed", "source",
+"config", "foga_t", "weight_rule"}``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import config as config_mod
+from . import io
+from .probes import read_probes
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("foga", "lasp", "gradnorm", "random")
+WEIGHT_RULE = "alpha_l = max(s_l,0) / sum over top-K; uniform if all selected s_l <= 0"
+
+
+def _one_run(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    runs = df[["config", "seed"]].drop_duplicates()
+    if len(runs) > 1:
+        raise ValueError(f"{source}: holds {len(runs)} (config, seed) runs; selection needs the probes "
+                         f"of one run")
+    return df
+
+
+def n_layers_of(df: pd.DataFrame, source: str = "probes") -> int:
+    """L, the number of blocks, from the layers the probes CSV covers (1..L)."""
+    layers = df.loc[df["layer"] >= 1, "layer"]
+    if layers.empty:
+        raise ValueError(f"{source}: no rows with layer >= 1")
+    L = int(layers.max())
+    if sorted(set(layers.astype(int))) != list(range(1, L + 1)):
+        raise ValueError(f"{source}: layers are not a contiguous range 1..{L}")
+    return L
+
+
+def layer_scores(df: pd.DataFrame, strategy: str, foga_t="all", source: str = "probes") -> pd.Series:
+    """Per-layer score s_l (index 1..L) of ``strategy`` from a probes DataFrame (see module doc)."""
+    if strategy not in ("foga", "lasp", "gradnorm"):
+        raise ValueError(f"no probe scores for strategy {strategy!r}; choose from foga, lasp, gradnorm")
+    rows = df[(df["probe"] == strategy) & (df["layer"] >= 1)]
+    if rows.empty:
+        raise ValueError(f"{source}: no {strategy} rows")
+    if strategy == "foga" and str(foga_t) != "all":
+        t = float(foga_t)
+        grid = sorted(rows["t"].unique())
+        hit = [g for g in grid if math.isclose(g, t, abs_tol=1e-9)]
+        if not hit:
+            raise ValueError(f"config key 'selection.foga_t': t={t} is not in the probe grid {grid} of {source}")
+        rows = rows[np.isclose(rows["t"], hit[0], atol=1e-9)]
+    per_domain = rows.groupby(["domain", "layer"])["score"].mean()        # mean over t
+    scores = per_domain.groupby("layer").mean()                           # then over domains
+    scores.index = scores.index.astype(int)
+    bad = scores[~np.isfinite(scores.to_numpy())]
+    if len(bad):
+        raise ValueError(f"{source}: non-finite {strategy} score at layer(s) {list(bad.index)}")
+    return scores.sort_index()
+
+
+def top_k(scores: pd.Series, k: int) -> list[int]:
+    """The K layers with the highest scores, by score descending; ties -> lower layer first."""
+    L = len(scores)
+    if not 1 <= k <= L:
+        raise ValueError(f"K={k} must satisfy 1 <= K <= L={L}")
+    order = sorted(scores.index, key=lambda l: (-float(scores[l]), int(l)))
+    return [int(l) for l in order[:k]]
+
+
+def weights_from_scores(selected: list[float]) -> list[float]:
+    """alpha_l = max(s_l, 0) / sum_j max(s_j, 0) (Eq. 11); uniform if that sum is 0."""
+    s = np.clip(np.asarray(selected, dtype=np.float64), 0.0, None)
+    total = s.sum()
+    if total <= 0:
+        log.warning("all selected scores are <= 0; using uniform weights")
+        return [1.0 / len(s)] * len(s)
+    return (s / total).tolist()
+
+
+def random_layers(n_layers: int, k: int, seed: int) -> list[int]:
+    """K distinct layers from 1..L drawn with ``numpy.random.default_rng(seed)``, ascending."""
+    if not 1 <= k <= n_layers:
+        raise ValueError(f"K={k} must satisfy 1 <= K <= L={n_layers}")
+    rng = np.random.default_rng(int(seed))
+    return sorted(int(l) + 1 for l in rng.choice(n_layers, size=k, replace=False))
+
+
+def select(df: pd.DataFrame, strategy: str, k: int, seed: int, foga_t="all", source: str = "probes") -> dict:
+    """The selection record (see module doc) for one run's probes DataFrame."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
+    df = _one_run(df, source)
+    L = n_layers_of(df, source)
+    if not 1 <= k <= L:
+        raise ValueError(f"K={k} must satisfy 1 <= K <= L={L} ({source})")
+    config_name = str(df["config"].iloc[0]) if len(df) else ""
+    record = {"strategy": strategy, "k": int(k), "seed": int(seed), "source": str(source),
+              "config": config_name, "foga_t": str(foga_t) if strategy == "foga" else None,
+              "weight_rule": WEIGHT_RULE}
+    if strategy == "random":
+        layers = random_layers(L, k, seed)
+        record.update(layers=layers, weights=[1.0 / k] * k, scores={})
+        return record
+    scores = layer_scores(df, strategy, foga_t, source)
+    if list(scores.index) != list(range(1, L + 1)):
+        raise ValueError(f"{source}: {strategy} scores cover layers {list(scores.index)}, expected 1..{L}")
+    layers = top_k(scores, k)
+    record.update(layers=layers, weights=weights_from_scores([float(scores[l]) for l in layers]),
+                  scores={str(l): float(s) for l, s in scores.items()})
+    return record
+
+
+def read_selection(path: str | Path) -> dict:
+    """Read and check a selection JSON; errors name the file."""
+    rec = io.read_json(path)
+    for key in ("strategy", "layers", "weights"):
+        if key not in rec:
+            raise ValueError(f"{path}: selection has no {key!r}")
+    if len(rec["layers"]) != len(rec["weights"]) or not math.isclose(sum(rec["weights"]), 1.0, abs_tol=1e-6):
+        raise ValueError(f"{path}: 'weights' must align with 'layers' and sum to 1")
+    return rec
+
+
+def cmd_select(args) -> int:
+    cfg = config_mod.from_args(args)
+    k = int(args.k if args.k is not None else config_mod.get(cfg, "selection.k"))
+    foga_t = args.foga_t if args.foga_t is not None else config_mod.get(cfg, "selection.foga_t", "all")
+    df = read_probes(args.probes)
+    record = select(df, args.strategy, k, args.seed, foga_t, source=str(args.probes))
+    io.write_json(args.out, record)
+    log.info("%s top-%d layers %s weights %s -> %s", args.strategy, k, record["layers"],
+             [round(w, 4) for w in record["weights"]], args.out)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("select", help="top-K layer selection and weights from probe scores",
+                              description=__doc__.split("\n\n")[0])
+    config_mod.add_cli_args(p)
+    p.add_argument("--probes", required=True, help="probes.csv of one run (agrepa probe)")
+    p.add_argument("--strategy", required=True, choices=STRATEGIES)
+    p.add_argument("--k", type=int, default=None, help="number of layers (default: selection.k)")
+    p.add_argument("--seed", type=int, required=True, help="the run's seed (draws the random layers)")
+    p.add_argument("--foga-t", default=None, help="'all' or one t of the probe grid (default: selection.foga_t)")
+    p.add_argument("--out", required=True, help="selection JSON")
+    p.set_defaults(func=cmd_select)
