@@ -243,7 +243,7 @@ def train_events(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, c
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             bar.update(1)
         history.append(total / len(order))
         log.info("epoch %d/%d: train BCE %.4f", epoch + 1, epochs, history[-1])
