@@ -72,6 +72,7 @@ def flow_matching_loss(model: nn.Module, batch: dict, t: Tensor, x0: Tensor, *,
     v, hidden = out if return_hidden else (out, None)
     w = loss_weights(batch, loss_on_prompt)
     err = ((v.float() - target.float()) ** 2).sum(-1)                       # [B, T]
+    err = torch.where(w > 0, err, torch.zeros_like(err))                    # padding never counts
     per_sample = (err * w).sum(1) / (w.sum(1).clamp(min=1) * x1.shape[-1])
     return FMOutput(per_sample.mean(), v, hidden)
 

@@ -315,7 +315,7 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
         terms = torch.stack([loss.detach().float(), fm.loss.detach().float(), l_bitc.detach().float(),
                              (l_repa.detach().float() if l_repa is not None else torch.zeros((), device=device))])
         terms = dist_mod.all_reduce_mean(d, terms).cpu()
-        for name, v in zip(("loss", "fm", "bitc", "repa"), terms.tolist()):
+        for name, v in sorted(zip(("loss", "fm", "bitc", "repa"), terms.tolist()), key=lambda x: x[0] == "loss"):
             if not math.isfinite(v):
                 raise NonFiniteLoss(f"step {step + 1}: loss term {name!r} is {v}; stopped, last good "
                                     f"checkpoint kept ({last if last.exists() else 'none written yet'})")
@@ -326,6 +326,7 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
                 p.grad = torch.zeros_like(p)
         dist_mod.all_reduce_grads(d, params)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        lr = opt.param_groups[0]["lr"]  # the rate this step uses
         opt.step()
         sched.step()
         ema.update()
@@ -338,7 +339,7 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
             m = (acc / acc_n).tolist()
             metrics.add({"step": done, "loss": m[0], "fm": m[1], "bitc": m[2],
                          "repa": m[3] if repa else float("nan"), "grad_norm": m[4],
-                         "lr": sched.get_last_lr()[0], "samples_per_s": G * acc_n / max(now - t_log, 1e-9)})
+                         "lr": lr, "samples_per_s": G * acc_n / max(now - t_log, 1e-9)})
             bar.set_postfix(loss=f"{m[0]:.4f}", fm=f"{m[1]:.4f}")
             log.debug("step %d: %s", done, metrics.rows[-1])
             acc.zero_()

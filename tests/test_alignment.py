@@ -1,0 +1,157 @@
+"""Flow-matching loss, pooling, BiT-C heads and REPA heads against hand-written formulas."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from agrepa.alignment import (BiTCHeads, REPAHeads, flow_matching_loss, method_layers, ot_path, pool,
+                              read_selection)
+from agrepa.model import DiT
+
+DIMS = {"semantic": 6, "acoustic": 5}
+
+
+def _batch(B=4, T=12, M=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mel = torch.randn(B, T, M, generator=g)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, 9:] = False
+    mask[3, 5:] = False
+    mel = mel * mask[..., None]
+    pm = torch.zeros(B, T, dtype=torch.bool)
+    pm[:, :3] = True
+    return {"mel": mel, "mask": mask, "tokens": torch.randint(1, 20, (B, 4), generator=g),
+            "prompt": mel * pm[..., None], "prompt_mask": pm, "domain": torch.tensor([0, 1, 0, 1]),
+            "emb_semantic": torch.randn(B, 6, generator=g), "emb_acoustic": torch.randn(B, 5, generator=g)}
+
+
+def _model():
+    torch.manual_seed(0)
+    m = DiT(n_layers=3, dim=16, n_heads=2, n_mels=8, vocab_size=20, ff_mult=2).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+def test_ot_path_endpoints():
+    x0, x1 = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    xt, u = ot_path(x0, x1, torch.tensor([0.0, 1.0]))
+    assert torch.equal(xt[0], x0[0]) and torch.equal(xt[1], x1[1]) and torch.equal(u, x1 - x0)
+
+
+@pytest.mark.parametrize("on_prompt", [True, False])
+def test_flow_matching_loss_formula(on_prompt):
+    m, b = _model(), _batch()
+    t = torch.tensor([0.1, 0.5, 0.7, 0.95])
+    x0 = torch.randn_like(b["mel"])
+    out = flow_matching_loss(m, b, t, x0, loss_on_prompt=on_prompt, return_hidden=True)
+    xt = (1 - t)[:, None, None] * x0 + t[:, None, None] * b["mel"]
+    v = m(xt, t, b["tokens"], b["prompt"], mask=b["mask"])
+    w = b["mask"] & (True if on_prompt else ~b["prompt_mask"])
+    per = [((v[i] - (b["mel"][i] - x0[i])) ** 2)[w[i]].mean() for i in range(4)]
+    assert torch.allclose(out.loss, torch.stack(per).mean(), atol=1e-6)
+    assert len(out.hidden) == 4 and torch.allclose(out.velocity, v, atol=1e-6)
+    # per-sample normalisation: the mean of shard losses is the global loss (multi-process training)
+    halves = [flow_matching_loss(m, {k: x[s] for k, x in b.items()}, t[s], x0[s],
+                                 loss_on_prompt=on_prompt).loss for s in (slice(0, 2), slice(2, 4))]
+    assert torch.allclose((halves[0] + halves[1]) / 2, out.loss, atol=1e-6)
+
+
+class _FixedVelocity(torch.nn.Module):
+    """Returns a given velocity field whatever the input (isolates the loss masking)."""
+
+    def __init__(self, v):
+        super().__init__()
+        self.v = v
+
+    def forward(self, x_t, t, tokens, prompt, mask=None, return_hidden=False, **_):
+        return (self.v, [x_t]) if return_hidden else self.v
+
+
+def test_prompt_region_excluded_when_asked():
+    b = _batch()
+    t, x0 = torch.full((4,), 0.5), torch.randn_like(b["mel"])
+    v = torch.randn_like(b["mel"])
+    v2 = v.clone()
+    v2[:, :3] += 5.0                       # a different prediction inside the prompt region only
+    excl = [flow_matching_loss(_FixedVelocity(x), b, t, x0, loss_on_prompt=False).loss for x in (v, v2)]
+    incl = [flow_matching_loss(_FixedVelocity(x), b, t, x0, loss_on_prompt=True).loss for x in (v, v2)]
+    assert torch.equal(excl[0], excl[1])
+    assert incl[1] > incl[0] + 1.0
+    v3 = v.clone()
+    v3[1, 9:] = 1e3                         # padding never counts
+    assert torch.equal(flow_matching_loss(_FixedVelocity(v3), b, t, x0).loss,
+                       flow_matching_loss(_FixedVelocity(v), b, t, x0).loss)
+
+
+def test_pool_ignores_padding():
+    h = torch.randn(2, 6, 3)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6], dtype=torch.bool)
+    p = pool(h, mask)
+    assert torch.allclose(p[0], h[0, :3].mean(0)) and torch.allclose(p[1], h[1].mean(0))
+    h2 = h.clone()
+    h2[0, 3:] = 1e6
+    assert torch.equal(pool(h2, mask), p)
+
+
+def test_bitc_heads_cosine_and_loss():
+    torch.manual_seed(0)
+    heads = BiTCHeads(16, DIMS, {"speech": 2.0, "audio": 0.5})
+    b = _batch()
+    h = torch.randn(4, 12, 16)
+    pooled = pool(h, b["mask"])
+    want_sem = F.cosine_similarity(heads.heads["semantic"][1](F.layer_norm(pooled, (16,))), b["emb_semantic"])
+    got = heads.cosine(h, b["mask"], "speech", b["emb_semantic"])
+    assert got.shape == (4,) and torch.allclose(got, want_sem, atol=1e-5)
+    want_ac = F.cosine_similarity(heads.heads["acoustic"](pooled), b["emb_acoustic"])
+    assert torch.allclose(heads.cosine(h, b["mask"], "audio", b["emb_acoustic"]), want_ac, atol=1e-5)
+    # the loss uses each sample's own domain teacher, weighted per domain
+    w = torch.tensor([2.0, 0.5, 2.0, 0.5])
+    cos = torch.where(b["domain"] == 0, want_sem, want_ac)
+    assert torch.allclose(heads.loss(h, b), (w * (1 - cos)).mean(), atol=1e-5)
+    with pytest.raises(ValueError, match="domain"):
+        heads.cosine(h, b["mask"], "music", b["emb_semantic"])
+
+
+def test_repa_heads_baseline_absent_and_weighted():
+    none = REPAHeads([], [], 16, DIMS, hidden=8)
+    assert len(list(none.parameters())) == 0 and not none
+    hidden = [torch.randn(4, 12, 16) for _ in range(4)]
+    b = _batch()
+    assert none.loss(hidden, b) is None
+    torch.manual_seed(1)
+    heads = REPAHeads([1, 3], [0.25, 0.75], 16, DIMS, hidden=8)
+    assert set(heads.heads) == {"1", "3"}
+    per = heads.per_layer(hidden, b)
+    for l in (1, 3):
+        pooled = pool(hidden[l], b["mask"])
+        cos = torch.where(b["domain"] == 0,
+                          F.cosine_similarity(heads.heads[str(l)]["semantic"](pooled), b["emb_semantic"]),
+                          F.cosine_similarity(heads.heads[str(l)]["acoustic"](pooled), b["emb_acoustic"]))
+        assert torch.allclose(per[l], (1 - cos).mean(), atol=1e-5)
+    assert torch.allclose(heads.loss(hidden, b), 0.25 * per[1] + 0.75 * per[3])
+    with pytest.raises(ValueError, match="layer 5"):
+        REPAHeads([5], [1.0], 16, DIMS).loss(hidden, b)
+
+
+def test_method_layers(tmp_path):
+    cfg = {"train": {"repa_lambda": 0.5},
+           "methods": {"baseline": {"layers": []}, "repa_l2": {"layers": [2, 3]}, "ag": {"selection": "foga"}}}
+    assert method_layers(cfg, "baseline", None, 4) == ([], [])
+    assert method_layers(cfg, "repa_l2", None, 4) == ([2, 3], [0.5, 0.5])
+    sel = tmp_path / "sel.json"
+    sel.write_text(json.dumps({"strategy": "foga", "layers": [1, 3], "weights": [0.7, 0.3]}))
+    assert method_layers(cfg, "ag", sel, 4) == ([1, 3], [0.7, 0.3])
+    with pytest.raises(ValueError, match="--selection"):
+        method_layers(cfg, "ag", None, 4)
+    with pytest.raises(KeyError, match="nope"):
+        method_layers(cfg, "nope", None, 4)
+    with pytest.raises(ValueError, match="outside"):
+        method_layers(cfg, "repa_l2", None, 2)
+    sel.write_text(json.dumps({"layers": [1, 3], "weights": [0.7, 0.7]}))
+    with pytest.raises(ValueError, match="sum to 1"):
+        read_selection(sel, 4)

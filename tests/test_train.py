@@ -1,0 +1,139 @@
+"""Two-phase training: determinism, branching, REPA present/absent, checkpoints, errors."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from agrepa import config as config_mod
+from agrepa import train
+from agrepa.cli import main as cli_main
+from test_dataset import make_corpus, tiny_cfg
+
+torch.set_num_threads(1)
+
+
+def _kw(p):
+    return dict(manifest=p["manifest"], mels=p["mels"], tokens=p["tokens"], semantic=p["semantic"],
+                acoustic=p["acoustic"])
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _tensors_equal(a, b) -> bool:
+    """Bitwise equality of two nested checkpoint structures."""
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_tensors_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_tensors_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    cfg, cfg_path = tiny_cfg(tmp, {"model": {"dropout": 0.1}})
+    paths = make_corpus(tmp / "data")
+    warm = train.run(cfg, phase="warmup", out=tmp / "warm0", seed=0, **_kw(paths))
+    return tmp, cfg, cfg_path, paths, warm
+
+
+def test_warmup_same_seed_identical_other_seed_differs(setup):
+    tmp, cfg, _, paths, warm = setup
+    again = train.run(cfg, phase="warmup", out=tmp / "warm0b", seed=0, **_kw(paths))
+    other = train.run(cfg, phase="warmup", out=tmp / "warm1", seed=1, **_kw(paths))
+    a, b, c = _load(warm), _load(again), _load(other)
+    for key in ("model", "ema", "bitc", "optimizer", "scheduler", "sampler", "rng"):
+        assert _tensors_equal(a[key], b[key]), key
+    assert not _tensors_equal(a["model"], c["model"]) and a["sampler"] != c["sampler"]
+    # what a checkpoint holds
+    assert a["step"] == 6 and a["phase"] == "warmup" and a["vocab_size"] == 40 and a["repa"] == {}
+    assert a["config"]["model"]["dim"] == 32 and set(a["rng"][0]) == {"torch", "cuda", "numpy", "python"}
+    m = pd.read_csv(tmp / "warm0" / "metrics.csv")
+    assert list(m.columns) == train.METRIC_COLUMNS and m["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert m["repa"].isna().all() and (m["bitc"] > 0).all() and (m["samples_per_s"] > 0).all()
+    assert (tmp / "warm0" / "config.resolved.yaml").exists() and (tmp / "warm0" / "last.pt").exists()
+
+
+def test_branch_baseline_has_no_repa_and_same_data(setup):
+    tmp, cfg, _, paths, warm = setup
+    base = train.run(cfg, phase="branch", method="baseline", init=warm, out=tmp / "base", seed=0, **_kw(paths))
+    repa = train.run(cfg, phase="branch", method="repa_l1_2", init=warm, out=tmp / "repa", seed=0, **_kw(paths))
+    b, r = _load(base), _load(repa)
+    assert b["repa"] == {} and b["layers"] == [] and b["weights"] == []
+    assert not any("repa" in str(k) for k in b["optimizer"]["state"])          # no head parameters at all
+    assert {k.split(".")[1] for k in r["repa"]} == {"1", "2"} and r["weights"] == [0.5, 0.5]
+    mb, mr = pd.read_csv(tmp / "base" / "metrics.csv"), pd.read_csv(tmp / "repa" / "metrics.csv")
+    assert mb["repa"].isna().all() and (mr["repa"] > 0).all()
+    # identical start (warm-up weights) and identical batch: the first FM/BiT-C terms agree exactly
+    assert mb["fm"][0] == mr["fm"][0] and mb["bitc"][0] == mr["bitc"][0]
+    assert abs(mr["loss"][0] - (mr["fm"][0] + mr["bitc"][0] + mr["repa"][0])) < 1e-5
+    assert sorted(p.name for p in (tmp / "base" / "snapshots").iterdir()) == ["step_000002.pt", "step_000004.pt"]
+    # the branch started from the warm-up EMA, not from scratch
+    w = _load(warm)
+    assert not _tensors_equal(b["model"], w["model"]) and b["init"] == str(warm)
+
+
+def test_repa_loss_decreases(setup):
+    tmp, cfg, _, paths, warm = setup
+    train.run(cfg, phase="branch", method="repa_l2", init=warm, out=tmp / "repa_long", seed=0, steps=40,
+              **_kw(paths))
+    m = pd.read_csv(tmp / "repa_long" / "metrics.csv")
+    first, last = m["repa"][:5].mean(), m["repa"][-5:].mean()
+    assert last < 0.7 * first, (first, last)
+
+
+def test_selection_method_and_load_checkpoint(setup):
+    tmp, cfg, _, paths, warm = setup
+    sel = tmp / "foga.json"
+    sel.write_text(json.dumps({"strategy": "foga", "layers": [2, 1], "weights": [0.8, 0.2]}))
+    with pytest.raises(ValueError, match="--selection"):
+        train.run(cfg, phase="branch", method="ag_repa", init=warm, out=tmp / "ag_bad", seed=0, **_kw(paths))
+    final = train.run(cfg, phase="branch", method="ag_repa", init=warm, selection=sel, out=tmp / "ag", seed=0,
+                      steps=3, **_kw(paths))
+    run = train.load_checkpoint(final)
+    assert (run.method, run.step, run.layers, run.weights) == ("ag_repa", 3, [2, 1], [0.8, 0.2])
+    assert not run.model.training and not run.bitc.training and run.vocab_size == 40
+    ck = _load(final)
+    assert all(torch.equal(v, ck["ema"]["model"][k]) for k, v in run.model.state_dict().items())
+    raw = train.load_checkpoint(final, use_ema=False)
+    assert all(torch.equal(v, ck["model"][k]) for k, v in raw.model.state_dict().items())
+    assert any(not torch.equal(v, ck["ema"]["model"][k]) for k, v in raw.model.state_dict().items())
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        train.load_checkpoint(tmp / "nothing.pt")
+    # a different method in a directory with last.pt is refused, not silently resumed
+    with pytest.raises(ValueError, match="last.pt: method"):
+        train.run(cfg, phase="branch", method="baseline", init=warm, out=tmp / "ag", seed=0, steps=3, **_kw(paths))
+
+
+def test_nonfinite_loss_stops_with_clear_error(tmp_path):
+    cfg, _ = tiny_cfg(tmp_path)
+    paths = make_corpus(tmp_path / "data", 2, 2)
+    from agrepa.store import Store, StoreWriter
+    st = Store(paths["acoustic"])
+    w = StoreWriter(tmp_path / "bad_ac", meta=st.meta)
+    for k in st.keys():
+        w.add(k, {"pooled": torch.full_like(st.get(k)["pooled"], float("nan"))})
+    w.close()
+    kw = dict(_kw(paths), acoustic=tmp_path / "bad_ac")
+    with pytest.raises(train.NonFiniteLoss, match=r"step 1: loss term 'bitc' is nan"):
+        train.run(cfg, phase="warmup", out=tmp_path / "w", seed=0, **kw)
+    assert not (tmp_path / "w" / "final.pt").exists()
+
+
+def test_cli_train_runs_and_reports_bad_input(setup, tmp_path, capsys):
+    tmp, cfg, cfg_path, paths, warm = setup
+    common = ["--config", str(config_mod.DEFAULT), "--config", str(cfg_path), "--manifest", str(paths["manifest"]),
+              "--mels", str(paths["mels"]), "--tokens", str(paths["tokens"]), "--semantic", str(paths["semantic"]),
+              "--acoustic", str(paths["acoustic"])]
+    assert cli_main(["train", "--phase", "warmup", "--steps", "2", "--out", str(tmp_path / "w"), *common]) == 0
+    assert _load(tmp_path / "w" / "final.pt")["step"] == 2
+    rc = cli_main(["train", "--phase", "branch", "--method", "baseline", "--init", str(tmp_path / "missing.pt"),
+                   "--out", str(tmp_path / "b"), *common])
+    assert rc == 2 and "missing.pt: warm-up checkpoint (--init) not found" in capsys.readouterr().err
