@@ -244,9 +244,13 @@ def read_probes(path: str | Path) -> pd.DataFrame:
 # --------------------------------------------------------------------------- CLI
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
+    """``auto`` -> cuda when available, else cpu (config key ``device``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"config key 'device': expected auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config key 'device': cuda asked for but no GPU is available")
     return torch.device(name)
 
 
@@ -275,38 +279,49 @@ def split_by_domain(batch: dict) -> dict[str, dict]:
     return out
 
 
+def token_config_name(args) -> str:
+    """The token config name for the CSV: ``--token-config``, else the token store's meta
+    (``token_config``), else the token store's directory name (``results/tokens/A`` -> ``A``)."""
+    if args.token_config:
+        return str(args.token_config)
+    from .store import Store
+
+    store = Store(args.tokens)
+    name = store.meta.get("token_config") or store.meta.get("config")
+    return str(name) if name else store.dir.name
+
+
 def cmd_probe(args) -> int:
     cfg = config_mod.from_args(args)
     pcfg = config_mod.get(cfg, "probe")
     t_grid = [float(t) for t in config_mod.get(cfg, "probe.t_grid")]
     if not t_grid or any(not 0.0 <= t <= 1.0 for t in t_grid):
         raise ValueError(f"config key 'probe.t_grid': need flow times in [0, 1], got {t_grid}")
-    torch.manual_seed(int(pcfg["seed"]))
+    probes = [p.strip() for p in args.probes.split(",") if p.strip()]
+    unknown = sorted(set(probes) - set(PROBES))
+    if not probes or unknown:
+        raise ValueError(f"--probes: unknown or no probe(s) {unknown}; choose from {list(PROBES)}")
     from .train import load_checkpoint                        # the training stage owns checkpoints
 
-    ckpt = Path(args.ckpt)
-    if not ckpt.exists():
-        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
-    run = load_checkpoint(ckpt, use_ema=True)
-    device = resolve_device(str(cfg.get("device", "auto")))
-    model = run.model.to(device)
-    heads = run.bitc.to(device) if run.bitc is not None else None
-    probes = [p.strip() for p in args.probes.split(",") if p.strip()]
-    if "lasp" in probes and heads is None:
-        raise ValueError(f"{ckpt}: checkpoint has no BiT-C heads, so the lasp probe cannot run "
-                         f"(train the warm-up with BiT-C, or pass --probes without lasp)")
+    run = load_checkpoint(args.ckpt, use_ema=True)
+    device = resolve_device(str(config_mod.get(cfg, "device", "auto")))
+    model, heads = run.model.to(device).eval(), run.bitc.to(device).eval()
+    for p in heads.parameters():                              # frozen interface heads
+        p.requires_grad_(False)
+    seed = int(args.seed if args.seed is not None else run.seed)
+    if args.seed is not None and args.seed != run.seed:
+        log.warning("--seed %d differs from the checkpoint's seed %d; the CSV records %d", args.seed, run.seed, seed)
     batches = probe_batches(cfg, args, device)
     scorers = {
         "speech": lambda b: bitc_scorer(heads, "speech", b["emb_semantic"]),
         "audio": lambda b: bitc_scorer(heads, "audio", b["emb_acoustic"]),
     }
-    config_name = args.token_config or str(run.cfg.get("token_config", "") if isinstance(run.cfg, dict) else "")
     df = run_probes(model, batches, t_grid, noise_seed=int(pcfg["seed"]), eps=float(pcfg["eps"]),
-                    scorers=scorers, probes=probes, config_name=config_name, seed=args.seed,
+                    scorers=scorers, probes=probes, config_name=token_config_name(args), seed=seed,
                     max_streams=pcfg.get("foga_max_streams"), gradnorm_t_grid=pcfg.get("gradnorm_t_grid"),
                     loss_on_prompt=bool(config_mod.get(cfg, "train.loss_on_prompt", True)))
     io.write_csv(args.out, df)
-    log.info("wrote %s (%d rows)", args.out, len(df))
+    log.info("wrote %s (%d rows) from %s (step %d)", args.out, len(df), args.ckpt, run.step)
     return 0
 
 
@@ -341,8 +356,9 @@ def register(subparsers) -> None:
     p.add_argument("--tokens", required=True, help="token store of this token config")
     p.add_argument("--semantic", required=True, help="semantic teacher embedding store")
     p.add_argument("--acoustic", required=True, help="acoustic teacher embedding store")
-    p.add_argument("--seed", type=int, required=True, help="the run's seed (recorded in the CSV)")
-    p.add_argument("--token-config", default=None, help="token config name for the CSV (default: from the run)")
+    p.add_argument("--seed", type=int, default=None, help="the run's seed for the CSV (default: the checkpoint's)")
+    p.add_argument("--token-config", default=None,
+                   help="token config name for the CSV (default: token store meta, else its directory name)")
     p.add_argument("--split", default="train", help="manifest split to probe (the paper: train)")
     p.add_argument("--probes", default=",".join(PROBES), help="comma list of foga,lasp,gradnorm")
     p.add_argument("--out", required=True, help="probes.csv")
