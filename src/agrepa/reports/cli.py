@@ -1,0 +1,139 @@
+"""``agrepa report ...``: tables and figures from the workflow's cached results.
+
+    agrepa report metrics      --eval E.json... [--reference R.json] --out results/metrics.csv
+    agrepa report table1       --probes P.csv... --out results/table1.csv
+    agrepa report table2       --metrics results/metrics.csv --out results/table2.csv
+    agrepa report table3       --metrics M --convergence C.csv... --selection S.json... --out results/table3.csv
+    agrepa report figure1      --probes P.csv... [--style S] --out results/figures/figure1_A.png
+    agrepa report layer-scores --probes P.csv... [--style S] --out results/figures/layer_scores_A.png
+    agrepa report convergence  --convergence C.csv... [--style S] --out results/figures/convergence_A.png
+    agrepa report seed-scatter --metrics M [--style S] --out results/figures/seed_scatter.png
+
+table2/table3 also write the ``*_vs_paper.csv`` sibling of their --out.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .. import config as agrepa_config
+from .. import io
+from . import figures, tables
+
+log = logging.getLogger(__name__)
+
+
+def cmd_metrics(args) -> int:
+    cfg = agrepa_config.from_args(args)
+    df = tables.metrics_frame(args.eval, args.reference, experiment=cfg["name"])
+    io.write_csv(args.out, df)
+    log.info("wrote %s (%d rows from %d evaluations)", args.out, len(df), len(args.eval))
+    return 0
+
+
+def cmd_table1(args) -> int:
+    from . import probes as probe_reports
+
+    cfg = agrepa_config.from_args(args)
+    df = probe_reports.table1(args.probes, k=int(cfg["selection"]["k"]))
+    io.write_csv(args.out, df)
+    log.info("wrote %s", args.out)
+    return 0
+
+
+def cmd_table2(args) -> int:
+    cfg = agrepa_config.from_args(args)
+    table = tables.table2(tables.read_metrics(args.metrics), cfg)
+    io.write_csv(args.out, table)
+    io.write_csv(tables.vs_paper_path(args.out), tables.table2_vs_paper(table, cfg))
+    log.info("wrote %s and %s", args.out, tables.vs_paper_path(args.out))
+    return 0
+
+
+def cmd_table3(args) -> int:
+    cfg = agrepa_config.from_args(args)
+    table = tables.table3(tables.read_metrics(args.metrics), tables.convergence_frame(args.convergence),
+                          tables.read_selections(args.selection), cfg)
+    io.write_csv(args.out, table)
+    io.write_csv(tables.vs_paper_path(args.out), tables.table3_vs_paper(table))
+    log.info("wrote %s and %s", args.out, tables.vs_paper_path(args.out))
+    return 0
+
+
+def cmd_figure1(args) -> int:
+    from . import probes as probe_reports
+
+    agrepa_config.from_args(args)
+    with figures.style(args.style):
+        probe_reports.figure1(probe_reports.load_probes(args.probes), args.out)
+    return 0
+
+
+def cmd_layer_scores(args) -> int:
+    from . import probes as probe_reports
+
+    agrepa_config.from_args(args)
+    with figures.style(args.style):
+        probe_reports.probe_bars(probe_reports.load_probes(args.probes), args.out)
+    return 0
+
+
+def cmd_convergence(args) -> int:
+    cfg = agrepa_config.from_args(args)
+    conv = tables.convergence_frame(args.convergence)
+    tcs = sorted(set(conv["token_config"]))
+    threshold = tables.convergence_threshold(conv, cfg, tcs[0]) if len(tcs) == 1 else np.nan
+    figures.convergence_figure(conv, cfg, args.out, threshold=threshold, style_file=args.style)
+    return 0
+
+
+def cmd_seed_scatter(args) -> int:
+    cfg = agrepa_config.from_args(args)
+    metrics = tables.read_metrics(args.metrics)
+    metrics = metrics[metrics["method"] != tables.REFERENCE_METHOD]
+    figures.seed_scatter(metrics, cfg, args.out, style_file=args.style)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="tables and figures from cached results",
+                              description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="report_command", metavar="WHAT")
+    sub.required = True
+
+    def add(name, func, help_text):
+        q = sub.add_parser(name, help=help_text)
+        agrepa_config.add_cli_args(q)
+        q.add_argument("--out", required=True, help="output file")
+        q.set_defaults(func=func)
+        return q
+
+    q = add("metrics", cmd_metrics, "tidy metrics.csv from evaluation JSONs")
+    q.add_argument("--eval", nargs="+", required=True, help="eval JSONs at <tc>/seed<N>/<method>.json")
+    q.add_argument("--reference", default=None, help="ground-truth evaluation JSON")
+
+    q = add("table1", cmd_table1, "Table 1 (top-k layers by LASP and FoG-A)")
+    q.add_argument("--probes", nargs="+", required=True, help="probes.csv files")
+
+    q = add("table2", cmd_table2, "Table 2 (+ table2_vs_paper.csv)")
+    q.add_argument("--metrics", required=True, help="metrics.csv")
+
+    q = add("table3", cmd_table3, "Table 3 (+ table3_vs_paper.csv)")
+    q.add_argument("--metrics", required=True, help="metrics.csv")
+    q.add_argument("--convergence", nargs="+", required=True, help="convergence CSVs at <tc>/seed<N>/<method>.csv")
+    q.add_argument("--selection", nargs="+", required=True, help="selection JSONs at <tc>/seed<N>/<strategy>.json")
+
+    for name, func, what in (("figure1", cmd_figure1, "Figure 1 (LASP vs FoG-A heatmaps)"),
+                             ("layer-scores", cmd_layer_scores, "per-layer FoG-A / LASP bars")):
+        q = add(name, func, what)
+        q.add_argument("--probes", nargs="+", required=True, help="probes.csv files (one token config)")
+        q.add_argument("--style", default=None, help="matplotlib style file")
+
+    q = add("convergence", cmd_convergence, "FAD vs. step curves per method")
+    q.add_argument("--convergence", nargs="+", required=True, help="convergence CSVs")
+    q.add_argument("--style", default=None, help="matplotlib style file")
+
+    q = add("seed-scatter", cmd_seed_scatter, "per-seed values of the Table 2 metrics")
+    q.add_argument("--metrics", required=True, help="metrics.csv")
+    q.add_argument("--style", default=None, help="matplotlib style file")

@@ -1,0 +1,136 @@
+"""Figures made only from the tidy CSVs: convergence curves and per-seed scatter.
+
+* ``convergence_figure``: FAD of samples from the branch snapshots vs. branch step, one
+  line per method (mean over seeds, shaded band = min..max over seeds), one panel per
+  domain, with the Table 3 threshold as a dashed line when known.
+* ``seed_scatter``: every seed's value of each Table 2 column, per method (one panel per
+  column), with the mean over seeds as a bar, so the spread behind ``mean ± std`` shows.
+
+Style comes from a matplotlib style file (``workflow/report/figures.mplstyle``); the
+image format follows the output's extension. Files are written atomically.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .. import io  # noqa: E402
+from .tables import _scale, method_label  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def style(path: str | os.PathLike | None) -> Iterator[None]:
+    """Apply a matplotlib style file (or nothing) for the figures drawn inside."""
+    if path is None:
+        yield
+        return
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: figure style file not found")
+    with plt.style.context(str(path)):
+        yield
+
+
+def save(fig, out: str | os.PathLike, dpi: int) -> Path:
+    """Save a figure atomically; the format is the extension of ``out``."""
+    out = Path(out)
+    fmt = out.suffix.lstrip(".").lower()
+    if fmt not in ("png", "pdf", "svg"):
+        raise ValueError(f"{out}: figure format must be png, pdf or svg")
+    with io.atomic_path(out) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
+    plt.close(fig)
+    log.info("wrote %s", out)
+    return out
+
+
+def convergence_figure(conv: pd.DataFrame, cfg: dict, out: str | os.PathLike,
+                       threshold: float | None = None, style_file: str | os.PathLike | None = None) -> Path:
+    """FAD vs. branch step per method and domain (conv: tables.convergence_frame rows)."""
+    if conv.empty:
+        raise ValueError(f"{out}: no convergence rows to plot")
+    domains = [d for d in ("speech", "audio") if d in set(conv["domain"])] or sorted(set(conv["domain"]))
+    methods = [m for m in cfg["methods"] if m in set(conv["method"])]
+    with style(style_file):
+        fig, axes = plt.subplots(1, len(domains), squeeze=False,
+                                 figsize=(3.6 * len(domains), plt.rcParams["figure.figsize"][1]))
+        colors = plt.get_cmap("tab10")
+        for ax, domain in zip(axes[0], domains):
+            d = conv[conv["domain"] == domain]
+            for i, method in enumerate(methods):
+                g = d[d["method"] == method].groupby("step")["fad"]
+                if g.ngroups == 0:
+                    continue
+                stats = g.agg(["mean", "min", "max"]).reset_index()
+                c = colors(i % 10)
+                ax.plot(stats["step"], stats["mean"], marker="o", color=c,
+                        label=method_label(method, cfg["methods"][method]))
+                ax.fill_between(stats["step"], stats["min"], stats["max"], color=c, alpha=0.15, linewidth=0)
+            if threshold is not None and np.isfinite(threshold) and domain == cfg["report"]["table3"]["domain"]:
+                ax.axhline(threshold, color="0.3", linestyle="--", linewidth=1, label="threshold")
+            emb = ", ".join(sorted(set(d["embedding"].dropna().astype(str))))
+            ax.set_title(f"{domain}")
+            ax.set_xlabel("branch step")
+            ax.set_ylabel(f"FAD ({emb})" if emb else "FAD")
+        axes[0][-1].legend(loc="upper right")
+        tcs = ", ".join(sorted(set(conv["token_config"].astype(str))))
+        fig.suptitle(f"Convergence — config {tcs} ({cfg['name']}, seeds: "
+                     f"{', '.join(str(s) for s in sorted(set(conv['seed'])))})")
+        return save(fig, out, cfg["report"]["figures"]["dpi"])
+
+
+def seed_scatter(metrics: pd.DataFrame, cfg: dict, out: str | os.PathLike,
+                 style_file: str | os.PathLike | None = None) -> Path:
+    """Per-seed values of every Table 2 column, per method (bars: mean over seeds)."""
+    t2 = cfg["report"]["table2"]
+    methods = [m for m in t2["methods"] if m in set(metrics["method"])]
+    if not methods:
+        raise ValueError(f"{out}: metrics has none of report.table2.methods")
+    columns = [(label, ref) for label, ref in t2["columns"].items()
+               if metrics[(metrics["domain"] == ref["domain"]) & (metrics["metric"] == ref["metric"])]
+               ["value"].notna().any()]
+    if not columns:
+        raise ValueError(f"{out}: none of the Table 2 columns has a value")
+    tcs = [tc for tc in cfg["token_configs"] if tc in set(metrics["token_config"])]
+    x = np.arange(len(methods))
+    with style(style_file):
+        fig, axes = plt.subplots(1, len(columns), squeeze=False,
+                                 figsize=(max(3.0, 0.45 * len(methods) + 1.2) * len(columns),
+                                          plt.rcParams["figure.figsize"][1]))
+        markers = "os^Dv"
+        width = 0.8 / max(1, len(tcs))
+        for ax, (label, ref) in zip(axes[0], columns):
+            sel = metrics[(metrics["domain"] == ref["domain"]) & (metrics["metric"] == ref["metric"])]
+            scale = _scale(ref["metric"], cfg)
+            for j, tc in enumerate(tcs):
+                offset = (j - (len(tcs) - 1) / 2) * width
+                for i, method in enumerate(methods):
+                    v = sel[(sel["token_config"] == tc) & (sel["method"] == method)].sort_values("seed")
+                    vals = v["value"].to_numpy(float) * scale
+                    finite = vals[np.isfinite(vals)]
+                    if finite.size:
+                        ax.bar(x[i] + offset, finite.mean(), width=width * 0.9, color=f"C{j}", alpha=0.3)
+                    # deterministic horizontal spread of the seeds inside the bar
+                    spread = np.linspace(-0.25, 0.25, len(vals)) * width if len(vals) > 1 else np.zeros(len(vals))
+                    ax.scatter(x[i] + offset + spread, vals, color=f"C{j}", marker=markers[j % len(markers)],
+                               zorder=3, label=f"config {tc}" if i == 0 else None)
+            ax.set_xticks(x)
+            ax.set_xticklabels(methods, rotation=45, ha="right")
+            ax.set_title(label + (" (%)" if scale != 1 else ""))
+        if len(tcs) > 1:
+            axes[0][-1].legend()
+        seeds = sorted(int(s) for s in metrics["seed"].dropna().unique())
+        fig.suptitle(f"Per-seed results ({cfg['name']}, seeds {', '.join(map(str, seeds))})")
+        return save(fig, out, cfg["report"]["figures"]["dpi"])
+

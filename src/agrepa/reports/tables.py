@@ -1,0 +1,389 @@
+"""Tables 2 and 3, the tidy ``metrics.csv`` and their ``*_vs_paper.csv`` siblings.
+
+Everything here reads only what the workflow wrote (evaluation JSONs, convergence
+CSVs, selection JSONs), never a model, so tables regenerate in seconds.
+
+* ``metrics.csv``: one row per run x metric (long format): experiment, token_config,
+  seed, method, domain, metric, value, ci_low, ci_high, n, model, note, source.
+* Table 2: one row per (token config, method); per column (config
+  ``report.table2.columns``: label -> domain + metric) the mean ± std over seeds
+  (sample std, ddof = 1), the number of seeds, and provenance (experiment name, seeds,
+  clips scored, ASR / FAD-embedding / MOS models).
+* Table 3: one row per layer-selection strategy (plus the baseline): the layers each
+  picked, training steps, final FAD (mean ± std), relative gain
+  ``100 * (FAD_baseline - FAD) / FAD_baseline`` and convergence = the first branch
+  step whose FAD is <= the threshold, per seed, then mean ± std over the seeds that
+  reached it.
+* ``*_vs_paper.csv``: our numbers beside the paper's (``agrepa/data/paper_reference.csv``)
+  and, because absolute values do not transfer across scales and FAD embeddings, both
+  changes relative to each one's own baseline: ``100 * (x - x_baseline) / x_baseline``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .. import io
+
+METRIC_COLUMNS = ["experiment", "token_config", "seed", "method", "domain", "metric", "value",
+                  "ci_low", "ci_high", "n", "model", "note", "source"]
+CONVERGENCE_COLUMNS = ["step", "domain", "fad", "n", "embedding"]
+RUN_PATTERN = re.compile(r"(?P<tc>[^/\\]+)[/\\]seed(?P<seed>\d+)[/\\](?P<method>[^/\\]+)\.(?:json|csv)$")
+STRATEGY_LABELS = {"random": "Random Control", "lasp": "Highest LASP",
+                   "gradnorm": "Gradient Norm", "foga": "Highest FoG-A"}
+REFERENCE_METHOD = "reference"
+
+
+# --- reading the workflow's artifacts ----------------------------------------------------
+def run_of_path(path: str | os.PathLike) -> dict:
+    """Token config, seed and method from ``.../<tc>/seed<S>/<method>.{json,csv}``."""
+    m = RUN_PATTERN.search(str(path))
+    if not m:
+        raise ValueError(f"{path}: expected a path ending in <token config>/seed<N>/<method>.json|csv")
+    return {"token_config": m["tc"], "seed": int(m["seed"]), "method": m["method"]}
+
+
+def read_eval(path: str | os.PathLike, run: dict | None = None) -> list[dict]:
+    """The metric rows of one evaluation JSON ({"run": {...}, "metrics": [...]})."""
+    data = io.read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("metrics"), list):
+        raise ValueError(f"{path}: an evaluation JSON needs a 'metrics' list")
+    run = dict(run if run is not None else run_of_path(path))
+    rows = []
+    for i, item in enumerate(data["metrics"]):
+        for key in ("domain", "metric", "value"):
+            if key not in item:
+                raise ValueError(f"{path}: metrics[{i}] has no {key!r}")
+        value = item["value"]
+        rows.append({**run, "domain": item["domain"], "metric": item["metric"],
+                     "value": float(value) if value is not None else math.nan,
+                     "ci_low": _num(item.get("ci_low")), "ci_high": _num(item.get("ci_high")),
+                     "n": _num(item.get("n")), "model": item.get("model") or "",
+                     "note": item.get("note") or "", "source": str(path)})
+    return rows
+
+
+def _num(x) -> float:
+    return float(x) if x is not None else math.nan
+
+
+def metrics_frame(eval_paths: Iterable[str | os.PathLike], reference: str | os.PathLike | None = None,
+                  experiment: str = "") -> pd.DataFrame:
+    """Tidy long table of every run x metric (``metrics.csv``).
+
+    The run of each JSON comes from its path (``<tc>/seed<S>/<method>.json``); the
+    ground-truth floor (``reference``), if given, becomes method ``reference`` with
+    no token config or seed.
+    """
+    rows: list[dict] = []
+    for p in eval_paths:
+        rows += read_eval(p)
+    if reference is not None:
+        rows += read_eval(reference, {"token_config": "", "seed": math.nan, "method": REFERENCE_METHOD})
+    df = pd.DataFrame(rows, columns=[c for c in METRIC_COLUMNS if c != "experiment"])
+    df.insert(0, "experiment", experiment)
+    return df[METRIC_COLUMNS]
+
+
+def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: metrics CSV not found")
+    df = pd.read_csv(path, keep_default_na=True, dtype={"token_config": str, "model": str, "note": str})
+    missing = [c for c in METRIC_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    df["token_config"] = df["token_config"].fillna("")
+    df[["model", "note"]] = df[["model", "note"]].fillna("")
+    return df
+
+
+def convergence_frame(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """All convergence CSVs (step, domain, fad, n, embedding) with their run columns."""
+    frames = []
+    for p in paths:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"{p}: convergence CSV not found")
+        df = pd.read_csv(p)
+        missing = [c for c in CONVERGENCE_COLUMNS if c not in df.columns]
+        if missing:
+            raise ValueError(f"{p}: missing columns {missing}")
+        for k, v in run_of_path(p).items():
+            df[k] = v
+        frames.append(df)
+    cols = ["token_config", "seed", "method"] + CONVERGENCE_COLUMNS
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def read_selections(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """Selection JSONs as rows: token_config, seed, strategy, layers (list), weights (list)."""
+    rows = []
+    for p in paths:
+        data = io.read_json(p)
+        for key in ("strategy", "layers"):
+            if key not in data:
+                raise ValueError(f"{p}: selection JSON has no {key!r}")
+        m = re.search(r"(?P<tc>[^/\\]+)[/\\]seed(?P<seed>\d+)[/\\][^/\\]+\.json$", str(p))
+        if not m:
+            raise ValueError(f"{p}: expected a path ending in <token config>/seed<N>/<strategy>.json")
+        rows.append({"token_config": m["tc"], "seed": int(m["seed"]), "strategy": data["strategy"],
+                     "layers": [int(x) for x in data["layers"]], "weights": data.get("weights")})
+    return pd.DataFrame(rows, columns=["token_config", "seed", "strategy", "layers", "weights"])
+
+
+def paper_reference() -> pd.DataFrame:
+    """The paper's Tables 2 and 3 (table, method, label, metric, value, std, note)."""
+    with resources.files("agrepa.data").joinpath("paper_reference.csv").open() as f:
+        return pd.read_csv(f)
+
+
+# --- small statistics -----------------------------------------------------------------------
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample std (ddof = 1; NaN for one value) and count of the finite values."""
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan, 0
+    return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else math.nan, int(x.size)
+
+
+def fmt_mean_std(mean: float, std: float, decimals: int) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    if not np.isfinite(std):
+        return f"{mean:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def relative_change(x: float, base: float) -> float:
+    """100 * (x - base) / base (NaN when either is missing or base is 0)."""
+    if not (np.isfinite(x) and np.isfinite(base)) or base == 0:
+        return math.nan
+    return 100.0 * (x - base) / base
+
+
+def method_label(name: str, spec: dict) -> str:
+    """A row label in the paper's style from a method's config entry."""
+    if spec.get("selection"):
+        s = spec["selection"]
+        return "AG-REPA (FoG-A top-k)" if s == "foga" else f"REPA @ {STRATEGY_LABELS.get(s, s)} top-k"
+    layers = spec.get("layers") or []
+    if not layers:
+        return "Baseline (None)"
+    if len(layers) == 1:
+        return f"REPA @ Layer {layers[0]}"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"REPA @ L{layers[0]}–L{layers[-1]}"
+    return "REPA @ L" + ", ".join(str(l) for l in layers)
+
+
+def _join_unique(values: Iterable) -> str:
+    out = []
+    for v in values:
+        if isinstance(v, str) and v and v not in out:
+            out.append(v)
+    return "; ".join(out)
+
+
+def _metric_values(df: pd.DataFrame, domain: str, metric: str) -> pd.DataFrame:
+    return df[(df["domain"] == domain) & (df["metric"] == metric)]
+
+
+def _scale(metric: str, cfg: dict) -> float:
+    return 100.0 if metric in ("wer", "wer_utt") and cfg["report"]["table2"]["wer_percent"] else 1.0
+
+
+def _token_configs(metrics: pd.DataFrame, cfg: dict) -> list[str]:
+    present = set(metrics["token_config"].astype(str))
+    return [tc for tc in cfg["token_configs"] if tc in present]
+
+
+# --- Table 2 --------------------------------------------------------------------------------
+def table2(metrics: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """Table 2: one row per (token config, method) of ``report.table2.methods``."""
+    t2 = cfg["report"]["table2"]
+    dec = cfg["report"]["decimals"]
+    rows = []
+    for tc in _token_configs(metrics, cfg):
+        for method in t2["methods"]:
+            run = metrics[(metrics["token_config"] == tc) & (metrics["method"] == method)]
+            if run.empty:
+                raise ValueError(f"metrics: no rows for token config {tc!r}, method {method!r} "
+                                 f"(listed in report.table2.methods)")
+            spec = cfg["methods"][method]
+            row = {"Config": tc, "Method": method_label(method, spec), "method": method,
+                   "layers": " ".join(map(str, spec.get("layers", []))) if "layers" in spec
+                   else f"top-{cfg['selection']['k']} by {spec['selection']}"}
+            numeric, notes, clips = {}, [], {}
+            for label, ref in t2["columns"].items():
+                sel = _metric_values(run, ref["domain"], ref["metric"])
+                scale = _scale(ref["metric"], cfg)
+                mean, std, n = mean_std(list(sel["value"] * scale))
+                row[label] = fmt_mean_std(mean, std, dec)
+                key = _slug(label)
+                numeric.update({f"{key}_mean": mean, f"{key}_std": std, f"{key}_n_seeds": n})
+                if n == 0 and len(sel):
+                    notes.append(f"{label}: {_join_unique(sel['note']) or 'not computed'}")
+                elif len(sel) == 0:
+                    notes.append(f"{label}: metric {ref['domain']}/{ref['metric']} not in the evaluation")
+                if len(sel):
+                    clips[ref["domain"]] = max(clips.get(ref["domain"], 0), int(np.nanmax(sel["n"])) if sel["n"].notna().any() else 0)
+            row.update(numeric)
+            seeds = sorted(int(s) for s in run["seed"].dropna().unique())
+            row.update({
+                "n_seeds": len(seeds), "seeds": " ".join(map(str, seeds)),
+                "experiment": cfg["name"],
+                "n_clips": "; ".join(f"{d}={n}" for d, n in sorted(clips.items())),
+                "asr_model": _join_unique(run[run["metric"].isin(["wer", "wer_utt"])]["model"]),
+                "fad_embedding": _join_unique(run[run["metric"].isin(["fad", "fad_inf"])]["model"]),
+                "mos_model": _join_unique(run[run["metric"].isin(["mos_ovrl", "mos_p808"])]["model"]),
+                "notes": " | ".join(notes),
+            })
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+
+
+def table2_vs_paper(table: pd.DataFrame, cfg: dict, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 2 beside the paper: per (token config, method, column) ours, paper, relative changes."""
+    paper = paper_reference() if paper is None else paper
+    paper = paper[paper["table"] == "table2"]
+    base = cfg["report"]["table3"]["baseline"]
+    rows = []
+    for _, r in table.iterrows():
+        for label in cfg["report"]["table2"]["columns"]:
+            key = _slug(label)
+            ours, ours_std = r[f"{key}_mean"], r[f"{key}_std"]
+            ref = paper[(paper["method"] == r["method"]) & (paper["metric"] == label)]
+            p = float(ref["value"].iloc[0]) if len(ref) else math.nan
+            p_std = float(ref["std"].iloc[0]) if len(ref) else math.nan
+            ours_base = table[(table["Config"] == r["Config"]) & (table["method"] == base)]
+            ob = float(ours_base[f"{key}_mean"].iloc[0]) if len(ours_base) else math.nan
+            pb_row = paper[(paper["method"] == base) & (paper["metric"] == label)]
+            pb = float(pb_row["value"].iloc[0]) if len(pb_row) else math.nan
+            ours_rel, paper_rel = relative_change(ours, ob), relative_change(p, pb)
+            same = (np.sign(ours_rel) == np.sign(paper_rel)) if np.isfinite(ours_rel) and np.isfinite(paper_rel) \
+                and r["method"] != base else None
+            rows.append({"Config": r["Config"], "method": r["method"], "Method": r["Method"], "metric": label,
+                         "ours_mean": ours, "ours_std": ours_std, "ours_n_seeds": r[f"{key}_n_seeds"],
+                         "paper": p, "paper_std": p_std,
+                         "ours_vs_baseline_pct": ours_rel, "paper_vs_baseline_pct": paper_rel,
+                         "same_direction": same, "experiment": r["experiment"]})
+    return pd.DataFrame(rows)
+
+
+# --- Table 3 --------------------------------------------------------------------------------
+def steps_to_threshold(curve: pd.DataFrame, threshold: float) -> float:
+    """First step whose FAD is <= threshold (curve: columns step, fad); NaN if never."""
+    c = curve.dropna(subset=["fad"]).sort_values("step")
+    hit = c[c["fad"] <= threshold]
+    return float(hit["step"].iloc[0]) if len(hit) else math.nan
+
+
+def convergence_threshold(conv: pd.DataFrame, cfg: dict, token_config: str) -> float:
+    """eval.convergence.threshold, or (null) the baseline's final FAD, mean over seeds."""
+    fixed = cfg["eval"]["convergence"]["threshold"]
+    if fixed is not None:
+        return float(fixed)
+    t3 = cfg["report"]["table3"]
+    base = conv[(conv["token_config"] == token_config) & (conv["method"] == t3["baseline"])
+                & (conv["domain"] == t3["domain"])].dropna(subset=["fad"])
+    if base.empty:
+        return math.nan
+    finals = base.sort_values("step").groupby("seed")["fad"].last()
+    return float(finals.mean())
+
+
+def _layers_text(sel: pd.DataFrame) -> str:
+    if sel.empty:
+        return "—"
+    per_seed = {int(r.seed): ", ".join(f"L{l}" for l in r.layers) for r in sel.itertuples()}
+    values = set(per_seed.values())
+    if len(values) == 1:
+        return values.pop()
+    return " | ".join(f"seed {s}: {v}" for s, v in sorted(per_seed.items()))
+
+
+def table3(metrics: pd.DataFrame, convergence: pd.DataFrame, selections: pd.DataFrame,
+           cfg: dict) -> pd.DataFrame:
+    """Table 3: baseline + one row per strategy of ``selection.strategies``."""
+    t3 = cfg["report"]["table3"]
+    dec = cfg["report"]["decimals"]
+    domain = t3["domain"]
+    steps = int(cfg["train"]["branch_steps"])
+    k = int(cfg["selection"]["k"])
+    rows = []
+    for tc in _token_configs(metrics, cfg):
+        threshold = convergence_threshold(convergence, cfg, tc)
+        entries = [("baseline", t3["baseline"])] + [(s, t3["strategies"][s]) for s in cfg["selection"]["strategies"]]
+        base_mean = math.nan
+        for strategy, method in entries:
+            run = metrics[(metrics["token_config"] == tc) & (metrics["method"] == method)]
+            if run.empty:
+                raise ValueError(f"metrics: no rows for token config {tc!r}, method {method!r} "
+                                 f"(Table 3 row {strategy!r})")
+            fad = _metric_values(run, domain, "fad")
+            mean, std, n = mean_std(list(fad["value"]))
+            if strategy == "baseline":
+                base_mean = mean
+            curves = convergence[(convergence["token_config"] == tc) & (convergence["method"] == method)
+                                 & (convergence["domain"] == domain)]
+            reached = [steps_to_threshold(g, threshold) for _, g in curves.groupby("seed")] \
+                if np.isfinite(threshold) else []
+            c_mean, c_std, c_n = mean_std(reached)
+            sel = selections[(selections["token_config"] == tc) & (selections["strategy"] == strategy)] \
+                if strategy != "baseline" else selections.iloc[0:0]
+            gain = -relative_change(mean, base_mean) if strategy != "baseline" else math.nan
+            rows.append({
+                "Config": tc,
+                "Selection Strategy": "Baseline (None)" if strategy == "baseline"
+                else STRATEGY_LABELS.get(strategy, strategy) + (" (AG-REPA)" if strategy == "foga" else ""),
+                "strategy": strategy, "method": method,
+                f"Top-{k} Layers": _layers_text(sel),
+                "Training steps": steps,
+                "FAD": fmt_mean_std(mean, std, dec),
+                "Rel. Gain": "—" if strategy == "baseline" or not np.isfinite(gain) else f"{gain:+.1f}%",
+                "Convergence": (fmt_mean_std(c_mean, c_std, 0) + (f" ({c_n}/{len(reached)} seeds)"
+                                                                 if c_n < len(reached) else ""))
+                if c_n else "N/A",
+                "fad_mean": mean, "fad_std": std, "n_seeds": n, "rel_gain_pct": gain,
+                "convergence_mean": c_mean, "convergence_std": c_std,
+                "convergence_reached": f"{c_n}/{len(reached)}", "threshold": threshold,
+                "domain": domain, "experiment": cfg["name"],
+                "seeds": " ".join(str(int(s)) for s in sorted(run["seed"].dropna().unique())),
+                "fad_embedding": _join_unique(fad["model"]),
+                "n_clips": int(np.nanmax(fad["n"])) if fad["n"].notna().any() else 0,
+            })
+    return pd.DataFrame(rows)
+
+
+def table3_vs_paper(table: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 3 beside the paper: FAD, Rel. Gain (%) and convergence steps per strategy."""
+    paper = paper_reference() if paper is None else paper
+    paper = paper[paper["table"] == "table3"]
+    rows = []
+    for _, r in table.iterrows():
+        for metric, ours in (("Training steps", float(r["Training steps"])), ("FAD", r["fad_mean"]),
+                             ("Rel. Gain", r["rel_gain_pct"]), ("Convergence", r["convergence_mean"])):
+            ref = paper[(paper["method"] == r["strategy"]) & (paper["metric"] == metric)]
+            rows.append({"Config": r["Config"], "strategy": r["strategy"], "method": r["method"],
+                         "metric": metric, "ours": ours,
+                         "paper": float(ref["value"].iloc[0]) if len(ref) else math.nan,
+                         "paper_note": ref["note"].iloc[0] if len(ref) and isinstance(ref["note"].iloc[0], str) else "",
+                         "experiment": r["experiment"]})
+    return pd.DataFrame(rows)
+
+
+def vs_paper_path(out: str | os.PathLike) -> Path:
+    """``results/table2.csv`` -> ``results/table2_vs_paper.csv``."""
+    out = Path(out)
+    return out.with_name(out.stem + "_vs_paper" + out.suffix)

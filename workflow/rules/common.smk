@@ -1,0 +1,229 @@
+# Shared helpers of the workflow: where every artifact lives, the experiment
+# grid read from the config, per-rule resources, the path check and the merged
+# config file that every rule passes to `agrepa --config`.
+import hashlib
+import json
+import os
+import re
+
+from snakemake.logging import logger
+
+from agrepa import io as agrepa_io
+
+R = config["results_dir"]
+
+
+def res_path(*parts):
+    """A path under results_dir."""
+    return os.path.join(R, *parts)
+
+
+# --- artifacts (docs/architecture.md) ---------------------------------------------
+MANIFEST = res_path("data", "manifest.csv")
+MELS = res_path("data", "mels", "index.json")
+EVENTS_TEACHER = res_path("teachers", "events", "model.safetensors")
+EMBEDDINGS = res_path("embeddings", "{role}", "index.json")
+TOKEN_MODEL = res_path("tokens", "models", "{stream}")
+TOKENS = res_path("tokens", "{tc}", "index.json")
+WARMUP = res_path("runs", "{tc}", "seed{seed}", "warmup", "final.pt")
+PROBES = res_path("probes", "{tc}", "seed{seed}", "probes.csv")
+SELECTION = res_path("selection", "{tc}", "seed{seed}", "{strategy}.json")
+BRANCH = res_path("runs", "{tc}", "seed{seed}", "{method}", "final.pt")
+SAMPLES = res_path("samples", "{tc}", "seed{seed}", "{method}", "samples.csv")
+EVAL = res_path("eval", "{tc}", "seed{seed}", "{method}.json")
+REFERENCE_EVAL = res_path("eval", "reference.json")
+CONVERGENCE = res_path("convergence", "{tc}", "seed{seed}", "{method}.csv")
+METRICS = res_path("metrics.csv")
+TABLE1 = res_path("table1.csv")
+TABLE2 = res_path("table2.csv")
+TABLE3 = res_path("table3.csv")
+FIG_FORMAT = config["report"]["figures"]["format"]
+FIGURE1 = res_path("figures", "figure1_{tc}." + FIG_FORMAT)
+FIG_LAYER_SCORES = res_path("figures", "layer_scores_{tc}." + FIG_FORMAT)
+FIG_CONVERGENCE = res_path("figures", "convergence_{tc}." + FIG_FORMAT)
+FIG_SEED_SCATTER = res_path("figures", "seed_scatter." + FIG_FORMAT)
+LISTENING_TEST = res_path("listening_test", "index.html")
+FIGURE_STYLE = os.path.join(workflow.basedir, "workflow", "report", "figures.mplstyle")
+
+
+def log_path(rule_name, *wildcard_parts):
+    """One log file per job: {results_dir}/logs/<rule>/<wildcards>.log."""
+    name = "_".join(wildcard_parts) if wildcard_parts else rule_name
+    return res_path("logs", rule_name, name + ".log")
+
+
+# --- the experiment grid -----------------------------------------------------------
+def experiment_grid(cfg):
+    """Token configs, seeds, trained methods and the selection strategies they need.
+
+    Methods trained = Table 2's rows + Table 3's baseline + the method behind each
+    of `selection.strategies` (report.table3.strategies maps foga -> ag_repa, so
+    Table 3's FoG-A row reuses the AG-REPA run). Raises a ValueError naming the
+    config key when the grid refers to something the config does not define.
+    """
+    catalogue = cfg["methods"]
+    t2 = list(cfg["report"]["table2"]["methods"])
+    t3 = cfg["report"]["table3"]
+    strategy_method = {}
+    for s in cfg["selection"]["strategies"]:
+        if s not in t3["strategies"]:
+            raise ValueError(f"config key report.table3.strategies: no method for strategy {s!r} "
+                             f"(listed in selection.strategies)")
+        strategy_method[s] = t3["strategies"][s]
+    methods = []
+    for m in t2 + [t3["baseline"]] + list(strategy_method.values()):
+        if m not in catalogue:
+            raise ValueError(f"config key methods: method {m!r} (used by report.table2/table3) is not defined")
+        if m not in methods:
+            methods.append(m)
+    n_layers = cfg["model"]["n_layers"]
+    needed = []
+    for m in methods:
+        spec = catalogue[m]
+        bad = [l for l in spec.get("layers", []) if not 1 <= l <= n_layers]
+        if bad:
+            raise ValueError(f"config key methods.{m}.layers: {bad} outside 1..{n_layers} (model.n_layers)")
+        if spec.get("selection") and spec["selection"] not in needed:
+            needed.append(spec["selection"])
+    for s, m in strategy_method.items():
+        if catalogue[m].get("selection") != s:
+            raise ValueError(f"config key report.table3.strategies.{s}: method {m!r} does not use "
+                             f"selection {s!r} (methods.{m} = {catalogue[m]})")
+    return {
+        "token_configs": list(cfg["token_configs"]),
+        "seeds": [int(s) for s in cfg["seeds"]],
+        "methods": methods,
+        "table2": t2,
+        "strategy_method": strategy_method,
+        "selections": needed,
+    }
+
+
+GRID = experiment_grid(config)
+TCS = GRID["token_configs"]
+SEEDS = GRID["seeds"]
+METHODS = GRID["methods"]
+ALL_STRATEGIES = ["random", "lasp", "gradnorm", "foga"]
+
+
+def _alternatives(values):
+    return "|".join(re.escape(str(v)) for v in values)
+
+
+wildcard_constraints:
+    tc="A|B",
+    seed=r"\d+",
+    method=_alternatives(METHODS),
+    strategy=_alternatives(ALL_STRATEGIES),
+    role="semantic|acoustic",
+    stream="speech|audio|beats",
+
+
+# --- resources ----------------------------------------------------------------------
+def res(group, key):
+    """resources.<group>.<key> of the config (resources.default when the group is absent)."""
+    table = config["resources"]
+    return table.get(group, table["default"])[key]
+
+
+def mem_mb(group):
+    """Memory request that grows with the attempt number, so a retry after OOM gets more."""
+    return lambda wildcards, attempt: int(res(group, "mem_mb")) * attempt
+
+
+def resources_of(group):
+    return dict(mem_mb=mem_mb(group), runtime=res(group, "runtime"), gpu=res(group, "gpu"))
+
+
+def config_section(dotted):
+    node = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def config_hash(*keys):
+    """Hash of the config sections (dotted keys) a rule reads.
+
+    Used as a rule param, so a change of those sections re-runs the rule (and only it).
+    """
+    return hashlib.sha256(json.dumps({k: config_section(k) for k in keys}, sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+
+
+# --- paths that must exist on disk (paper scale) --------------------------------------
+SKIP_PATH_CHECK_ENV = "AGREPA_SKIP_PATH_CHECK"
+
+
+def _is_local_path(value):
+    return isinstance(value, str) and (os.path.isabs(value) or value.startswith(("./", "../", "~")))
+
+
+def configured_paths(cfg):
+    """(config key, path) of every file or directory the config says is on local disk."""
+    out = []
+    data, teachers = cfg["data"], cfg["teachers"]
+    if data["source"] == "real":
+        for corpus in ("librispeech", "audioset"):
+            out.append((f"data.{corpus}.root", data[corpus]["root"]))
+    if teachers["acoustic"]["name"] == "beats":
+        out.append(("teachers.acoustic.checkpoint", teachers["acoustic"]["checkpoint"]))
+    if _is_local_path(teachers["semantic"]["model"]):
+        out.append(("teachers.semantic.model", teachers["semantic"]["model"]))
+    if cfg["tokens"]["speech"]["kind"] == "s3-onnx":
+        out.append(("tokens.speech.onnx_path", cfg["tokens"]["speech"]["onnx_path"]))
+    if cfg["sample"]["vocoder"] == "vocos" and _is_local_path(cfg["sample"]["vocos_model"]):
+        out.append(("sample.vocos_model", cfg["sample"]["vocos_model"]))
+    if _is_local_path(cfg["eval"]["asr"]["model"]):
+        out.append(("eval.asr.model", cfg["eval"]["asr"]["model"]))
+    if cfg["eval"]["fad"]["embedding"] == "vggish":
+        out.append(("eval.fad.vggish_checkpoint", cfg["eval"]["fad"]["vggish_checkpoint"]))
+    return out
+
+
+def check_paths(cfg):
+    """Fail at parse time, naming every configured path that is missing.
+
+    Set AGREPA_SKIP_PATH_CHECK=1 to plan (snakemake -n) a paper-scale DAG on a
+    machine without the datasets and checkpoints.
+    """
+    if os.environ.get(SKIP_PATH_CHECK_ENV, "") not in ("", "0"):
+        logger.warning(f"{SKIP_PATH_CHECK_ENV} is set: configured paths are not checked")
+        return
+    missing = [f"  {key}: {value!r}" for key, value in configured_paths(cfg)
+               if value is None or not os.path.exists(os.path.expanduser(str(value)))]
+    if missing:
+        raise FileNotFoundError(
+            "configured paths do not exist (edit the config, pass --config KEY=PATH, or set "
+            f"{SKIP_PATH_CHECK_ENV}=1 for a dry run):\n" + "\n".join(missing))
+
+
+# --- the merged config every rule passes to agrepa ----------------------------------------
+def write_merged_config(cfg):
+    """Write the merged config to {results_dir}/config.yaml, only when its content changed.
+
+    Rules pass it as `--config`; it is not a rule input, so rewriting it never
+    re-runs anything by itself (per-rule `cfg` params carry the relevant sections).
+    """
+    path = res_path("config.yaml")
+    text = "# Merged by the workflow from the Snakemake config; do not edit.\n" + \
+        yaml.safe_dump(cfg, sort_keys=False)
+    try:
+        with open(path) as f:
+            unchanged = f.read() == text
+    except FileNotFoundError:
+        unchanged = False
+    if not unchanged:
+        agrepa_io.write_text(path, text)
+    return path
+
+
+def final_targets():
+    """Everything `rule all` builds."""
+    out = [METRICS, TABLE1, TABLE2, TABLE3,
+           TABLE2.replace(".csv", "_vs_paper.csv"), TABLE3.replace(".csv", "_vs_paper.csv"),
+           FIG_SEED_SCATTER]
+    out += expand([FIGURE1, FIG_LAYER_SCORES, FIG_CONVERGENCE], tc=TCS)
+    if config["report"]["listening_test"]:
+        out.append(LISTENING_TEST)
+    return out

@@ -1,0 +1,83 @@
+# Corpus and mel features: `agrepa data ...`.
+# source: synth -> one synthesised corpus; source: real -> LibriSpeech + AudioSet
+# from local disk, merged into one manifest.
+
+
+if config["data"]["source"] == "synth":
+
+    rule data_synth:
+        output:
+            manifest=MANIFEST,
+            rejects=res_path("data", "rejects.csv"),
+        params:
+            out=res_path("data"),
+            cfg=config_hash("audio", "data"),
+        log:
+            log_path("data_synth"),
+        threads: res("data", "threads")
+        resources:
+            **resources_of("data"),
+        conda:
+            "../../envs/agrepa.yaml"
+        shell:
+            "agrepa data synth --config {CFG} --out {params.out} > {log} 2>&1"
+
+else:
+
+    rule data_corpus:
+        output:
+            manifest=res_path("data", "{corpus}", "manifest.csv"),
+        params:
+            out=res_path("data", "{corpus}"),
+            root=lambda wc: config["data"][wc.corpus]["root"],
+            cfg=config_hash("audio", "data"),
+        wildcard_constraints:
+            corpus="librispeech|audioset",
+        log:
+            log_path("data_corpus", "{corpus}"),
+        threads: res("data", "threads")
+        resources:
+            **resources_of("data"),
+        conda:
+            "../../envs/agrepa.yaml"
+        shell:
+            "agrepa data {wildcards.corpus} --config {CFG} --root {params.root} "
+            "--out {params.out} > {log} 2>&1"
+
+    rule data_merge:
+        input:
+            res_path("data", "librispeech", "manifest.csv"),
+            res_path("data", "audioset", "manifest.csv"),
+        output:
+            manifest=MANIFEST,
+        params:
+            out=res_path("data"),
+            dirs=lambda wc, input: " ".join(os.path.dirname(p) for p in input),
+        log:
+            log_path("data_merge"),
+        threads: 1
+        resources:
+            **resources_of("default"),
+        conda:
+            "../../envs/agrepa.yaml"
+        shell:
+            "agrepa data merge {params.dirs} --config {CFG} --out {params.out} > {log} 2>&1"
+
+
+rule data_mels:
+    input:
+        manifest=MANIFEST,
+    output:
+        index=MELS,
+    params:
+        out=os.path.dirname(MELS),
+        cfg=config_hash("audio"),
+    log:
+        log_path("data_mels"),
+    threads: res("data", "threads")
+    resources:
+        **resources_of("data"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa data mels --config {CFG} --manifest {input.manifest} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,46 @@
+# Probes of the warm-up checkpoint (FoG-A, LASP, gradient norm) and the frozen
+# layer selections they give: `agrepa probe`, `agrepa select`.
+
+
+rule probe:
+    input:
+        unpack(data_inputs),
+        ckpt=WARMUP,
+    output:
+        csv=PROBES,
+    params:
+        mels=store_dir("mels"),
+        tokens=store_dir("tokens"),
+        semantic=store_dir("semantic"),
+        acoustic=store_dir("acoustic"),
+        cfg=config_hash("probe"),
+    log:
+        log_path("probe", "{tc}", "seed{seed}"),
+    threads: res("probe", "threads")
+    resources:
+        **resources_of("probe"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa probe --config {CFG} --ckpt {input.ckpt} " + DATA_ARGS + " --seed {wildcards.seed} "
+        "--token-config {wildcards.tc} --out {output.csv} > {log} 2>&1"
+
+
+rule select:
+    input:
+        probes=PROBES,
+    output:
+        json=SELECTION,
+    params:
+        k=config["selection"]["k"],
+        cfg=config_hash("selection"),
+    log:
+        log_path("select", "{tc}", "seed{seed}", "{strategy}"),
+    threads: 1
+    resources:
+        **resources_of("default"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa select --config {CFG} --probes {input.probes} --strategy {wildcards.strategy} "
+        "--k {params.k} --seed {wildcards.seed} --out {output.json} > {log} 2>&1"

@@ -1,0 +1,159 @@
+# Tables, figures and the HTML report, made only from the cached CSV/JSON results
+# (`agrepa report ...`): re-plotting never retrains or re-evaluates. Figure rules
+# depend on workflow/report/figures.mplstyle and report.figures, so editing the
+# style re-runs only them.
+
+localrules:
+    report_metrics,
+    report_table1,
+    report_table2,
+    report_table3,
+    report_figure1,
+    report_layer_scores,
+    report_convergence,
+    report_seed_scatter,
+    select,
+
+
+def vs_paper(path):
+    return path.replace(".csv", "_vs_paper.csv")
+
+
+T3_METHODS = [config["report"]["table3"]["baseline"]] + list(GRID["strategy_method"].values())
+
+
+rule report_metrics:
+    input:
+        evals=expand(EVAL, tc=TCS, seed=SEEDS, method=METHODS),
+        reference=REFERENCE_EVAL,
+    output:
+        csv=report(METRICS, caption="../report/metrics.rst", category="Tables"),
+    log:
+        log_path("report_metrics"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa report metrics --config {CFG} --eval {input.evals} --reference {input.reference} "
+        "--out {output.csv} > {log} 2>&1"
+
+
+rule report_table1:
+    input:
+        probes=expand(PROBES, tc=TCS, seed=SEEDS),
+    output:
+        csv=report(TABLE1, caption="../report/table1.rst", category="Tables"),
+    params:
+        k=config["selection"]["k"],
+    log:
+        log_path("report_table1"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa report table1 --config {CFG} --probes {input.probes} --out {output.csv} > {log} 2>&1"
+
+
+rule report_table2:
+    input:
+        metrics=METRICS,
+    output:
+        csv=report(TABLE2, caption="../report/table2.rst", category="Tables"),
+        vs_paper=report(vs_paper(TABLE2), caption="../report/table2_vs_paper.rst", category="Tables"),
+    params:
+        cfg=config_hash("report.table2", "report.decimals", "name"),
+    log:
+        log_path("report_table2"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa report table2 --config {CFG} --metrics {input.metrics} --out {output.csv} > {log} 2>&1"
+
+
+rule report_table3:
+    input:
+        metrics=METRICS,
+        convergence=expand(CONVERGENCE, tc=TCS, seed=SEEDS, method=T3_METHODS),
+        selections=expand(SELECTION, tc=TCS, seed=SEEDS, strategy=list(GRID["strategy_method"])),
+    output:
+        csv=report(TABLE3, caption="../report/table3.rst", category="Tables"),
+        vs_paper=report(vs_paper(TABLE3), caption="../report/table3_vs_paper.rst", category="Tables"),
+    params:
+        cfg=config_hash("report.table3", "report.decimals", "name", "train", "eval.convergence"),
+    log:
+        log_path("report_table3"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa report table3 --config {CFG} --metrics {input.metrics} "
+        "--convergence {input.convergence} --selection {input.selections} "
+        "--out {output.csv} > {log} 2>&1"
+
+
+FIGURE_PARAMS = dict(cfg=config_hash("report.figures", "report.table2", "report.table3"))
+
+
+rule report_figure1:
+    input:
+        probes=lambda wc: expand(PROBES, tc=wc.tc, seed=SEEDS),
+        style=FIGURE_STYLE,
+    output:
+        fig=report(FIGURE1, caption="../report/figure1.rst", category="Figures"),
+    params:
+        **FIGURE_PARAMS,
+    log:
+        log_path("report_figure1", "{tc}"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa report figure1 --config {CFG} --probes {input.probes} --style {input.style} "
+        "--out {output.fig} > {log} 2>&1"
+
+
+rule report_layer_scores:
+    input:
+        probes=lambda wc: expand(PROBES, tc=wc.tc, seed=SEEDS),
+        style=FIGURE_STYLE,
+    output:
+        fig=report(FIG_LAYER_SCORES, caption="../report/layer_scores.rst", category="Figures"),
+    params:
+        **FIGURE_PARAMS,
+    log:
+        log_path("report_layer_scores", "{tc}"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa report layer-scores --config {CFG} --probes {input.probes} --style {input.style} "
+        "--out {output.fig} > {log} 2>&1"
+
+
+rule report_convergence:
+    input:
+        convergence=lambda wc: expand(CONVERGENCE, tc=wc.tc, seed=SEEDS, method=METHODS),
+        style=FIGURE_STYLE,
+    output:
+        fig=report(FIG_CONVERGENCE, caption="../report/convergence.rst", category="Figures"),
+    params:
+        **FIGURE_PARAMS,
+    log:
+        log_path("report_convergence", "{tc}"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa report convergence --config {CFG} --convergence {input.convergence} "
+        "--style {input.style} --out {output.fig} > {log} 2>&1"
+
+
+rule report_seed_scatter:
+    input:
+        metrics=METRICS,
+        style=FIGURE_STYLE,
+    output:
+        fig=report(FIG_SEED_SCATTER, caption="../report/seed_scatter.rst", category="Figures"),
+    params:
+        **FIGURE_PARAMS,
+    log:
+        log_path("report_seed_scatter"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa report seed-scatter --config {CFG} --metrics {input.metrics} --style {input.style} "
+        "--out {output.fig} > {log} 2>&1"

@@ -1,0 +1,121 @@
+# Frozen teachers, their embeddings, and the tokenizers fitted on them:
+# `agrepa teacher ...` and `agrepa tokens ...`.
+
+EVENTS = config["teachers"]["acoustic"]["name"] == "events"
+STREAM_ROLE = {"speech": "semantic", "audio": "acoustic", "beats": "acoustic"}
+
+
+if EVENTS:
+
+    rule teacher_train:
+        input:
+            manifest=MANIFEST,
+        output:
+            model=EVENTS_TEACHER,
+            metrics=res_path("teachers", "events", "metrics.json"),
+        params:
+            out=os.path.dirname(EVENTS_TEACHER),
+            cfg=config_hash("audio", "teachers"),
+        log:
+            log_path("teacher_train"),
+        threads: res("teacher_train", "threads")
+        resources:
+            **resources_of("teacher_train"),
+        conda:
+            "../../envs/agrepa.yaml"
+        shell:
+            "agrepa teacher train --config {CFG} --manifest {input.manifest} "
+            "--out {params.out} > {log} 2>&1"
+
+
+def embed_inputs(wildcards):
+    inputs = {"manifest": MANIFEST}
+    if wildcards.role == "acoustic" and EVENTS:
+        inputs["teacher"] = EVENTS_TEACHER
+    return inputs
+
+
+def embed_teacher_arg(wildcards):
+    if wildcards.role == "acoustic" and EVENTS:
+        return "--teacher-dir " + os.path.dirname(EVENTS_TEACHER)
+    return ""
+
+
+rule teacher_embed:
+    input:
+        unpack(embed_inputs),
+    output:
+        index=EMBEDDINGS,
+    params:
+        out=lambda wc: os.path.dirname(EMBEDDINGS.format(role=wc.role)),
+        teacher=embed_teacher_arg,
+        cfg=config_hash("audio", "teachers"),
+    log:
+        log_path("teacher_embed", "{role}"),
+    threads: res("teacher_embed", "threads")
+    resources:
+        **resources_of("teacher_embed"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa teacher embed --config {CFG} --role {wildcards.role} --manifest {input.manifest} "
+        "{params.teacher} --out {params.out} > {log} 2>&1"
+
+
+rule tokens_fit:
+    input:
+        features=lambda wc: EMBEDDINGS.format(role=STREAM_ROLE[wc.stream]),
+        manifest=MANIFEST,
+    output:
+        model=directory(TOKEN_MODEL),
+    params:
+        features=lambda wc, input: os.path.dirname(input.features),
+        cfg=lambda wc: config_hash("tokens"),
+    log:
+        log_path("tokens_fit", "{stream}"),
+    threads: res("tokens", "threads")
+    resources:
+        **resources_of("tokens"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa tokens fit --config {CFG} --stream {wildcards.stream} --features {params.features} "
+        "--manifest {input.manifest} --out {output.model} > {log} 2>&1"
+
+
+def encode_inputs(wildcards):
+    inputs = {
+        "speech": TOKEN_MODEL.format(stream="speech"),
+        "audio": TOKEN_MODEL.format(stream="audio"),
+        "semantic": EMBEDDINGS.format(role="semantic"),
+        "acoustic": EMBEDDINGS.format(role="acoustic"),
+        "manifest": MANIFEST,
+    }
+    if wildcards.tc == "B":
+        inputs["beats"] = TOKEN_MODEL.format(stream="beats")
+    return inputs
+
+
+rule tokens_encode:
+    input:
+        unpack(encode_inputs),
+    output:
+        index=TOKENS,
+    params:
+        out=lambda wc: os.path.dirname(TOKENS.format(tc=wc.tc)),
+        beats=lambda wc, input: f"--beats-model {input.beats}" if wc.tc == "B" else "",
+        semantic=lambda wc, input: os.path.dirname(input.semantic),
+        acoustic=lambda wc, input: os.path.dirname(input.acoustic),
+        cfg=config_hash("tokens"),
+    log:
+        log_path("tokens_encode", "{tc}"),
+    threads: res("tokens", "threads")
+    resources:
+        **resources_of("tokens"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa tokens encode --config {CFG} --token-config {wildcards.tc} "
+        "--speech-model {input.speech} --audio-model {input.audio} {params.beats} "
+        "--semantic {params.semantic} --acoustic {params.acoustic} --manifest {input.manifest} "
+        "--out {params.out} > {log} 2>&1"
