@@ -117,3 +117,14 @@ def test_relative_deviation_formula():
     assert out.shape == (1, 1) and abs(float(out) - 3.0 / 5.0) < 1e-7
     with pytest.raises(ValueError, match="stacked"):
         relative_deviation(v, torch.zeros(1, 3, 2), mask, 0.0)
+
+
+def test_returned_hidden_states_are_the_clean_forward():
+    m = make_model()
+    inputs = make_inputs()
+    scores, hidden = foga_per_sample(m, *inputs, return_hidden=True)
+    m.eval()
+    with torch.no_grad():
+        _, ref = m(*inputs, return_hidden=True)
+    assert len(hidden) == m.n_layers + 1 and all(torch.equal(a, b) for a, b in zip(hidden, ref))
+    assert torch.equal(scores, foga_per_sample(m, *inputs))

@@ -154,3 +154,13 @@ def test_split_by_domain():
     parts = split_by_domain(b)
     assert parts["speech"]["ids"] == ["c0_1", "c0_3"] and parts["audio"]["mel"].shape[0] == 2
     assert torch.equal(parts["audio"]["tokens"], b["tokens"][[0, 2]])
+
+
+def test_lasp_alone_equals_lasp_alongside_foga():
+    m, heads = make_model(n_layers=3), make_heads()
+    batches = {"speech": [make_batch(0, seed=1)]}
+    scorers = {"speech": lambda b: bitc_scorer(heads, "speech", b["emb_semantic"])}
+    both = run_probes(m, batches, [0.4], noise_seed=1, scorers=scorers, probes=["foga", "lasp"])
+    alone = run_probes(m, batches, [0.4], noise_seed=1, scorers=scorers, probes=["lasp"])
+    a = both[both.probe == "lasp"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, alone.reset_index(drop=True), atol=1e-6)

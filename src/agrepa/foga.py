@@ -74,11 +74,13 @@ def relative_deviation(v: Tensor, v_abl: Tensor, mask: Tensor | None, eps: float
 @torch.no_grad()
 def foga_per_sample(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
                     mask: Tensor | None = None, eps: float = 1e-6,
-                    max_streams: int | None = None) -> Tensor:
+                    max_streams: int | None = None, return_hidden: bool = False):
     """FoG-A per sample and layer -> [B, L] (column l-1 is block l), computed with shared work.
 
     ``max_streams``: at most this many ablated streams are stacked through a
     block at once (None: all L). The result does not depend on it.
+    ``return_hidden``: also return the clean hidden states [h_0, ..., h_L]
+    (as ``model(..., return_hidden=True)``), e.g. for LASP on the same forward.
     """
     L = model.n_layers
     if max_streams is not None and max_streams < 1:
@@ -111,7 +113,8 @@ def foga_per_sample(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: 
             k = b - a + 1
             v_abl = model.output(streams, ctx_k(k))
             scores[a - 1:b] = relative_deviation(v, v_abl, mask, eps).view(k, B)
-        return scores.T.contiguous()
+        scores = scores.T.contiguous()
+        return (scores, hidden) if return_hidden else scores
 
 
 def foga(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,

@@ -61,7 +61,13 @@ def lasp_per_sample(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: 
     """
     with eval_mode(model):
         _, hidden = model(x_t, t, tokens, prompt, mask, return_hidden=True)
-        return torch.stack([score_fn(h, mask) for h in hidden], dim=1)
+        return lasp_from_hidden(hidden, mask, score_fn)
+
+
+@torch.no_grad()
+def lasp_from_hidden(hidden: Sequence[Tensor], mask: Tensor | None, score_fn: ScoreFn) -> Tensor:
+    """LASP per sample from given hidden states [h_0, ..., h_L] -> [B, L+1] (same head for all)."""
+    return torch.stack([score_fn(h, mask) for h in hidden], dim=1)
 
 
 def lasp(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
@@ -197,10 +203,14 @@ def run_probes(model: DiT, batches: dict[str, list[dict]], t_grid: Sequence[floa
             for t in t_grid:
                 tt = torch.full((x1.shape[0],), float(t), dtype=x1.dtype, device=x1.device)
                 x_t, _ = ot_path(x0, x1, tt)
-                if "foga" in probes:
-                    foga_b[t].append(foga_per_sample(model, x_t, tt, tokens, prompt, mask, eps,
-                                                     max_streams).mean(0).cpu())
-                if "lasp" in probes:
+                if "foga" in probes:                   # LASP reuses FoG-A's clean forward
+                    scores, hidden = foga_per_sample(model, x_t, tt, tokens, prompt, mask, eps,
+                                                     max_streams, return_hidden=True)
+                    foga_b[t].append(scores.mean(0).cpu())
+                    if "lasp" in probes:
+                        lasp_b[t].append(lasp_from_hidden(hidden, mask, score_fn).mean(0).cpu())
+                    del hidden
+                elif "lasp" in probes:
                     lasp_b[t].append(lasp(model, x_t, tt, tokens, prompt, mask, score_fn).cpu())
                 steps.update()
             if "gradnorm" in probes:
