@@ -277,6 +277,7 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
         out.mkdir(parents=True, exist_ok=True)
         config_mod.save_resolved(cfg, out)
     metrics = MetricsLog(out / "metrics.csv", start if start else None)
+    tb = _tensorboard(out) if d.is_main else None
 
     def checkpoint(step: int) -> dict | None:
         states = dist_mod.all_gather_object(d, rng_state())
@@ -341,6 +342,10 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
                          "repa": m[3] if repa else float("nan"), "grad_norm": m[4],
                          "lr": lr, "samples_per_s": G * acc_n / max(now - t_log, 1e-9)})
             bar.set_postfix(loss=f"{m[0]:.4f}", fm=f"{m[1]:.4f}")
+            if tb is not None:
+                for key, val in metrics.rows[-1].items():
+                    if key != "step" and math.isfinite(val):
+                        tb.add_scalar(f"{phase}/{key}", val, done)
             log.debug("step %d: %s", done, metrics.rows[-1])
             acc.zero_()
             acc_n, t_log = 0, now
@@ -360,8 +365,19 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
         ck = checkpoint(total)
         if ck is not None:
             io.torch_save(out / "final.pt", ck)
+    if tb is not None:
+        tb.close()
     log.info("%s %s: %d steps done -> %s", phase, method, total, out / "final.pt")
     return out / "final.pt"
+
+
+def _tensorboard(out: Path):
+    """A TensorBoard writer in OUT/tensorboard when the package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _read_init(path: Path, data: TrainingData) -> dict:
