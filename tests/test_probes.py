@@ -8,9 +8,8 @@ from torch import nn
 
 from agrepa.alignment import BiTCHeads, flow_matching_loss, pool
 from agrepa.foga import foga
-from agrepa.probes import (CSV_COLUMNS, bitc_scorer, fixed_noise, gradnorm, lasp, read_probes, run_probes,
-                           split_by_domain)
-from test_foga import N_MELS, make_inputs, make_model
+from agrepa.probes import CSV_COLUMNS, bitc_scorer, fixed_noise, gradnorm, lasp, read_probes, run_probes
+from test_foga import make_inputs, make_model
 
 TEACHER_DIMS = {"semantic": 6, "acoustic": 5}
 
@@ -146,14 +145,6 @@ def test_read_probes_errors_name_the_file(tmp_path):
     bad.write_text("config,seed,domain,probe,layer,t,score\nA,0,speech,foga,1,0.5,0.1\n")
     with pytest.raises(ValueError, match="bad.csv.*spread"):
         read_probes(bad)
-
-
-def test_split_by_domain():
-    b = make_batch(0)
-    b["domain"] = torch.tensor([1, 0, 1, 0])
-    parts = split_by_domain(b)
-    assert parts["speech"]["ids"] == ["c0_1", "c0_3"] and parts["audio"]["mel"].shape[0] == 2
-    assert torch.equal(parts["audio"]["tokens"], b["tokens"][[0, 2]])
 
 
 def test_lasp_alone_equals_lasp_alongside_foga():

@@ -67,6 +67,7 @@ def test_probe_cli_csv_then_select_and_report(warm):
         assert cli_main(["select", "--config", _default(), "--config", str(cfg_path), "--probes", str(out),
                          "--strategy", strategy, "--k", "2", "--seed", "0", "--out", str(sel)]) == 0
         rec = json.loads(sel.read_text())
+        assert rec["strategy"] == strategy and rec["source"] == str(out)
         layers, weights = read_selection(sel, 3)
         assert len(layers) == 2 and math.isclose(sum(weights), 1.0)
     # reports from the CSV only
@@ -87,3 +88,9 @@ def test_probe_cli_errors(warm, capsys):
     assert cli_main(probe_args(cfg_path, paths, ckpt, out, "--probes", "foga")) == 0
     df = pd.read_csv(out)
     assert set(df.probe) == {"foga"} and (df.config == "tokens").all() and (df.seed == 0).all()
+
+
+def test_probe_cli_rejects_a_bad_t_grid(warm, capsys):
+    tmp, cfg_path, paths, ckpt = warm
+    rc = cli_main(probe_args(cfg_path, paths, ckpt, tmp / "bad.csv", "--set", "probe.t_grid=[0.5, 0.5]"))
+    assert rc == 2 and "probe.t_grid" in capsys.readouterr().err and not (tmp / "bad.csv").exists()

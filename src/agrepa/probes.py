@@ -23,7 +23,6 @@ the per-batch scores across batches, NaN with one batch; ``n`` = samples).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from pathlib import Path
@@ -268,27 +267,6 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
 
 
-def split_by_domain(batch: dict) -> dict[str, dict]:
-    """Split a mixed batch dict by its ``domain`` [B] (0 speech, 1 audio) into per-domain batches."""
-    out = {}
-    dom = batch["domain"]
-    B = len(dom)
-    for i, name in enumerate(DOMAINS):
-        idx = torch.nonzero(torch.as_tensor(dom) == i).flatten()
-        if len(idx) == 0:
-            continue
-        sub = {}
-        for k, v in batch.items():
-            if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == B:
-                sub[k] = v[idx]
-            elif isinstance(v, (list, tuple)) and len(v) == B:
-                sub[k] = [v[j] for j in idx.tolist()]
-            else:
-                sub[k] = v
-        out[name] = sub
-    return out
-
-
 def token_config_name(args) -> str:
     """The token config name for the CSV: ``--token-config``, else the token store's meta
     (``token_config``), else the token store's directory name (``results/tokens/A`` -> ``A``)."""
@@ -305,8 +283,8 @@ def cmd_probe(args) -> int:
     cfg = config_mod.from_args(args)
     pcfg = config_mod.get(cfg, "probe")
     t_grid = [float(t) for t in config_mod.get(cfg, "probe.t_grid")]
-    if not t_grid or any(not 0.0 <= t <= 1.0 for t in t_grid):
-        raise ValueError(f"config key 'probe.t_grid': need flow times in [0, 1], got {t_grid}")
+    if not t_grid or any(not 0.0 <= t <= 1.0 for t in t_grid) or len(set(t_grid)) != len(t_grid):
+        raise ValueError(f"config key 'probe.t_grid': need distinct flow times in [0, 1], got {t_grid}")
     probes = [p.strip() for p in args.probes.split(",") if p.strip()]
     unknown = sorted(set(probes) - set(PROBES))
     if not probes or unknown:
