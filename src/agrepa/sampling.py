@@ -1,0 +1,342 @@
+"""``agrepa sample``: zero-shot generation of test clips with the Euler ODE solver.
+
+Flow (as in training): ``x_t = (1 - t) x0 + t x1`` with ``x0 ~ N(0, I)`` at t = 0 and the
+(normalised) data mel at t = 1; the model predicts the velocity ``x1 - x0``.
+
+Time grid (sway sampling, F5-TTS): ``u_i = i / steps`` for i = 0..steps and
+``t_i = u_i + s (cos(pi u_i / 2) - 1 + u_i)`` with ``s = sample.sway`` (s = 0: uniform; s < 0
+spends more steps near the noise end). The endpoints stay 0 and 1.
+
+Euler steps: ``x <- x + (t_{i+1} - t_i) v(x, t_i)``. Classifier-free guidance evaluates the
+conditional and the unconditional velocity in ONE batch (the batch stacked twice; the second
+half with ``drop_tokens = drop_prompt = True``) and combines ``v = v_u + s (v_c - v_u)``
+with ``s = sample.cfg_scale``. ``cfg_scale=None`` runs the conditional model alone (the
+reference path; ``cfg_scale = 1`` gives the same result up to float round-off).
+
+Zero-shot prompting. For a target test clip the reference is ANOTHER clip of the same split:
+another utterance of the same speaker (speech, ``speaker`` column) or another clip with the
+same primary (first) label (audio), drawn with ``numpy.random.default_rng(seed)`` over the
+targets in sorted id order; when a group has no other clip, any other clip of the same domain
+is used (logged). Model input for one clip (exactly the training layout of
+:mod:`agrepa.dataset`, where the prompt is a prefix of the sequence)::
+
+    frames   [ 0 .. P )            [ P .. P + L )
+    x_t      noise -> prompt mel    noise -> generated target
+    prompt   reference mel          zeros
+    tokens   reference tokens[:ceil(P * N_ref / T_ref)]  ++  all target tokens
+
+``L`` = the target clip's real mel length (ground-truth duration, as standard for this
+evaluation). ``P = min(T_ref, floor(f / (1 - f) * L), round(sample.prompt_max_seconds * fps))``
+with ``f = sample.prompt_fraction`` (so the prompt is at most that fraction of the model input,
+as in training) and at least 1 frame. Mels enter the model normalised with the mel store's
+train-split statistics ``(mel - mean) / std``; the output is the last L frames of the final
+``x``, de-normalised. The initial noise of each clip comes from a ``torch.Generator`` seeded
+from (seed, clip id), so a clip's sample does not depend on batching or on other clips.
+
+Outputs in ``--out DIR``: ``samples.csv`` (id, domain, path, prompt_id, text, labels,
+n_frames; path relative to DIR), ``<id>.wav`` (24 kHz, the configured vocoder),
+``mels.safetensors`` (tensor ``<id>`` = generated log-mel [L, n_mels], un-normalised),
+``sample_meta.json`` (checkpoint, method, step, seeds, solver settings, vocoder) and
+``config.resolved.yaml``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from . import config as config_mod
+from . import io
+from .model import PAD_ID
+
+log = logging.getLogger(__name__)
+
+SAMPLE_COLUMNS = ["id", "domain", "path", "prompt_id", "text", "labels", "n_frames"]
+
+
+# -- the solver ---------------------------------------------------------------
+
+def sway_schedule(steps: int, sway: float) -> Tensor:
+    """Flow times t_0 = 0 < ... < t_steps = 1 with F5-TTS sway sampling (module docstring)."""
+    if steps < 1:
+        raise ValueError(f"sample.steps: must be >= 1, got {steps}")
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    t = u + float(sway) * (torch.cos(math.pi / 2 * u) - 1 + u)
+    return t.float()
+
+
+def guided_velocity(model, x: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None,
+                    cfg_scale: float | None) -> Tensor:
+    """Velocity at (x, t); with ``cfg_scale`` the cond and uncond passes share one batch."""
+    B = x.shape[0]
+    if cfg_scale is None:
+        return model(x, t, tokens, prompt, mask)
+    drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(x.device)
+    v = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, tokens]), torch.cat([prompt, prompt]),
+              None if mask is None else torch.cat([mask, mask]), drop_tokens=drop, drop_prompt=drop)
+    v_c, v_u = v[:B], v[B:]
+    return v_u + float(cfg_scale) * (v_c - v_u)
+
+
+@torch.no_grad()
+def euler_sample(model, noise: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None, steps: int,
+                 cfg_scale: float | None, sway: float) -> Tensor:
+    """Integrate the flow ODE from ``noise`` [B, T, n_mels] (t = 0) to t = 1 with Euler steps."""
+    times = sway_schedule(steps, sway).to(noise.device)
+    x = noise
+    for i in range(steps):
+        t = times[i].expand(x.shape[0])
+        v = guided_velocity(model, x, t, tokens, prompt, mask, cfg_scale)
+        x = x + (times[i + 1] - times[i]) * v
+    return x
+
+
+# -- requests: prompt + target -> model input ----------------------------------
+
+@dataclass
+class Request:
+    """One clip to generate: normalised reference mel [P, n_mels], tokens (reference span ++ target)."""
+
+    id: str
+    prompt: Tensor
+    tokens: Tensor
+    n_frames: int
+
+
+def prompt_frames(ref_frames: int, target_frames: int, fraction: float, max_frames: int) -> int:
+    """P = min(T_ref, floor(f / (1 - f) * L), max_frames), at least 1 (module docstring)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"sample.prompt_fraction: must lie in (0, 1), got {fraction}")
+    p = min(int(ref_frames), int(math.floor(fraction / (1.0 - fraction) * target_frames)), int(max_frames))
+    return max(1, p)
+
+
+def make_request(clip_id: str, ref_mel: Tensor, ref_tokens: Tensor, target_tokens: Tensor, target_frames: int,
+                 n_prompt: int) -> Request:
+    """The request for one target: the first ``n_prompt`` frames of the (normalised) reference mel and
+    the reference tokens covering them (``ceil(P * N_ref / T_ref)``, at least 1) followed by the target's."""
+    T_ref, N_ref = ref_mel.shape[0], ref_tokens.shape[0]
+    n_prompt = min(n_prompt, T_ref)
+    n_tok = max(1, min(N_ref, int(math.ceil(n_prompt * N_ref / T_ref))))
+    tokens = torch.cat([ref_tokens[:n_tok].long(), target_tokens.long()])
+    return Request(clip_id, ref_mel[:n_prompt].float(), tokens, int(target_frames))
+
+
+def noise_for(seed: int, clip_id: str, n_frames: int, n_mels: int) -> Tensor:
+    """The initial noise of one clip: N(0, I) [n_frames, n_mels] from a generator seeded by (seed, id)."""
+    from .dataset import generator
+
+    return torch.randn(n_frames, n_mels, generator=generator(seed, "sample", clip_id))
+
+
+@torch.no_grad()
+def generate(model, requests: Sequence[Request], steps: int, cfg_scale: float | None, sway: float, seed: int,
+             batch_size: int = 8, device: str | torch.device = "cpu", progress: bool = True) -> list[Tensor]:
+    """Generated normalised mels [L, n_mels] (target frames only), one per request."""
+    n_mels = model.n_mels
+    out: list[Tensor] = []
+    batches = [requests[i:i + batch_size] for i in range(0, len(requests), batch_size)]
+    for batch in tqdm(batches, desc="sampling", disable=not progress):
+        lengths = [r.prompt.shape[0] + r.n_frames for r in batch]
+        T, N, B = max(lengths), max(r.tokens.shape[0] for r in batch), len(batch)
+        noise = torch.zeros(B, T, n_mels)
+        prompt = torch.zeros(B, T, n_mels)
+        mask = torch.zeros(B, T, dtype=torch.bool)
+        tokens = torch.full((B, N), PAD_ID, dtype=torch.long)
+        for j, (r, n) in enumerate(zip(batch, lengths)):
+            noise[j, :n] = noise_for(seed, r.id, n, n_mels)
+            prompt[j, :r.prompt.shape[0]] = r.prompt
+            mask[j, :n] = True
+            tokens[j, :r.tokens.shape[0]] = r.tokens
+        x = euler_sample(model, noise.to(device), tokens.to(device), prompt.to(device), mask.to(device),
+                         steps, cfg_scale, sway).float().cpu()
+        for j, r in enumerate(batch):
+            p = r.prompt.shape[0]
+            out.append(x[j, p:p + r.n_frames].clone())
+    return out
+
+
+# -- zero-shot prompt choice ------------------------------------------------------
+
+def _group(row) -> str:
+    if row["domain"] == "speech":
+        return "speaker:" + str(row.get("speaker", ""))
+    labels = [x for x in str(row.get("labels", "")).split(";") if x]
+    return "label:" + (labels[0] if labels else "")
+
+
+def choose_prompts(df: pd.DataFrame, targets: Sequence[str], seed: int) -> dict[str, str]:
+    """``{target id: reference id}``: another clip of the same speaker / primary label from ``df``
+    (one split), drawn deterministically for ``seed`` (module docstring)."""
+    df = df.copy()
+    df["id"] = df["id"].astype(str)
+    by_id = df.set_index("id", drop=False)
+    group = {cid: _group(row) for cid, row in by_id.iterrows()}
+    members: dict[tuple[str, str], list[str]] = {}
+    for cid, row in by_id.iterrows():
+        members.setdefault((row["domain"], group[cid]), []).append(cid)
+        members.setdefault((row["domain"], "*"), []).append(cid)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for cid in sorted(targets):
+        if cid not in by_id.index:
+            raise KeyError(f"choose_prompts: target {cid!r} is not in the split")
+        dom = by_id.loc[cid, "domain"]
+        cands = sorted(c for c in members[(dom, group[cid])] if c != cid)
+        if not cands:
+            cands = sorted(c for c in members[(dom, "*")] if c != cid)
+            log.warning("%s: no other clip with %s; using another %s clip as the prompt", cid, group[cid], dom)
+        if not cands:
+            raise ValueError(f"choose_prompts: {cid!r} is the only {dom} clip of the split; no prompt available")
+        out[cid] = cands[int(rng.integers(len(cands)))]
+    return out
+
+
+def select_targets(df: pd.DataFrame, max_clips: dict | int | None) -> list[str]:
+    """The first ``max_clips[domain]`` clip ids (sorted) of each domain: a fixed evaluation subset."""
+    ids = []
+    for dom in ("speech", "audio"):
+        d = sorted(df.loc[df["domain"] == dom, "id"].astype(str))
+        limit = max_clips.get(dom) if isinstance(max_clips, dict) else max_clips
+        ids += d if limit is None else d[:int(limit)]
+    return ids
+
+
+# -- the stage ----------------------------------------------------------------------
+
+def normalisation(mel_store) -> tuple[Tensor, Tensor]:
+    stats = mel_store.meta.get("stats")
+    if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
+        raise KeyError(f"{mel_store.dir / 'index.json'}: meta has no 'stats' with 'mean' and 'std'")
+    return torch.tensor(stats["mean"], dtype=torch.float32), torch.tensor(stats["std"], dtype=torch.float32)
+
+
+def sample_split(model, cfg: dict, manifest_path: str | os.PathLike, mels_dir: str | os.PathLike,
+                 tokens_dir: str | os.PathLike, split: str, seed: int, out_dir: str | os.PathLike,
+                 max_clips: dict | int | None = None, vocoder=None, meta: dict | None = None,
+                 device: str | torch.device = "cpu", write_audio: bool = True) -> pd.DataFrame:
+    """Generate the split's evaluation subset with ``model`` and write the outputs to ``out_dir``."""
+    from safetensors.torch import save_file
+
+    from .corpora.manifest import read_manifest
+    from .store import Store
+
+    sc = config_mod.get(cfg, "sample")
+    df = read_manifest(manifest_path)
+    df = df[df["split"] == split].copy()
+    if df.empty:
+        raise ValueError(f"{manifest_path}: no clips in split {split!r}")
+    mels, toks = Store(mels_dir), Store(tokens_dir)
+    mean, std = normalisation(mels)
+    have = [c for c in df["id"].astype(str) if c in mels and c in toks]
+    missing = len(df) - len(have)
+    if missing:
+        log.warning("%s: %d clip(s) of split %s lack a mel or tokens; skipped", manifest_path, missing, split)
+    df = df[df["id"].astype(str).isin(have)]
+    targets = select_targets(df, sc["max_clips"] if max_clips is None else max_clips)
+    if not targets:
+        raise ValueError(f"{manifest_path}: nothing to sample in split {split!r}")
+    prompts = choose_prompts(df, targets, seed)
+    fps = float(cfg["audio"]["sample_rate"]) / float(cfg["audio"]["hop_length"])
+    max_prompt = int(round(float(sc["prompt_max_seconds"]) * fps))
+    requests = []
+    for cid in targets:
+        ref = prompts[cid]
+        ref_mel = (mels.get(ref)["mel"].float() - mean) / std
+        L = int(mels.get(cid)["mel"].shape[0])
+        P = prompt_frames(ref_mel.shape[0], L, float(sc["prompt_fraction"]), max_prompt)
+        requests.append(make_request(cid, ref_mel, toks.get(ref)["tokens"], toks.get(cid)["tokens"], L, P))
+    model = model.to(device).eval()
+    gen = generate(model, requests, int(sc["steps"]), sc["cfg_scale"], float(sc["sway"]), seed,
+                   batch_size=int(sc.get("batch_size", 8)), device=device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = df.set_index(df["id"].astype(str))
+    mels_out, records = {}, []
+    for cid, x in tqdm(list(zip(targets, gen)), desc="vocoding", disable=not write_audio):
+        mel = x * std + mean
+        mels_out[cid] = mel.contiguous()
+        wav_name = f"{cid}.wav"
+        if write_audio:
+            from .audio import write_wav
+
+            write_wav(out_dir / wav_name, vocoder(mel), vocoder.sample_rate)
+        r = rows.loc[cid]
+        records.append({"id": cid, "domain": r["domain"], "path": wav_name, "prompt_id": prompts[cid],
+                        "text": r.get("text", ""), "labels": r.get("labels", ""), "n_frames": int(mel.shape[0])})
+    with io.atomic_path(out_dir / "mels.safetensors") as tmp:
+        save_file(mels_out, str(tmp))
+    table = pd.DataFrame(records, columns=SAMPLE_COLUMNS)
+    io.write_json(out_dir / "sample_meta.json", {
+        **(meta or {}), "split": split, "sample_seed": seed, "steps": int(sc["steps"]),
+        "cfg_scale": sc["cfg_scale"], "sway": float(sc["sway"]), "prompt_fraction": float(sc["prompt_fraction"]),
+        "prompt_max_seconds": float(sc["prompt_max_seconds"]), "n_clips": len(records),
+        "vocoder": vocoder.describe() if vocoder is not None else None, "manifest": str(manifest_path)})
+    config_mod.save_resolved(cfg, out_dir)
+    io.write_csv(out_dir / "samples.csv", table)  # last: its presence marks a complete directory
+    log.info("wrote %d samples to %s", len(records), out_dir)
+    return table
+
+
+def read_samples(samples_dir: str | os.PathLike) -> pd.DataFrame:
+    """``samples.csv`` of a sample directory (validated)."""
+    path = Path(samples_dir) / "samples.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: samples table not found (run `agrepa sample` first)")
+    df = pd.read_csv(path, dtype={"id": str, "prompt_id": str, "text": str, "labels": str, "path": str},
+                     keep_default_na=False)
+    missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}")
+    return df
+
+
+def resolve_device(cfg: dict) -> torch.device:
+    want = config_mod.get(cfg, "device", "auto")
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(want)
+
+
+def _run(args) -> int:
+    from .train import load_checkpoint
+    from .vocoder import build_vocoder
+
+    cfg = config_mod.from_args(args)
+    seed = int(config_mod.get(cfg, "sample.seed") if args.seed is None else args.seed)
+    torch.manual_seed(seed)
+    run = load_checkpoint(args.ckpt)
+    cfg = {**cfg, "model": run.cfg["model"]}  # the architecture is the checkpoint's
+    meta = {"ckpt": str(args.ckpt), "method": run.method, "phase": run.phase, "train_seed": run.seed,
+            "step": run.step, "config": cfg.get("name")}
+    max_clips = None
+    if args.max_clips is not None:
+        max_clips = {"speech": args.max_clips, "audio": args.max_clips}
+    sample_split(run.model, cfg, args.manifest, args.mels, args.tokens, args.split, seed, args.out,
+                 max_clips=max_clips, vocoder=build_vocoder(cfg), meta=meta, device=resolve_device(cfg))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("sample", help="zero-shot generation of test clips (Euler ODE + CFG + vocoder)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", required=True, help="training checkpoint (final.pt or a snapshot)")
+    p.add_argument("--manifest", required=True, help="manifest.csv")
+    p.add_argument("--mels", required=True, help="mel store directory (or its index.json)")
+    p.add_argument("--tokens", required=True, help="token store directory (or its index.json)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: sample.seed)")
+    p.add_argument("--max-clips", type=int, default=None, help="clips per domain (default: sample.max_clips)")
+    p.add_argument("--out", required=True, help="output directory")
+    config_mod.add_cli_args(p)
+    p.set_defaults(func=_run)
