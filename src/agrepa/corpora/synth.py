@@ -82,46 +82,80 @@ def synth_speech_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[
                             float(config_mod.get(cfg, "data.synth.valid_fraction")),
                             float(config_mod.get(cfg, "data.synth.test_fraction")),
                             int(sc.get("min_test_per_speaker", 2)), "data.synth.speech: speaker")
+    lo, hi = float(sc["min_seconds"]), float(sc["max_seconds"])
+    job_cfg = {k: sc[k] for k in ("min_seconds", "max_seconds", "min_words", "max_words",
+                                  "max_tries", "trim_threshold", "trim_margin")}
+    jobs = [(seed, j, 0, speakers[j % n_spk], job_cfg) for j in range(n_utt)]
+    rows, rejects, seen = [], [], set()
+    with _speech_pool(int(config_mod.get(cfg, "data.synth.workers", 2))) as pool:
+        results = pool.imap(_speak, jobs, chunksize=1)
+        for j, result in enumerate(tqdm(results, total=n_utt, desc="speech", unit="utt", leave=False)):
+            attempt = 0
+            while result[0] is not None and result[0] in seen and attempt < int(sc["max_tries"]):
+                attempt += 1  # the same sentence as an earlier utterance: draw again
+                result = pool.apply(_speak, ((seed, j, attempt, speakers[j % n_spk], job_cfg),))
+            text, raw, raw_sr = result
+            spk = speakers[j % n_spk]
+            uid = f"{spk.id}_u{j:04d}"
+            rel = f"{rel_dir}/{uid}.wav"
+            if text is None or text in seen:
+                rejects.append((rel, f"no new sentence of {lo:g}-{hi:g} s after {sc['max_tries']} tries"))
+                continue
+            wave = audio_mod.peak_normalize(audio_mod.resample(raw, raw_sr, sr), peak)[: int(hi * sr)]
+            reason = check_waveform(wave, sr, cfg["audio"])
+            if reason:
+                rejects.append((rel, reason))
+                continue
+            seen.add(text)
+            audio_mod.write_wav(audio_dir / f"{uid}.wav", wave, sr)
+            rows.append({"id": uid, "path": rel, "duration": round(wave.size / sr, 6),
+                         "sample_rate": sr, "domain": "speech", "split": splits[j],
+                         "speaker": spk.id, "text": text, "labels": "",
+                         "caption": f"{spk.id} says: {text}"})
+    return rows, rejects, [s.to_dict() for s in speakers]
+
+
+def _speech_pool(workers: int):
+    """Worker processes for espeak-ng, each forked fresh for one utterance.
+
+    espeak-ng keeps synthesis state in C statics that nothing resets (e.g. the
+    pitch-flutter phase in wavegen), so an utterance's samples would depend on
+    everything spoken before it in the process. Each utterance therefore runs in
+    its own freshly forked worker (``maxtasksperchild=1``) of a parent that never
+    speaks, which makes every clip a function of (seed, index, config) alone.
+    """
+    import multiprocessing as mp
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    return mp.get_context(method).Pool(max(1, workers), maxtasksperchild=1)
+
+
+def _speak(job) -> tuple[str | None, np.ndarray | None, int]:
+    """Worker: a sentence that lasts min..max seconds once trimmed, and its samples.
+
+    Draws a target length, makes a sentence, speaks it; too short -> +2 words,
+    too long -> -3 words, up to ``max_tries`` sentences. Returns
+    ``(text, samples at espeak's rate, espeak's rate)`` or ``(None, None, 0)``.
+    """
+    seed, j, attempt, speaker, sc = job
     engine = synth_speech.Espeak.get()
+    rng = np.random.default_rng([seed, SPEECH_STREAM, j, attempt])
     lo, hi = float(sc["min_seconds"]), float(sc["max_seconds"])
     min_words, max_words = int(sc["min_words"]), int(sc["max_words"])
-    rows, rejects, seen = [], [], set()
-    for j in tqdm(range(n_utt), desc="speech", unit="utt", leave=False):
-        spk = speakers[j % n_spk]
-        rng = np.random.default_rng([seed, SPEECH_STREAM, j])
-        target = int(rng.integers(min_words, max_words + 1))
-        wave, text = None, ""
-        for _ in range(int(sc["max_tries"])):
-            text = sentences.make_sentence(rng, target)
-            if text in seen:
-                continue
-            raw = engine.synth(text, spk, seed=int(rng.integers(1, 2**31 - 1)))
-            raw = synth_speech.trim_silence(raw, engine.sample_rate, float(sc["trim_threshold"]),
-                                            float(sc["trim_margin"]))
-            dur = raw.size / engine.sample_rate
-            if dur < lo:
-                target = min(max_words + 8, target + 2)
-            elif dur > hi:
-                target = max(3, target - 3)
-            else:
-                wave = audio_mod.peak_normalize(audio_mod.resample(raw, engine.sample_rate, sr), peak)
-                wave = wave[: int(hi * sr)]
-                break
-        uid = f"{spk.id}_u{j:04d}"
-        rel = f"{rel_dir}/{uid}.wav"
-        if wave is None:
-            rejects.append((rel, f"no sentence of {lo:g}-{hi:g} s after {sc['max_tries']} tries"))
-            continue
-        reason = check_waveform(wave, sr, cfg["audio"])
-        if reason:
-            rejects.append((rel, reason))
-            continue
-        seen.add(text)
-        audio_mod.write_wav(audio_dir / f"{uid}.wav", wave, sr)
-        rows.append({"id": uid, "path": rel, "duration": round(wave.size / sr, 6), "sample_rate": sr,
-                     "domain": "speech", "split": splits[j], "speaker": spk.id, "text": text,
-                     "labels": "", "caption": f"{spk.id} says: {text}"})
-    return rows, rejects, [s.to_dict() for s in speakers]
+    target = int(rng.integers(min_words, max_words + 1))
+    for _ in range(int(sc["max_tries"])):
+        text = sentences.make_sentence(rng, target)
+        raw = engine.synth(text, speaker, seed=int(rng.integers(1, 2**31 - 1)))
+        raw = synth_speech.trim_silence(raw, engine.sample_rate, float(sc["trim_threshold"]),
+                                        float(sc["trim_margin"]))
+        dur = raw.size / engine.sample_rate
+        if dur < lo:
+            target = min(max_words + 8, target + 2)
+        elif dur > hi:
+            target = max(3, target - 3)
+        else:
+            return text, raw, engine.sample_rate
+    return None, None, 0
 
 
 def _event_caption(phrases: list[str]) -> str:
@@ -201,6 +235,9 @@ def build_synth(cfg: dict, out_dir: str | os.PathLike) -> Path:
         if stale.name not in live:
             stale.unlink()
     io.write_json(out_dir / "speakers.json", speakers)
+    io.write_json(out_dir / "summary.json", {
+        "speech": {"kept": len(speech_rows), "rejected": len(speech_rejects)},
+        "audio": {"kept": len(event_rows), "rejected": len(event_rejects)}})
     config_mod.save_resolved(cfg, out_dir)
     mf.write_rejects(speech_rejects + event_rejects, out_dir / "rejects.csv")
     path = mf.write_manifest(mf.make_manifest(rows), out_dir / "manifest.csv")

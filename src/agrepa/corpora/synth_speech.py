@@ -5,7 +5,11 @@ the library with :mod:`ctypes`, initialise it in synchronous mode
 (``AUDIO_OUTPUT_SYNCHRONOUS``) and collect the 16-bit samples its synth callback
 hands us -- no subprocess, no system package. espeak-ng's internal random
 generator (used for voicing jitter) is re-seeded before every utterance so the
-samples depend only on (text, voice, pitch, rate, seed).
+samples depend only on (text, voice, pitch, rate, seed) -- *in a fresh process*:
+espeak-ng also keeps state in C statics that no API call resets (the pitch-flutter
+phase and gain control in wavegen), so in one process the same call gives slightly
+different samples the second time. :mod:`agrepa.corpora.synth` therefore speaks
+every utterance in its own freshly forked worker.
 
 A "speaker" is one combination of an espeak-ng language voice (``en-us``, ``en``),
 a voice variant (``m1`` ... ``f5``: timbre, formants, base pitch), a pitch offset

@@ -1,0 +1,87 @@
+"""Log-mel spectrograms of every clip of a manifest, in a tensor store.
+
+``build_mels(manifest, out_dir, cfg)`` writes an :class:`agrepa.store.StoreWriter`
+store with one tensor per clip, ``mel`` ``[T, n_mels]`` float32 (time-major,
+un-normalised Vocos log-mel, :func:`agrepa.audio.log_mel`) and the meta::
+
+    {"stats": {"mean": [n_mels], "std": [n_mels], "n_frames": int, "n_clips": int,
+               "split": "train"},
+     "manifest_sha256": sha256 of manifest.csv, "audio": the config's audio section,
+     "frame_rate": 93.75, "n_mels": 100}
+
+``mean``/``std`` are per mel bin over all frames of the **train** clips only
+(valid/test never leak into the normalisation): ``mean_b = sum_t x_tb / N``,
+``std_b = max(sqrt(sum_t x_tb^2 / N - mean_b^2), data.mels.std_floor)``.
+Normalise with ``(mel - mean) / std``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import audio as audio_mod
+from .. import config as config_mod
+from .. import io
+from ..store import Store, StoreWriter
+from . import manifest as mf
+
+log = logging.getLogger(__name__)
+
+
+def build_mels(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: dict) -> Path:
+    """Compute and store the log-mel of every clip; returns ``out_dir/index.json``."""
+    manifest_path = Path(manifest_path)
+    df = mf.read_manifest(manifest_path)
+    if not (df["split"] == "train").any():
+        raise ValueError(f"{manifest_path}: no train clips to compute the mel statistics from")
+    cfg_audio = dict(config_mod.get(cfg, "audio"))
+    sr = int(cfg_audio["sample_rate"])
+    n_mels = int(cfg_audio["n_mels"])
+    peak = cfg_audio.get("peak_normalize", 0.95)
+    floor = float(config_mod.get(cfg, "data.mels.std_floor"))
+    total = np.zeros(n_mels, dtype=np.float64)
+    total_sq = np.zeros(n_mels, dtype=np.float64)
+    n_frames, n_train = 0, 0
+    # an index from an earlier build must not describe the shards being rewritten
+    (Path(out_dir) / "index.json").unlink(missing_ok=True)
+    writer = StoreWriter(out_dir, shard_size=int(config_mod.get(cfg, "data.mels.shard_size", 512)))
+    for row in tqdm(df.itertuples(index=False), total=len(df), desc="mels", unit="clip"):
+        wave = audio_mod.load_audio(mf.resolve_path(manifest_path, row.path), sr, peak=peak)
+        mel = audio_mod.log_mel(torch.from_numpy(wave), cfg_audio).T.contiguous()  # [T, n_mels]
+        writer.add(row.id, {"mel": mel})
+        if row.split == "train":
+            m = mel.double().numpy()
+            total += m.sum(axis=0)
+            total_sq += (m * m).sum(axis=0)
+            n_frames += m.shape[0]
+            n_train += 1
+    mean = total / n_frames
+    std = np.maximum(np.sqrt(np.maximum(total_sq / n_frames - mean**2, 0.0)), floor)
+    writer.meta = {
+        "stats": {"mean": mean.tolist(), "std": std.tolist(), "n_frames": int(n_frames),
+                  "n_clips": int(n_train), "split": "train"},
+        "manifest_sha256": io.sha256_file(manifest_path),
+        "audio": cfg_audio,
+        "frame_rate": audio_mod.frame_rate(cfg_audio),
+        "n_mels": n_mels,
+    }
+    index = writer.close()
+    log.info("mels: %d clips -> %s (stats from %d train clips, %d frames)", len(df), index,
+             n_train, n_frames)
+    return index
+
+
+def load_stats(store_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)``, float32 ``[n_mels]`` each, of a mel store (train split statistics)."""
+    store = Store(store_dir)
+    stats = store.meta.get("stats")
+    if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
+        raise KeyError(f"{store.dir / 'index.json'}: meta has no stats.mean / stats.std "
+                       "(not a mel store built by `agrepa data mels`)")
+    return (torch.tensor(stats["mean"], dtype=torch.float32),
+            torch.tensor(stats["std"], dtype=torch.float32))
