@@ -1,0 +1,54 @@
+"""``agrepa tokens {fit,encode}``."""
+from __future__ import annotations
+
+import torch
+
+from .. import config as C
+
+
+def _fit(args) -> int:
+    from . import fit_stream
+
+    cfg = C.from_args(args)
+    torch.set_num_threads(int(C.get(cfg, "tokens.threads", torch.get_num_threads())))
+    fit_stream(cfg, args.stream, args.manifest, args.out, features=args.features)
+    return 0
+
+
+def _encode(args) -> int:
+    from . import encode_manifest
+
+    cfg = C.from_args(args)
+    torch.set_num_threads(int(C.get(cfg, "tokens.threads", torch.get_num_threads())))
+    encode_manifest(cfg, args.token_config, args.manifest, args.out, speech_model=args.speech_model,
+                    audio_model=args.audio_model, beats_model=args.beats_model,
+                    semantic=args.semantic, acoustic=args.acoustic)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("tokens", help="fit tokenizers; encode clips into the unified vocabulary")
+    sub = p.add_subparsers(dest="tokens_command", metavar="ACTION")
+    sub.required = True
+
+    f = sub.add_parser("fit", help="fit one stream's tokenizer on the train split")
+    f.add_argument("--stream", required=True, choices=["speech", "audio", "beats"])
+    f.add_argument("--features", default=None,
+                   help="teacher embedding store (semantic for speech, acoustic for audio/beats); "
+                        "not needed for the s3-onnx speech tokenizer")
+    f.add_argument("--manifest", required=True)
+    f.add_argument("--out", required=True, help="tokenizer directory (config.json, weights, metrics.json)")
+    C.add_cli_args(f)
+    f.set_defaults(func=_fit)
+
+    e = sub.add_parser("encode", help="tokenize every clip of a manifest (Config A or B)")
+    e.add_argument("--token-config", required=True, choices=["A", "B"])
+    e.add_argument("--speech-model", required=True, help="fitted speech tokenizer directory")
+    e.add_argument("--audio-model", required=True, help="fitted audio tokenizer directory")
+    e.add_argument("--beats-model", default=None, help="fitted beats tokenizer directory (Config B)")
+    e.add_argument("--semantic", default=None, help="semantic teacher embedding store")
+    e.add_argument("--acoustic", default=None, help="acoustic teacher embedding store")
+    e.add_argument("--manifest", required=True)
+    e.add_argument("--out", required=True, help="output token store directory")
+    C.add_cli_args(e)
+    e.set_defaults(func=_encode)

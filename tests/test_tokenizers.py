@@ -1,0 +1,241 @@
+"""Tokenizers: k-means / RepCodec fits, unified vocabulary, Config A/B encoding, S3 ONNX front end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agrepa import config as C
+from agrepa.cli import main
+from agrepa.corpora.manifest import make_manifest, write_manifest
+from agrepa.model import PAD_ID
+from agrepa.store import Store, StoreWriter
+from agrepa.tokenizers import load_tokenizer
+from agrepa.tokenizers.kmeans import KMeans, perplexity
+from agrepa.tokenizers.s3onnx import S3OnnxTokenizer, s3_features
+from agrepa.tokenizers.vocab import (Vocab, align_lengths, deinterleave, interleave, rate_summary,
+                                     stretch)
+
+torch.set_num_threads(1)
+
+SMALL = ["tokens.speech.k=8", "tokens.audio.k=8", "tokens.audio.dim=8", "tokens.audio.hidden=16",
+         "tokens.audio.steps=60", "tokens.audio.window=8", "tokens.audio.restart_every=20",
+         "tokens.beats.k=4", "tokens.threads=1"]
+
+
+def clustered_frames(n: int, dim: int, centres: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    which = torch.randint(len(centres), (n,), generator=gen)
+    return centres[which] + 0.1 * torch.randn(n, dim, generator=gen)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A manifest plus semantic (50 /s, D=12) and acoustic (23.4375 /s, D=10) feature stores."""
+    root = tmp_path_factory.mktemp("tok")
+    gen = torch.Generator().manual_seed(0)
+    cs, ca = torch.randn(8, 12, generator=gen) * 3, torch.randn(6, 10, generator=gen) * 3
+    rows, sem, aco = [], {}, {}
+    for i in range(16):
+        domain = "speech" if i < 8 else "audio"
+        split = "train" if i % 8 < 6 else "valid"
+        dur = 1.0 + 0.25 * (i % 4)
+        cid = f"{domain}{i}"
+        rows.append({"id": cid, "path": f"{cid}.wav", "duration": dur, "sample_rate": 24000, "domain": domain,
+                     "split": split, "labels": "" if domain == "speech" else "x"})
+        sem[cid] = clustered_frames(int(np.ceil(dur * 50)), 12, cs, gen)
+        aco[cid] = clustered_frames(int(dur * 93.75) // 4, 10, ca, gen)
+    write_manifest(make_manifest(rows), root / "manifest.csv")
+    for name, feats, rate in (("semantic", sem, 50.0), ("acoustic", aco, 93.75 / 4)):
+        w = StoreWriter(root / name, meta={"role": name, "teacher": "synthetic", "fingerprint": f"fp-{name}",
+                                           "frame_rate": rate, "dim": next(iter(feats.values())).shape[1]})
+        for cid, f in feats.items():
+            w.add(cid, {"frames": f, "pooled": f.mean(0)})
+        w.close()
+    return {"root": root, "manifest": root / "manifest.csv", "semantic": root / "semantic",
+            "acoustic": root / "acoustic", "sem": sem, "aco": aco, "rows": rows}
+
+
+def run(*args) -> int:
+    argv = list(args)
+    for s in SMALL:
+        argv += ["--set", s]
+    return main(argv)
+
+
+def fit_all(corpus, out):
+    m = str(corpus["manifest"])
+    assert run("tokens", "fit", "--stream", "speech", "--features", str(corpus["semantic"]),
+               "--manifest", m, "--out", str(out / "speech")) == 0
+    assert run("tokens", "fit", "--stream", "audio", "--features", str(corpus["acoustic"]),
+               "--manifest", m, "--out", str(out / "audio")) == 0
+    assert run("tokens", "fit", "--stream", "beats", "--features", str(corpus["acoustic"]),
+               "--manifest", m, "--out", str(out / "beats")) == 0
+
+
+@pytest.fixture(scope="module")
+def fitted(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit")
+    fit_all(corpus, out)
+    return out
+
+
+def test_fit_reports_usage_and_is_deterministic(corpus, fitted, tmp_path):
+    for stream, k in (("speech", 8), ("audio", 8), ("beats", 4)):
+        metrics = json.loads((fitted / stream / "metrics.json").read_text())
+        assert 1.0 < metrics["perplexity"] <= k + 1e-9, (stream, metrics)
+        assert metrics["k"] == k and metrics["used_codes"] >= 2
+        conf = json.loads((fitted / stream / "config.json").read_text())
+        assert conf["stream"] == stream and conf["features"]["fingerprint"].startswith("fp-")
+    # k-means on 8 well-separated clusters with K = 8 finds them all: near-uniform usage
+    assert json.loads((fitted / "speech" / "metrics.json").read_text())["perplexity"] > 6.0
+    audio = json.loads((fitted / "audio" / "metrics.json").read_text())
+    assert audio["recon_mse_train"] < audio["recon_mse_first"]
+    again = tmp_path / "again"
+    fit_all(corpus, again)
+    for f in ("speech/kmeans.safetensors", "audio/model.safetensors", "beats/kmeans.safetensors"):
+        assert (fitted / f).read_bytes() == (again / f).read_bytes(), f
+
+
+def test_encode_config_a(corpus, fitted, tmp_path):
+    out = tmp_path / "A"
+    assert run("tokens", "encode", "--token-config", "A", "--speech-model", str(fitted / "speech"),
+               "--audio-model", str(fitted / "audio"), "--semantic", str(corpus["semantic"]),
+               "--acoustic", str(corpus["acoustic"]), "--manifest", str(corpus["manifest"]),
+               "--out", str(out)) == 0
+    store = Store(out)
+    meta = store.meta
+    assert meta["vocab_size"] == 1 + 8 + 8 and meta["offsets"] == {"speech": 1, "audio": 9}
+    assert meta["token_rate"] == {"speech": 50.0, "audio": 93.75 / 4} and meta["mel_rate"] == 93.75
+    assert len(store) == 16
+    for row in corpus["rows"]:
+        tok = store.get(row["id"])["tokens"]
+        assert tok.dtype == torch.int64 and (tok != PAD_ID).all()
+        if row["domain"] == "speech":
+            # not resampled: one token per teacher frame
+            assert tok.numel() == corpus["sem"][row["id"]].shape[0]
+            assert ((tok >= 1) & (tok < 9)).all()
+        else:
+            assert tok.numel() == corpus["aco"][row["id"]].shape[0]
+            assert ((tok >= 9) & (tok < 17)).all()
+    km = load_tokenizer(fitted / "speech")
+    cid = corpus["rows"][0]["id"]
+    assert torch.equal(store.get(cid)["tokens"], km.encode_frames(corpus["sem"][cid]) + 1)
+
+
+def test_encode_config_b_interleaves(corpus, fitted, tmp_path):
+    out = tmp_path / "B"
+    common = ["--speech-model", str(fitted / "speech"), "--audio-model", str(fitted / "audio"),
+              "--semantic", str(corpus["semantic"]), "--acoustic", str(corpus["acoustic"]),
+              "--manifest", str(corpus["manifest"])]
+    assert run("tokens", "encode", "--token-config", "B", "--out", str(out), *common) == 2  # no beats model
+    assert run("tokens", "encode", "--token-config", "B", "--beats-model", str(fitted / "beats"),
+               "--out", str(out), *common) == 0
+    assert run("tokens", "encode", "--token-config", "A", "--out", str(tmp_path / "A"), *common) == 0
+    b, a = Store(out), Store(tmp_path / "A")
+    assert b.meta["offsets"] == {"speech": 1, "audio": 9, "beats": 17} and b.meta["vocab_size"] == 21
+    assert b.meta["sequence_rate"]["speech"] == 100.0 and b.meta["interleaved"] is True
+    vocab = Vocab.from_meta(b.meta)
+    for row in corpus["rows"]:
+        x = b.get(row["id"])["tokens"]
+        prim, beats = deinterleave(x)
+        names, _ = vocab.to_local(beats)
+        assert set(names) == {"beats"}
+        n_prim = a.get(row["id"])["tokens"].numel()
+        n_beats = corpus["aco"][row["id"]].shape[0]
+        assert x.numel() == 2 * max(n_prim, n_beats)
+        if n_prim >= n_beats:  # the primary stream is the longer one: kept as is
+            assert torch.equal(prim, a.get(row["id"])["tokens"])
+
+
+def test_encode_rejects_mismatched_features(corpus, fitted, tmp_path):
+    other = tmp_path / "other"
+    w = StoreWriter(other, meta={"role": "semantic", "fingerprint": "fp-different", "frame_rate": 50.0})
+    w.add("speech0", {"frames": corpus["sem"]["speech0"]})
+    w.close()
+    rc = main(["tokens", "encode", "--token-config", "A", "--speech-model", str(fitted / "speech"),
+               "--audio-model", str(fitted / "audio"), "--semantic", str(other),
+               "--acoustic", str(corpus["acoustic"]), "--manifest", str(corpus["manifest"]),
+               "--out", str(tmp_path / "x")])
+    assert rc == 2
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_tokenizer(tmp_path / "nothing")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(1, 99), min_size=1, max_size=40), st.lists(st.integers(1, 99), min_size=1, max_size=40))
+def test_interleave_round_trip(a, b):
+    a, b = torch.tensor(a), torch.tensor(b)
+    a2, b2 = align_lengths(a, b)
+    assert a2.numel() == b2.numel() == max(a.numel(), b.numel())
+    x = interleave(a2, b2)
+    assert torch.equal(x[0::2], a2) and torch.equal(x[1::2], b2)
+    ra, rb = deinterleave(x)
+    assert torch.equal(ra, a2) and torch.equal(rb, b2)
+    longer = a if a.numel() >= b.numel() else b
+    assert torch.equal(a2 if longer is a else b2, longer)  # the longer stream is untouched
+
+
+def test_stretch_nearest_and_errors():
+    assert stretch(torch.tensor([1, 2]), 4).tolist() == [1, 1, 2, 2]
+    assert stretch(torch.tensor([1, 2, 3]), 6).tolist() == [1, 1, 2, 2, 3, 3]
+    assert stretch(torch.tensor([5, 6, 7, 8]), 2).tolist() == [6, 8]
+    assert torch.equal(stretch(torch.arange(7), 7), torch.arange(7))
+    with pytest.raises(ValueError, match="equal length"):
+        interleave(torch.arange(3), torch.arange(4))
+    with pytest.raises(ValueError, match="even length"):
+        deinterleave(torch.arange(5))
+
+
+def test_vocab_layout():
+    v = Vocab({"speech": 4, "audio": 3, "beats": 2})
+    assert PAD_ID == 0 and v.offsets == {"speech": 1, "audio": 5, "beats": 8} and v.vocab_size == 10
+    ids = torch.cat([v.to_global("speech", torch.arange(4)), v.to_global("audio", torch.arange(3)),
+                     v.to_global("beats", torch.arange(2))])
+    assert ids.tolist() == list(range(1, 10))
+    names, codes = v.to_local(torch.tensor([0, 1, 5, 9]))
+    assert names == ["pad", "speech", "audio", "beats"] and codes.tolist() == [-1, 0, 0, 1]
+    with pytest.raises(ValueError, match="outside"):
+        v.to_global("audio", torch.tensor([3]))
+    assert Vocab.from_meta(v.to_meta()).offsets == v.offsets
+
+
+def test_frame_rate_bookkeeping():
+    """Mel rate 24000 / 256 = 93.75 /s; tokens keep their own rate (never resampled here)."""
+    cfg = C.load()
+    r = rate_summary(50.0, cfg["audio"])
+    assert r["mel_rate"] == 93.75 and r["mel_frames_per_token"] == pytest.approx(1.875)
+    assert rate_summary(93.75 / 4, cfg["audio"])["mel_frames_per_token"] == pytest.approx(4.0)
+
+
+def test_kmeans_seed_and_perplexity():
+    gen = torch.Generator().manual_seed(1)
+    x = clustered_frames(400, 5, torch.randn(4, 5, generator=gen) * 4, gen)
+    m1, _ = KMeans.fit(x, 4, seed=3)
+    m2, _ = KMeans.fit(x, 4, seed=3)
+    assert torch.equal(m1.centroids, m2.centroids)
+    assert perplexity(torch.tensor([0, 1, 2, 3]), 4) == pytest.approx(4.0)
+    assert perplexity(torch.tensor([2, 2, 2]), 4) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="fewer than k"):
+        KMeans.fit(x[:3], 4, seed=0)
+
+
+def test_s3_onnx_front_end_and_missing_file(tmp_path, corpus):
+    wave = (0.1 * np.sin(np.arange(24000) * 0.05)).astype(np.float32)  # 1.5 s at 16 kHz
+    feat, length = s3_features(wave)
+    assert feat.shape == (1, 128, 150) and feat.dtype == np.float32
+    assert length.dtype == np.int32 and length.tolist() == [150]
+    # Whisper normalisation: values within [max - 2, max] after (x + 4) / 4 with the max-8 floor
+    assert feat.max() - feat.min() <= 2.0 + 1e-6
+    with pytest.raises(FileNotFoundError, match="speech_tokenizer_v1.onnx"):
+        S3OnnxTokenizer(tmp_path / "speech_tokenizer_v1.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="bad.onnx"):
+        S3OnnxTokenizer(tmp_path / "bad.onnx")
+    rc = main(["tokens", "fit", "--stream", "speech", "--manifest", str(corpus["manifest"]),
+               "--out", str(tmp_path / "s3"), "--set", "tokens.speech.kind=s3-onnx",
+               "--set", f"tokens.speech.onnx_path={tmp_path / 'missing.onnx'}"])
+    assert rc == 2
