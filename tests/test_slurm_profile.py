@@ -1,0 +1,96 @@
+"""The SLURM profile: `snakemake --profile slurm results/table2.csv` from the repository
+root plans the paper's grid; with fake sbatch/sacct/squeue/scontrol/sinfo on PATH it
+submits jobs with the GPU, memory and time flags from config/paper.yaml."""
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_workflow_support import REPO, copy_workflow, job_counts, snakemake
+
+SKIP = {"AGREPA_SKIP_PATH_CHECK": "1"}
+
+
+def test_profile_is_found_by_name_from_the_repo_root():
+    link = REPO / "slurm"
+    assert link.is_symlink() and link.resolve() == (REPO / "profiles" / "slurm").resolve()
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["configfile"] == ["config/paper.yaml"]
+    assert profile["retries"] >= 1 and profile["slurm-requeue"] is True
+
+
+@pytest.fixture(scope="module")
+def wf(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("wf"))
+
+
+def test_profile_dry_run_plans_paper_grid_with_shared_warmups(wf):
+    r = snakemake(["--profile", "slurm", "-n", "results/table2.csv"], wf, env=SKIP)
+    assert r.returncode == 0, r.stdout + r.stderr
+    c = job_counts(r.stdout)
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    n_cfg, n_seed = len(paper["token_configs"]), len(paper["seeds"])
+    assert (n_cfg, n_seed) == (2, 3)
+    # one warm-up (and one probe run) per token config x seed, shared by every branch
+    assert c["train_warmup"] == c["probe"] == n_cfg * n_seed
+    # Table 2's 8 methods + Table 3's random / LASP / gradient-norm controls (FoG-A = AG-REPA)
+    assert c["train_branch"] == (8 + 3) * n_cfg * n_seed
+    assert c["sample"] == c["evaluate"] == c["train_branch"]
+    assert c["select"] == 4 * n_cfg * n_seed
+    assert c["data_corpus"] == 2 and c["data_merge"] == 1
+    assert "teacher_train" not in c                      # BEATs is a checkpoint at paper scale
+    assert c["tokens_fit"] == 3 and c["tokens_encode"] == 2
+    # Table 3 also plans the convergence curves of its five rows
+    r3 = snakemake(["--profile", "slurm", "-n", "results/table3.csv"], wf, env=SKIP)
+    assert job_counts(r3.stdout)["convergence"] == 5 * n_cfg * n_seed
+
+
+FAKE = {
+    # log the arguments and answer like `sbatch --parsable`: a job id
+    "sbatch": 'n=$(( $(cat "$FAKE_SLURM_DIR/sbatch.log" 2>/dev/null | wc -l) + 1000 ))\n'
+              'printf "%s\\n" "$*" >> "$FAKE_SLURM_DIR/sbatch.log"\necho "$n"\n',
+    # status query: every submitted job has FAILED (so retries happen at once); account guess: none
+    "sacct": 'printf "%s\\n" "$*" >> "$FAKE_SLURM_DIR/sacct.log"\ncase "$*" in\n'
+             '  *--format=JobIdRaw,State*) i=1000; while read -r l; do echo "$i|FAILED"; i=$((i+1)); '
+             'done < "$FAKE_SLURM_DIR/sbatch.log" ;;\n  *) echo none ;;\nesac\n',
+    "squeue": 'printf "%s\\n" "$*" >> "$FAKE_SLURM_DIR/squeue.log"\n',
+    "scontrol": 'echo "MinJobAge               = 300 sec"\n',
+    "sinfo": 'printf "PARTITION\\ngpu*\\n"\n',
+}
+
+
+@pytest.mark.slow
+def test_fake_slurm_submission_has_gpu_memory_time_and_retries(wf, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in FAKE.items():
+        p = bin_dir / name
+        p.write_text("#!/bin/sh\n" + body)
+        p.chmod(p.stat().st_mode | stat.S_IEXEC)
+    # the warm-up's inputs exist, so the warm-up is the one job to submit
+    res = wf / "results"
+    for rel in ("data/librispeech/manifest.csv", "data/audioset/manifest.csv", "data/manifest.csv",
+                "data/mels/index.json", "embeddings/semantic/index.json", "embeddings/acoustic/index.json",
+                "tokens/models/speech/model", "tokens/models/audio/model", "tokens/A/index.json"):
+        (res / rel).parent.mkdir(parents=True, exist_ok=True)
+        (res / rel).write_text("")
+    r = snakemake(["--profile", "slurm", "--rerun-triggers", "mtime", "--retries", "1", "--latency-wait", "1",
+                   "--slurm-init-seconds-before-status-checks", "1", "results/runs/A/seed0/warmup/final.pt"],
+                  wf, env={**SKIP, "FAKE_SLURM_DIR": str(tmp_path)}, path_prefix=[bin_dir], timeout=300)
+    assert r.returncode != 0                                 # the fake cluster fails every job
+    calls = (tmp_path / "sbatch.log").read_text().splitlines()
+    assert len(calls) == 2                                   # first attempt + one retry
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())["resources"]["train"]
+    for attempt, call in enumerate(calls, start=1):
+        args = call.split()
+        assert "rule_train_warmup_wildcards_A_0" in call
+        assert f"--gpus={paper['gpu']}" in args
+        assert args[args.index("-t") + 1] == str(paper["runtime"])
+        assert args[args.index("--mem") + 1] == str(paper["mem_mb"] * attempt)   # more memory on retry
+        assert f"--cpus-per-task={paper['threads']}" in args
+        assert "--requeue" in args
+        assert f"--attempt {attempt}" in call
+        assert "config/paper.yaml" in call

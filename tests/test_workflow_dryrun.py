@@ -1,0 +1,81 @@
+"""Fast checks of the workflow's structure: dry runs (-n) of the embedded default and
+the test overlay plan the expected grid; the merged config file is stable."""
+import pytest
+import yaml
+
+from test_workflow_support import REPO, copy_workflow, job_counts, snakemake
+
+
+@pytest.fixture(scope="module")
+def wf(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("wf"))
+
+
+def test_default_config_plans_tables_2_and_3_grid(wf):
+    r = snakemake(["-n", "--cores", "2"], wf)
+    assert r.returncode == 0, r.stderr + r.stdout
+    c = job_counts(r.stdout)
+    # 3 seeds x config A; 8 Table 2 methods + 3 Table 3 controls (FoG-A reuses ag_repa)
+    assert c["train_warmup"] == 3
+    assert c["probe"] == 3
+    assert c["train_branch"] == 3 * 11
+    assert c["sample"] == c["evaluate"] == c["convergence"] == 33
+    assert c["select"] == 3 * 4
+    assert c["data_synth"] == 1 and c["teacher_train"] == 1 and c["teacher_embed"] == 2
+    assert c["tokens_fit"] == 2 and c["tokens_encode"] == 1      # Config A needs no BEATs stream
+    for rule in ("report_metrics", "report_table1", "report_table2", "report_table3",
+                 "report_seed_scatter", "report_figure1", "report_layer_scores", "report_convergence"):
+        assert c[rule] == 1, rule
+
+
+def test_test_overlay_plans_a_small_grid(wf):
+    r = snakemake(["-n", "--cores", "2", "--configfile", "config/test.yaml"], wf)
+    assert r.returncode == 0, r.stderr + r.stdout
+    c = job_counts(r.stdout)
+    assert c["train_warmup"] == 2
+    # baseline, repa_l4, ag_repa (Table 2) + sel_random (Table 3), 2 seeds
+    assert c["train_branch"] == 8
+    assert c["select"] == 4                        # random + foga per seed
+    # Table 3 only needs the curves of baseline, sel_random and ag_repa; figures need all
+    assert c["convergence"] == 8
+
+
+def test_merged_config_is_written_once_and_only_when_changed(wf):
+    target = wf / "results" / "config.yaml"
+    assert snakemake(["-n", "--cores", "1", "--configfile", "config/test.yaml"], wf).returncode == 0
+    first = target.stat().st_mtime_ns
+    assert yaml.safe_load(target.read_text())["name"] == "test"
+    assert snakemake(["-n", "--cores", "1", "--configfile", "config/test.yaml"], wf).returncode == 0
+    assert target.stat().st_mtime_ns == first
+    r = snakemake(["-n", "--cores", "1", "--configfile", "config/test.yaml", "--config", "name=other"], wf)
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load(target.read_text())["name"] == "other"
+    # every rule passes that file
+    assert "--config results/config.yaml" in snakemake(
+        ["-n", "-p", "--cores", "1", "--configfile", "config/test.yaml"], wf).stdout
+
+
+def test_grid_naming_an_undefined_method_fails_with_its_name(wf, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("report:\n  table2:\n    methods: [baseline, repa_l99]\n")
+    r = snakemake(["-n", "--cores", "1", "--configfile", str(bad)], wf)
+    assert r.returncode != 0
+    assert "repa_l99" in r.stderr + r.stdout
+
+
+def test_layer_outside_the_model_fails_with_the_key(wf, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods:\n  repa_l4: {layers: [40]}\n")
+    r = snakemake(["-n", "--cores", "1", "--configfile", str(bad)], wf)
+    assert r.returncode != 0
+    assert "methods.repa_l4.layers" in r.stderr + r.stdout
+
+
+def test_rules_use_the_conda_env_and_log_files():
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        text = smk.read_text()
+        if smk.name == "common.smk":
+            continue
+        assert text.count("rule ") == text.count('conda:\n        "../../envs/agrepa.yaml"') + \
+            text.count('conda:\n            "../../envs/agrepa.yaml"'), smk.name
+        assert text.count("rule ") == text.count("log:"), smk.name
