@@ -143,17 +143,22 @@ def _digest(out: Path) -> tuple[bytes, dict[str, str]]:
     return (out / "manifest.csv").read_bytes(), wavs
 
 
-def test_synth_is_deterministic_and_seeded(tmp_path):
-    a = _digest(_synth(tmp_path / "a", 0))
-    b = _digest(_synth(tmp_path / "b", 0))
-    c = _digest(_synth(tmp_path / "c", 1))
+@pytest.fixture(scope="module")
+def synth_runs(tmp_path_factory):
+    """Three builds: seed 0 twice (in one process, one after the other) and seed 1."""
+    root = tmp_path_factory.mktemp("synth")
+    return {name: _synth(root / name, seed) for name, seed in (("a", 0), ("b", 0), ("c", 1))}
+
+
+def test_synth_is_deterministic_and_seeded(synth_runs):
+    a, b, c = (_digest(synth_runs[k]) for k in "abc")
     assert a == b  # same manifest bytes, same audio bytes
     assert a[0] != c[0]
     assert len(set(a[1].values()) & set(c[1].values())) == 0  # every clip differs under another seed
 
 
-def test_synth_corpus_contents(tmp_path):
-    out = _synth(tmp_path / "d", 3)
+def test_synth_corpus_contents(synth_runs):
+    out = synth_runs["a"]
     cfg = config.load(None, TINY)
     df = mf.read_manifest(out / "manifest.csv")
     assert (out / "rejects.csv").read_text().startswith("path,reason")
