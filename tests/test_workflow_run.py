@@ -1,0 +1,117 @@
+"""Whole-workflow run on config/test.yaml (one DAG run in a module-scoped fixture, then
+small reruns): every target is produced; a second invocation has nothing to do;
+deleting one eval output rebuilds only that evaluation and the tables; one ablation
+reruns without touching anything upstream; editing the figure style re-runs only the
+figure rules; the HTML report is built."""
+import pandas as pd
+import pytest
+
+from test_workflow_support import copy_workflow, job_counts, mtimes, snakemake
+
+pytestmark = pytest.mark.slow
+
+TEST = ["--configfile", "config/test.yaml"]
+RUN = ["--cores", "2", *TEST]
+FIGURE_RULES = {"report_figure1", "report_layer_scores", "report_convergence", "report_seed_scatter"}
+REPORT_RULES = FIGURE_RULES | {"report_metrics", "report_table1", "report_table2", "report_table3"}
+TARGETS = ["metrics.csv", "table1.csv", "table2.csv", "table3.csv", "table2_vs_paper.csv", "table3_vs_paper.csv",
+           "figures/figure1_A.png", "figures/layer_scores_A.png", "figures/convergence_A.png",
+           "figures/seed_scatter.png", "listening_test/index.html"]
+
+
+@pytest.fixture(scope="module")
+def wf(tmp_path_factory):
+    root = copy_workflow(tmp_path_factory.mktemp("wf"))
+    r = snakemake(RUN, root, timeout=3600)
+    if r.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in (root / "results" / "logs").rglob("*.log"))
+        pytest.fail(f"whole-DAG run failed:\n{r.stderr[-6000:]}\n{logs[-12000:]}")
+    return root
+
+
+def planned(root, *extra):
+    r = snakemake(["-n", *RUN, *extra], root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout, job_counts(r.stdout)
+
+
+def test_every_target_is_produced(wf):
+    res = wf / "results"
+    for t in TARGETS:
+        assert (res / t).stat().st_size > 0, t
+    t2 = pd.read_csv(res / "table2.csv")
+    assert list(t2["method"]) == ["baseline", "repa_l4", "ag_repa"]
+    assert (t2["n_seeds"] == 2).all() and (t2["experiment"] == "test").all()
+    t3 = pd.read_csv(res / "table3.csv")
+    assert list(t3["strategy"]) == ["baseline", "random", "foga"]
+    assert t3.set_index("strategy").loc["foga", "method"] == "ag_repa"
+    metrics = pd.read_csv(res / "metrics.csv")
+    assert set(metrics["method"]) == {"baseline", "repa_l4", "ag_repa", "sel_random", "reference"}
+
+
+def test_second_invocation_has_nothing_to_do(wf):
+    out, counts = planned(wf)
+    assert counts == {} and "Nothing to be done" in out
+
+
+def test_deleted_eval_rebuilds_only_that_eval_and_the_reports(wf):
+    res = wf / "results"
+    victim = res / "eval" / "A" / "seed1" / "repa_l4.json"
+    victim.unlink()
+    _, counts = planned(wf)
+    assert counts.pop("evaluate") == 1
+    assert set(counts) <= REPORT_RULES | {"all"}
+    before = mtimes(res)
+    r = snakemake(RUN, wf)
+    assert r.returncode == 0, r.stderr[-4000:]
+    after = mtimes(res)
+    changed = {p for p in after if after[p] != before.get(p)}
+    assert "eval/A/seed1/repa_l4.json" in changed and "table2.csv" in changed
+    assert not {p for p in changed if p.startswith(("runs/", "samples/", "probes/", "tokens/", "data/", "convergence/"))}
+    assert {p for p in changed if p.startswith("eval/")} == {"eval/A/seed1/repa_l4.json"}
+
+
+def test_rerun_one_ablation_touches_nothing_upstream(wf):
+    # README: snakemake --cores 2 --forcerun results/runs/A/seed1/repa_l4/final.pt
+    _, counts = planned(wf, "--forcerun", "results/runs/A/seed1/repa_l4/final.pt")
+    for rule in ("train_branch", "sample", "evaluate", "convergence"):
+        assert counts.pop(rule) == 1, rule
+    assert set(counts) <= REPORT_RULES | {"all", "listening_test"}
+    res = wf / "results"
+    before = mtimes(res)
+    r = snakemake([*RUN, "--forcerun", "results/runs/A/seed1/repa_l4/final.pt"], wf)
+    assert r.returncode == 0, r.stderr[-4000:]
+    after = mtimes(res)
+    changed = {p for p in after if after[p] != before.get(p)}
+    assert "runs/A/seed1/repa_l4/final.pt" in changed
+    upstream = [p for p in before if p.startswith(("data/", "tokens/", "embeddings/", "teachers/", "probes/",
+                                                  "selection/", "runs/A/seed1/warmup/", "runs/A/seed0/"))]
+    assert upstream and not changed & set(upstream)
+    assert not {p for p in changed if p.startswith("eval/") and "repa_l4" not in p}
+
+
+def test_editing_the_figure_style_reruns_only_figure_rules(wf):
+    style = wf / "workflow" / "report" / "figures.mplstyle"
+    style.write_text(style.read_text() + "\naxes.grid: False\n")
+    _, counts = planned(wf)
+    assert set(counts) - {"all"} == FIGURE_RULES
+    res = wf / "results"
+    before = mtimes(res)
+    assert snakemake(RUN, wf).returncode == 0
+    after = mtimes(res)
+    changed = {p for p in after if after[p] != before.get(p)}
+    assert changed and all(p.startswith("figures/") for p in changed)
+
+
+def test_regenerate_reports_from_cached_results(wf):
+    # README: force every report rule; nothing upstream of the CSVs re-runs
+    _, counts = planned(wf, "--forcerun", *sorted(REPORT_RULES))
+    assert set(counts) - {"all"} == REPORT_RULES
+
+
+def test_html_report(wf):
+    r = snakemake(["--report", "report.html", *TEST], wf)
+    assert r.returncode == 0, r.stdout + r.stderr
+    html = (wf / "report.html").read_text(errors="replace")
+    assert "table2.csv" in html and "seed_scatter.png" in html
+
