@@ -24,6 +24,7 @@ def small_cfg():
     cfg["report"]["table2"]["methods"] = ["baseline", "repa_l4", "ag_repa"]
     cfg["eval"]["convergence"]["threshold"] = None
     cfg["train"]["branch_steps"] = 300
+    cfg["report"]["table2"]["wer_percent"] = True     # the synthetic JSONs store WER as a fraction
     return cfg
 
 
@@ -103,7 +104,9 @@ def test_table2_mean_std_over_seeds_and_provenance(results):
     cfg = small_cfg()
     df = tables.metrics_frame(results["evals"], results["ref"], experiment="unit")
     t2 = tables.table2(df, cfg)
-    assert list(t2["method"]) == ["baseline", "repa_l4", "ag_repa"]
+    assert list(t2["method"]) == ["baseline", "repa_l4", "ag_repa", "reference"]
+    ref = t2[t2["method"] == "reference"].iloc[0]
+    assert ref["speech_wer_mean"] == pytest.approx(2.0) and ref["Speech FAD"] == "n/a"
     ag = t2[t2["method"] == "ag_repa"].iloc[0]
     assert ag["speech_fad_mean"] == pytest.approx(1.6)
     assert ag["speech_fad_std"] == pytest.approx(np.std([1.5, 1.7], ddof=1))
@@ -202,7 +205,8 @@ def test_report_cli_writes_tables_and_figures(results, tmp_path):
                      "--out", str(out / "table3.csv")]) == 0
     for name in ("metrics.csv", "table2.csv", "table2_vs_paper.csv", "table3.csv", "table3_vs_paper.csv"):
         assert (out / name).stat().st_size > 0
-    assert len(pd.read_csv(out / "table2.csv")) == 3
+    assert len(pd.read_csv(out / "table2.csv")) == 4     # 3 methods + the reference floor
+    assert "reference" not in set(pd.read_csv(out / "table2_vs_paper.csv")["method"])
     style = tmp_path / "s.mplstyle"
     style.write_text("font.size: 7\n")
     assert cli.main(["report", "convergence", *base, "--convergence", *map(str, results["convs"]),

@@ -51,9 +51,11 @@ rule evaluate:
 rule evaluate_reference:
     input:
         manifest=MANIFEST,
+        mels=MELS,
     output:
         json=REFERENCE_EVAL,
     params:
+        mels=lambda wc, input: os.path.dirname(input.mels),
         cfg=config_hash("eval", "sample"),
     log:
         log_path("evaluate_reference"),
@@ -63,7 +65,7 @@ rule evaluate_reference:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa evaluate --config {CFG} --reference --manifest {input.manifest} "
+        "agrepa evaluate --config {CFG} --reference --manifest {input.manifest} --mels {params.mels} "
         "--out {output.json} > {log} 2>&1"
 
 

@@ -4,8 +4,10 @@ Everything here reads only what the workflow wrote (evaluation JSONs, convergenc
 CSVs, selection JSONs), never a model, so tables regenerate in seconds.
 
 * ``metrics.csv``: one row per run x metric (long format): experiment, token_config,
-  seed, method, domain, metric, value, ci_low, ci_high, n, model, note, source.
-* Table 2: one row per (token config, method); per column (config
+  seed, method, domain, metric, value, ci_low, ci_high, n, model, note, input
+  (what was scored: generated samples, "resynthesis", "ground_truth"), source (the JSON).
+* Table 2: one row per (token config, method), then the ground-truth floor (method
+  ``reference``: the test clips' ground truth through the same vocoder); per column (config
   ``report.table2.columns``: label -> domain + metric) the mean ± std over seeds
   (sample std, ddof = 1), the number of seeds, and provenance (experiment name, seeds,
   clips scored, ASR / FAD-embedding / MOS models).
@@ -33,7 +35,7 @@ import pandas as pd
 from .. import io
 
 METRIC_COLUMNS = ["experiment", "token_config", "seed", "method", "domain", "metric", "value",
-                  "ci_low", "ci_high", "n", "model", "note", "source"]
+                  "ci_low", "ci_high", "n", "model", "note", "input", "source"]
 CONVERGENCE_COLUMNS = ["step", "domain", "fad", "n", "embedding"]
 RUN_PATTERN = re.compile(r"(?P<tc>[^/\\]+)[/\\]seed(?P<seed>\d+)[/\\](?P<method>[^/\\]+)\.(?:json|csv)$")
 STRATEGY_LABELS = {"random": "Random Control", "lasp": "Highest LASP",
@@ -66,7 +68,8 @@ def read_eval(path: str | os.PathLike, run: dict | None = None) -> list[dict]:
                      "value": float(value) if value is not None else math.nan,
                      "ci_low": _num(item.get("ci_low")), "ci_high": _num(item.get("ci_high")),
                      "n": _num(item.get("n")), "model": item.get("model") or "",
-                     "note": item.get("note") or "", "source": str(path)})
+                     "note": item.get("note") or "", "input": item.get("input") or "",
+                     "source": str(path)})
     return rows
 
 
@@ -96,12 +99,13 @@ def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: metrics CSV not found")
-    df = pd.read_csv(path, keep_default_na=True, dtype={"token_config": str, "model": str, "note": str})
+    df = pd.read_csv(path, keep_default_na=True,
+                     dtype={"token_config": str, "model": str, "note": str, "input": str})
     missing = [c for c in METRIC_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}")
     df["token_config"] = df["token_config"].fillna("")
-    df[["model", "note"]] = df[["model", "note"]].fillna("")
+    df[["model", "note", "input"]] = df[["model", "note", "input"]].fillna("")
     return df
 
 
@@ -209,17 +213,25 @@ def table2(metrics: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """Table 2: one row per (token config, method) of ``report.table2.methods``."""
     t2 = cfg["report"]["table2"]
     dec = cfg["report"]["decimals"]
+    reference = metrics[metrics["method"] == REFERENCE_METHOD]
     rows = []
     for tc in _token_configs(metrics, cfg):
-        for method in t2["methods"]:
-            run = metrics[(metrics["token_config"] == tc) & (metrics["method"] == method)]
-            if run.empty:
-                raise ValueError(f"metrics: no rows for token config {tc!r}, method {method!r} "
-                                 f"(listed in report.table2.methods)")
-            spec = cfg["methods"][method]
-            row = {"Config": tc, "Method": method_label(method, spec), "method": method,
-                   "layers": " ".join(map(str, spec.get("layers", []))) if "layers" in spec
-                   else f"top-{cfg['selection']['k']} by {spec['selection']}"}
+        entries = list(t2["methods"]) + ([REFERENCE_METHOD] if len(reference) else [])
+        for method in entries:
+            if method == REFERENCE_METHOD:
+                # the floor: ground-truth test clips through the same vocoder and metrics
+                run = reference
+                row = {"Config": tc, "Method": "Reference (vocoded ground truth)", "method": method,
+                       "layers": ""}
+            else:
+                run = metrics[(metrics["token_config"] == tc) & (metrics["method"] == method)]
+                if run.empty:
+                    raise ValueError(f"metrics: no rows for token config {tc!r}, method {method!r} "
+                                     f"(listed in report.table2.methods)")
+                spec = cfg["methods"][method]
+                row = {"Config": tc, "Method": method_label(method, spec), "method": method,
+                       "layers": " ".join(map(str, spec.get("layers", []))) if "layers" in spec
+                       else f"top-{cfg['selection']['k']} by {spec['selection']}"}
             numeric, notes, clips = {}, [], {}
             for label, ref in t2["columns"].items():
                 sel = _metric_values(run, ref["domain"], ref["metric"])
@@ -259,7 +271,7 @@ def table2_vs_paper(table: pd.DataFrame, cfg: dict, paper: pd.DataFrame | None =
     paper = paper[paper["table"] == "table2"]
     base = cfg["report"]["table3"]["baseline"]
     rows = []
-    for _, r in table.iterrows():
+    for _, r in table[table["method"] != REFERENCE_METHOD].iterrows():
         for label in cfg["report"]["table2"]["columns"]:
             key = _slug(label)
             ours, ours_std = r[f"{key}_mean"], r[f"{key}_std"]
