@@ -17,7 +17,7 @@ def test_overfits_eight_clips(tmp_path):
         "train": {"batch_size": 8, "crop_seconds": 0.9, "lr": 3e-3, "cfg_drop_tokens": 0.0, "cfg_drop_prompt": 0.0,
                   "checkpoint_every": 1000, "log_every": 10, "schedule": "warmup_constant", "warmup_fraction": 0.05}})
     paths = make_corpus(tmp_path / "data", n_speech=4, n_audio=4)
-    train.run(cfg, phase="warmup", out=tmp_path / "w", seed=0, steps=250,
+    train.run(cfg, phase="warmup", out=tmp_path / "w", seed=0, steps=200,
               **{k: paths[k] for k in ("manifest", "mels", "tokens", "semantic", "acoustic")})
     m = pd.read_csv(tmp_path / "w" / "metrics.csv")
     start, end = m["fm"].iloc[0], m["fm"].iloc[-5:].mean()

@@ -74,18 +74,10 @@ def generator(*parts) -> torch.Generator:
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    """The manifest as a DataFrame (the one place that reads it in this module)."""
-    try:
-        from .corpora.manifest import read_manifest as _read
-    except ModuleNotFoundError:
-        _read = None
-    if _read is not None:
-        return _read(path)
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: manifest not found")
-    return pd.read_csv(path, dtype={"id": str, "speaker": str, "text": str, "labels": str,
-                                    "caption": str}, keep_default_na=False)
+    """The validated manifest (``agrepa.corpora.manifest.read_manifest``)."""
+    from .corpora.manifest import read_manifest as _read
+
+    return _read(path)
 
 
 def frames_per_second(cfg: dict) -> float:
@@ -161,11 +153,11 @@ class TrainingData:
             if missing:
                 skipped.append((clip_id, "not in " + ", ".join(missing)))
                 continue
-            mel = mels.get(clip_id)["mel"].float()
+            mel = mels.load("mel", [clip_id])[clip_id].float()
             if mel.dim() != 2 or mel.shape[1] != self.n_mels:
                 raise ValueError(f"{mels.dir}: mel of {clip_id!r} has shape {tuple(mel.shape)}, "
                                  f"expected [T, {self.n_mels}]")
-            tok = toks.get(clip_id)["tokens"].long()
+            tok = toks.load("tokens", [clip_id])[clip_id].long()
             if tok.dim() != 1 or tok.numel() == 0 or int(tok.min()) < 1 or int(tok.max()) >= self.vocab_size:
                 skipped.append((clip_id, "empty or out-of-range token ids"))
                 continue
@@ -176,7 +168,7 @@ class TrainingData:
             for name in TEACHERS:
                 s = stores[name]
                 if clip_id in s:
-                    e = s.get(clip_id)["pooled"].float().reshape(-1)
+                    e = s.load("pooled", [clip_id])[clip_id].float().reshape(-1)
                     if e.numel() != self.teacher_dims[name]:
                         raise ValueError(f"{s.dir}: pooled embedding of {clip_id!r} has {e.numel()} "
                                          f"entries, expected {self.teacher_dims[name]}")
@@ -200,7 +192,7 @@ class TrainingData:
             keys = store.keys()
             if not keys:
                 raise ValueError(f"{store.dir}: embedding store is empty")
-            dim = store.get(keys[0])["pooled"].numel()
+            dim = store.load("pooled", keys[:1])[keys[0]].numel()
         return int(dim)
 
     def __len__(self) -> int:

@@ -170,14 +170,12 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 class MetricsLog:
-    """metrics.csv rows, rewritten atomically; on resume rows after the checkpoint are dropped."""
+    """metrics.csv rows, rewritten atomically. The rows also travel in every checkpoint,
+    so a resumed run restores them even if the workflow deleted metrics.csv."""
 
-    def __init__(self, path: Path, resume_step: int | None):
+    def __init__(self, path: Path, rows: list[dict] | None = None):
         self.path = path
-        self.rows: list[dict] = []
-        if resume_step is not None and path.exists():
-            old = pd.read_csv(path)
-            self.rows = old[old["step"] <= resume_step].to_dict("records")
+        self.rows: list[dict] = [dict(r) for r in rows or []]
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
@@ -250,7 +248,7 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
     seed_everything(derive_seed(seed, phase, "train", d.rank))
     forward = torch.compile(model) if tc.get("compile") else model
 
-    start = 0
+    start, rows = 0, []
     last = out / "last.pt"
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=True)
@@ -272,11 +270,12 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
             log.warning("%s: written by %d process(es), resuming with %d: dropout RNG streams are re-seeded",
                         last, ck["world_size"], d.world_size)
         start = int(ck["step"])
+        rows = ck.get("metrics", [])
         log.info("resuming %s from %s at step %d/%d", method, last, start, total)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         config_mod.save_resolved(cfg, out)
-    metrics = MetricsLog(out / "metrics.csv", start if start else None)
+    metrics = MetricsLog(out / "metrics.csv", rows)
     tb = _tensorboard(out) if d.is_main else None
 
     def checkpoint(step: int) -> dict | None:
@@ -290,7 +289,8 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
                 "vocab_size": data.vocab_size, "teacher_dims": dict(data.teacher_dims),
                 "model": model.state_dict(), "ema": ema.state_dict(), "bitc": bitc.state_dict(),
                 "repa": repa.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "sampler": sampler.state_dict(), "rng": states, "world_size": d.world_size, "config": cfg}
+                "sampler": sampler.state_dict(), "rng": states, "world_size": d.world_size, "config": cfg,
+                "metrics": [dict(r) for r in metrics.rows]}
 
     snapshots = {int(s) for s in tc.get("snapshot_steps") or []} if phase == "branch" else set()
     every, log_every = int(tc["checkpoint_every"]), int(tc["log_every"])
@@ -299,7 +299,7 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
     acc, acc_n, t_log = torch.zeros(5, dtype=torch.float64), 0, time.perf_counter()
     model.train(), bitc.train(), repa.train()
     bar = tqdm(range(start, total), initial=start, total=total, desc=f"{phase}:{method}",
-               disable=not d.is_main, dynamic_ncols=True)
+               disable=not d.is_main, dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
     for step in bar:
         idx = sampler.next_batch()
         draw = draw_step(cfg, seed, phase, step, G)
