@@ -1,0 +1,154 @@
+"""Evaluation (agrepa.evaluate): the ground-truth floor, the eval JSON contract, convergence, the CLIs.
+
+Real models throughout: faster-whisper tiny.en (ASR), the Whisper tiny.en encoder (FAD
+embedding), DNSMOS (speechmos), resemblyzer; a tiny randomly initialised DiT saved in the
+training checkpoint format stands in for a trained run.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agrepa import cli, config, evaluate, metrics
+from agrepa.asr import wer_counts
+from agrepa.store import Store
+from test_eval_corpus import VOCAB, make_corpus
+from test_sampling import tiny_model
+
+SPEECH_METRICS = {"wer", "wer_utt", "fad", "fad_inf", "mos_ovrl", "mos_p808", "spk_sim"}
+AUDIO_METRICS = {"fad", "fad_inf", "mos_ovrl", "mos_p808"}
+
+
+def small_cfg(**mos):
+    cfg = config.load()
+    cfg["sample"].update(steps=2, griffinlim_iters=4, max_clips={"speech": 2, "audio": 2})
+    cfg["eval"]["bootstrap"] = 50
+    cfg["eval"]["mos"].update(mos)
+    cfg["device"] = "cpu"
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.set_num_threads(1)
+    return evaluate.build_models(small_cfg(), ["speech", "audio"])
+
+
+def _by(result, input_=None):
+    return {(m["domain"], m["metric"]): m for m in result["metrics"] if input_ is None or m["input"] == input_}
+
+
+def test_reference_floor_is_the_ground_truth_through_the_same_pipeline(corpus, models):
+    from agrepa.vocoder import build_vocoder
+
+    cfg = small_cfg()
+    voc = build_vocoder(cfg)
+    result = evaluate.evaluate(cfg, corpus["manifest"], reference=True, mels_dir=corpus["mels"], models=models,
+                               vocoder=voc)
+    rows = _by(result)
+    assert {m for d, m in rows if d == "speech"} == SPEECH_METRICS | {m + "_gt" for m in SPEECH_METRICS - {"fad", "fad_inf"}}
+    assert {m for d, m in rows if d == "audio"} == AUDIO_METRICS | {"mos_ovrl_gt", "mos_p808_gt"}
+    # the floor numbers are exactly what the pipeline gives on the ground truth
+    texts = ["the cat sat on the mat", "open the door please"]
+    gt_hyp = [models.asr.transcribe(corpus["waves"][c], 24000) for c in ("s0", "s1")]
+    assert rows[("speech", "wer_gt")]["value"] == pytest.approx(wer_counts(texts, gt_hyp).corpus_wer())
+    mels = Store(corpus["mels"])
+    resyn = [voc(mels.get(c)["mel"]) for c in ("s0", "s1")]
+    re_hyp = [models.asr.transcribe(w, 24000) for w in resyn]
+    assert rows[("speech", "wer")]["value"] == pytest.approx(wer_counts(texts, re_hyp).corpus_wer())
+    assert rows[("speech", "wer")]["input"] == "resynthesis" and rows[("speech", "wer_gt")]["input"] == "ground_truth"
+    assert rows[("speech", "wer_gt")]["value"] < 50.0  # tiny.en understands the espeak test speech
+    mos = models.mos["speech"].score(resyn[0], 24000)["mos_ovrl"]
+    mos1 = models.mos["speech"].score(resyn[1], 24000)["mos_ovrl"]
+    assert rows[("speech", "mos_ovrl")]["value"] == pytest.approx((mos + mos1) / 2)
+    assert rows[("audio", "mos_ovrl")]["value"] is None and "general audio" in rows[("audio", "mos_ovrl")]["note"]
+    for key, m in rows.items():
+        assert m["n"] == 2, key
+        if m["value"] is not None:
+            assert m["model"] and math.isfinite(m["value"]) and m["ci_low"] is not None, key
+    # the resynthesis is close to the ground truth: speaker similarity to the prompt survives
+    assert rows[("speech", "spk_sim_gt")]["value"] > 0.5
+
+
+def test_eval_json_of_generated_samples(corpus, models, tmp_path):
+    from agrepa import sampling
+    from agrepa.vocoder import build_vocoder
+
+    cfg = small_cfg(speech="none")
+    out = tmp_path / "samples"
+    sampling.sample_split(tiny_model(), cfg, corpus["manifest"], corpus["mels"], corpus["tokens"], "test", 0, out,
+                          vocoder=build_vocoder(cfg), meta={"method": "baseline"})
+    models_nomos = evaluate.Models(models.embedding, models.asr, {"speech": None, "audio": None}, models.speaker)
+    result = evaluate.evaluate(cfg, corpus["manifest"], samples_dir=out, models=models_nomos)
+    rows = _by(result, "generated")
+    assert {m for d, m in rows if d == "speech"} == SPEECH_METRICS
+    assert {m for d, m in rows if d == "audio"} == AUDIO_METRICS
+    for key, m in rows.items():
+        assert set(evaluate.METRIC_FIELDS) <= set(m) and m["n"] == 2
+        if m["value"] is None:
+            assert m["note"], key
+        else:
+            assert m["model"] and m["ci_low"] is not None and m["ci_high"] is not None, key
+    fad = rows[("speech", "fad")]
+    assert fad["value"] > 0 and "whisper-encoder" in fad["model"]
+    assert rows[("speech", "wer")]["value"] >= 50.0  # an untrained model says nothing intelligible
+    assert "faster-whisper" in rows[("speech", "wer")]["model"]
+    assert result["run"]["sample_meta"]["method"] == "baseline"
+    assert result["run"]["models"]["embedding"].startswith("whisper-encoder")
+
+
+def _checkpoint(path, cfg, step, seed):
+    from agrepa.alignment import BiTCHeads
+    from agrepa.train import FORMAT
+
+    model = tiny_model(seed)
+    bitc = BiTCHeads(model.dim, {"semantic": 8, "acoustic": 8})
+    ck = {"format": FORMAT, "config": cfg, "vocab_size": VOCAB, "teacher_dims": {"semantic": 8, "acoustic": 8},
+          "ema": {"model": model.state_dict(), "bitc": bitc.state_dict()},
+          "model": model.state_dict(), "bitc": bitc.state_dict(), "step": step, "method": "baseline",
+          "phase": "branch", "seed": 0, "layers": [], "weights": []}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ck, path)
+
+
+def test_sample_and_convergence_clis(corpus, tmp_path):
+    cfg = small_cfg()
+    cfg["model"].update(n_layers=2, dim=32, n_heads=2)
+    cfg["eval"]["convergence"]["max_clips"] = 2
+    run = tmp_path / "run"
+    for i, step in enumerate((100, 200)):
+        _checkpoint(run / "snapshots" / f"step_{step:06d}.pt", cfg, step, seed=i)
+    _checkpoint(run / "final.pt", cfg, 200, seed=1)
+    cfg_file = tmp_path / "cfg.yaml"
+    config.save_resolved(cfg, tmp_path, "cfg.yaml")
+    common = ["--config", str(cfg_file), "--manifest", str(corpus["manifest"]), "--mels", str(corpus["mels"]),
+              "--tokens", str(corpus["tokens"])]
+    assert cli.main(["sample", "--ckpt", str(run / "final.pt"), "--out", str(tmp_path / "s"), "--seed", "0",
+                     *common]) == 0
+    assert (tmp_path / "s" / "samples.csv").exists() and (tmp_path / "s" / "s0.wav").exists()
+    out = tmp_path / "conv.csv"
+    assert cli.main(["convergence", "--run", str(run), "--out", str(out), *common]) == 0
+    import pandas as pd
+    df = pd.read_csv(out)
+    assert list(df.columns) == evaluate.CONVERGENCE_COLUMNS
+    assert sorted(set(df["step"])) == [100, 200] and set(df["domain"]) == {"speech", "audio"}
+    assert (df["n"] == 2).all() and (df["fad"] > 0).all()
+    assert df["embedding"].str.startswith("whisper-encoder").all()
+    sp = df[df["domain"] == "speech"]
+    hi = float(sp["fad"].max()) + 1.0
+    assert metrics.steps_to_threshold(sp["step"], sp["fad"], hi) == 100.0
+    assert metrics.steps_to_threshold(sp["step"], sp["fad"], float(sp["fad"].min()) / 2) is None
+    # bad input is a clear error naming the directory
+    assert cli.main(["convergence", "--run", str(tmp_path / "nope"), "--out", str(out), *common]) == 2
+
+
+def test_evaluate_cli_needs_samples_or_reference(corpus, tmp_path, capsys):
+    rc = cli.main(["evaluate", "--manifest", str(corpus["manifest"]), "--out", str(tmp_path / "e.json")])
+    assert rc == 2 and "--samples is required" in capsys.readouterr().err
