@@ -360,6 +360,10 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
                 if done % every == 0:
                     io.torch_save(last, ck)
                 metrics.write()
+                if metrics.rows:
+                    r = metrics.rows[-1]
+                    log.info("step %d/%d: loss %.4f fm %.4f bitc %.4f repa %s, checkpoint written", done, total,
+                             r["loss"], r["fm"], r["bitc"], "-" if not repa else f"{r['repa']:.4f}")
             dist_mod.barrier(d)
     if start >= total and not (out / "final.pt").exists():
         ck = checkpoint(total)
