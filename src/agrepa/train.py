@@ -20,6 +20,13 @@ Outputs in OUT: ``last.pt`` (rolling, every ``train.checkpoint_every`` steps),
 over the logging interval; repa empty for the baseline), ``config.resolved.yaml``.
 A run started in a directory holding ``last.pt`` resumes from it exactly.
 Checkpoints hold only tensors and plain Python (``torch.load(weights_only=True)``).
+
+Multi-process: ``torchrun --nproc_per_node N -m agrepa.train ...`` (or ``-m agrepa.cli train``).
+``train.batch_size`` is the GLOBAL batch; rank r trains on the r-th contiguous shard of
+the same global batch (:func:`agrepa.dataset.shard`), gradients are averaged, only
+rank 0 writes. Every per-sample random draw depends on (seed, phase, step) and the
+sample's position in the global batch, so N processes reproduce one process up to
+floating-point reduction order.
 """
 from __future__ import annotations
 
