@@ -67,7 +67,10 @@ def test_branch_baseline_has_no_repa_and_same_data(setup):
     repa = train.run(cfg, phase="branch", method="repa_l1_2", init=warm, out=tmp / "repa", seed=0, **_kw(paths))
     b, r = _load(base), _load(repa)
     assert b["repa"] == {} and b["layers"] == [] and b["weights"] == []
-    assert not any("repa" in str(k) for k in b["optimizer"]["state"])          # no head parameters at all
+    n_opt = lambda ck: sum(len(g["params"]) for g in ck["optimizer"]["param_groups"])
+    n_base = len(b["model"]) + len(b["bitc"])             # every model / BiT-C entry is a parameter
+    assert n_opt(b) == n_base                                                  # no REPA parameters at all
+    assert n_opt(r) == n_base + 2 * 2 * 4                  # 2 layers x 2 teachers x (2 weights + 2 biases)
     assert {k.split(".")[1] for k in r["repa"]} == {"1", "2"} and r["weights"] == [0.5, 0.5]
     mb, mr = pd.read_csv(tmp / "base" / "metrics.csv"), pd.read_csv(tmp / "repa" / "metrics.csv")
     assert mb["repa"].isna().all() and (mr["repa"] > 0).all()
