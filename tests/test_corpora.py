@@ -187,3 +187,14 @@ def test_synth_corpus_contents(synth_runs):
     assert (labels.map(len) == 2).sum() == 6
     assert all(len(set(x)) == len(x) and set(x) <= set(classes) for x in labels)
     assert events.caption.str.len().gt(5).all()
+
+
+def test_synth_config_errors_fail_before_any_work(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert cli.main(["data", "synth", "--out", str(out), "--set", "data.synth.audio.classes=[foo, rain]"]) == 2
+    assert "data.synth.audio.classes: unknown event class 'foo'" in capsys.readouterr().err
+    assert cli.main(["data", "synth", "--out", str(out), "--set", "data.synth.speech.n_speakers=500"]) == 2
+    assert "data.synth.speech.n_speakers: 500 speakers asked for" in capsys.readouterr().err
+    assert cli.main(["data", "synth", "--out", str(out), "--set", "data.synth.speech.n_utterances=6"]) == 2
+    assert "cannot be split" in capsys.readouterr().err
+    assert not (out / "manifest.csv").exists()

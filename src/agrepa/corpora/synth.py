@@ -162,6 +162,27 @@ def _event_caption(phrases: list[str]) -> str:
     return phrases[0] if len(phrases) == 1 else f"{phrases[0]} together with {phrases[1]}"
 
 
+def check_event_config(cfg: dict) -> None:
+    """Fail early (before any speech is made) on a bad ``data.synth.audio`` section."""
+    ac = config_mod.get(cfg, "data.synth.audio")
+    classes = list(ac["classes"])
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError("data.synth.audio.classes: at least two distinct event classes are needed")
+    for c in classes:
+        if c not in synth_events.EVENTS:
+            raise KeyError(f"data.synth.audio.classes: unknown event class {c!r} "
+                           f"(known: {', '.join(synth_events.EVENTS)})")
+    frac = float(ac["mixture_fraction"])
+    if not 0.0 <= frac <= 1.0:
+        raise ValueError(f"data.synth.audio.mixture_fraction: {frac} is not in [0, 1]")
+    n = int(ac["n_clips"])
+    if n > 0:
+        per_class = n // len(classes)
+        split_counts(per_class, float(config_mod.get(cfg, "data.synth.valid_fraction")),
+                     float(config_mod.get(cfg, "data.synth.test_fraction")), 1,
+                     f"data.synth.audio.n_clips: the smallest class ({per_class} clips)")
+
+
 def synth_event_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[dict], list]:
     """Generate the sound-event half; returns (manifest rows, rejects)."""
     ac = config_mod.get(cfg, "data.synth.audio")
@@ -171,15 +192,8 @@ def synth_event_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[d
     n, classes = int(ac["n_clips"]), list(ac["classes"])
     if n <= 0:
         return [], []
-    if len(classes) < 2:
-        raise ValueError("data.synth.audio.classes: at least two event classes are needed")
-    for c in classes:
-        if c not in synth_events.EVENTS:
-            raise KeyError(f"data.synth.audio.classes: unknown event class {c!r} "
-                           f"(known: {', '.join(synth_events.EVENTS)})")
+    check_event_config(cfg)
     frac = float(ac["mixture_fraction"])
-    if not 0.0 <= frac <= 1.0:
-        raise ValueError(f"data.synth.audio.mixture_fraction: {frac} is not in [0, 1]")
     plan_rng = np.random.default_rng([seed, EVENT_STREAM])
     primary = [classes[i % len(classes)] for i in plan_rng.permutation(n)]
     mixed = set(int(i) for i in plan_rng.choice(n, size=int(round(frac * n)), replace=False))
@@ -225,6 +239,8 @@ def build_synth(cfg: dict, out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     audio_dir = out_dir / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
+    if int(config_mod.get(cfg, "data.synth.audio.n_clips")) > 0:
+        check_event_config(cfg)
     speech_rows, speech_rejects, speakers = synth_speech_corpus(cfg, audio_dir, "audio")
     summarize(speech_rejects, len(speech_rows), "synthetic speech")
     event_rows, event_rejects = synth_event_corpus(cfg, audio_dir, "audio")
