@@ -65,9 +65,12 @@ def test_reference_floor_is_the_ground_truth_through_the_same_pipeline(corpus, m
     assert rows[("speech", "wer")]["value"] == pytest.approx(wer_counts(texts, re_hyp).corpus_wer())
     assert rows[("speech", "wer")]["input"] == "resynthesis" and rows[("speech", "wer_gt")]["input"] == "ground_truth"
     assert rows[("speech", "wer_gt")]["value"] < 50.0  # tiny.en understands the espeak test speech
-    mos = models.mos["speech"].score(resyn[0], 24000)["mos_ovrl"]
-    mos1 = models.mos["speech"].score(resyn[1], 24000)["mos_ovrl"]
-    assert rows[("speech", "mos_ovrl")]["value"] == pytest.approx((mos + mos1) / 2)
+    clips = {(c["id"], c["input"]): c for c in result["clips"]}
+    assert models.mos["speech"].score(resyn[0], 24000) == pytest.approx(
+        {k: clips[("s0", "resynthesis")][k] for k in ("mos_ovrl", "mos_p808")})
+    assert rows[("speech", "mos_ovrl")]["value"] == pytest.approx(
+        np.mean([clips[(c, "resynthesis")]["mos_ovrl"] for c in ("s0", "s1")]))
+    assert clips[("s1", "ground_truth")]["hyp"] == gt_hyp[1]
     assert rows[("audio", "mos_ovrl")]["value"] is None and "general audio" in rows[("audio", "mos_ovrl")]["note"]
     for key, m in rows.items():
         assert m["n"] == 2, key

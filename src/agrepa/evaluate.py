@@ -32,7 +32,9 @@ itself is 0 by definition and is not reported).
 Output JSON::
 
     {"run": {...provenance...},
-     "metrics": [{"domain", "metric", "value", "ci_low", "ci_high", "n", "model", "note", "input"}, ...]}
+     "metrics": [{"domain", "metric", "value", "ci_low", "ci_high", "n", "model", "note", "input"}, ...],
+     "clips": [{"id", "domain", "input", "hyp", "ref_norm", "hyp_norm", "wer", "mos_ovrl", "mos_p808",
+                "spk_sim"}, ...]}          (per-clip diagnostics; keys present where scored)
 
 ``value`` is null only with a ``note`` saying why. ``n`` = clips scored.
 
@@ -116,12 +118,16 @@ def _describe(obj) -> str:
 
 
 def score_domain(clips: list[Clip], domain: str, cfg: dict, models: Models, input_: str = "generated",
-                 suffix: str = "", with_fad: bool = True) -> list[dict]:
-    """Every metric row of one domain's clips (see module table)."""
+                 suffix: str = "", with_fad: bool = True, details: list | None = None) -> list[dict]:
+    """Every metric row of one domain's clips (see module table); per-clip scores are appended to
+    ``details`` (one dict per clip: id, domain, input and whatever was scored)."""
     ec = config_mod.get(cfg, "eval")
     n_boot, seed, level = int(ec["bootstrap"]), int(ec.get("bootstrap_seed", 0)), float(ec.get("ci_level", 0.95))
     rows: list[dict] = []
     n = len(clips)
+    per_clip = [{"id": c.id, "domain": domain, "input": input_} for c in clips]
+    if details is not None:
+        details += per_clip
     emb_name = _describe(models.embedding)
 
     def row(metric, est, model, note=""):
@@ -141,8 +147,10 @@ def score_domain(clips: list[Clip], domain: str, cfg: dict, models: Models, inpu
 
         hyps = [models.asr.transcribe(c.wave, c.sample_rate) for c in tqdm(clips, desc=f"asr {input_}")]
         counts = wer_counts([c.text for c in clips], hyps, [c.id for c in clips])
-        for c, h in zip(clips, hyps):
+        for c, h, rec, rn, hn, e, w in zip(clips, hyps, per_clip, counts.refs, counts.hyps, counts.errors,
+                                          counts.ref_words):
             log.debug("%s: ref %r hyp %r", c.id, c.text, h)
+            rec.update(hyp=h, ref_norm=rn, hyp_norm=hn, wer=100.0 * float(e) / float(w))
         asr_name = _describe(models.asr)
         row("wer", metrics.bootstrap_ci(counts.corpus_wer, n, n_boot, seed, level), asr_name)
         row("wer_utt", metrics.bootstrap_ci(counts.utterance_wer, n, n_boot, seed, level), asr_name)
@@ -161,6 +169,8 @@ def score_domain(clips: list[Clip], domain: str, cfg: dict, models: Models, inpu
         row("mos_p808", None, "", note)
     else:
         scores = [mos.score(c.wave, c.sample_rate) for c in tqdm(clips, desc=f"mos {input_}")]
+        for rec, sc in zip(per_clip, scores):
+            rec.update(sc)
         for key in ("mos_ovrl", "mos_p808"):
             row(key, metrics.mean_ci([s[key] for s in scores], n_boot, seed, level), _describe(mos))
 
@@ -172,6 +182,8 @@ def score_domain(clips: list[Clip], domain: str, cfg: dict, models: Models, inpu
         else:
             sims = [models.speaker.similarity(c.wave, c.sample_rate, c.prompt, c.sample_rate)
                     for c in tqdm(clips, desc=f"speaker {input_}")]
+            for rec, v in zip(per_clip, sims):
+                rec["spk_sim"] = v
             row("spk_sim", metrics.mean_ci(sims, n_boot, seed, level), _describe(models.speaker))
     return rows
 
@@ -319,15 +331,17 @@ def evaluate(cfg: dict, manifest, samples_dir=None, reference: bool = False, mel
     domains = ("speech", "audio")
     models = models or build_models(cfg, [d for d in domains if any(c.domain == d for c in clips)] or list(domains))
     out: list[dict] = []
+    details: list[dict] = []
     for d in domains:
         dc = [c for c in clips if c.domain == d]
-        out += score_domain(dc, d, cfg, models, "resynthesis" if reference else "generated")
+        out += score_domain(dc, d, cfg, models, "resynthesis" if reference else "generated", details=details)
         if reference:
-            out += score_domain([c for c in gt if c.domain == d], d, cfg, models, "ground_truth", "_gt", with_fad=False)
+            out += score_domain([c for c in gt if c.domain == d], d, cfg, models, "ground_truth", "_gt",
+                                with_fad=False, details=details)
     run["n_clips"] = {d: sum(c.domain == d for c in clips) for d in domains}
     run["models"] = {"embedding": _describe(models.embedding), "asr": _describe(models.asr),
                      "mos": {d: _describe(m) for d, m in models.mos.items()}, "speaker": _describe(models.speaker)}
-    return {"run": run, "metrics": out}
+    return {"run": run, "metrics": out, "clips": details}
 
 
 # -- convergence --------------------------------------------------------------------------
