@@ -14,10 +14,14 @@
   Each batch gives one norm per block; the CSV reports the mean and std of the
   per-batch norms over the probe batches of a domain.
 
-The probe CLI (``agrepa probe``) runs all three on real training clips:
-x_t = (1 - t) x0 + t x1 with x1 the normalised mel and x0 fixed Gaussian noise
-(``probe.seed``), for every t in ``probe.t_grid``, per domain, over
-``probe.n_batches`` batches, and writes a tidy CSV with columns
+The probe CLI (``agrepa probe``) runs all three on real training clips (the
+paper probes on the training set): per domain, ``probe.n_batches`` batches of
+``probe.batch_size`` clips from ``TrainingData.eval_batches`` (the first clips of
+the split in manifest order, crops from frame 0, prompt = the first
+``train.eval_prompt_fraction`` of the crop; no randomness), the EMA weights of
+the warm-up model and its BiT-C heads; x_t = (1 - t) x0 + t x1 with x1 the
+normalised mel and x0 fixed Gaussian noise (``probe.seed``, one draw per batch
+shared by every t), for every t in ``probe.t_grid``; and writes a tidy CSV with columns
 ``config, seed, domain, probe, layer, t, score, spread, n`` (``spread`` = std of
 the per-batch scores across batches, NaN with one batch; ``n`` = samples).
 """
