@@ -16,7 +16,8 @@ spk_sim     speech   mean cosine between speaker embeddings of each clip and its
 =========== ======== ==================================================================
 
 Uncertainty: every value has a percentile-bootstrap CI (``eval.bootstrap`` resamples of the
-test clips, seed ``eval.bootstrap_seed``, level ``eval.ci_level``). FAD and FAD∞ resample clip
+test clips, ``eval.fad.fad_inf.bootstrap`` for FAD∞, whose every resample is itself a fit over
+``steps`` subset sizes; seed ``eval.bootstrap_seed``, level ``eval.ci_level``). FAD and FAD∞ resample clip
 indices jointly for the generated and the reference set (the sets are paired by clip id); the
 bootstrap FADs use the exact QR/SVD form of the trace term (:mod:`agrepa.metrics`).
 
@@ -195,6 +196,7 @@ def fad_rows(gen: list[np.ndarray], ref: list[np.ndarray], domain: str, model: s
     n_boot, seed, level = int(ec["bootstrap"]), int(ec.get("bootstrap_seed", 0)), float(ec.get("ci_level", 0.95))
     fi = ec["fad"].get("fad_inf", {}) or {}
     min_n, steps = int(fi.get("min_n", 500)), int(fi.get("steps", 25))
+    inf_boot = int(fi.get("bootstrap", n_boot))
     n = len(gen)
 
     def stack(parts, idx):
@@ -227,7 +229,7 @@ def fad_rows(gen: list[np.ndarray], ref: list[np.ndarray], domain: str, model: s
         return metrics.fad_inf(stack(ref, idx), stack(gen, idx), min_n, steps, seed).value
 
     fit = metrics.fad_inf(all_ref, all_gen, min_n, steps, seed)
-    est = metrics.bootstrap_ci(inf_stat, n, n_boot, seed, level)
+    est = metrics.bootstrap_ci(inf_stat, n, inf_boot, seed, level)
     est.value = fit.value
     sizes = [p[0] for p in fit.points]
     rows.append(_row(domain, "fad_inf" + suffix, est, model,
