@@ -3,14 +3,16 @@
 Architecture (:class:`EventEncoder`), on the Vocos log-mel (``agrepa.audio.log_mel``)::
 
     mel [100, T] -> (mel - mean) / std               (scalar train-set statistics)
-    -> Conv1d(k5) -> GELU -> Conv1d(k4, stride 2) -> GELU -> Conv1d(k4, stride 2) -> GELU
+    -> Conv1d(k4, stride 2) -> GELU -> Conv1d(k4, stride 2) -> GELU -> Conv1d(k3) -> GELU
     -> + sinusoidal positions -> pre-norm Transformer encoder (n_layers) -> LayerNorm
     = frame features [T // 4, dim]                    (93.75 / 4 = 23.4375 frames/s)
     -> masked mean over real frames -> Linear -> label logits
 
 Training (``agrepa teacher train``): the audio-domain clips of the train split,
 multi-label binary cross-entropy over the label vocabulary (the sorted set of
-the train clips' labels), AdamW, seeded. Then frozen. The valid split's audio
+the train clips' labels), AdamW with a one-cycle schedule, seeded. Batches are
+length-bucketed (clips sorted by length, cut into batches, batch order
+shuffled each epoch) so little compute goes to padding. Then frozen. The valid split's audio
 clips are scored with:
 
 * exact match: the predicted label set (sigmoid > threshold) equals the true set;
@@ -66,9 +68,9 @@ class EventEncoder(nn.Module):
         self.register_buffer("mel_mean", torch.zeros(()))
         self.register_buffer("mel_std", torch.ones(()))
         self.conv = nn.Sequential(
-            nn.Conv1d(n_mels, dim, 5, padding=2), nn.GELU(),
+            nn.Conv1d(n_mels, dim, 4, stride=2, padding=1), nn.GELU(),
             nn.Conv1d(dim, dim, 4, stride=2, padding=1), nn.GELU(),
-            nn.Conv1d(dim, dim, 4, stride=2, padding=1), nn.GELU())
+            nn.Conv1d(dim, dim, 3, padding=1), nn.GELU())
         layer = nn.TransformerEncoderLayer(dim, n_heads, dim * ff_mult, dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
@@ -228,14 +230,15 @@ def train_events(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, c
                                                 pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
     yt = torch.from_numpy(y_train)
+    by_length = sorted(range(len(train_mels)), key=lambda i: (train_mels[i].shape[-1], i))
+    batches = [by_length[i: i + bs] for i in range(0, len(by_length), bs)]
     history = []
     bar = tqdm(total=steps, desc="teacher train", leave=False)
     for epoch in range(epochs):
         model.train()
-        order = torch.randperm(len(train_mels), generator=gen).tolist()
         total = 0.0
-        for i in range(0, len(order), bs):
-            idx = order[i: i + bs]
+        for b in torch.randperm(len(batches), generator=gen).tolist():
+            idx = batches[b]
             x, n = pad_mels([train_mels[j] for j in idx])
             loss = F.binary_cross_entropy_with_logits(model(x, n), yt[idx])
             opt.zero_grad(set_to_none=True)
@@ -245,7 +248,7 @@ def train_events(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, c
             sched.step()
             total += float(loss.detach()) * len(idx)
             bar.update(1)
-        history.append(total / len(order))
+        history.append(total / len(train_mels))
         log.info("epoch %d/%d: train BCE %.4f", epoch + 1, epochs, history[-1])
     bar.close()
     train_seconds = time.time() - t0
