@@ -140,3 +140,15 @@ def test_cli_train_runs_and_reports_bad_input(setup, tmp_path, capsys):
     rc = cli_main(["train", "--phase", "branch", "--method", "baseline", "--init", str(tmp_path / "missing.pt"),
                    "--out", str(tmp_path / "b"), *common])
     assert rc == 2 and "missing.pt: warm-up checkpoint (--init) not found" in capsys.readouterr().err
+
+
+def test_lr_schedules():
+    f = lambda s, total, kind: train.lr_factor(s, total, kind, 0.1, 25.0, 1e4)
+    assert f(0, 100, "onecycle") == pytest.approx(1 / 25)
+    assert f(10, 100, "onecycle") == pytest.approx(1.0)                  # peak after the warm-up fraction
+    assert f(99, 100, "onecycle") == pytest.approx(1 / 25e4)             # the last step
+    assert all(f(s, 100, "onecycle") >= f(s + 1, 100, "onecycle") for s in range(10, 99))
+    assert f(0, 1, "onecycle") == pytest.approx(1 / 25) and f(0, 3, "onecycle") > 0   # tiny runs work
+    assert [f(s, 20, "warmup_constant") for s in (0, 1, 5)] == [0.5, 1.0, 1.0]
+    with pytest.raises(ValueError, match="train.schedule"):
+        f(0, 10, "cosine")

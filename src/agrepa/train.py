@@ -135,19 +135,35 @@ def make_optimizer(cfg: dict, modules: list[nn.Module]) -> torch.optim.AdamW:
                              lr=float(tc["lr"]), betas=tuple(float(b) for b in tc["betas"]))
 
 
-def make_scheduler(cfg: dict, opt: torch.optim.Optimizer, total: int):
-    """``onecycle``: OneCycleLR (cosine up over warmup_fraction, then down; betas fixed);
-    ``warmup_constant``: linear warm-up over warmup_fraction, then constant."""
-    kind = config_mod.get(cfg, "train.schedule")
-    frac = float(config_mod.get(cfg, "train.warmup_fraction"))
-    if kind == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(cfg["train"]["lr"]), total_steps=max(total, 2),
-                                                   pct_start=min(max(frac, 1e-6), 0.999),
-                                                   cycle_momentum=False)
+def _cos(a: float, b: float, p: float) -> float:
+    """Cosine interpolation from ``a`` (p = 0) to ``b`` (p = 1)."""
+    return b + (a - b) * (1 + math.cos(math.pi * min(max(p, 0.0), 1.0))) / 2
+
+
+def lr_factor(step: int, total: int, kind: str, warmup_fraction: float, div: float, final_div: float) -> float:
+    """Learning-rate multiplier of step ``step`` (0-based) of ``total``.
+
+    ``onecycle`` (OneCycle, cosine): lr/div -> lr over the first ``warmup_fraction`` of the
+    steps, then lr -> lr/(div*final_div) by the last step. ``warmup_constant``: linear
+    warm-up to lr over the same fraction, then constant.
+    """
+    warm = max(1, int(round(warmup_fraction * total)))
     if kind == "warmup_constant":
-        n = max(1, int(round(frac * total)))
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / n))
+        return min(1.0, (step + 1) / warm)
+    if kind == "onecycle":
+        if step < warm:
+            return _cos(1.0 / div, 1.0, step / warm)
+        return _cos(1.0, 1.0 / (div * final_div), (step - warm) / max(1, total - 1 - warm))
     raise ValueError(f"train.schedule: expected onecycle or warmup_constant, got {kind!r}")
+
+
+def make_scheduler(cfg: dict, opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The ``train.schedule`` (:func:`lr_factor`) as a LambdaLR over ``total`` steps."""
+    tc = cfg["train"]
+    kind, frac = tc["schedule"], float(tc["warmup_fraction"])
+    div, final_div = float(tc["onecycle_div_factor"]), float(tc["onecycle_final_div_factor"])
+    lr_factor(0, total, kind, frac, div, final_div)  # validates the kind
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, kind, frac, div, final_div))
 
 
 @dataclass
