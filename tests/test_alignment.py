@@ -115,6 +115,8 @@ def test_bitc_heads_cosine_and_loss():
     assert torch.allclose(heads.loss(h, b), (w * (1 - cos)).mean(), atol=1e-5)
     with pytest.raises(ValueError, match="domain"):
         heads.cosine(h, b["mask"], "music", b["emb_semantic"])
+    with pytest.raises(KeyError, match="bitc_weight"):
+        BiTCHeads(16, DIMS, {"speach": 1.0})
 
 
 def test_repa_heads_baseline_absent_and_weighted():

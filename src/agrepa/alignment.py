@@ -118,6 +118,9 @@ class BiTCHeads(nn.Module):
             raise KeyError(f"teacher_dims: missing {missing}")
         self.dim = dim
         self.teacher_dims = {t: int(teacher_dims[t]) for t in TEACHERS}
+        unknown = sorted(set(weights or {}) - set(DOMAINS))
+        if unknown:
+            raise KeyError(f"train.bitc_weight: unknown domain(s) {unknown}; expected {list(DOMAINS)}")
         self.weights = {d: float((weights or {}).get(d, 1.0)) for d in DOMAINS}
         self.heads = nn.ModuleDict({t: nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, self.teacher_dims[t]))
                                     for t in TEACHERS})

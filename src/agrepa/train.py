@@ -317,6 +317,8 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
 
     snapshots = {int(s) for s in tc.get("snapshot_steps") or []} if phase == "branch" else set()
     every, log_every = int(tc["checkpoint_every"]), int(tc["log_every"])
+    if every < 1 or log_every < 1:
+        raise ValueError(f"train.checkpoint_every / train.log_every: must be >= 1, got {every} / {log_every}")
     clip = float(tc["grad_clip"]) if tc.get("grad_clip") else math.inf
     loss_on_prompt = bool(tc["loss_on_prompt"])
     acc, acc_n, t_log = torch.zeros(5, dtype=torch.float64), 0, time.perf_counter()
