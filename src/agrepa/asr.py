@@ -68,7 +68,6 @@ class FasterWhisperASR(ASR):
         path, self.sha256 = resolve_ct2_model(self.spec)
         self.name = f"faster-whisper:{self.spec}"
         self.beam_size = int(beam_size)
-        self.english_only = self.spec.endswith(".en")
         self.model = WhisperModel(str(path), device=device, compute_type=compute_type, cpu_threads=int(threads))
 
     def transcribe(self, wave: np.ndarray, sample_rate: int) -> str:

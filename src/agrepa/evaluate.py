@@ -19,7 +19,9 @@ Uncertainty: every value has a percentile-bootstrap CI (``eval.bootstrap`` resam
 test clips, ``eval.fad.fad_inf.bootstrap`` for FAD∞, whose every resample is itself a fit over
 ``steps`` subset sizes; seed ``eval.bootstrap_seed``, level ``eval.ci_level``). FAD and FAD∞ resample clip
 indices jointly for the generated and the reference set (the sets are paired by clip id); the
-bootstrap FADs use the exact QR/SVD form of the trace term (:mod:`agrepa.metrics`).
+bootstrap FADs use the exact QR/SVD form of the trace term (:mod:`agrepa.metrics`). A resample
+repeats clips, which shrinks the effective set and biases FAD upward, so a FAD CI can lie partly
+above the point estimate; it describes resampling variability, not a symmetric error bar.
 
 ``--reference`` (no ``--samples`` needed): the ground-truth floor. The clip subset and the
 prompts are chosen exactly as ``agrepa sample`` chooses them (``sample.max_clips``,
