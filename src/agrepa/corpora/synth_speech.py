@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
+import os
 import threading
 from dataclasses import asdict, dataclass
 
@@ -113,6 +114,7 @@ class Espeak:
         if sr <= 0:
             raise RuntimeError(f"{data_path}: espeak_Initialize failed (returned {sr})")
         self.lib, self.sample_rate = lib, int(sr)
+        self.spoke_in_pid: int | None = None  # the process that last synthesised (state owner)
         self._chunks: list[np.ndarray] = []
         callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short),
                                          ctypes.c_int, ctypes.c_void_p)
@@ -141,6 +143,10 @@ class Espeak:
             self.lib.espeak_SetParameter(ESPEAK_RATE, int(speaker.rate), 0)
             self.lib.espeak_SetParameter(ESPEAK_PITCH, int(speaker.pitch), 0)
             self.lib.espeak_ng_SetRandSeed(int(seed))
+            if self.spoke_in_pid is not None and self.spoke_in_pid != os.getpid():
+                log.warning("espeak-ng state was inherited from process %d, which had already "
+                            "spoken: samples will not be byte-reproducible", self.spoke_in_pid)
+            self.spoke_in_pid = os.getpid()
             self._chunks = []
             data = text.encode("utf-8")
             rc = self.lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8,
