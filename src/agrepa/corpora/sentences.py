@@ -9,47 +9,69 @@ from __future__ import annotations
 
 import numpy as np
 
-DETERMINERS = ["the", "a", "my", "her", "his", "our", "their", "that", "this", "every"]
-ADJECTIVES = ["old", "small", "quiet", "bright", "heavy", "young", "careful", "tired", "green",
-              "wooden", "friendly", "narrow", "warm", "cold", "busy", "gentle", "strange", "empty",
-              "famous", "simple", "golden", "little", "patient", "broken", "clever", "distant"]
-NOUNS = ["man", "woman", "child", "teacher", "doctor", "farmer", "driver", "sailor", "painter",
-         "neighbour", "student", "baker", "soldier", "writer", "captain", "gardener", "singer",
-         "dog", "horse", "cat", "bird"]
-OBJECTS = ["letter", "basket", "window", "garden", "river", "book", "table", "bridge", "lamp",
-           "door", "boat", "map", "coat", "kettle", "bottle", "ladder", "carpet", "bicycle",
-           "picture", "blanket", "wagon", "mirror", "candle", "fence", "story", "song", "house",
-           "apple", "stone", "message"]
-VERBS = ["carried", "opened", "painted", "found", "cleaned", "watched", "repaired", "moved",
-         "closed", "visited", "followed", "described", "noticed", "bought", "borrowed", "sold",
-         "remembered", "pushed", "pulled", "washed", "covered", "reached", "lifted", "wanted"]
-PREPOSITIONS = ["near", "behind", "under", "beside", "across", "inside", "along", "around",
-                "towards", "past", "beyond", "over"]
-PLACES = ["station", "market", "village", "harbour", "kitchen", "mountain", "forest", "school",
-          "church", "valley", "square", "library", "field", "road", "shore", "hill"]
+DETERMINERS = ["the", "a", "my", "her", "his", "our", "their", "that", "this"]
+PLURAL_DETERMINERS = ["the", "my", "her", "his", "our", "their", "some", "those", "these"]
+PERSON_ADJECTIVES = ["old", "young", "tired", "careful", "friendly", "busy", "patient", "clever",
+                     "quiet", "kind", "happy", "angry"]
+THING_ADJECTIVES = ["small", "heavy", "wooden", "old", "green", "warm", "empty", "broken",
+                    "bright", "little", "new", "red", "large", "clean"]
+PEOPLE = ["man", "woman", "child", "teacher", "doctor", "farmer", "driver", "sailor", "painter",
+          "neighbour", "student", "baker", "soldier", "writer", "captain", "gardener", "singer",
+          "girl", "boy", "mother", "father", "brother", "sister"]
+# each verb with objects it plausibly takes (a plural object ends in "s")
+VERB_OBJECTS = {
+    "carried": ["basket", "box", "bag", "letter", "ladder", "blanket", "bottle", "chair", "apples"],
+    "opened": ["window", "door", "letter", "box", "bottle", "book", "gate"],
+    "painted": ["fence", "door", "house", "wall", "picture", "boat", "chair"],
+    "repaired": ["bicycle", "fence", "roof", "clock", "boat", "lamp", "chair", "wagon"],
+    "cleaned": ["table", "window", "floor", "boat", "mirror", "kettle", "shoes"],
+    "bought": ["bread", "apples", "coat", "book", "bicycle", "lamp", "ticket", "flowers"],
+    "found": ["key", "letter", "map", "book", "bag", "coat", "ticket"],
+    "read": ["letter", "book", "map", "story", "message", "newspaper"],
+    "wrote": ["letter", "story", "message", "song", "poem"],
+    "washed": ["dishes", "coat", "floor", "window", "apples", "car"],
+    "sold": ["house", "boat", "horse", "bread", "apples", "wagon", "car"],
+    "fed": ["dog", "horse", "cat", "birds", "chickens", "goats"],
+    "watched": ["birds", "boats", "children", "river", "horses", "clouds", "sunset"],
+    "lost": ["key", "map", "coat", "bag", "ticket", "umbrella"],
+    "closed": ["window", "door", "gate", "book", "box", "shop"],
+    "cooked": ["dinner", "soup", "breakfast", "fish", "potatoes", "rice"],
+    "planted": ["tree", "flowers", "roses", "potatoes", "garden"],
+    "visited": ["village", "market", "museum", "farm", "castle", "island"],
+}
+PLACES = [("in", "kitchen"), ("in", "garden"), ("in", "village"), ("in", "forest"), ("in", "city"),
+          ("at", "station"), ("at", "market"), ("at", "school"), ("at", "harbour"),
+          ("near", "river"), ("near", "bridge"), ("near", "church"), ("by", "lake"),
+          ("on", "hill"), ("on", "farm"), ("behind", "house"), ("across", "street")]
 TIMES = ["this morning", "last night", "after dinner", "before sunrise", "on sunday",
          "in the evening", "during the storm", "at noon", "yesterday", "every summer",
-         "late in the afternoon", "early today", "last winter"]
-CONJUNCTIONS = ["because", "while", "before", "after", "when", "although", "and then", "so that"]
+         "late in the afternoon", "early today", "last winter", "after school"]
+CONJUNCTIONS = ["because", "while", "before", "after", "when", "although", "and then", "so"]
 ADVERBS = ["slowly", "quickly", "quietly", "carefully", "happily", "suddenly", "gently", "again"]
 
 
-def _pick(rng: np.random.Generator, words: list[str]) -> str:
+def _pick(rng: np.random.Generator, words: list) -> str:
     return words[int(rng.integers(len(words)))]
 
 
-def _noun_phrase(rng: np.random.Generator, nouns: list[str], adjectives: int) -> list[str]:
-    out = [_pick(rng, DETERMINERS)]
-    for a in rng.choice(len(ADJECTIVES), size=adjectives, replace=False):
-        out.append(ADJECTIVES[int(a)])
-    out.append(_pick(rng, nouns))
+def _noun_phrase(rng: np.random.Generator, noun: str, adjectives: list[str], n_adj: int) -> list[str]:
+    plural = noun.endswith("s") and not noun.endswith("ss")
+    out = [_pick(rng, PLURAL_DETERMINERS if plural else DETERMINERS)]
+    for a in rng.choice(len(adjectives), size=n_adj, replace=False):
+        out.append(adjectives[int(a)])
+    out.append(noun)
+    if out[0] == "a" and out[1][0] in "aeiou":
+        out[0] = "an"
     return out
 
 
 def _clause(rng: np.random.Generator, adjectives: int = 0) -> list[str]:
-    n_subj = int(rng.integers(0, adjectives + 1))
-    return (_noun_phrase(rng, NOUNS, n_subj) + [_pick(rng, VERBS)]
-            + _noun_phrase(rng, OBJECTS, adjectives - n_subj))
+    """``subject verb object`` with ``adjectives`` adjectives spread over the two nouns."""
+    n_subj = int(rng.integers(0, min(adjectives, 1) + 1))
+    verb = _pick(rng, list(VERB_OBJECTS))
+    return (_noun_phrase(rng, _pick(rng, PEOPLE), PERSON_ADJECTIVES, n_subj) + [verb]
+            + _noun_phrase(rng, _pick(rng, VERB_OBJECTS[verb]), THING_ADJECTIVES,
+                           min(adjectives - n_subj, 1)))
 
 
 def make_sentence(rng: np.random.Generator, n_words: int) -> str:
@@ -67,7 +89,8 @@ def make_sentence(rng: np.random.Generator, n_words: int) -> str:
             break
         kind = extras[int(i)]
         if kind == "place":
-            words += [_pick(rng, PREPOSITIONS)] + _noun_phrase(rng, PLACES, int(rng.integers(0, 2)))
+            prep, place = PLACES[int(rng.integers(len(PLACES)))]
+            words += [prep, "the", place]
         elif kind == "time":
             words += _pick(rng, TIMES).split()
         elif kind == "adverb":
