@@ -198,3 +198,19 @@ def test_synth_config_errors_fail_before_any_work(tmp_path, capsys):
     assert cli.main(["data", "synth", "--out", str(out), "--set", "data.synth.speech.n_utterances=6"]) == 2
     assert "cannot be split" in capsys.readouterr().err
     assert not (out / "manifest.csv").exists()
+
+
+def test_sentences_are_plain_english_of_the_asked_length():
+    import re
+
+    from agrepa.corpora.sentences import VERB_OBJECTS, make_sentence
+
+    rng = np.random.default_rng(0)
+    for n in range(4, 17):
+        for _ in range(20):
+            s = make_sentence(rng, n)
+            words = s[:-1].split()
+            assert s.endswith(".") and re.fullmatch(r"[a-z ]+", s[:-1])
+            assert max(5, min(n, 5)) <= len(words) <= n + 8
+            assert not re.search(r"\ba [aeiou]|\ban [^aeiou]", s)  # a/an agreement
+            assert any(v in words for v in VERB_OBJECTS)

@@ -79,8 +79,10 @@ def make_sentence(rng: np.random.Generator, n_words: int) -> str:
 
     The main clause has 5-7 words; a prepositional phrase, a time phrase, an
     adverb and a subordinate clause are added in random order while the sentence
-    is shorter than ``n_words``. The result has between ``min(n_words, 5)`` and
-    ``n_words + 5`` words.
+    is shorter than ``n_words`` (so it has at least 5 words and at most about
+    ``n_words + 8``). Subjects are people; each verb takes only objects it plausibly
+    takes (``VERB_OBJECTS``), which keeps the sentences ordinary enough for an ASR
+    model's language model.
     """
     words = _clause(rng, adjectives=int(rng.integers(0, 3)))
     extras = ["place", "time", "adverb", "clause"]
