@@ -25,7 +25,8 @@ def test_page_is_blinded_and_complete(tmp_path):
     a = _samples_dir(tmp_path / "A" / "seed0" / "baseline", ["s0", "s1", "a0"], 200)
     b = _samples_dir(tmp_path / "A" / "seed0" / "ag_repa", ["s0", "s1", "a0", "a9"], 300)
     out = tmp_path / "lt" / "index.html"
-    assert cli.main(["listening-test", "--samples", str(a), str(b), "--out", str(out), "--seed", "3"]) == 0
+    assert cli.main(["listening-test", "--samples", str(a), str(b), "--out", str(out), "--seed", "3",
+                     "--max-clips", "5"]) == 0
     page = out.read_text()
     key = json.loads(listening_test.key_path(out).read_text())
     items = re.findall(r"data-item='(item\d+)'", page)
@@ -37,10 +38,28 @@ def test_page_is_blinded_and_complete(tmp_path):
     assert "exportRatings" in page and "text/csv" in page and "http" not in page.replace("http-equiv", "")
     # the order is shuffled but reproducible for a seed
     out2 = tmp_path / "lt2.html"
-    assert cli.main(["listening-test", "--samples", str(a), str(b), "--out", str(out2), "--seed", "3"]) == 0
+    assert cli.main(["listening-test", "--samples", str(a), str(b), "--out", str(out2), "--seed", "3",
+                     "--max-clips", "5"]) == 0
     assert re.findall(r"data-item='(item\d+)'", out2.read_text()) == items
     methods = [key["items"][i]["method"] for i in items]
     assert methods != sorted(methods) or methods != sorted(methods, reverse=True)
+
+
+def test_linked_audio_is_blinded_too(tmp_path):
+    a = _samples_dir(tmp_path / "baseline", ["s0", "a0"], 200)
+    b = _samples_dir(tmp_path / "ag_repa", ["s0", "a0"], 300)
+    out = tmp_path / "lt" / "page.html"
+    assert cli.main(["listening-test", "--samples", str(a), str(b), "--out", str(out), "--audio", "link",
+                     "--max-clips", "1"]) == 0
+    page = out.read_text()
+    items = re.findall(r"data-item='(item\d+)'", page)
+    assert len(items) == 4 and "base64" not in page
+    for i in items:
+        assert f"src='page_audio/{i}.wav'" in page and (tmp_path / "lt" / "page_audio" / f"{i}.wav").exists()
+    key = json.loads(listening_test.key_path(out).read_text())["items"]
+    i = items[0]
+    src = tmp_path / key[i]["method"] / f"{key[i]['clip_id']}.wav"
+    assert (tmp_path / "lt" / "page_audio" / f"{i}.wav").read_bytes() == src.read_bytes()
 
 
 def test_method_names_are_distinct_suffixes(tmp_path):

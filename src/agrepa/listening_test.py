@@ -1,12 +1,15 @@
 """``agrepa listening-test``: a static, blinded MOS listening page over several sample directories.
 
-``agrepa listening-test --samples DIR1 DIR2 ... --out page.html [--names N1 N2 ...] [--max-clips K]``
+``agrepa listening-test --samples DIR1 DIR2 ... --out page.html [--names N1 N2 ...] [--max-clips K]
+[--audio embed|link]``
 
 * Items: the clip ids present in every sample directory (sorted; at most ``--max-clips``,
-  default ``sample.max_clips`` per domain), one item per (clip, method).
+  default ``eval.listening_test.max_clips`` per domain), one item per (clip, method).
 * Blinding: every item gets a random id (``numpy.random.default_rng(--seed)``) and the items are
-  shown in a random order; the page never names a method or a directory. Audio is embedded in
-  the page as base64 WAV data URIs, so the page is self-contained and no file name leaks the method.
+  shown in a random order; the page never names a method or a directory. Audio
+  (``eval.listening_test.audio``): ``embed`` puts base64 WAV data URIs in the page (one
+  self-contained file); ``link`` copies each clip to ``<out stem>_audio/<blinded id>.wav`` beside
+  the page and links it relatively. Either way no file name leaks the method.
 * Ratings: a 1-5 radio group per item (1 bad, 5 excellent: the ACR scale of ITU-T P.800) and a
   rater-name field; the "Export CSV" button (plain JavaScript, no network) downloads
   ``rater,item,rating`` rows.
@@ -102,17 +105,21 @@ function exportRatings() {
 """
 
 
-def render_page(items: list[dict], title: str = "Listening test") -> str:
-    """The HTML page (audio embedded as data URIs, a 1-5 form per item, CSV export)."""
+def render_page(items: list[dict], title: str = "Listening test", audio_dir: str | None = None) -> str:
+    """The HTML page (a 1-5 form per item, CSV export). Audio as data URIs, or, with ``audio_dir``,
+    relative links ``audio_dir/<item id>.wav``."""
     blocks = []
     labels = {1: "1 bad", 2: "2 poor", 3: "3 fair", 4: "4 good", 5: "5 excellent"}
     for k, it in enumerate(items, 1):
-        data = base64.b64encode(Path(it["wav"]).read_bytes()).decode("ascii")
+        if audio_dir is None:
+            src = "data:audio/wav;base64," + base64.b64encode(Path(it["wav"]).read_bytes()).decode("ascii")
+        else:
+            src = f"{audio_dir}/{it['id']}.wav"
         prompt = f"<p class='text'>Text: {html.escape(str(it['text']))}</p>" if it["domain"] == "speech" and it["text"] else ""
         radios = " ".join(
             f"<label><input type='radio' name='{it['id']}' value='{v}'> {labels[v]}</label>" for v in range(1, 6))
         blocks.append(f"<div class='item' data-item='{it['id']}'><h3>{k}. {it['id']}</h3>{prompt}"
-                      f"<audio controls preload='none' src='data:audio/wav;base64,{data}'></audio>"
+                      f"<audio controls preload='none' src='{html.escape(src)}'></audio>"
                       f"<div class='rating'>{radios}</div></div>")
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
             "<style>body{font-family:sans-serif;max-width:50em;margin:auto}.item{border-bottom:1px solid #ccc;"
@@ -134,11 +141,21 @@ def _run(args) -> int:
     names = args.names or method_names(args.samples)
     if len(names) != len(args.samples):
         raise ValueError(f"--names: {len(names)} names for {len(args.samples)} sample directories")
-    max_clips = args.max_clips if args.max_clips is not None else config_mod.get(cfg, "sample.max_clips")
+    lt = config_mod.get(cfg, "eval.listening_test")
+    max_clips = args.max_clips if args.max_clips is not None else lt["max_clips"]
+    mode = args.audio or lt["audio"]
+    if mode not in ("embed", "link"):
+        raise ValueError(f"eval.listening_test.audio: expected embed or link, got {mode!r}")
     seed = int(config_mod.get(cfg, "sample.seed") if args.seed is None else args.seed)
     items, key = build_items(args.samples, names, max_clips, seed)
+    audio_dir = None
+    if mode == "link":
+        out = Path(args.out)
+        audio_dir = out.stem + "_audio"
+        for it in items:
+            io.write_bytes(out.parent / audio_dir / f"{it['id']}.wav", Path(it["wav"]).read_bytes())
     io.write_json(key_path(args.out), {"seed": seed, "items": key})
-    io.write_text(args.out, render_page(items))
+    io.write_text(args.out, render_page(items, audio_dir=audio_dir))
     log.info("listening test: %d items from %d methods -> %s (key %s)", len(items), len(names), args.out,
              key_path(args.out))
     return 0
@@ -148,7 +165,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("listening-test", help="static blinded MOS listening page (HTML) + key JSON")
     p.add_argument("--samples", nargs="+", required=True, help="sample directories (one per method)")
     p.add_argument("--names", nargs="+", default=None, help="method names (default: from the paths)")
-    p.add_argument("--max-clips", type=int, default=None, help="clips per domain (default: sample.max_clips)")
+    p.add_argument("--max-clips", type=int, default=None,
+                   help="clips per domain (default: eval.listening_test.max_clips)")
+    p.add_argument("--audio", choices=["embed", "link"], default=None,
+                   help="embed audio in the page or link blinded copies (default: eval.listening_test.audio)")
     p.add_argument("--seed", type=int, default=None, help="blinding seed (default: sample.seed)")
     p.add_argument("--out", required=True, help="HTML page; the key goes to <stem>.key.json beside it")
     config_mod.add_cli_args(p)
