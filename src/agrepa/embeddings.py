@@ -161,12 +161,13 @@ class VGGishEmbedding(Embedding):
     name = "vggish"
     dim = 128
 
-    def __init__(self, model: VGGish, source: str):
-        self.model = model.eval()
+    def __init__(self, model: VGGish, source: str, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
         self.source = source
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> "VGGishEmbedding":
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> "VGGishEmbedding":
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: VGGish checkpoint not found")
@@ -180,12 +181,12 @@ class VGGishEmbedding(Embedding):
             model.load_state_dict(state)
         except RuntimeError as err:
             raise ValueError(f"{path}: not a VGGish state dict in the torchvggish layout ({err})") from None
-        return cls(model, str(path))
+        return cls(model, str(path), device)
 
     @torch.no_grad()
     def embed(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
-        ex = torch.from_numpy(vggish_examples(wave, sample_rate))[:, None]
-        return self.model(ex).numpy().astype(np.float64)
+        ex = torch.from_numpy(vggish_examples(wave, sample_rate))[:, None].to(self.device)
+        return self.model(ex).float().cpu().numpy().astype(np.float64)
 
     def describe(self) -> str:
         return f"vggish ({Path(self.source).name})"
@@ -196,4 +197,7 @@ def _vggish(cfg: dict) -> Embedding:
     path = config_mod.get(cfg, "eval.fad.vggish_checkpoint")
     if not path:
         raise KeyError("eval.fad.vggish_checkpoint: the vggish embedding needs a checkpoint path")
-    return VGGishEmbedding.from_checkpoint(path)
+    device = config_mod.get(cfg, "device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return VGGishEmbedding.from_checkpoint(path, device)
