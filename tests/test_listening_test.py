@@ -41,8 +41,9 @@ def test_page_is_blinded_and_complete(tmp_path):
     assert cli.main(["listening-test", "--samples", str(a), str(b), "--out", str(out2), "--seed", "3",
                      "--max-clips", "5"]) == 0
     assert re.findall(r"data-item='(item\d+)'", out2.read_text()) == items
-    methods = [key["items"][i]["method"] for i in items]
-    assert methods != sorted(methods) or methods != sorted(methods, reverse=True)
+    shown = [(key["items"][i]["method"], key["items"][i]["clip_id"]) for i in items]
+    unshuffled = [(m, c) for m in ("baseline", "ag_repa") for c in ("s0", "s1", "a0")]
+    assert sorted(shown) == sorted(unshuffled) and shown != unshuffled
 
 
 def test_linked_audio_is_blinded_too(tmp_path):
