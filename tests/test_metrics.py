@@ -33,6 +33,11 @@ def test_svd_form_equals_sqrtm_form():
     b = rng.normal(size=(45, 10)) @ rng.normal(size=(10, 10)) * 0.5 + 1.0
     assert metrics.frechet_distance(a, b, method="svd") == pytest.approx(
         metrics.frechet_distance(a, b, method="sqrtm"), rel=1e-6)
+    assert metrics.frechet_distance(a, b, method="auto") == metrics.frechet_distance(a, b, method="sqrtm")
+    small = a[:5]
+    assert metrics.frechet_distance(small, b, method="auto") == metrics.frechet_distance(small, b, method="svd")
+    with pytest.raises(ValueError, match="unknown method"):
+        metrics.frechet_distance(a, b, method="eig")
 
 
 def test_singular_covariances_give_finite_real_distance():

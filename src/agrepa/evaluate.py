@@ -19,7 +19,8 @@ Uncertainty: every value has a percentile-bootstrap CI (``eval.bootstrap`` resam
 test clips, ``eval.fad.fad_inf.bootstrap`` for FAD∞, whose every resample is itself a fit over
 ``steps`` subset sizes; seed ``eval.bootstrap_seed``, level ``eval.ci_level``). FAD and FAD∞ resample clip
 indices jointly for the generated and the reference set (the sets are paired by clip id); the
-bootstrap FADs use the exact QR/SVD form of the trace term (:mod:`agrepa.metrics`). A resample
+bootstrap FADs use ``method="auto"`` (the exact QR/SVD form of the trace term when there are fewer
+clips than dimensions; :mod:`agrepa.metrics`). A resample
 repeats clips, which shrinks the effective set and biases FAD upward, so a FAD CI can lie partly
 above the point estimate; it describes resampling variability, not a symmetric error bar.
 
@@ -215,7 +216,7 @@ def fad_rows(gen: list[np.ndarray], ref: list[np.ndarray], domain: str, model: s
         g, r = stack(gen, idx), stack(ref, idx)
         if len(np.unique(idx)) < 2:
             raise ValueError("degenerate resample")
-        return metrics.frechet_distance(r, g, method="svd")
+        return metrics.frechet_distance(r, g, method="auto")
 
     est = metrics.bootstrap_ci(fad_stat, n, n_boot, seed, level)
     est.value = metrics.frechet_distance(all_ref, all_gen, method="sqrtm")

