@@ -43,6 +43,7 @@ class Teacher:
     dim: int = 0
     frame_rate: float = 0.0
     sample_rate: int = 16000
+    device: str = "cpu"
 
     # --- to implement -------------------------------------------------------
     def frames(self, wave: Tensor) -> Tensor:
@@ -133,14 +134,14 @@ def _build_beats(cfg: dict, tcfg: dict, teacher_dir: str | os.PathLike | None) -
     ckpt = tcfg.get("checkpoint") or teacher_dir
     if not ckpt:
         raise KeyError("teachers.<role>.checkpoint: the beats teacher needs a checkpoint path")
-    return BeatsTeacher.from_checkpoint(ckpt)
+    return BeatsTeacher.from_checkpoint(ckpt, device=resolve_device(cfg))
 
 
 def _build_events(cfg: dict, tcfg: dict, teacher_dir: str | os.PathLike | None) -> Teacher:
     from .events import EventsTeacher
     if teacher_dir is None:
         raise ValueError("events teacher: pass --teacher-dir (the output of `agrepa teacher train`)")
-    return EventsTeacher.load(teacher_dir, cfg_audio=cfg.get("audio"))
+    return EventsTeacher.load(teacher_dir, cfg_audio=cfg.get("audio"), device=resolve_device(cfg))
 
 
 TEACHERS: dict[str, Callable[[dict, dict, str | os.PathLike | None], Teacher]] = {

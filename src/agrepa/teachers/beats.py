@@ -339,16 +339,17 @@ class BeatsTeacher(Teacher):
     name = "beats"
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, model: BEATs, weights_sha256: str):
-        self.model = model.eval()
+    def __init__(self, model: BEATs, weights_sha256: str, device: str = "cpu"):
+        self.device = device
+        self.model = model.to(device).eval()
         self.dim = model.cfg.encoder_embed_dim
         self.frame_rate = FBANK_RATE / model.cfg.input_patch_size
         self._sha = weights_sha256
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> "BeatsTeacher":
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> "BeatsTeacher":
         model = load_checkpoint(path)
-        return cls(model, io.sha256_file(path))
+        return cls(model, io.sha256_file(path), device=device)
 
     def weights_sha256(self) -> str:
         return self._sha
@@ -357,4 +358,4 @@ class BeatsTeacher(Teacher):
         return {"cfg": self.model.cfg.to_dict(), "fbank": [FBANK_MEAN, FBANK_STD]}
 
     def frames(self, wave: Tensor) -> Tensor:
-        return self.model.time_frames(wave)
+        return self.model.time_frames(wave.to(self.device)).cpu()

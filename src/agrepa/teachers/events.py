@@ -277,8 +277,9 @@ def train_events(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, c
 class EventsTeacher(Teacher):
     name = "events"
 
-    def __init__(self, model: EventEncoder, meta: dict, weights_sha256: str):
-        self.model = model.eval()
+    def __init__(self, model: EventEncoder, meta: dict, weights_sha256: str, device: str = "cpu"):
+        self.device = device
+        self.model = model.to(device).eval()
         self.meta = meta
         self.cfg_audio = meta["audio"]
         self.sample_rate = int(self.cfg_audio["sample_rate"])
@@ -288,7 +289,8 @@ class EventsTeacher(Teacher):
         self._sha = weights_sha256
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, cfg_audio: dict | None = None) -> "EventsTeacher":
+    def load(cls, directory: str | os.PathLike, cfg_audio: dict | None = None,
+             device: str = "cpu") -> "EventsTeacher":
         directory = Path(directory)
         weights, conf = directory / "model.safetensors", directory / "config.json"
         for p in (weights, conf):
@@ -311,7 +313,8 @@ class EventsTeacher(Teacher):
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
             raise ValueError(f"{weights}: does not match {conf} ({err})") from None
-        return cls(model, meta, io.sha256_json({"weights": io.sha256_file(weights), "config": meta}))
+        return cls(model, meta, io.sha256_json({"weights": io.sha256_file(weights), "config": meta}),
+                   device=device)
 
     def weights_sha256(self) -> str:
         return self._sha
@@ -320,13 +323,13 @@ class EventsTeacher(Teacher):
         return {"audio": self.cfg_audio, "downsample": self.meta["downsample"]}
 
     def frames(self, wave: Tensor) -> Tensor:
-        mel = A.log_mel(wave, self.cfg_audio)
+        mel = A.log_mel(wave.to(self.device), self.cfg_audio)
         x, n = pad_mels([mel])
-        h, mask = self.model.frames(x, n)
-        return h[0, : int(mask[0].sum())]
+        h, mask = self.model.frames(x, n.to(self.device))
+        return h[0, : int(mask[0].sum())].cpu()
 
     @torch.no_grad()
     def predict_proba(self, wave: Tensor) -> Tensor:
-        mel = A.log_mel(wave, self.cfg_audio)
+        mel = A.log_mel(wave.to(self.device), self.cfg_audio)
         x, n = pad_mels([mel])
-        return torch.sigmoid(self.model(x, n))[0]
+        return torch.sigmoid(self.model(x, n.to(self.device)))[0].cpu()
