@@ -19,8 +19,9 @@ Uncertainty: every value has a percentile-bootstrap CI (``eval.bootstrap`` resam
 test clips, ``eval.fad.fad_inf.bootstrap`` for FAD∞, whose every resample is itself a fit over
 ``steps`` subset sizes; seed ``eval.bootstrap_seed``, level ``eval.ci_level``). FAD and FAD∞ resample clip
 indices jointly for the generated and the reference set (the sets are paired by clip id); the
-bootstrap FADs use ``method="auto"`` (the exact QR/SVD form of the trace term when there are fewer
-clips than dimensions; :mod:`agrepa.metrics`). A resample
+point and bootstrap FADs use ``method="auto"`` (the exact QR/SVD form of the trace term when there
+are fewer embedding rows than dimensions, where sqrtm would need eps-regularisation; scipy sqrtm
+otherwise; :mod:`agrepa.metrics`). A resample
 repeats clips, which shrinks the effective set and biases FAD upward, so a FAD CI can lie partly
 above the point estimate; it describes resampling variability, not a symmetric error bar.
 
@@ -219,7 +220,7 @@ def fad_rows(gen: list[np.ndarray], ref: list[np.ndarray], domain: str, model: s
         return metrics.frechet_distance(r, g, method="auto")
 
     est = metrics.bootstrap_ci(fad_stat, n, n_boot, seed, level)
-    est.value = metrics.frechet_distance(all_ref, all_gen, method="sqrtm")
+    est.value = metrics.frechet_distance(all_ref, all_gen, method="auto")
     rows.append(_row(domain, "fad" + suffix, est, model, "", input_, n))
     if all_gen.shape[0] < 4:
         rows.append(_row(domain, "fad_inf" + suffix, None, model,
@@ -409,7 +410,7 @@ def convergence_curve(cfg: dict, run_dir, manifest, mels_dir, tokens_dir, seed: 
                 continue
             g = np.concatenate([emb[c] for c in ids])
             r = np.concatenate([ref_emb[c] for c in ids])
-            fad = metrics.frechet_distance(r, g) if len(g) >= 2 else float("nan")
+            fad = metrics.frechet_distance(r, g, method="auto") if len(g) >= 2 else float("nan")
             out.append({"step": step, "domain": d, "fad": fad, "n": len(ids), "embedding": _describe(embedding),
                         "method": getattr(run, "method", ""), "run": str(run_dir)})
         log.info("snapshot %s: %s", path.name, {o["domain"]: round(o["fad"], 4) for o in out[-2:]})
