@@ -32,7 +32,7 @@ from .. import audio as audio_mod
 from .. import config as config_mod
 from .. import io
 from . import manifest as mf
-from . import sentences, synth_events, synth_speech
+from . import synth_events, synth_speech
 from .validate import check_waveform, summarize
 
 log = logging.getLogger(__name__)
@@ -85,15 +85,15 @@ def synth_speech_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[
     lo, hi = float(sc["min_seconds"]), float(sc["max_seconds"])
     job_cfg = {k: sc[k] for k in ("min_seconds", "max_seconds", "min_words", "max_words",
                                   "max_tries", "trim_threshold", "trim_margin")}
-    jobs = [(seed, j, 0, speakers[j % n_spk], job_cfg) for j in range(n_utt)]
+    jobs = [(seed, SPEECH_STREAM, j, 0, speakers[j % n_spk], job_cfg) for j in range(n_utt)]
     rows, rejects, seen = [], [], set()
     with _speech_pool(int(config_mod.get(cfg, "data.synth.workers", 2))) as pool:
-        results = pool.imap(_speak, jobs, chunksize=1)
+        results = pool.imap(synth_speech.speak_utterance, jobs, chunksize=1)
         for j, result in enumerate(tqdm(results, total=n_utt, desc="speech", unit="utt", leave=False)):
             attempt = 0
             while result[0] is not None and result[0] in seen and attempt < int(sc["max_tries"]):
                 attempt += 1  # the same sentence as an earlier utterance: draw again
-                result = pool.apply(_speak, ((seed, j, attempt, speakers[j % n_spk], job_cfg),))
+                result = pool.apply(synth_speech.speak_utterance, ((seed, SPEECH_STREAM, j, attempt, speakers[j % n_spk], job_cfg),))
             text, raw, raw_sr = result
             spk = speakers[j % n_spk]
             uid = f"{spk.id}_u{j:04d}"
@@ -116,46 +116,24 @@ def synth_speech_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[
 
 
 def _speech_pool(workers: int):
-    """Worker processes for espeak-ng, each forked fresh for one utterance.
+    """Worker processes for espeak-ng, each started fresh for one utterance.
 
     espeak-ng keeps synthesis state in C statics that nothing resets (e.g. the
     pitch-flutter phase in wavegen), so an utterance's samples would depend on
     everything spoken before it in the process. Each utterance therefore runs in
-    its own freshly forked worker (``maxtasksperchild=1``) of a parent that never
-    speaks, which makes every clip a function of (seed, index, config) alone.
+    its own new worker (``maxtasksperchild=1``), forked from a small fork server
+    that has imported :mod:`.synth_speech` (numpy only, no torch) but never spoken,
+    which makes every clip a function of (seed, index, config) alone.
     """
     import multiprocessing as mp
 
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return mp.get_context(method).Pool(max(1, workers), maxtasksperchild=1)
-
-
-def _speak(job) -> tuple[str | None, np.ndarray | None, int]:
-    """Worker: a sentence that lasts min..max seconds once trimmed, and its samples.
-
-    Draws a target length, makes a sentence, speaks it; too short -> +2 words,
-    too long -> -3 words, up to ``max_tries`` sentences. Returns
-    ``(text, samples at espeak's rate, espeak's rate)`` or ``(None, None, 0)``.
-    """
-    seed, j, attempt, speaker, sc = job
-    engine = synth_speech.Espeak.get()
-    rng = np.random.default_rng([seed, SPEECH_STREAM, j, attempt])
-    lo, hi = float(sc["min_seconds"]), float(sc["max_seconds"])
-    min_words, max_words = int(sc["min_words"]), int(sc["max_words"])
-    target = int(rng.integers(min_words, max_words + 1))
-    for _ in range(int(sc["max_tries"])):
-        text = sentences.make_sentence(rng, target)
-        raw = engine.synth(text, speaker, seed=int(rng.integers(1, 2**31 - 1)))
-        raw = synth_speech.trim_silence(raw, engine.sample_rate, float(sc["trim_threshold"]),
-                                        float(sc["trim_margin"]))
-        dur = raw.size / engine.sample_rate
-        if dur < lo:
-            target = min(max_words + 8, target + 2)
-        elif dur > hi:
-            target = max(3, target - 3)
-        else:
-            return text, raw, engine.sample_rate
-    return None, None, 0
+    methods = mp.get_all_start_methods()
+    if "forkserver" in methods:
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["agrepa.corpora.synth_speech"])
+    else:
+        ctx = mp.get_context("spawn")
+    return ctx.Pool(max(1, workers), maxtasksperchild=1)
 
 
 def _event_caption(phrases: list[str]) -> str:

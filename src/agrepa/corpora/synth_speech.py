@@ -171,3 +171,35 @@ def trim_silence(wave: np.ndarray, sample_rate: int, threshold: float, margin_s:
     start = max(0, int(loud[0]) - margin)
     end = min(wave.size, int(loud[-1]) + 1 + margin)
     return wave[start:end]
+
+
+def speak_utterance(job) -> tuple[str | None, np.ndarray | None, int]:
+    """Worker: a sentence that lasts min..max seconds once trimmed, and its samples.
+
+    ``job = (seed, stream, index, attempt, speaker, cfg)`` with ``cfg`` holding
+    ``min_seconds, max_seconds, min_words, max_words, max_tries, trim_threshold,
+    trim_margin``. Draws a target length, makes a sentence and speaks it; too
+    short -> +2 words, too long -> -3 words, up to ``max_tries`` sentences, all
+    from ``default_rng([seed, stream, index, attempt])``. Returns ``(text,
+    samples at espeak's rate, espeak's rate)`` or ``(None, None, 0)``.
+    """
+    from .sentences import make_sentence
+
+    seed, stream, index, attempt, speaker, sc = job
+    engine = Espeak.get()
+    rng = np.random.default_rng([seed, stream, index, attempt])
+    lo, hi = float(sc["min_seconds"]), float(sc["max_seconds"])
+    min_words, max_words = int(sc["min_words"]), int(sc["max_words"])
+    target = int(rng.integers(min_words, max_words + 1))
+    for _ in range(int(sc["max_tries"])):
+        text = make_sentence(rng, target)
+        raw = engine.synth(text, speaker, seed=int(rng.integers(1, 2**31 - 1)))
+        raw = trim_silence(raw, engine.sample_rate, float(sc["trim_threshold"]), float(sc["trim_margin"]))
+        dur = raw.size / engine.sample_rate
+        if dur < lo:
+            target = min(max_words + 8, target + 2)
+        elif dur > hi:
+            target = max(3, target - 3)
+        else:
+            return text, raw, engine.sample_rate
+    return None, None, 0
