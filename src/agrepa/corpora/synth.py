@@ -93,7 +93,8 @@ def synth_speech_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[
             attempt = 0
             while result[0] is not None and result[0] in seen and attempt < int(sc["max_tries"]):
                 attempt += 1  # the same sentence as an earlier utterance: draw again
-                result = pool.apply(synth_speech.speak_utterance, ((seed, SPEECH_STREAM, j, attempt, speakers[j % n_spk], job_cfg),))
+                job = (seed, SPEECH_STREAM, j, attempt, speakers[j % n_spk], job_cfg)
+                result = pool.apply(synth_speech.speak_utterance, (job,))
             text, raw, raw_sr = result
             spk = speakers[j % n_spk]
             uid = f"{spk.id}_u{j:04d}"
@@ -112,6 +113,12 @@ def synth_speech_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[
                          "sample_rate": sr, "domain": "speech", "split": splits[j],
                          "speaker": spk.id, "text": text, "labels": "",
                          "caption": f"{spk.id} says: {text}"})
+    min_test = int(sc.get("min_test_per_speaker", 2))
+    for spk in speakers:
+        n_test = sum(1 for r in rows if r["speaker"] == spk.id and r["split"] == "test")
+        if n_test < min_test:
+            log.warning("speaker %s has %d test utterances (< %d) after %d rejects", spk.id, n_test,
+                        min_test, len(rejects))
     return rows, rejects, [s.to_dict() for s in speakers]
 
 
