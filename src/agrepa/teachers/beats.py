@@ -310,7 +310,13 @@ def save_checkpoint(model: BEATs, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> BEATs:
-    """Build a :class:`BEATs` from an official-format checkpoint; strict key check."""
+    """Build a :class:`BEATs` from an official-format checkpoint; strict key check.
+
+    Loaded with ``torch.load(..., weights_only=True)``: the official files hold
+    only dicts, strings, numbers and tensors, so the restricted unpickler reads
+    them and nothing in the file can execute code. Missing or unexpected
+    state-dict keys raise a ``ValueError`` that names them.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: BEATs checkpoint not found")
