@@ -165,3 +165,20 @@ def test_merge_makes_paths_absolute_and_rejects_duplicates(tmp_path, capsys):
     assert all(Path(p).is_absolute() for p in rej.path)
     rc = cli.main(["data", "merge", str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path / "m2")])
     assert rc == 2 and "duplicate id 'x1'" in capsys.readouterr().err
+
+
+def test_speech_folder_speakers_transcripts_and_hash_split(tmp_path):
+    for spk in ("anna", "ben"):
+        for k in range(10):
+            _tone(tmp_path / "in" / spk / f"u{k}.flac", f=200 + 20 * k)
+            (tmp_path / "in" / spk / f"u{k}.txt").write_text(f"utterance {k} of {spk}\n")
+    args = ["data", "folder", "--root", str(tmp_path / "in"), "--domain", "speech",
+            "--set", "data.folder.valid_fraction=0.2", "--set", "data.folder.test_fraction=0.3"]
+    assert cli.main(args + ["--out", str(tmp_path / "o1")]) == 0
+    df = mf.read_manifest(tmp_path / "o1" / "manifest.csv").set_index("id")
+    assert df.loc["ben-u3", "speaker"] == "ben" and df.loc["ben-u3", "text"] == "utterance 3 of ben"
+    assert set(df.split) == {"train", "valid", "test"} and (df.labels == "").all()
+    assert cli.main(args + ["--out", str(tmp_path / "o2")]) == 0  # the split is a pure function of the id
+    assert (tmp_path / "o1" / "manifest.csv").read_bytes() == (tmp_path / "o2" / "manifest.csv").read_bytes()
+    assert cli.main(args + ["--split", "test", "--out", str(tmp_path / "o3")]) == 0
+    assert set(mf.read_manifest(tmp_path / "o3" / "manifest.csv").split) == {"test"}
