@@ -223,6 +223,75 @@ def test_kmeans_seed_and_perplexity():
         KMeans.fit(x[:3], 4, seed=0)
 
 
+def _pb_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _pb(num: int, value) -> bytes:
+    """One protobuf field: varint for int, length-delimited for bytes/str."""
+    if isinstance(value, int):
+        return _pb_varint(num << 3) + _pb_varint(value)
+    value = value.encode() if isinstance(value, str) else value
+    return _pb_varint((num << 3) | 2) + _pb_varint(len(value)) + value
+
+
+def write_argmax_onnx(path) -> None:
+    """A real ONNX ModelProto (hand-encoded; the onnx package is not a dependency) with
+    CosyVoice's tokenizer signature: feats float [1, 128, T] + feats_length int32 [1]
+    -> tokens int64 [1, T] = argmax over the mel axis."""
+    def value_info(name, elem, dims):
+        dim = b"".join(_pb(1, _pb(2, d) if isinstance(d, str) else _pb(1, d)) for d in dims)
+        return _pb(1, name) + _pb(2, _pb(1, _pb(1, elem) + _pb(2, dim)))
+
+    def attr(name, v):
+        return _pb(1, name) + _pb(3, v) + _pb(20, 2)
+
+    node = (_pb(1, "feats") + _pb(2, "tokens") + _pb(3, "argmax") + _pb(4, "ArgMax")
+            + _pb(5, attr("axis", 1)) + _pb(5, attr("keepdims", 0)))
+    graph = (_pb(1, node) + _pb(2, "s3") + _pb(11, value_info("feats", 1, [1, 128, "T"]))
+             + _pb(11, value_info("feats_length", 6, [1])) + _pb(12, value_info("tokens", 7, [1, "T"])))
+    path.write_bytes(_pb(1, 7) + _pb(7, graph) + _pb(8, _pb(2, 13)))
+
+
+def test_s3_onnx_runs_a_real_session(tmp_path):
+    from agrepa import audio as A
+
+    model = tmp_path / "speech_tokenizer_toy.onnx"
+    write_argmax_onnx(model)
+    tok = S3OnnxTokenizer(model, k=128)
+    assert tok.input_names == ["feats", "feats_length"]
+    wave = (0.2 * np.sin(np.arange(32000) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+    codes = tok.encode_wave(wave)
+    feat, _ = s3_features(wave)
+    assert codes.dtype == np.int64 and np.array_equal(codes, feat[0].argmax(0))
+    long = np.tile(wave, 16)[: 31 * 16000]  # 31 s: two pieces (30 s + 1 s)
+    assert tok.encode_wave(long).shape == (3000 + 100,)
+    with pytest.raises(ValueError, match="outside"):
+        S3OnnxTokenizer(model, k=4).encode_wave(wave)
+    # `tokens fit` with the s3-onnx kind: reads 16 kHz audio of the speech train clips
+    rows = []
+    for i in range(2):
+        A.write_wav(tmp_path / f"s{i}.wav", np.roll(wave, 100 * i), 16000)
+        rows.append({"id": f"s{i}", "path": f"s{i}.wav", "duration": 2.0, "sample_rate": 16000,
+                     "domain": "speech", "split": "train", "text": "x"})
+    write_manifest(make_manifest(rows), tmp_path / "m.csv")
+    assert main(["tokens", "fit", "--stream", "speech", "--manifest", str(tmp_path / "m.csv"),
+                 "--out", str(tmp_path / "s3"), "--set", "tokens.speech.kind=s3-onnx",
+                 "--set", "tokens.speech.k=128", "--set", "tokens.speech.onnx_token_rate=100",
+                 "--set", f"tokens.speech.onnx_path={model}"]) == 0
+    metrics = json.loads((tmp_path / "s3" / "metrics.json").read_text())
+    assert metrics["n_frames"] == 400 and metrics["perplexity"] >= 1.0
+    loaded = load_tokenizer(tmp_path / "s3")
+    assert loaded.kind == "s3-onnx" and loaded.frame_rate == 100.0 and loaded.input == "audio"
+    with pytest.raises(ValueError, match="reads audio"):
+        loaded.encode_frames(torch.zeros(3, 4))
+
+
 def test_s3_onnx_front_end_and_missing_file(tmp_path, corpus):
     wave = (0.1 * np.sin(np.arange(24000) * 0.05)).astype(np.float32)  # 1.5 s at 16 kHz
     feat, length = s3_features(wave)
