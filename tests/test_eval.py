@@ -155,3 +155,18 @@ def test_sample_and_convergence_clis(corpus, tmp_path):
 def test_evaluate_cli_needs_samples_or_reference(corpus, tmp_path, capsys):
     rc = cli.main(["evaluate", "--manifest", str(corpus["manifest"]), "--out", str(tmp_path / "e.json")])
     assert rc == 2 and "--samples is required" in capsys.readouterr().err
+
+
+def test_fad_rows_with_several_rows_per_clip():
+    # VGGish gives one row per 0.96 s: FAD uses all rows, n counts clips, the note counts rows
+    cfg = small_cfg()
+    rng = np.random.default_rng(0)
+    gen = [rng.normal(size=(3, 8)) for _ in range(6)]
+    ref = [rng.normal(size=(2, 8)) + 1.0 for _ in range(6)]
+    fad, inf = evaluate.fad_rows(gen, ref, "audio", "vggish", cfg)
+    assert fad["value"] == pytest.approx(metrics.frechet_distance(np.concatenate(ref), np.concatenate(gen), "sqrtm"))
+    assert fad["n"] == 6 and "18 generated / 12 reference" in fad["note"]
+    assert inf["metric"] == "fad_inf" and math.isfinite(inf["value"]) and "N in [9," in inf["note"]
+    # too few rows for FAD: null with the reason, never a number
+    few = evaluate.fad_rows([rng.normal(size=(1, 8))], [rng.normal(size=(1, 8))], "speech", "m", cfg)
+    assert all(r["value"] is None and "at least 2" in r["note"] for r in few)

@@ -221,7 +221,10 @@ def fad_rows(gen: list[np.ndarray], ref: list[np.ndarray], domain: str, model: s
 
     est = metrics.bootstrap_ci(fad_stat, n, n_boot, seed, level)
     est.value = metrics.frechet_distance(all_ref, all_gen, method="auto")
-    rows.append(_row(domain, "fad" + suffix, est, model, "", input_, n))
+    multi = all_gen.shape[0] != n or all_ref.shape[0] != n
+    rows_note = (f"{all_gen.shape[0]} generated / {all_ref.shape[0]} reference embedding rows from {n} clips"
+                 if multi else "")
+    rows.append(_row(domain, "fad" + suffix, est, model, rows_note, input_, n))
     if all_gen.shape[0] < 4:
         rows.append(_row(domain, "fad_inf" + suffix, None, model,
                          f"FAD-inf needs at least 4 embedding rows, have {all_gen.shape[0]}", input_, n))
@@ -237,7 +240,8 @@ def fad_rows(gen: list[np.ndarray], ref: list[np.ndarray], domain: str, model: s
     est.value = fit.value
     sizes = [p[0] for p in fit.points]
     rows.append(_row(domain, "fad_inf" + suffix, est, model,
-                     f"intercept of FAD_N = a + b/N over N in {sizes} (slope {fit.slope:.4g}, R^2 {fit.r2:.3f})",
+                     f"intercept of FAD_N = a + b/N over N in {sizes} embedding rows (slope {fit.slope:.4g}, "
+                     f"R^2 {fit.r2:.3f})" + (f"; {rows_note}" if rows_note else ""),
                      input_, n))
     return rows
 
