@@ -85,7 +85,7 @@ def hf_whisper_dir(tmp_path_factory):
     return path
 
 
-def test_transformers_whisper_pooled_excludes_padding(hf_whisper_dir):
+def test_transformers_whisper_pooled_excludes_padding(hf_whisper_dir, tmp_path):
     t = WhisperTeacher.from_config({"backend": "transformers", "model": str(hf_whisper_dir)})
     assert t.dim == 64 and t.window_samples == 400 * 160  # 200 positions x 2 = 400 mel frames = 4 s
     wave = speechlike(2.0, seed=1)
@@ -102,12 +102,21 @@ def test_transformers_whisper_pooled_excludes_padding(hf_whisper_dir):
     # a 24 kHz input is resampled to 16 kHz first
     f24, _ = t.embed(speechlike(2.0, sr=24000), 24000)
     assert f24.shape[0] == 100
-    # the fingerprint tracks weights and settings
-    t2 = WhisperTeacher.from_config({"backend": "transformers", "model": str(hf_whisper_dir),
-                                     "pad_to_window": False})
-    assert t.fingerprint() != t2.fingerprint()
+    # the transformers encoder only takes full windows
+    with pytest.raises(ValueError, match="pad_to_window"):
+        WhisperTeacher.from_config({"backend": "transformers", "model": str(hf_whisper_dir),
+                                    "pad_to_window": False})
+    # the fingerprint tracks the weights
     assert t.fingerprint() == WhisperTeacher.from_config(
         {"backend": "transformers", "model": str(hf_whisper_dir)}).fingerprint()
+    from transformers import WhisperModel
+    other = WhisperModel.from_pretrained(hf_whisper_dir)
+    with torch.no_grad():
+        other.encoder.layer_norm.bias.add_(0.01)
+    other.save_pretrained(tmp_path / "other")
+    t2 = WhisperTeacher.from_config({"backend": "transformers", "model": str(tmp_path / "other")})
+    assert t2.fingerprint() != t.fingerprint()
+    assert not torch.equal(t2.embed(wave, 16000)[1], pooled)
 
 
 def test_real_encoder_frames():
