@@ -59,6 +59,18 @@ def test_ct2_tiny_en_pooled_excludes_padding(ct2_teacher):
     assert fp_unaware.shape[0] == 250
 
 
+def test_ct2_real_frames_only_mode(ct2_teacher):
+    """pad_to_window=false feeds only the real mel frames: same frame count, other values."""
+    cfg = C.load(overrides=["teachers.semantic.pad_to_window=false"])
+    fast = build_teacher(cfg, "semantic")
+    assert fast.fingerprint() != ct2_teacher.fingerprint()
+    wave = speechlike(2.0)
+    f_fast, _ = fast.embed(wave, 16000)
+    f_full, _ = ct2_teacher.embed(wave, 16000)
+    assert f_fast.shape == f_full.shape == (100, 384)
+    assert not torch.allclose(f_fast, f_full, atol=1e-3)
+
+
 def test_ct2_sha256_is_verified(tmp_path):
     cfg = C.load(overrides=["teachers.semantic.sha256=" + "ab" * 32])
     with pytest.raises(ValueError, match="model.bin: sha256"):
