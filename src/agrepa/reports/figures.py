@@ -61,7 +61,9 @@ def convergence_figure(conv: pd.DataFrame, cfg: dict, out: str | os.PathLike,
     if conv.empty:
         raise ValueError(f"{out}: no convergence rows to plot")
     domains = [d for d in ("speech", "audio") if d in set(conv["domain"])] or sorted(set(conv["domain"]))
-    methods = [m for m in cfg["methods"] if m in set(conv["method"])]
+    present = set(conv["method"])
+    order = list(cfg["report"]["table2"]["methods"]) + [m for m in cfg["methods"]]
+    methods = list(dict.fromkeys(m for m in order if m in present))
     with style(style_file):
         fig, axes = plt.subplots(1, len(domains), squeeze=False,
                                  figsize=(3.6 * len(domains), plt.rcParams["figure.figsize"][1]))
@@ -79,14 +81,21 @@ def convergence_figure(conv: pd.DataFrame, cfg: dict, out: str | os.PathLike,
                 ax.fill_between(stats["step"], stats["min"], stats["max"], color=c, alpha=0.15, linewidth=0)
             if threshold is not None and np.isfinite(threshold) and domain == cfg["report"]["table3"]["domain"]:
                 ax.axhline(threshold, color="0.3", linestyle="--", linewidth=1, label="threshold")
-            emb = ", ".join(sorted(set(d["embedding"].dropna().astype(str))))
             ax.set_title(f"{domain}")
             ax.set_xlabel("branch step")
-            ax.set_ylabel(f"FAD ({emb})" if emb else "FAD")
-        axes[0][-1].legend(loc="upper right")
+            ax.set_ylabel("FAD")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        for ax in axes[0][1:]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), bbox_to_anchor=(0.5, -0.02))
+        fig.subplots_adjust(bottom=0.22 + 0.05 * ((len(labels) - 1) // 4))
         tcs = ", ".join(sorted(set(conv["token_config"].astype(str))))
-        fig.suptitle(f"Convergence — config {tcs} ({cfg['name']}, seeds: "
-                     f"{', '.join(str(s) for s in sorted(set(conv['seed'])))})")
+        emb = ", ".join(sorted(set(conv["embedding"].dropna().astype(str))))
+        fig.suptitle(f"Convergence, config {tcs} ({cfg['name']}, seeds "
+                     f"{', '.join(str(s) for s in sorted(set(conv['seed'])))}; FAD on {emb or 'n/a'})")
         return save(fig, out, cfg["report"]["figures"]["dpi"])
 
 

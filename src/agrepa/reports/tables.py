@@ -176,7 +176,7 @@ def method_label(name: str, spec: dict) -> str:
     """A row label in the paper's style from a method's config entry."""
     if spec.get("selection"):
         s = spec["selection"]
-        return "AG-REPA (FoG-A top-k)" if s == "foga" else f"REPA @ {STRATEGY_LABELS.get(s, s)} top-k"
+        return "AG-REPA (FoG-A top-k)" if s == "foga" else f"{STRATEGY_LABELS.get(s, s)} (top-k)"
     layers = spec.get("layers") or []
     if not layers:
         return "Baseline (None)"
