@@ -100,6 +100,8 @@ rule listening_test:
         html=LISTENING_TEST,
     params:
         dirs=lambda wc, input: " ".join(os.path.dirname(p) for p in input.samples),
+        names=" ".join(expand("{tc}_{method}", tc=TCS, method=METHODS)),
+        cfg=config_hash("eval.listening_test", "sample"),
     log:
         log_path("listening_test"),
     threads: 1
@@ -108,4 +110,5 @@ rule listening_test:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa listening-test --config {CFG} --samples {params.dirs} --out {output.html} > {log} 2>&1"
+        "agrepa listening-test --config {CFG} --samples {params.dirs} --names {params.names} "
+        "--out {output.html} > {log} 2>&1"
