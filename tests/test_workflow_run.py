@@ -89,6 +89,9 @@ def test_rerun_one_ablation_touches_nothing_upstream(wf):
     after = mtimes(res)
     changed = {p for p in after if after[p] != before.get(p)}
     assert "runs/A/seed1/repa_l4/final.pt" in changed
+    # a forced rerun retrains from the warm-up; it does not resume from the old last.pt
+    log = (res / "logs" / "train_branch" / "A_seed1_repa_l4.log").read_text()
+    assert "resuming" not in log
     upstream = [p for p in before if p.startswith(("data/", "tokens/", "embeddings/", "teachers/", "probes/",
                                                   "selection/", "runs/A/seed1/warmup/", "runs/A/seed0/"))]
     assert upstream and not changed & set(upstream)

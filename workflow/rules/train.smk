@@ -3,7 +3,16 @@
 #
 # Requeue-safe: `agrepa train` resumes from last.pt in its --out directory, and
 # last.pt is not a declared output (Snakemake would delete it before a retry),
-# so a SLURM requeue or a Snakemake retry continues where the job stopped.
+# so a SLURM requeue (SLURM_RESTART_COUNT > 0) or a Snakemake retry (attempt > 1)
+# continues where the job stopped. A first attempt starts fresh: it removes a stale
+# last.pt and snapshots/ (left by an earlier run, e.g. before --forcerun or a config
+# change), so a forced rerun really retrains.
+FRESH_START = ('if [ {resources.train_attempt} -eq 1 ] && [ "${{SLURM_RESTART_COUNT:-0}}" -eq 0 ]; '
+               'then rm -rf {params.out}/last.pt {params.out}/snapshots; fi; ')
+
+
+def train_resources():
+    return dict(**resources_of("train"), train_attempt=lambda wildcards, attempt: attempt)
 
 
 def data_inputs(wildcards):
@@ -43,11 +52,11 @@ rule train_warmup:
         log_path("train_warmup", "{tc}", "seed{seed}"),
     threads: res("train", "threads")
     resources:
-        **resources_of("train"),
+        **train_resources(),
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa train --config {CFG} --phase warmup " + DATA_ARGS + " --seed {wildcards.seed} "
+        FRESH_START + "agrepa train --config {CFG} --phase warmup " + DATA_ARGS + " --seed {wildcards.seed} "
         "--out {params.out} > {log} 2>&1"
 
 
@@ -79,7 +88,7 @@ rule train_branch:
         log_path("train_branch", "{tc}", "seed{seed}", "{method}"),
     threads: res("train", "threads")
     resources:
-        **resources_of("train"),
+        **train_resources(),
     conda:
         "../../envs/agrepa.yaml"
     shell:
