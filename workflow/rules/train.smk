@@ -92,5 +92,5 @@ rule train_branch:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa train --config {CFG} --phase branch --method {wildcards.method} --init {input.init} "
+        FRESH_START + "agrepa train --config {CFG} --phase branch --method {wildcards.method} --init {input.init} "
         "{params.selection} " + DATA_ARGS + " --seed {wildcards.seed} --out {params.out} > {log} 2>&1"
