@@ -79,3 +79,14 @@ def test_rules_use_the_conda_env_and_log_files():
         assert text.count("rule ") == text.count('conda:\n        "../../envs/agrepa.yaml"') + \
             text.count('conda:\n            "../../envs/agrepa.yaml"'), smk.name
         assert text.count("rule ") == text.count("log:"), smk.name
+
+
+def test_training_starts_fresh_on_a_first_attempt_and_resumes_on_retries(wf):
+    out = snakemake(["-n", "-p", "--cores", "1", "--configfile", "config/test.yaml"], wf).stdout
+    commands = [line for line in out.splitlines() if "agrepa train" in line]
+    assert len(commands) == 2 + 8                      # 2 warm-ups + 8 branches
+    for cmd in commands:
+        # attempt 1 outside a SLURM requeue removes a stale last.pt; retries keep it (resume)
+        assert cmd.startswith('Shell command: if [ 1 -eq 1 ] && [ "${SLURM_RESTART_COUNT:-0}" -eq 0 ]; then rm -rf ')
+        out_dir = cmd.split("--out ")[1].split()[0]
+        assert f"rm -rf {out_dir}/last.pt {out_dir}/snapshots; fi; agrepa train" in cmd
