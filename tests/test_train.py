@@ -152,3 +152,16 @@ def test_lr_schedules():
     assert [f(s, 20, "warmup_constant") for s in (0, 1, 5)] == [0.5, 1.0, 1.0]
     with pytest.raises(ValueError, match="train.schedule"):
         f(0, 10, "cosine")
+
+
+def test_rerun_of_a_finished_run_restores_final_and_metrics(setup):
+    """A retry after the last checkpoint (e.g. the job died while writing outputs) completes
+    the run's outputs from last.pt without training again."""
+    tmp, cfg, _, paths, warm = setup
+    out = tmp / "warm0"
+    before = _load(warm)
+    (out / "final.pt").unlink()
+    (out / "metrics.csv").unlink()
+    train.run(cfg, phase="warmup", out=out, seed=0, **_kw(paths))
+    assert _tensors_equal(_load(out / "final.pt")["model"], before["model"])
+    assert pd.read_csv(out / "metrics.csv")["step"].tolist() == [1, 2, 3, 4, 5, 6]

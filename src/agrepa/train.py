@@ -390,10 +390,12 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
                     log.info("step %d/%d: loss %.4f fm %.4f bitc %.4f repa %s, checkpoint written", done, total,
                              r["loss"], r["fm"], r["bitc"], "-" if not repa else f"{r['repa']:.4f}")
             dist_mod.barrier(d)
-    if start >= total and not (out / "final.pt").exists():
+    if start >= total:  # resumed at the end: (re)write whatever a finished run leaves
         ck = checkpoint(total)
         if ck is not None:
-            io.torch_save(out / "final.pt", ck)
+            if not (out / "final.pt").exists():
+                io.torch_save(out / "final.pt", ck)
+            metrics.write()
     if tb is not None:
         tb.close()
     log.info("%s %s: %d steps done -> %s", phase, method, total, out / "final.pt")
