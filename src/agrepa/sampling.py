@@ -144,9 +144,13 @@ def generate(model, requests: Sequence[Request], steps: int, cfg_scale: float | 
              batch_size: int = 8, device: str | torch.device = "cpu", progress: bool = True) -> list[Tensor]:
     """Generated normalised mels [L, n_mels] (target frames only), one per request."""
     n_mels = model.n_mels
-    out: list[Tensor] = []
-    batches = [requests[i:i + batch_size] for i in range(0, len(requests), batch_size)]
-    for batch in tqdm(batches, desc="sampling", disable=not progress):
+    out: dict[int, Tensor] = {}
+    # Batches of similar length waste less compute on padding; each clip's noise is
+    # seeded by its id, so the grouping does not change any clip.
+    order = sorted(range(len(requests)), key=lambda i: requests[i].prompt.shape[0] + requests[i].n_frames)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for idx in tqdm(batches, desc="sampling", disable=not progress):
+        batch = [requests[i] for i in idx]
         lengths = [r.prompt.shape[0] + r.n_frames for r in batch]
         T, N, B = max(lengths), max(r.tokens.shape[0] for r in batch), len(batch)
         noise = torch.zeros(B, T, n_mels)
@@ -160,10 +164,10 @@ def generate(model, requests: Sequence[Request], steps: int, cfg_scale: float | 
             tokens[j, :r.tokens.shape[0]] = r.tokens
         x = euler_sample(model, noise.to(device), tokens.to(device), prompt.to(device), mask.to(device),
                          steps, cfg_scale, sway).float().cpu()
-        for j, r in enumerate(batch):
+        for j, (i, r) in enumerate(zip(idx, batch)):
             p = r.prompt.shape[0]
-            out.append(x[j, p:p + r.n_frames].clone())
-    return out
+            out[i] = x[j, p:p + r.n_frames].clone()
+    return [out[i] for i in range(len(requests))]
 
 
 # -- zero-shot prompt choice ------------------------------------------------------
