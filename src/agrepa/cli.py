@@ -13,7 +13,7 @@ import sys
 
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
-    "agrepa.corpora.cli",     # agrepa data {synth,librispeech,audioset,merge,mels}
+    "agrepa.corpora.cli",     # agrepa data {synth,librispeech,audioset,folder,merge,mels}
     "agrepa.teachers.cli",    # agrepa teacher {train,embed}
     "agrepa.tokenizers.cli",  # agrepa tokens {fit,encode}
     "agrepa.train",           # agrepa train
