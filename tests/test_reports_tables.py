@@ -157,13 +157,14 @@ def test_table3_gain_convergence_and_reused_foga_run(results):
     assert foga["rel_gain_pct"] == pytest.approx(100 * (2.1 - 1.6) / 2.1)
     assert foga["Rel. Gain"] == "+23.8%"
     # threshold (null) = baseline's final speech FAD, mean over seeds = 2.1;
-    # ag_repa curves: seed0 [2.5, 1.8, 1.5] -> 200; seed1 [2.7, 2.0, 1.7] -> 200
+    # ag_repa curves at steps 100/200/300, linear interpolation between snapshots:
+    # seed0 [2.5, 1.8, 1.5] -> 100 + 100 * 0.4 / 0.7; seed1 [2.7, 2.0, 1.7] -> 100 + 100 * 0.6 / 0.7
     assert foga["threshold"] == pytest.approx(2.1)
-    assert foga["convergence_mean"] == pytest.approx(200)
+    assert foga["convergence_mean"] == pytest.approx((100 + 400 / 7 + 100 + 600 / 7) / 2)
     rnd = t3[t3["strategy"] == "random"].iloc[0]
     assert rnd["Top-3 Layers"] == "seed 0: L2, L5, L9 | seed 1: L3, L5, L7"
-    # random: seed0 [2.9, 2.2, 1.9] -> 300, seed1 [3.1, 2.4, 2.1] -> 300
-    assert rnd["convergence_mean"] == pytest.approx(300)
+    # random: seed0 [2.9, 2.2, 1.9] -> 200 + 100 * 0.1 / 0.3; seed1 [3.1, 2.4, 2.1] -> 300
+    assert rnd["convergence_mean"] == pytest.approx((200 + 100 / 3 + 300) / 2)
     base = t3[t3["strategy"] == "baseline"].iloc[0]
     assert base["Rel. Gain"] == "—" and base["Training steps"] == 300
     # a fixed threshold that nobody reaches -> N/A
@@ -175,9 +176,11 @@ def test_table3_gain_convergence_and_reused_foga_run(results):
     assert g["paper"] == pytest.approx(29.9) and g["ours"] == pytest.approx(foga["rel_gain_pct"])
 
 
-def test_steps_to_threshold_first_crossing():
+def test_steps_to_threshold_interpolates_between_snapshots():
     curve = pd.DataFrame({"step": [300, 100, 200], "fad": [1.0, 3.0, 1.4]})
-    assert tables.steps_to_threshold(curve, 1.5) == 200
+    # (100, 3.0) -> (200, 1.4) crosses 1.5 at 100 + 100 * (3.0 - 1.5) / (3.0 - 1.4)
+    assert tables.steps_to_threshold(curve, 1.5) == pytest.approx(193.75)
+    assert tables.steps_to_threshold(curve, 3.0) == 100
     assert math.isnan(tables.steps_to_threshold(curve, 0.5))
 
 

@@ -32,7 +32,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import io
+from .. import io, metrics
 
 METRIC_COLUMNS = ["experiment", "token_config", "seed", "method", "domain", "metric", "value",
                   "ci_low", "ci_high", "n", "model", "note", "input", "source"]
@@ -295,10 +295,12 @@ def table2_vs_paper(table: pd.DataFrame, cfg: dict, paper: pd.DataFrame | None =
 
 # --- Table 3 --------------------------------------------------------------------------------
 def steps_to_threshold(curve: pd.DataFrame, threshold: float) -> float:
-    """First step whose FAD is <= threshold (curve: columns step, fad); NaN if never."""
-    c = curve.dropna(subset=["fad"]).sort_values("step")
-    hit = c[c["fad"] <= threshold]
-    return float(hit["step"].iloc[0]) if len(hit) else math.nan
+    """Training steps for a convergence curve (columns step, fad) to reach ``threshold``,
+    linearly interpolated between the bracketing snapshots (agrepa.metrics.steps_to_threshold);
+    NaN when never reached (nothing is extrapolated)."""
+    c = curve.dropna(subset=["fad"])
+    reached = metrics.steps_to_threshold(c["step"].tolist(), c["fad"].tolist(), threshold)
+    return math.nan if reached is None else float(reached)
 
 
 def convergence_threshold(conv: pd.DataFrame, cfg: dict, token_config: str) -> float:
