@@ -28,12 +28,17 @@ def wf(tmp_path_factory):
 
 
 def test_profile_dry_run_plans_paper_grid_with_shared_warmups(wf):
-    r = snakemake(["--profile", "slurm", "-n", "results/table2.csv"], wf, env=SKIP)
-    assert r.returncode == 0, r.stdout + r.stderr
-    c = job_counts(r.stdout)
     paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     n_cfg, n_seed = len(paper["token_configs"]), len(paper["seeds"])
     assert (n_cfg, n_seed) == (2, 3)
+    # Table 2 alone: its 8 methods x 3 seeds x configs, nothing else trained
+    r2 = snakemake(["--profile", "slurm", "-n", "results/table2.csv"], wf, env=SKIP)
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    c2 = job_counts(r2.stdout)
+    assert c2["train_branch"] == 8 * n_cfg * n_seed and c2["select"] == n_cfg * n_seed  # foga only
+    r = snakemake(["--profile", "slurm", "-n", "results/table2.csv", "results/table3.csv"], wf, env=SKIP)
+    assert r.returncode == 0, r.stdout + r.stderr
+    c = job_counts(r.stdout)
     # one warm-up (and one probe run) per token config x seed, shared by every branch
     assert c["train_warmup"] == c["probe"] == n_cfg * n_seed
     # Table 2's 8 methods + Table 3's random / LASP / gradient-norm controls (FoG-A = AG-REPA)
