@@ -32,7 +32,8 @@ def speechlike(seconds: float, sr: int = 16000, seed: int = 0) -> torch.Tensor:
 # ----------------------------------------------------------------------------- Whisper
 @pytest.fixture(scope="module")
 def ct2_teacher():
-    cfg = C.load()
+    """The wheel's tiny.en in Whisper's own mode: every window padded to 30 s."""
+    cfg = C.load(overrides=["teachers.semantic.pad_to_window=true"])
     return build_teacher(cfg, "semantic")
 
 
@@ -65,10 +66,14 @@ def test_ct2_real_frames_only_mode(ct2_teacher):
     fast = build_teacher(cfg, "semantic")
     assert fast.fingerprint() != ct2_teacher.fingerprint()
     wave = speechlike(2.0)
-    f_fast, _ = fast.embed(wave, 16000)
+    f_fast, p_fast = fast.embed(wave, 16000)
     f_full, _ = ct2_teacher.embed(wave, 16000)
     assert f_fast.shape == f_full.shape == (100, 384)
     assert not torch.allclose(f_fast, f_full, atol=1e-3)
+    # the embedded default's mode: a zero-padded batch gives the identical pooled embedding too
+    padded = torch.cat([wave, torch.zeros(48000)])[None]
+    (_, p_padded), = fast.embed_padded(padded, [wave.numel()], 16000)
+    assert torch.equal(p_fast, p_padded)
 
 
 def test_ct2_sha256_is_verified(tmp_path):
