@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from agrepa import train
@@ -25,7 +26,17 @@ def _cmd(cfg_path, paths, out, warm):
             "--steps", str(STEPS)]
 
 
-def test_sigkill_and_resume_is_exact(tmp_path):
+@pytest.fixture
+def one_thread():
+    """The reference runs in this process with the subprocesses' thread count (bitwise equality
+    needs the same reduction order; other tests' CLIs may have changed the global setting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_sigkill_and_resume_is_exact(tmp_path, one_thread):
     # dropout on: the restored RNG states matter; the REPA heads, EMA and optimiser moments are all resumed
     cfg, cfg_path = tiny_cfg(tmp_path, {"model": {"dropout": 0.1},
                                         "train": {"checkpoint_every": 10, "log_every": 5,
