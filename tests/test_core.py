@@ -75,3 +75,11 @@ def test_store_rejects_duplicate_and_reserved_ids(tmp_path):
         w.add("a", {"x": torch.zeros(1)})
     with pytest.raises(ValueError, match="reserved separator"):
         w.add("a::b", {"x": torch.zeros(1)})
+
+
+def test_read_json_required_keys_name_file_and_key(tmp_path):
+    path = tmp_path / "conf.json"
+    io.write_json(path, {"kind": "kmeans"})
+    assert io.read_json(path, required=("kind",)) == {"kind": "kmeans"}
+    with pytest.raises(KeyError, match="conf.json: missing key 'k'"):
+        io.read_json(path, required=("kind", "k"))

@@ -55,14 +55,20 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Any:
+    """Parse a JSON file; ``required``: top-level keys that must be present (KeyError naming
+    the file and the first missing key otherwise)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+    for key in required:
+        if not isinstance(obj, dict) or key not in obj:
+            raise KeyError(f"{path}: missing key {key!r}")
+    return obj
 
 
 def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:

@@ -296,10 +296,7 @@ class EventsTeacher(Teacher):
         for p in (weights, conf):
             if not p.exists():
                 raise FileNotFoundError(f"{p}: event teacher file missing (run `agrepa teacher train`)")
-        meta = io.read_json(conf)
-        for key in ("arch", "labels", "audio", "downsample"):
-            if key not in meta:
-                raise KeyError(f"{conf}: missing key {key!r}")
+        meta = io.read_json(conf, required=("arch", "labels", "audio", "downsample"))
         if cfg_audio is not None:
             want = A._audio_cfg(cfg_audio)
             if int(want["sample_rate"]) != int(meta["audio"]["sample_rate"]) or \

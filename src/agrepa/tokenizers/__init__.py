@@ -73,10 +73,7 @@ def load_tokenizer(directory: str | os.PathLike, threads: int = 1) -> Tokenizer:
     conf_path = directory / "config.json"
     if not conf_path.exists():
         raise FileNotFoundError(f"{conf_path}: tokenizer config missing (run `agrepa tokens fit`)")
-    conf = io.read_json(conf_path)
-    for key in ("kind", "stream", "k", "frame_rate"):
-        if key not in conf:
-            raise KeyError(f"{conf_path}: missing key {key!r}")
+    conf = io.read_json(conf_path, required=("kind", "stream", "k", "frame_rate"))
     kind = conf["kind"]
     if kind == "kmeans":
         impl = KMeans.load(directory)
