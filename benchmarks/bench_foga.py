@@ -1,4 +1,4 @@
-"""Benchmark: shared-work FoG-A (agrepa.foga.foga) vs the naive loop of gated forwards.
+"""Benchmark: shared-work FoG-A (agrepa.probing.foga.foga) vs the naive loop of gated forwards.
 
 Both run in one process on the same random inputs (with padding) and the same
 randomly initialised DiT (adaLN and final layers re-initialised with small noise
@@ -18,8 +18,8 @@ import time
 import torch
 from torch import nn
 
-from agrepa.foga import foga, foga_naive
-from agrepa.model import DiT
+from agrepa.probing.foga import foga, foga_naive
+from agrepa.model.dit import DiT
 
 
 def build(args) -> tuple[DiT, tuple]:

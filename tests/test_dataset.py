@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from agrepa import config as config_mod
-from agrepa.dataset import BalancedSampler, TrainingData, crop_frames, shard
+from agrepa.training.dataset import BalancedSampler, TrainingData, crop_frames, shard
 from agrepa.store import StoreWriter
 
 N_MELS = 16

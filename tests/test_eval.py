@@ -1,4 +1,4 @@
-"""Evaluation (agrepa.evaluate): the ground-truth floor, the eval JSON contract, convergence, the CLIs.
+"""Evaluation (agrepa.evaluation.evaluate): the ground-truth floor, the eval JSON contract, convergence, the CLIs.
 
 Real models throughout: faster-whisper tiny.en (ASR), the Whisper tiny.en encoder (FAD
 embedding), DNSMOS (speechmos), resemblyzer; a tiny randomly initialised DiT saved in the
@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from agrepa import cli, config, evaluate, metrics
-from agrepa.asr import wer_counts
+from agrepa import cli, config
+
+from agrepa.evaluation import evaluate, metrics
+from agrepa.evaluation.asr import wer_counts
 from agrepa.store import Store
 from test_eval_corpus import VOCAB, make_corpus
 from test_sampling import tiny_model
@@ -46,7 +48,7 @@ def _by(result, input_=None):
 
 
 def test_reference_floor_is_the_ground_truth_through_the_same_pipeline(corpus, models):
-    from agrepa.vocoder import build_vocoder
+    from agrepa.generation.vocoder import build_vocoder
 
     cfg = small_cfg()
     voc = build_vocoder(cfg)
@@ -81,8 +83,8 @@ def test_reference_floor_is_the_ground_truth_through_the_same_pipeline(corpus, m
 
 
 def test_eval_json_of_generated_samples(corpus, models, tmp_path):
-    from agrepa import sampling
-    from agrepa.vocoder import build_vocoder
+    from agrepa.generation import sampling
+    from agrepa.generation.vocoder import build_vocoder
 
     cfg = small_cfg(speech="none")
     out = tmp_path / "samples"
@@ -108,8 +110,8 @@ def test_eval_json_of_generated_samples(corpus, models, tmp_path):
 
 
 def _checkpoint(path, cfg, step, seed):
-    from agrepa.alignment import BiTCHeads
-    from agrepa.train import FORMAT
+    from agrepa.training.objectives import BiTCHeads
+    from agrepa.training.train import FORMAT
 
     model = tiny_model(seed)
     bitc = BiTCHeads(model.dim, {"semantic": 8, "acoustic": 8})

@@ -1,9 +1,11 @@
-"""ASR backends (agrepa.asr): model resolution, the transformers alternative, WER counting."""
+"""ASR backends (agrepa.evaluation.asr): model resolution, the transformers alternative, WER counting."""
 import numpy as np
 import pytest
 import torch
 
-from agrepa import asr, config
+from agrepa.evaluation import asr
+
+from agrepa import config
 
 
 def test_wheel_model_resolves_with_its_hash_and_bad_paths_are_named(tmp_path):

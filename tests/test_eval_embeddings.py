@@ -1,9 +1,11 @@
-"""FAD embedding backends (agrepa.embeddings): VGGish in the torchvggish format, the registry."""
+"""FAD embedding backends (agrepa.evaluation.embeddings): VGGish in the torchvggish format, the registry."""
 import numpy as np
 import pytest
 import torch
 
-from agrepa import config, embeddings
+from agrepa import config
+
+from agrepa.evaluation import embeddings
 
 
 def test_vggish_front_end_framing_and_mel_matrix():

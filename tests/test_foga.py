@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from agrepa.foga import foga, foga_naive, foga_per_sample, relative_deviation
-from agrepa.model import DiT
+from agrepa.probing.foga import foga, foga_naive, foga_per_sample, relative_deviation
+from agrepa.model.dit import DiT
 
 N_MELS, VOCAB = 8, 24
 

@@ -5,8 +5,10 @@ import re
 import numpy as np
 import pandas as pd
 
-from agrepa import audio, cli, io, listening_test
-from agrepa.sampling import SAMPLE_COLUMNS
+from agrepa import audio, cli, io
+
+from agrepa.evaluation import listening_test
+from agrepa.generation.sampling import SAMPLE_COLUMNS
 
 
 def _samples_dir(root, ids, f0):

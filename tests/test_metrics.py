@@ -1,8 +1,8 @@
-"""Fréchet distance, FAD∞, bootstrap CIs and steps-to-threshold (agrepa.metrics)."""
+"""Fréchet distance, FAD∞, bootstrap CIs and steps-to-threshold (agrepa.evaluation.metrics)."""
 import numpy as np
 import pytest
 
-from agrepa import metrics
+from agrepa.evaluation import metrics
 
 
 def _closed_form_diag(mu1, v1, mu2, v2):

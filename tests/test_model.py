@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agrepa.model import DiT, build_model
+from agrepa.model.dit import DiT, build_model
 
 
 def _inputs(B=3, T=20, n_mels=8, vocab=30, seed=0):

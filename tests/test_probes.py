@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from agrepa.alignment import BiTCHeads, flow_matching_loss, pool
-from agrepa.foga import foga
-from agrepa.probes import CSV_COLUMNS, bitc_scorer, fixed_noise, gradnorm, lasp, read_probes, run_probes
+from agrepa.training.objectives import BiTCHeads, flow_matching_loss, pool
+from agrepa.probing.foga import foga
+from agrepa.probing.probes import CSV_COLUMNS, bitc_scorer, fixed_noise, gradnorm, lasp, read_probes, run_probes
 from test_foga import make_inputs, make_model
 
 TEACHER_DIMS = {"semantic": 6, "acoustic": 5}

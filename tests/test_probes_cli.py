@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from agrepa import train
+from agrepa.training import train
 from agrepa.cli import main as cli_main
-from agrepa.probes import CSV_COLUMNS
+from agrepa.probing.probes import CSV_COLUMNS
 from agrepa.reports.probes import figure1, table1
 from test_dataset import make_corpus, tiny_cfg
 
@@ -61,7 +61,7 @@ def test_probe_cli_csv_then_select_and_report(warm):
     assert cli_main(probe_args(cfg_path, paths, ckpt, again, "--token-config", "A")) == 0
     assert out.read_bytes() == again.read_bytes()
     # selection for every strategy, read back the way training reads it
-    from agrepa.alignment import read_selection
+    from agrepa.training.objectives import read_selection
     for strategy in ("foga", "lasp", "gradnorm", "random"):
         sel = tmp / "sel" / f"{strategy}.json"
         assert cli_main(["select", "--config", _default(), "--config", str(cfg_path), "--probes", str(out),

@@ -1,4 +1,4 @@
-"""Sampler (agrepa.sampling): sway schedule, determinism, CFG, zero-shot prompts, the sample stage."""
+"""Sampler (agrepa.generation.sampling): sway schedule, determinism, CFG, zero-shot prompts, the sample stage."""
 import math
 
 import numpy as np
@@ -8,8 +8,10 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from agrepa import config, sampling
-from agrepa.model import DiT
+from agrepa import config
+
+from agrepa.generation import sampling
+from agrepa.model.dit import DiT
 from test_eval_corpus import VOCAB, make_corpus
 
 
@@ -97,7 +99,7 @@ def test_choose_prompts_same_speaker_or_label_deterministic():
 
 
 def test_sample_split_writes_the_contract(tmp_path):
-    from agrepa.vocoder import build_vocoder
+    from agrepa.generation.vocoder import build_vocoder
 
     c = make_corpus(tmp_path / "data")
     cfg = config.load()

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from agrepa import cli, io
-from agrepa.probes import CSV_COLUMNS
-from agrepa.selection import layer_scores, random_layers, select, top_k, weights_from_scores
+from agrepa.probing.probes import CSV_COLUMNS
+from agrepa.probing.selection import layer_scores, random_layers, select, top_k, weights_from_scores
 
 L = 6
 GRID = [0.25, 0.75]
@@ -113,7 +113,7 @@ def test_cli_json_is_deterministic_and_weights_sum_to_one(tmp_path, strategy):
     assert rec["source"] == str(src) and len(rec["layers"]) == 3
     assert math.isclose(sum(rec["weights"]), 1.0, abs_tol=1e-12)
     # the training stage reads it
-    from agrepa.alignment import read_selection
+    from agrepa.training.objectives import read_selection
     assert read_selection(tmp_path / "sel0.json", L) == (rec["layers"], rec["weights"])
 
 

@@ -1,9 +1,9 @@
-"""WER text normaliser (agrepa.text_norm): the documented cases and jiwer on normalised text."""
+"""WER text normaliser (agrepa.evaluation.text_norm): the documented cases and jiwer on normalised text."""
 import jiwer
 import pytest
 
-from agrepa import text_norm
-from agrepa.text_norm import normalize
+from agrepa.evaluation import text_norm
+from agrepa.evaluation.text_norm import normalize
 
 
 @pytest.mark.parametrize("raw, expected", [

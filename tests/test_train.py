@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agrepa import config as config_mod
-from agrepa import train
+from agrepa.training import train
 from agrepa.cli import main as cli_main
 from test_dataset import make_corpus, tiny_cfg
 

@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import torch
 
-from agrepa import train
+from agrepa.training import train
 from test_dataset import make_corpus, tiny_cfg
 from test_train import _load
 
@@ -24,7 +24,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
                        **{k: paths[k] for k in ("manifest", "mels", "tokens", "semantic", "acoustic")})
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "agrepa.train", "--config", str(train.config_mod.DEFAULT), "--config", str(cfg_path),
+                          "-m", "agrepa.training.train", "--config", str(train.config_mod.DEFAULT), "--config", str(cfg_path),
                           "--phase", "warmup", "--seed", "0", "--out", str(tmp_path / "two"), *args],
                          env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]

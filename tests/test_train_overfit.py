@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from agrepa import train
+from agrepa.training import train
 from test_dataset import make_corpus, tiny_cfg
 
 torch.set_num_threads(1)

@@ -1,11 +1,13 @@
-"""Vocoders (agrepa.vocoder): Griffin-Lim inversion of the Vocos mel and Vocos loading from a directory."""
+"""Vocoders (agrepa.generation.vocoder): Griffin-Lim inversion of the Vocos mel and Vocos loading from a directory."""
 import copy
 
 import numpy as np
 import pytest
 import torch
 
-from agrepa import audio, config, vocoder
+from agrepa import audio, config
+
+from agrepa.generation import vocoder
 
 
 def _tone(sr=24000, seconds=0.5, f=440.0):

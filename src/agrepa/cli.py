@@ -16,12 +16,12 @@ COMMAND_MODULES = [
     "agrepa.corpora.cli",     # agrepa data {synth,librispeech,audioset,folder,merge,mels}
     "agrepa.teachers.cli",    # agrepa teacher {train,embed}
     "agrepa.tokenizers.cli",  # agrepa tokens {fit,encode}
-    "agrepa.train",           # agrepa train
-    "agrepa.probes",          # agrepa probe
-    "agrepa.selection",       # agrepa select
-    "agrepa.sampling",        # agrepa sample
-    "agrepa.evaluate",        # agrepa evaluate, agrepa convergence
-    "agrepa.listening_test",  # agrepa listening-test
+    "agrepa.training.train",           # agrepa train
+    "agrepa.probing.probes",          # agrepa probe
+    "agrepa.probing.selection",       # agrepa select
+    "agrepa.generation.sampling",        # agrepa sample
+    "agrepa.evaluation.evaluate",        # agrepa evaluate, agrepa convergence
+    "agrepa.evaluation.listening_test",  # agrepa listening-test
     "agrepa.reports.cli",     # agrepa report {...}
 ]
 

@@ -32,7 +32,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import io, metrics
+from .. import io
+from ..evaluation import metrics
 
 METRIC_COLUMNS = ["experiment", "token_config", "seed", "method", "domain", "metric", "value",
                   "ci_low", "ci_high", "n", "model", "note", "input", "source"]
@@ -296,7 +297,7 @@ def table2_vs_paper(table: pd.DataFrame, cfg: dict, paper: pd.DataFrame | None =
 # --- Table 3 --------------------------------------------------------------------------------
 def steps_to_threshold(curve: pd.DataFrame, threshold: float) -> float:
     """Training steps for a convergence curve (columns step, fad) to reach ``threshold``,
-    linearly interpolated between the bracketing snapshots (agrepa.metrics.steps_to_threshold);
+    linearly interpolated between the bracketing snapshots (agrepa.evaluation.metrics.steps_to_threshold);
     NaN when never reached (nothing is extrapolated)."""
     c = curve.dropna(subset=["fad"])
     reached = metrics.steps_to_threshold(c["step"].tolist(), c["fad"].tolist(), threshold)

@@ -2,7 +2,7 @@
 
 Vocabulary layout (ids the DiT's embedding table sees)::
 
-    0                               padding (agrepa.model.PAD_ID)
+    0                               padding (agrepa.model.dit.PAD_ID)
     1 .. K_s                        speech codebook   (offset_speech = 1)
     1 + K_s .. K_s + K_a            audio codebook    (offset_audio  = 1 + K_s)
     1 + K_s + K_a .. + K_b          "BEATs" codebook  (offset_beats  = 1 + K_s + K_a; Config B only)
@@ -23,7 +23,7 @@ Frame rates: tokens are stored at their own rate (the teacher's frame rate:
 an interleaved Config B sequence runs at twice the rate of its longer stream).
 The mel spectrogram runs at ``audio.sample_rate / audio.hop_length`` = 24000 /
 256 = 93.75 frames/s. Tokens are NOT resampled here: the model linearly
-interpolates each clip's tokens to its mel length (``agrepa.model.interpolate_tokens``),
+interpolates each clip's tokens to its mel length (``agrepa.model.dit.interpolate_tokens``),
 so the ratio ``mel_rate / token_rate`` only needs to be recorded
 (:func:`rate_summary`), never enforced.
 """
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..model import PAD_ID
+from ..model.dit import PAD_ID
 
 STREAMS = ("speech", "audio", "beats")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import config as config_mod
+from .. import config as config_mod
 
 MOS_SAMPLE_RATE = 16000
 NO_AUDIO_MOS = ("no MOS predictor is configured for general audio (DNSMOS predicts speech quality); "
@@ -40,7 +40,7 @@ class DNSMOS:
         """``{"mos_ovrl", "mos_p808"}`` of one mono clip."""
         from speechmos import dnsmos
 
-        from .audio import resample
+        from ..audio import resample
 
         w = np.asarray(wave, dtype=np.float32)
         if w.ndim != 1 or w.size == 0:

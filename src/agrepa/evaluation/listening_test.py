@@ -30,8 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import config as config_mod
-from . import io
+from .. import config as config_mod
+from .. import io
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def method_names(dirs: Sequence[str | os.PathLike]) -> list[str]:
 def build_items(dirs: Sequence[str | os.PathLike], names: Sequence[str], max_clips: dict | int | None,
                 seed: int) -> tuple[list[dict], dict]:
     """Blinded items (shuffled) and the key mapping blinded ids to methods."""
-    from .sampling import read_samples
+    from ..generation.sampling import read_samples
 
     tables = [read_samples(d) for d in dirs]
     common = set(tables[0]["id"])

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import config as config_mod
+from .. import config as config_mod
 
 SPEAKER_ENCODERS: dict[str, Callable[[dict], "SpeakerEncoder"]] = {}
 
@@ -75,7 +75,7 @@ class ResemblyzerEncoder(SpeakerEncoder):
             raise ValueError(f"speaker: expected a non-empty mono waveform, got shape {w.shape}")
         x = preprocess_wav(w, source_sr=sample_rate)
         if x.size == 0:  # everything was trimmed as silence: embed the raw (resampled) clip
-            from .audio import resample
+            from ..audio import resample
             x = resample(w, sample_rate, 16000)
         return self.encoder.embed_utterance(x)
 

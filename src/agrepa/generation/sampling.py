@@ -18,7 +18,7 @@ another utterance of the same speaker (speech, ``speaker`` column) or another cl
 same primary (first) label (audio), drawn with ``numpy.random.default_rng(seed)`` over the
 targets in sorted id order; when a group has no other clip, any other clip of the same domain
 is used (logged). Model input for one clip (exactly the training layout of
-:mod:`agrepa.dataset`, where the prompt is a prefix of the sequence)::
+:mod:`agrepa.training.dataset`, where the prompt is a prefix of the sequence)::
 
     frames   [ 0 .. P )            [ P .. P + L )
     x_t      noise -> prompt mel    noise -> generated target
@@ -55,9 +55,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from . import config as config_mod
-from . import io
-from .model import PAD_ID
+from .. import config as config_mod
+from .. import io
+from ..model.dit import PAD_ID
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def make_request(clip_id: str, ref_mel: Tensor, ref_tokens: Tensor, target_token
 
 def noise_for(seed: int, clip_id: str, n_frames: int, n_mels: int) -> Tensor:
     """The initial noise of one clip: N(0, I) [n_frames, n_mels] from a generator seeded by (seed, id)."""
-    from .dataset import generator
+    from ..training.dataset import generator
 
     return torch.randn(n_frames, n_mels, generator=generator(seed, "sample", clip_id))
 
@@ -232,8 +232,8 @@ def sample_split(model, cfg: dict, manifest_path: str | os.PathLike, mels_dir: s
     """Generate the split's evaluation subset with ``model`` and write the outputs to ``out_dir``."""
     from safetensors.torch import save_file
 
-    from .corpora.manifest import read_manifest
-    from .store import Store
+    from ..corpora.manifest import read_manifest
+    from ..store import Store
 
     sc = config_mod.get(cfg, "sample")
     df = read_manifest(manifest_path)
@@ -272,7 +272,7 @@ def sample_split(model, cfg: dict, manifest_path: str | os.PathLike, mels_dir: s
         mels_out[cid] = mel.contiguous()
         wav_name = f"{cid}.wav"
         if write_audio:
-            from .audio import write_wav
+            from ..audio import write_wav
 
             write_wav(out_dir / wav_name, vocoder(mel), vocoder.sample_rate)
         r = rows.loc[cid]
@@ -313,7 +313,7 @@ def resolve_device(cfg: dict) -> torch.device:
 
 
 def _run(args) -> int:
-    from .train import load_checkpoint
+    from ..training.train import load_checkpoint
     from .vocoder import build_vocoder
 
     cfg = config_mod.from_args(args)

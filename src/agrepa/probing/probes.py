@@ -1,6 +1,6 @@
 """Layer probes of a warm-up checkpoint: FoG-A, LASP (BiT-C across depth) and gradient norm.
 
-* **FoG-A** ("what a layer does", Sec. 4.3): :mod:`agrepa.foga`.
+* **FoG-A** ("what a layer does", Sec. 4.3): :mod:`agrepa.probing.foga`.
 * **LASP** ("what a layer knows", Sec. 4.2, Eq. 6): every hidden state h_l,
   l = 0..L (0 = input interface), is pooled over its valid frames and scored by
   ONE frozen head per teacher, shared by all layers (the BiT-C interface head):
@@ -8,7 +8,7 @@
   semantic head and teacher (Cos-SEM), audio samples the acoustic ones (Cos-EVT).
 * **Gradient norm** (Table 3's baseline): for block l, the L2 norm over all of
   block l's parameters of dL_FM/dtheta_l, where L_FM is the training
-  flow-matching loss (``agrepa.alignment.flow_matching_loss``) of one probe batch
+  flow-matching loss (``agrepa.training.objectives.flow_matching_loss``) of one probe batch
   averaged over the probe t grid (same x0, x1 for every t;
   ``probe.gradnorm_t_grid`` overrides the grid).
   Each batch gives one norm per block; the CSV reports the mean and std of the
@@ -37,10 +37,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from . import config as config_mod
-from . import io
+from .. import config as config_mod
+from .. import io
 from .foga import eval_mode, foga_per_sample
-from .model import DiT
+from ..model.dit import DiT
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def bitc_scorer(heads, domain: str, target: Tensor) -> ScoreFn:
     """The shared frozen BiT-C head of ``domain`` ("speech" -> semantic, "audio" -> acoustic)
     as a LASP ``score_fn`` against teacher embeddings ``target`` [B, D_teacher].
 
-    ``heads`` is an ``agrepa.alignment.BiTCHeads``; its ``cosine`` pools over
+    ``heads`` is an ``agrepa.training.objectives.BiTCHeads``; its ``cosine`` pools over
     valid frames, applies LayerNorm and the teacher head and returns the cosine per sample.
     """
     if domain not in DOMAINS:
@@ -102,12 +102,12 @@ def gradnorm(model: DiT, batch: dict, x0: Tensor, t_grid: Sequence[float],
     """Per-block gradient norm -> Tensor[L] (index l-1 is block l).
 
     ``||d L_FM / d theta_l||_2`` over all parameters of block l, with
-    L_FM = mean over ``t_grid`` of ``agrepa.alignment.flow_matching_loss`` on
+    L_FM = mean over ``t_grid`` of ``agrepa.training.objectives.flow_matching_loss`` on
     ``batch`` (keys mel, mask, tokens, prompt[, prompt_mask]) from noise ``x0``
     at flow time t for every sample. Model in eval mode (no dropout, no CFG drop).
     The model's ``.grad`` fields and ``requires_grad`` flags are left untouched.
     """
-    from .alignment import flow_matching_loss
+    from ..training.objectives import flow_matching_loss
 
     if len(t_grid) == 0:
         raise ValueError("gradnorm needs a non-empty t grid")
@@ -172,7 +172,7 @@ def run_probes(model: DiT, batches: dict[str, list[dict]], t_grid: Sequence[floa
     ``loss_on_prompt=False`` that loss leaves out the batch's ``prompt_mask`` frames
     (as ``train.loss_on_prompt`` does in training; needs ``prompt_mask``).
     """
-    from .alignment import ot_path
+    from ..training.objectives import ot_path
 
     grad_grid = list(t_grid if gradnorm_t_grid is None else gradnorm_t_grid)
     probes = list(probes)
@@ -276,7 +276,7 @@ def token_config_name(args) -> str:
     (``token_config``), else the token store's directory name (``results/tokens/A`` -> ``A``)."""
     if args.token_config:
         return str(args.token_config)
-    from .store import Store
+    from ..store import Store
 
     store = Store(args.tokens)
     name = store.meta.get("token_config") or store.meta.get("config")
@@ -293,7 +293,7 @@ def cmd_probe(args) -> int:
     unknown = sorted(set(probes) - set(PROBES))
     if not probes or unknown:
         raise ValueError(f"--probes: unknown or no probe(s) {unknown}; choose from {list(PROBES)}")
-    from .train import load_checkpoint                        # the training stage owns checkpoints
+    from ..training.train import load_checkpoint                        # the training stage owns checkpoints
 
     run = load_checkpoint(args.ckpt, use_ema=True)
     device = resolve_device(str(config_mod.get(cfg, "device", "auto")))
@@ -320,7 +320,7 @@ def cmd_probe(args) -> int:
 def probe_batches(cfg: dict, args, device: torch.device) -> dict[str, list[dict]]:
     """``probe.n_batches`` deterministic batches of ``probe.batch_size`` clips per domain from
     ``args.split`` (crops from frame 0, fixed prompt fraction: ``TrainingData.eval_batches``)."""
-    from .dataset import TrainingData                         # the training stage owns the loader
+    from ..training.dataset import TrainingData                         # the training stage owns the loader
 
     n_batches = int(config_mod.get(cfg, "probe.n_batches"))
     bs = int(config_mod.get(cfg, "probe.batch_size"))

@@ -7,7 +7,7 @@ Phase II (``--phase branch --method M --init WARMUP/final.pt [--selection J]``):
 model, EMA and BiT-C heads from the warm-up checkpoint, a fresh optimiser and
 schedule, ``train.branch_steps`` steps. The data order, crops, prompts, noise,
 flow times and CFG drops depend only on (seed, phase, step), so every method of
-a seed sees identical batches; only the REPA term (:mod:`agrepa.alignment`) differs.
+a seed sees identical batches; only the REPA term (:mod:`agrepa.training.objectives`) differs.
 
 Loss per step: ``L = L_FM + L_BiT-C + L_REPA`` (L_REPA absent for the baseline).
 AdamW (weight decay on matrices only), OneCycle or warm-up-constant schedule,
@@ -21,9 +21,9 @@ over the logging interval; repa empty for the baseline), ``config.resolved.yaml`
 A run started in a directory holding ``last.pt`` resumes from it exactly.
 Checkpoints hold only tensors and plain Python (``torch.load(weights_only=True)``).
 
-Multi-process: ``torchrun --nproc_per_node N -m agrepa.train ...`` (or ``-m agrepa.cli train``).
+Multi-process: ``torchrun --nproc_per_node N -m agrepa.training.train ...`` (or ``-m agrepa.cli train``).
 ``train.batch_size`` is the GLOBAL batch; rank r trains on the r-th contiguous shard of
-the same global batch (:func:`agrepa.dataset.shard`), gradients are averaged, only
+the same global batch (:func:`agrepa.training.dataset.shard`), gradients are averaged, only
 rank 0 writes. Every per-sample random draw depends on (seed, phase, step) and the
 sample's position in the global batch, so N processes reproduce one process up to
 floating-point reduction order.
@@ -45,13 +45,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import config as config_mod
+from .. import config as config_mod
 from . import distributed as dist_mod
-from . import io
-from .alignment import BiTCHeads, REPAHeads, flow_matching_loss, method_layers
+from .. import io
+from .objectives import BiTCHeads, REPAHeads, flow_matching_loss, method_layers
 from .checkpoint import EMA, rng_state, seed_everything, set_rng_state
 from .dataset import BalancedSampler, TrainingData, crop_frames, derive_seed, generator, shard
-from .model import DiT, build_model
+from ..model.dit import DiT, build_model
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +457,7 @@ def main(args) -> int:
     return 0
 
 
-if __name__ == "__main__":  # ``python -m agrepa.train ...`` (same code path, lighter import than the full CLI)
+if __name__ == "__main__":  # ``python -m agrepa.training.train ...`` (same code path, lighter import than the full CLI)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="agrepa-train")
     add_arguments(parser)

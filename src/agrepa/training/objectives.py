@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import config as config_mod
-from . import io
+from .. import config as config_mod
+from .. import io
 from .dataset import DOMAIN_TEACHER, DOMAINS, TEACHERS
 
 

@@ -33,7 +33,7 @@ import torch
 import torchaudio
 import yaml
 
-from . import config as config_mod
+from .. import config as config_mod
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class VocosVocoder(Vocoder):
 
 def save_vocos(model, directory: str | os.PathLike, spec: dict) -> Path:
     """Write a Vocos model in the charactr layout (``config.yaml`` + ``pytorch_model.bin``)."""
-    from . import io
+    from .. import io
 
     directory = Path(directory)
     io.write_text(directory / "config.yaml", yaml.safe_dump(spec, sort_keys=False))

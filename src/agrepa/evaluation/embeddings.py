@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import config as config_mod
+from .. import config as config_mod
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class TeacherEmbedding(Embedding):
 
 @register_embedding("whisper-encoder")
 def _whisper_encoder(cfg: dict) -> Embedding:
-    from .teachers import build_teacher
+    from ..teachers import build_teacher
 
     teacher = build_teacher(cfg, "semantic")
     if teacher.name != "whisper":
@@ -118,7 +118,7 @@ def vggish_mel_matrix(n_bands: int = 64, n_bins: int = 257, sample_rate: int = 1
 
 def vggish_examples(wave: np.ndarray, sample_rate: int) -> np.ndarray:
     """Log-mel examples [k, 96, 64] of a waveform (module docstring)."""
-    from .audio import resample
+    from ..audio import resample
 
     x = resample(np.asarray(wave, dtype=np.float32), sample_rate, VGGISH_SR).astype(np.float64)
     win, hop, n_fft = 400, 160, 512

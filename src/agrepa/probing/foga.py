@@ -32,7 +32,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from .model import DiT
+from ..model.dit import DiT
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ Backends (``eval.asr.backend``):
 Decoding is deterministic: English, beam search (``eval.asr.beam_size``), temperature 0,
 no conditioning on previous text, no VAD. Audio is resampled to 16 kHz first.
 
-WER (``wer_scores``): reference and hypothesis are normalised with :mod:`agrepa.text_norm`,
+WER (``wer_scores``): reference and hypothesis are normalised with :mod:`agrepa.evaluation.text_norm`,
 then aligned per utterance with ``jiwer.process_words``. With ``e_i`` = substitutions +
 deletions + insertions and ``n_i`` = reference words of utterance i::
 
@@ -33,7 +33,7 @@ from typing import Sequence
 import jiwer
 import numpy as np
 
-from . import config as config_mod
+from .. import config as config_mod
 from .text_norm import normalize
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class ASR:
 
 
 def _to_16k(wave: np.ndarray, sample_rate: int) -> np.ndarray:
-    from .audio import resample
+    from ..audio import resample
 
     w = np.asarray(wave, dtype=np.float32)
     if w.ndim != 1 or w.size == 0:
@@ -102,8 +102,8 @@ class TransformersWhisperASR(ASR):
 
 def resolve_ct2_model(spec: str) -> tuple[str | Path, str | None]:
     """``(path or id, sha256 of model.bin or None)`` for a faster-whisper model spec."""
-    from .teachers.whisper import TINY_EN_SHA256, WHEEL_PREFIX, resolve_wheel_model
-    from . import io
+    from ..teachers.whisper import TINY_EN_SHA256, WHEEL_PREFIX, resolve_wheel_model
+    from .. import io
 
     if spec.startswith(WHEEL_PREFIX):
         path = resolve_wheel_model(spec)

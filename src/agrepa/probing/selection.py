@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import config as config_mod
-from . import io
+from .. import config as config_mod
+from .. import io
 from .probes import read_probes
 
 log = logging.getLogger(__name__)

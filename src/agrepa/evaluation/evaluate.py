@@ -5,11 +5,11 @@ Metrics per domain (``eval.*`` chooses the models; every row names its model):
 =========== ======== ==================================================================
 metric      domain   definition
 =========== ======== ==================================================================
-wer         speech   corpus WER in percent (:mod:`agrepa.asr`), normalised text
+wer         speech   corpus WER in percent (:mod:`agrepa.evaluation.asr`), normalised text
 wer_utt     speech   mean per-utterance WER in percent
-fad         both     Fréchet distance between embeddings (:mod:`agrepa.embeddings`) of the
+fad         both     Fréchet distance between embeddings (:mod:`agrepa.evaluation.embeddings`) of the
                      generated clips and of the ground-truth audio of the same test clips
-fad_inf     both     FAD∞ of the same sets (:func:`agrepa.metrics.fad_inf`)
+fad_inf     both     FAD∞ of the same sets (:func:`agrepa.evaluation.metrics.fad_inf`)
 mos_ovrl    both     mean DNSMOS OVRL (speech; audio: null with the reason unless configured)
 mos_p808    both     mean DNSMOS P.808
 spk_sim     speech   mean cosine between speaker embeddings of each clip and its prompt clip
@@ -21,7 +21,7 @@ test clips, ``eval.fad.fad_inf.bootstrap`` for FAD∞, whose every resample is i
 indices jointly for the generated and the reference set (the sets are paired by clip id); the
 point and bootstrap FADs use ``method="auto"`` (the exact QR/SVD form of the trace term when there
 are fewer embedding rows than dimensions, where sqrtm would need eps-regularisation; scipy sqrtm
-otherwise; :mod:`agrepa.metrics`). A resample
+otherwise; :mod:`agrepa.evaluation.metrics`). A resample
 repeats clips, which shrinks the effective set and biases FAD upward, so a FAD CI can lie partly
 above the point estimate; it describes resampling variability, not a symmetric error bar.
 
@@ -62,8 +62,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import config as config_mod
-from . import io, metrics
+from .. import config as config_mod
+from .. import io
+from . import metrics
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def fad_rows(gen: list[np.ndarray], ref: list[np.ndarray], domain: str, model: s
 # -- loading clips ----------------------------------------------------------------------
 
 def _manifest_rows(manifest: str | os.PathLike) -> pd.DataFrame:
-    from .corpora.manifest import read_manifest
+    from ..corpora.manifest import read_manifest
 
     df = read_manifest(manifest)
     df["id"] = df["id"].astype(str)
@@ -257,8 +258,8 @@ def _manifest_rows(manifest: str | os.PathLike) -> pd.DataFrame:
 
 
 def _gt_wave(manifest, rows: pd.DataFrame, cid: str, cfg: dict) -> np.ndarray:
-    from .audio import load_audio
-    from .corpora.manifest import resolve_path
+    from ..audio import load_audio
+    from ..corpora.manifest import resolve_path
 
     if cid not in rows.index:
         raise KeyError(f"{manifest}: no clip {cid!r}")
@@ -267,7 +268,7 @@ def _gt_wave(manifest, rows: pd.DataFrame, cid: str, cfg: dict) -> np.ndarray:
 
 
 def _read_wave(path: Path, sample_rate: int) -> np.ndarray:
-    from .audio import read_audio, resample
+    from ..audio import read_audio, resample
 
     data, sr = read_audio(path)
     return resample(data.mean(1), sr, sample_rate)
@@ -275,7 +276,7 @@ def _read_wave(path: Path, sample_rate: int) -> np.ndarray:
 
 def clips_from_samples(samples_dir, manifest, cfg: dict) -> list[Clip]:
     """Generated clips of a sample directory with their ground truth and prompt audio."""
-    from .sampling import read_samples
+    from ..generation.sampling import read_samples
 
     samples_dir = Path(samples_dir)
     table = read_samples(samples_dir)
@@ -296,9 +297,9 @@ def reference_clips(manifest, cfg: dict, mels_dir=None, vocoder=None, split: str
     """(resynthesised, ground-truth) clips of the subset ``agrepa sample`` would generate."""
     import torch
 
-    from .audio import log_mel
-    from .sampling import choose_prompts, select_targets
-    from .store import Store
+    from ..audio import log_mel
+    from ..generation.sampling import choose_prompts, select_targets
+    from ..store import Store
 
     rows = _manifest_rows(manifest)
     df = rows[rows["split"] == split]
@@ -328,7 +329,7 @@ def evaluate(cfg: dict, manifest, samples_dir=None, reference: bool = False, mel
                  "ci_level": float(ec.get("ci_level", 0.95))}
     if reference:
         if vocoder is None:
-            from .vocoder import build_vocoder
+            from ..generation.vocoder import build_vocoder
             vocoder = build_vocoder(cfg)
         clips, gt = reference_clips(manifest, cfg, mels_dir, vocoder)
         run.update(samples=None, vocoder=vocoder.describe(), sample_seed=int(config_mod.get(cfg, "sample.seed")))
@@ -373,16 +374,16 @@ def convergence_curve(cfg: dict, run_dir, manifest, mels_dir, tokens_dir, seed: 
     """FAD against the ground truth at every snapshot of ``run_dir`` (module docstring)."""
     import torch
 
-    from .sampling import choose_prompts, generate, make_request, normalisation, prompt_frames, select_targets
-    from .store import Store
+    from ..generation.sampling import choose_prompts, generate, make_request, normalisation, prompt_frames, select_targets
+    from ..store import Store
 
     if load is None:
-        from .train import load_checkpoint as load
+        from ..training.train import load_checkpoint as load
     if embedding is None:
         from .embeddings import build_embedding
         embedding = build_embedding(cfg)
     if vocoder is None:
-        from .vocoder import build_vocoder
+        from ..generation.vocoder import build_vocoder
         vocoder = build_vocoder(cfg)
     sc = config_mod.get(cfg, "sample")
     rows = _manifest_rows(manifest)
@@ -434,7 +435,7 @@ def _evaluate(args) -> int:
 
 
 def _convergence(args) -> int:
-    from .sampling import resolve_device
+    from ..generation.sampling import resolve_device
 
     cfg = config_mod.from_args(args)
     seed = int(config_mod.get(cfg, "sample.seed") if args.seed is None else args.seed)

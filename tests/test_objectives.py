@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agrepa.alignment import (BiTCHeads, REPAHeads, flow_matching_loss, method_layers, ot_path, pool,
+from agrepa.training.objectives import (BiTCHeads, REPAHeads, flow_matching_loss, method_layers, ot_path, pool,
                               read_selection)
-from agrepa.model import DiT
+from agrepa.model.dit import DiT
 
 DIMS = {"semantic": 6, "acoustic": 5}
 

@@ -50,8 +50,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from . import config as config_mod
-from .store import Store
+from .. import config as config_mod
+from ..store import Store
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def generator(*parts) -> torch.Generator:
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """The validated manifest (``agrepa.corpora.manifest.read_manifest``)."""
-    from .corpora.manifest import read_manifest as _read
+    from ..corpora.manifest import read_manifest as _read
 
     return _read(path)
 

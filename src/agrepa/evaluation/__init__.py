@@ -1,0 +1,1 @@
+"""Stage 7: evaluation (ASR/WER, embeddings/FAD, MOS, speaker similarity, metrics, listening test)."""

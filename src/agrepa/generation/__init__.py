@@ -1,0 +1,1 @@
+"""Stage 6: sampling the test split (ODE sampler) and vocoding."""

@@ -1,0 +1,1 @@
+"""Stage 4: the two-phase training protocol (loop, data, objectives, checkpoints, processes)."""
