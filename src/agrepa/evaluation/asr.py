@@ -34,6 +34,7 @@ import jiwer
 import numpy as np
 
 from .. import config as config_mod
+from ..device import resolve_device
 from .text_norm import normalize
 
 log = logging.getLogger(__name__)
@@ -127,10 +128,7 @@ def build_asr(cfg: dict) -> ASR:
     backend, model = a.get("backend"), a.get("model")
     if not model:
         raise KeyError("eval.asr.model: no ASR model given")
-    device = config_mod.get(cfg, "device", "auto")
-    if device == "auto":
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(cfg))
     if backend == "faster-whisper":
         return FasterWhisperASR(model, beam_size=a.get("beam_size", 5), device=device,
                                 compute_type=a.get("compute_type", "float32"),

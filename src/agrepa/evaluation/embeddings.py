@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import config as config_mod
+from ..device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,4 @@ def _vggish(cfg: dict) -> Embedding:
     path = config_mod.get(cfg, "eval.fad.vggish_checkpoint")
     if not path:
         raise KeyError("eval.fad.vggish_checkpoint: the vggish embedding needs a checkpoint path")
-    device = config_mod.get(cfg, "device", "auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return VGGishEmbedding.from_checkpoint(path, device)
+    return VGGishEmbedding.from_checkpoint(path, str(resolve_device(cfg)))

@@ -435,7 +435,7 @@ def _evaluate(args) -> int:
 
 
 def _convergence(args) -> int:
-    from ..generation.sampling import resolve_device
+    from ..device import resolve_device
 
     cfg = config_mod.from_args(args)
     seed = int(config_mod.get(cfg, "sample.seed") if args.seed is None else args.seed)

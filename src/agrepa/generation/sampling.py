@@ -57,6 +57,7 @@ from tqdm import tqdm
 
 from .. import config as config_mod
 from .. import io
+from ..device import resolve_device
 from ..model.dit import PAD_ID
 
 log = logging.getLogger(__name__)
@@ -303,13 +304,6 @@ def read_samples(samples_dir: str | os.PathLike) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}")
     return df
-
-
-def resolve_device(cfg: dict) -> torch.device:
-    want = config_mod.get(cfg, "device", "auto")
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(want)
 
 
 def _run(args) -> int:

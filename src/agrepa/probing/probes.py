@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from .. import config as config_mod
 from .. import io
+from ..device import move_batch, resolve_device
 from .foga import eval_mode, foga_per_sample
 from ..model.dit import DiT
 
@@ -256,21 +257,6 @@ def read_probes(path: str | Path) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- CLI
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu (config key ``device``)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"config key 'device': expected auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config key 'device': cuda asked for but no GPU is available")
-    return torch.device(name)
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
-
-
 def token_config_name(args) -> str:
     """The token config name for the CSV: ``--token-config``, else the token store's meta
     (``token_config``), else the token store's directory name (``results/tokens/A`` -> ``A``)."""
@@ -296,7 +282,7 @@ def cmd_probe(args) -> int:
     from ..training.train import load_checkpoint                        # the training stage owns checkpoints
 
     run = load_checkpoint(args.ckpt, use_ema=True)
-    device = resolve_device(str(config_mod.get(cfg, "device", "auto")))
+    device = resolve_device(cfg)
     model, heads = run.model.to(device).eval(), run.bitc.to(device).eval()
     for p in heads.parameters():                              # frozen interface heads
         p.requires_grad_(False)
@@ -334,7 +320,7 @@ def probe_batches(cfg: dict, args, device: torch.device) -> dict[str, list[dict]
         if len(got) < n_batches:
             log.warning("%s split has only %d %s batch(es) of %d clips (probe.n_batches = %d)",
                         args.split, len(got), domain, bs, n_batches)
-        out[domain] = [_to_device(b, device) for b in got]
+        out[domain] = [move_batch(b, device) for b in got]
     return out
 
 

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .. import config as C
 from .. import io
+from ..device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +110,6 @@ def pool_frames(frames: Tensor, n_real: int | None = None) -> Tensor:
     return frames[:n].mean(0)
 
 
-def resolve_device(cfg: dict) -> str:
-    """``device`` from the config: ``auto`` -> cuda when available, else cpu."""
-    device = cfg.get("device", "auto")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
 def role_config(cfg: dict, role: str) -> dict:
     if role not in ROLES:
         raise ValueError(f"teacher role {role!r}: expected one of {ROLES}")
@@ -126,7 +119,7 @@ def role_config(cfg: dict, role: str) -> dict:
 def _build_whisper(cfg: dict, tcfg: dict, teacher_dir: str | os.PathLike | None) -> Teacher:
     from .whisper import WhisperTeacher
     tcfg = {**tcfg, "threads": C.get(cfg, "teachers.threads", 1)}
-    return WhisperTeacher.from_config(tcfg, device=resolve_device(cfg))
+    return WhisperTeacher.from_config(tcfg, device=str(resolve_device(cfg)))
 
 
 def _build_beats(cfg: dict, tcfg: dict, teacher_dir: str | os.PathLike | None) -> Teacher:
@@ -134,14 +127,14 @@ def _build_beats(cfg: dict, tcfg: dict, teacher_dir: str | os.PathLike | None) -
     ckpt = tcfg.get("checkpoint") or teacher_dir
     if not ckpt:
         raise KeyError("teachers.<role>.checkpoint: the beats teacher needs a checkpoint path")
-    return BeatsTeacher.from_checkpoint(ckpt, device=resolve_device(cfg))
+    return BeatsTeacher.from_checkpoint(ckpt, device=str(resolve_device(cfg)))
 
 
 def _build_events(cfg: dict, tcfg: dict, teacher_dir: str | os.PathLike | None) -> Teacher:
     from .events import EventsTeacher
     if teacher_dir is None:
         raise ValueError("events teacher: pass --teacher-dir (the output of `agrepa teacher train`)")
-    return EventsTeacher.load(teacher_dir, cfg_audio=cfg.get("audio"), device=resolve_device(cfg))
+    return EventsTeacher.load(teacher_dir, cfg_audio=cfg.get("audio"), device=str(resolve_device(cfg)))
 
 
 TEACHERS: dict[str, Callable[[dict, dict, str | os.PathLike | None], Teacher]] = {

@@ -48,6 +48,7 @@ from tqdm import tqdm
 from .. import config as config_mod
 from . import distributed as dist_mod
 from .. import io
+from ..device import move_batch, resolve_device
 from .objectives import BiTCHeads, REPAHeads, flow_matching_loss, method_layers
 from .checkpoint import EMA, rng_state, seed_everything, set_rng_state
 from .dataset import BalancedSampler, TrainingData, crop_frames, derive_seed, generator, shard
@@ -100,17 +101,6 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", use_ema: bool =
 
 
 # -- pieces of the run --
-
-def resolve_device(cfg: dict, d: dist_mod.Dist) -> torch.device:
-    want = config_mod.get(cfg, "device")
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want not in ("cpu", "cuda"):
-        raise ValueError(f"device: expected auto, cpu or cuda, got {want!r}")
-    if want == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: cuda asked for but no GPU is available")
-    return torch.device(f"cuda:{d.local_rank}") if want == "cuda" else torch.device("cpu")
-
 
 def autocast_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on GPU, none (fp32) on CPU, unless ``train.precision`` says otherwise."""
@@ -188,10 +178,6 @@ def draw_step(cfg: dict, seed: int, phase: str, step: int, G: int) -> StepDraw:
                     x0=torch.randn(G, crop_frames(cfg), int(cfg["audio"]["n_mels"]), generator=g))
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 class MetricsLog:
     """metrics.csv rows, rewritten atomically. The rows also travel in every checkpoint,
     so a resumed run restores them even if the workflow deleted metrics.csv."""
@@ -239,7 +225,7 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, manifest, mels, tokens
 def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed, method, init, selection,
          total) -> Path:
     tc = cfg["train"]
-    device = resolve_device(cfg, d)
+    device = resolve_device(cfg, d.local_rank)
     amp = autocast_dtype(cfg, device)
     G = int(tc["batch_size"])
     local = shard(G, d.rank, d.world_size)
@@ -328,7 +314,7 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
     for step in bar:
         idx = sampler.next_batch()
         draw = draw_step(cfg, seed, phase, step, G)
-        batch = to_device(data.collate(idx[local], draw.crop[local], draw.prompt[local]), device)
+        batch = move_batch(data.collate(idx[local], draw.crop[local], draw.prompt[local]), device)
         T = batch["mel"].shape[1]
         x0 = draw.x0[local, :T].to(device)
         with (torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()):

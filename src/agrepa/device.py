@@ -1,0 +1,33 @@
+"""Where tensors live: the device from the config, moving a batch there, CPU threads."""
+from __future__ import annotations
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(cfg: dict, local_rank: int = 0) -> torch.device:
+    """The config's ``device``: ``auto`` is cuda when a GPU is visible, else cpu; with cuda,
+    process ``local_rank`` of a multi-process run gets ``cuda:<local_rank>``."""
+    want = cfg["device"]
+    if want not in DEVICES:
+        raise ValueError(f"config key 'device': expected one of {list(DEVICES)}, got {want!r}")
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config key 'device': cuda asked for but no GPU is available")
+    return torch.device(f"cuda:{local_rank}") if want == "cuda" else torch.device("cpu")
+
+
+def move_batch(batch: dict, device: torch.device) -> dict:
+    """Every tensor of a batch dict on ``device``; other values (ids, names) unchanged."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def set_threads(n: int | None) -> None:
+    """torch intra-op threads for this process (``--threads``, from the job's ``threads:``);
+    None leaves torch's default."""
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"--threads: must be >= 1, got {n}")
+        torch.set_num_threads(int(n))
