@@ -5,6 +5,7 @@ import soundfile as sf
 import torch
 
 from agrepa import audio, config
+from test_workflow_support import DEFAULT_CONFIG
 
 
 def test_log_mel_matches_vocos_feature_extractor():
@@ -12,18 +13,19 @@ def test_log_mel_matches_vocos_feature_extractor():
 
     torch.manual_seed(0)
     wave = torch.rand(2, 24000 + 1234) * 2 - 1
-    ours = audio.log_mel(wave, config.load()["audio"])
+    cfg_audio = config.load(DEFAULT_CONFIG)["audio"]
+    ours = audio.log_mel(wave, cfg_audio)
     theirs = MelSpectrogramFeatures(sample_rate=24000, n_fft=1024, hop_length=256, n_mels=100,
                                     padding="center")(wave)
-    assert ours.shape == theirs.shape == (2, 100, audio.frames_for(wave.shape[-1]))
+    assert ours.shape == theirs.shape == (2, 100, audio.frames_for(wave.shape[-1], cfg_audio))
     assert (ours - theirs).abs().max().item() < 1e-4
     # silence hits the clamp exactly as Vocos's safe_log does
-    quiet = audio.log_mel(torch.zeros(4096))
+    quiet = audio.log_mel(torch.zeros(4096), config.load(DEFAULT_CONFIG)["audio"])
     assert torch.allclose(quiet, torch.full_like(quiet, float(np.log(1e-7))))
 
 
 def test_frames_for_and_frame_rate():
-    cfg = config.load()["audio"]
+    cfg = config.load(DEFAULT_CONFIG)["audio"]
     assert audio.frame_rate(cfg) == 93.75
     for n in (600, 1024, 1280, 24000, 48001):  # reflect padding needs n > n_fft / 2
         assert audio.frames_for(n, cfg) == audio.log_mel(torch.randn(n), cfg).shape[-1]

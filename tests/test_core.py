@@ -6,18 +6,31 @@ import torch
 
 from agrepa import config, io
 from agrepa.store import Store, StoreWriter
+from test_workflow_support import DEFAULT_CONFIG
 
 
 def test_deep_merge_and_overrides(tmp_path):
-    base = tmp_path / "base.yaml"
     over = tmp_path / "over.yaml"
-    base.write_text("model: {dim: 192, n_layers: 12}\nseeds: [0, 1, 2]\n")
-    over.write_text("model: {dim: 64}\n")
-    cfg = config.load([base, over], ["model.n_heads=4", "seeds=[5]"])
-    assert cfg == {"model": {"dim": 64, "n_layers": 12, "n_heads": 4}, "seeds": [5]}
-    assert config.get(cfg, "model.dim") == 64
-    with pytest.raises(KeyError, match="model.ff_mult"):
-        config.get(cfg, "model.ff_mult")
+    over.write_text("model: {dim: 32}\n")
+    cfg = config.load([DEFAULT_CONFIG, over], ["model.n_heads=2", "seeds=[5]"])
+    assert cfg["model"]["dim"] == 32 and cfg["model"]["n_heads"] == 2 and cfg["seeds"] == [5]
+    assert cfg["model"]["n_layers"] == config.load(DEFAULT_CONFIG)["model"]["n_layers"]  # untouched keys stay
+    assert config.deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}}
+
+
+def test_a_config_missing_a_key_fails_naming_the_key(tmp_path):
+    import yaml
+
+    full = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    del full["train"]["ema_decay"]
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(yaml.safe_dump(full))
+    with pytest.raises(ValueError, match="'train.ema_decay' is missing"):
+        config.load(partial)
+    with pytest.raises(ValueError, match="train.*'lr_typo'"):
+        config.load(DEFAULT_CONFIG, ["train.lr_typo=1"])
+    with pytest.raises(ValueError, match="'model.dim'"):
+        config.load(DEFAULT_CONFIG, ["model.dim=wide"])
 
 
 def test_config_errors_name_the_file(tmp_path):
@@ -30,11 +43,11 @@ def test_config_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="list.yaml: a config must be a mapping"):
         config.load(lst)
     with pytest.raises(ValueError, match="expected KEY.PATH=VALUE"):
-        config.load(None, ["model.dim"])
+        config.load(DEFAULT_CONFIG, ["model.dim"])
 
 
 def test_default_config_loads():
-    cfg = config.load()
+    cfg = config.load(DEFAULT_CONFIG)
     assert cfg["audio"]["sample_rate"] == 24000 and cfg["audio"]["n_mels"] == 100
 
 

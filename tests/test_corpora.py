@@ -11,6 +11,7 @@ import soundfile as sf
 from agrepa import cli, config
 from agrepa.corpora import manifest as mf
 from agrepa.corpora.validate import check_audio_file
+from test_workflow_support import DEFAULT_CONFIG
 
 
 def _noise(seconds, sr, seed=0, channels=1):
@@ -97,7 +98,7 @@ def test_rejects_header_even_when_empty(tmp_path):
 
 def test_check_audio_file_reasons(tmp_path):
     bad = salt_folder(tmp_path)
-    cfg_audio = config.load()["audio"]
+    cfg_audio = config.load(DEFAULT_CONFIG)["audio"]
     for name in ["good_a.wav", "good_b.flac", "good_stereo.wav"]:
         ok, reason, info = check_audio_file(tmp_path / name, cfg_audio)
         assert ok and reason == "", (name, reason)
@@ -112,7 +113,7 @@ def test_check_audio_file_reasons(tmp_path):
 def test_folder_with_bad_files_gives_manifest_of_good_ones_and_rejects(tmp_path):
     bad = salt_folder(tmp_path / "in" / "dogs")
     out = tmp_path / "out"
-    assert cli.main(["data", "folder", "--root", str(tmp_path / "in"), "--domain", "audio",
+    assert cli.main(["data", "folder", "--config", str(DEFAULT_CONFIG), "--root", str(tmp_path / "in"), "--domain", "audio",
                      "--out", str(out)]) == 0
     df = mf.read_manifest(out / "manifest.csv")
     assert sorted(df["id"]) == ["dogs-good_a", "dogs-good_b", "dogs-good_stereo"]
@@ -133,7 +134,7 @@ TINY = ["data.synth.speech.n_speakers=3", "data.synth.speech.n_utterances=15",
 
 def _synth(out, seed):
     sets = TINY + [f"data.synth.seed={seed}"]
-    argv = ["data", "synth", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
+    argv = ["data", "synth", "--config", str(DEFAULT_CONFIG), "--out", str(out)] + [a for s in sets for a in ("--set", s)]
     assert cli.main(argv) == 0
     return out
 
@@ -159,7 +160,7 @@ def test_synth_is_deterministic_and_seeded(synth_runs):
 
 def test_synth_corpus_contents(synth_runs):
     out = synth_runs["a"]
-    cfg = config.load(None, TINY)
+    cfg = config.load(DEFAULT_CONFIG, TINY)
     df = mf.read_manifest(out / "manifest.csv")
     assert (out / "rejects.csv").read_text().startswith("path,reason")
     speech, events = df[df.domain == "speech"], df[df.domain == "audio"]
@@ -191,11 +192,11 @@ def test_synth_corpus_contents(synth_runs):
 
 def test_synth_config_errors_fail_before_any_work(tmp_path, capsys):
     out = tmp_path / "o"
-    assert cli.main(["data", "synth", "--out", str(out), "--set", "data.synth.audio.classes=[foo, rain]"]) == 2
+    assert cli.main(["data", "synth", "--config", str(DEFAULT_CONFIG), "--out", str(out), "--set", "data.synth.audio.classes=[foo, rain]"]) == 2
     assert "data.synth.audio.classes: unknown event class 'foo'" in capsys.readouterr().err
-    assert cli.main(["data", "synth", "--out", str(out), "--set", "data.synth.speech.n_speakers=500"]) == 2
+    assert cli.main(["data", "synth", "--config", str(DEFAULT_CONFIG), "--out", str(out), "--set", "data.synth.speech.n_speakers=500"]) == 2
     assert "data.synth.speech.n_speakers: 500 speakers asked for" in capsys.readouterr().err
-    assert cli.main(["data", "synth", "--out", str(out), "--set", "data.synth.speech.n_utterances=6"]) == 2
+    assert cli.main(["data", "synth", "--config", str(DEFAULT_CONFIG), "--out", str(out), "--set", "data.synth.speech.n_utterances=6"]) == 2
     assert "cannot be split" in capsys.readouterr().err
     assert not (out / "manifest.csv").exists()
 

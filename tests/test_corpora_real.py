@@ -8,6 +8,7 @@ import soundfile as sf
 
 from agrepa import cli
 from agrepa.corpora import manifest as mf
+from test_workflow_support import DEFAULT_CONFIG
 
 
 def _tone(path: Path, seconds=0.8, sr=16000, f=300.0, fmt=None):
@@ -43,7 +44,7 @@ def fake_librispeech(root: Path) -> dict[str, str]:
 def test_librispeech_loader(tmp_path):
     good = fake_librispeech(tmp_path / "LibriSpeech")
     out = tmp_path / "ls"
-    rc = cli.main(["data", "librispeech", "--root", str(tmp_path / "LibriSpeech"),
+    rc = cli.main(["data", "librispeech", "--config", str(DEFAULT_CONFIG), "--root", str(tmp_path / "LibriSpeech"),
                    "--subset", "train=train-clean-100", "--subset", "valid=",
                    "--subset", "test=test-clean", "--out", str(out)])
     assert rc == 0
@@ -63,16 +64,16 @@ def test_librispeech_loader(tmp_path):
 
 
 def test_librispeech_errors_name_the_path(tmp_path, capsys):
-    rc = cli.main(["data", "librispeech", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    rc = cli.main(["data", "librispeech", "--config", str(DEFAULT_CONFIG), "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "nowhere: LibriSpeech root not found" in capsys.readouterr().err
     (tmp_path / "LS").mkdir()
-    rc = cli.main(["data", "librispeech", "--root", str(tmp_path / "LS"), "--out", str(tmp_path / "o")])
+    rc = cli.main(["data", "librispeech", "--config", str(DEFAULT_CONFIG), "--root", str(tmp_path / "LS"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "train-clean-100: LibriSpeech subset" in err
     bad = tmp_path / "LS" / "train-clean-100" / "1" / "2"
     _tone(bad / "1-2-0000.flac")
     (bad / "1-2.trans.txt").write_text("1-2-0000\n")
-    rc = cli.main(["data", "librispeech", "--root", str(tmp_path / "LS"), "--subset", "train=train-clean-100",
+    rc = cli.main(["data", "librispeech", "--config", str(DEFAULT_CONFIG), "--root", str(tmp_path / "LS"), "--subset", "train=train-clean-100",
                    "--subset", "valid=", "--subset", "test=", "--out", str(tmp_path / "o")])
     assert rc == 2 and "1-2.trans.txt:1: expected '<utterance id> <TRANSCRIPT>'" in capsys.readouterr().err
 
@@ -105,7 +106,7 @@ def fake_audioset(root: Path):
 def test_audioset_loader_labels_and_missing_clips(tmp_path):
     fake_audioset(tmp_path / "AS")
     out = tmp_path / "as"
-    assert cli.main(["data", "audioset", "--root", str(tmp_path / "AS"), "--out", str(out),
+    assert cli.main(["data", "audioset", "--config", str(DEFAULT_CONFIG), "--root", str(tmp_path / "AS"), "--out", str(out),
                      "--set", "data.audioset.valid_fraction=0.25"]) == 0
     df = mf.read_manifest(out / "manifest.csv").set_index("id")
     assert len(df) == 42
@@ -125,7 +126,7 @@ def test_audioset_loader_labels_and_missing_clips(tmp_path):
     assert summary["missing_clips"] == 2
     assert summary["audioset"]["test"] == {"listed": 3, "kept": 1, "missing": 1, "rejected": 1}
     # the same call again gives the same split (hash-based, not order- or run-dependent)
-    assert cli.main(["data", "audioset", "--root", str(tmp_path / "AS"), "--out", str(tmp_path / "as2"),
+    assert cli.main(["data", "audioset", "--config", str(DEFAULT_CONFIG), "--root", str(tmp_path / "AS"), "--out", str(tmp_path / "as2"),
                      "--set", "data.audioset.valid_fraction=0.25"]) == 0
     assert (out / "manifest.csv").read_bytes() == (tmp_path / "as2" / "manifest.csv").read_bytes()
 
@@ -135,15 +136,15 @@ def test_audioset_malformed_csv_is_a_clear_error(tmp_path, capsys):
     fake_audioset(root)
     seg = root / "eval_segments.csv"
     seg.write_text("# header\nevspeech001, zero, 10.000, \"/m/09x0r\"\n")
-    assert cli.main(["data", "audioset", "--root", str(root), "--out", str(tmp_path / "o")]) == 2
+    assert cli.main(["data", "audioset", "--config", str(DEFAULT_CONFIG), "--root", str(root), "--out", str(tmp_path / "o")]) == 2
     assert "eval_segments.csv:2: start/end seconds must be numbers" in capsys.readouterr().err
     seg.write_text("evspeech001, 0.0, 10.0\n")
-    assert cli.main(["data", "audioset", "--root", str(root), "--out", str(tmp_path / "o")]) == 2
+    assert cli.main(["data", "audioset", "--config", str(DEFAULT_CONFIG), "--root", str(root), "--out", str(tmp_path / "o")]) == 2
     assert "eval_segments.csv:1: expected 4 fields" in capsys.readouterr().err
     (root / "class_labels_indices.csv").write_text("mid,name\n")
-    assert cli.main(["data", "audioset", "--root", str(root), "--out", str(tmp_path / "o")]) == 2
+    assert cli.main(["data", "audioset", "--config", str(DEFAULT_CONFIG), "--root", str(root), "--out", str(tmp_path / "o")]) == 2
     assert "class_labels_indices.csv: expected the header 'index,mid,display_name'" in capsys.readouterr().err
-    assert cli.main(["data", "audioset", "--root", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert cli.main(["data", "audioset", "--config", str(DEFAULT_CONFIG), "--root", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "none: AudioSet root not found" in capsys.readouterr().err
 
 
@@ -156,14 +157,14 @@ def test_merge_makes_paths_absolute_and_rejects_duplicates(tmp_path, capsys):
                  "domain": "audio", "split": "train", "labels": "tone", "caption": "a tone"} for i in ids]
         mf.write_manifest(mf.make_manifest(rows), d / "manifest.csv")
         mf.write_rejects([(f"audio/bad_{name}.wav", "silent")], d / "rejects.csv")
-    assert cli.main(["data", "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")]) == 0
+    assert cli.main(["data", "merge", "--config", str(DEFAULT_CONFIG), str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")]) == 0
     df = mf.read_manifest(tmp_path / "m" / "manifest.csv")
     assert list(df.id) == ["x1", "x2", "y1"]
     assert all(Path(p).is_absolute() and Path(p).exists() for p in df.path)
     rej = mf.read_rejects(tmp_path / "m" / "rejects.csv")
     assert [Path(p).name for p in rej.path] == ["bad_a.wav", "bad_b.wav"]
     assert all(Path(p).is_absolute() for p in rej.path)
-    rc = cli.main(["data", "merge", str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path / "m2")])
+    rc = cli.main(["data", "merge", "--config", str(DEFAULT_CONFIG), str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path / "m2")])
     assert rc == 2 and "duplicate id 'x1'" in capsys.readouterr().err
 
 
@@ -172,7 +173,7 @@ def test_speech_folder_speakers_transcripts_and_hash_split(tmp_path):
         for k in range(10):
             _tone(tmp_path / "in" / spk / f"u{k}.flac", f=200 + 20 * k)
             (tmp_path / "in" / spk / f"u{k}.txt").write_text(f"utterance {k} of {spk}\n")
-    args = ["data", "folder", "--root", str(tmp_path / "in"), "--domain", "speech",
+    args = ["data", "folder", "--config", str(DEFAULT_CONFIG), "--root", str(tmp_path / "in"), "--domain", "speech",
             "--set", "data.folder.valid_fraction=0.2", "--set", "data.folder.test_fraction=0.3"]
     assert cli.main(args + ["--out", str(tmp_path / "o1")]) == 0
     df = mf.read_manifest(tmp_path / "o1" / "manifest.csv").set_index("id")

@@ -17,6 +17,7 @@ import yaml
 from agrepa import config as config_mod
 from agrepa.training.dataset import BalancedSampler, TrainingData, crop_frames, shard
 from agrepa.store import StoreWriter
+from test_workflow_support import DEFAULT_CONFIG
 
 N_MELS = 16
 VOCAB = 40
@@ -39,7 +40,7 @@ def tiny_cfg(tmp_path: Path, extra: dict | None = None) -> tuple[dict, Path]:
     over = config_mod.deep_merge(TINY, extra or {})
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(over))
-    return config_mod.load([config_mod.DEFAULT, path]), path
+    return config_mod.load([DEFAULT_CONFIG, path]), path
 
 
 def make_corpus(root: Path, n_speech: int = 6, n_audio: int = 6, seed: int = 0) -> dict:

@@ -18,13 +18,14 @@ from agrepa.evaluation.asr import wer_counts
 from agrepa.store import Store
 from test_eval_corpus import VOCAB, make_corpus
 from test_sampling import tiny_model
+from test_workflow_support import DEFAULT_CONFIG
 
 SPEECH_METRICS = {"wer", "wer_utt", "fad", "fad_inf", "mos_ovrl", "mos_p808", "spk_sim"}
 AUDIO_METRICS = {"fad", "fad_inf", "mos_ovrl", "mos_p808"}
 
 
 def small_cfg(**mos):
-    cfg = config.load()
+    cfg = config.load(DEFAULT_CONFIG)
     cfg["sample"].update(steps=2, griffinlim_iters=4, max_clips={"speech": 2, "audio": 2})
     cfg["eval"]["bootstrap"] = 50
     cfg["eval"]["mos"].update(mos)
@@ -135,11 +136,11 @@ def test_sample_and_convergence_clis(corpus, tmp_path):
     config.save_resolved(cfg, tmp_path, "cfg.yaml")
     common = ["--config", str(cfg_file), "--manifest", str(corpus["manifest"]), "--mels", str(corpus["mels"]),
               "--tokens", str(corpus["tokens"])]
-    assert cli.main(["sample", "--ckpt", str(run / "final.pt"), "--out", str(tmp_path / "s"), "--seed", "0",
+    assert cli.main(["sample", "--config", str(DEFAULT_CONFIG), "--ckpt", str(run / "final.pt"), "--out", str(tmp_path / "s"), "--seed", "0",
                      *common]) == 0
     assert (tmp_path / "s" / "samples.csv").exists() and (tmp_path / "s" / "s0.wav").exists()
     out = tmp_path / "conv.csv"
-    assert cli.main(["convergence", "--run", str(run), "--out", str(out), *common]) == 0
+    assert cli.main(["convergence", "--config", str(DEFAULT_CONFIG), "--run", str(run), "--out", str(out), *common]) == 0
     import pandas as pd
     df = pd.read_csv(out)
     assert list(df.columns) == evaluate.CONVERGENCE_COLUMNS
@@ -151,11 +152,11 @@ def test_sample_and_convergence_clis(corpus, tmp_path):
     assert metrics.steps_to_threshold(sp["step"], sp["fad"], hi) == 100.0
     assert metrics.steps_to_threshold(sp["step"], sp["fad"], float(sp["fad"].min()) / 2) is None
     # bad input is a clear error naming the directory
-    assert cli.main(["convergence", "--run", str(tmp_path / "nope"), "--out", str(out), *common]) == 2
+    assert cli.main(["convergence", "--config", str(DEFAULT_CONFIG), "--run", str(tmp_path / "nope"), "--out", str(out), *common]) == 2
 
 
 def test_evaluate_cli_needs_samples_or_reference(corpus, tmp_path, capsys):
-    rc = cli.main(["evaluate", "--manifest", str(corpus["manifest"]), "--out", str(tmp_path / "e.json")])
+    rc = cli.main(["evaluate", "--config", str(DEFAULT_CONFIG), "--manifest", str(corpus["manifest"]), "--out", str(tmp_path / "e.json")])
     assert rc == 2 and "--samples is required" in capsys.readouterr().err
 
 

@@ -6,6 +6,7 @@ import torch
 from agrepa.evaluation import asr
 
 from agrepa import config
+from test_workflow_support import DEFAULT_CONFIG
 
 
 def test_wheel_model_resolves_with_its_hash_and_bad_paths_are_named(tmp_path):
@@ -14,7 +15,7 @@ def test_wheel_model_resolves_with_its_hash_and_bad_paths_are_named(tmp_path):
     assert asr.resolve_ct2_model("large-v3") == ("large-v3", None)   # a size/hub id is passed through
     with pytest.raises(FileNotFoundError, match="model.bin"):
         asr.resolve_ct2_model(str(tmp_path))
-    cfg = config.load()
+    cfg = config.load(DEFAULT_CONFIG)
     cfg["eval"]["asr"]["backend"] = "nemo"
     with pytest.raises(ValueError, match="eval.asr.backend"):
         asr.build_asr(cfg)
@@ -48,7 +49,7 @@ def test_transformers_backend_loads_a_local_whisper(tmp_path):
     d = tmp_path / "whisper-random.en"
     model.save_pretrained(d)
     WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tok).save_pretrained(d)
-    cfg = config.load()
+    cfg = config.load(DEFAULT_CONFIG)
     cfg["device"] = "cpu"
     cfg["eval"]["asr"].update(backend="transformers", model=str(d), beam_size=1)
     backend = asr.build_asr(cfg)

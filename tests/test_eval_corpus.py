@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agrepa import audio
+from agrepa import audio, config
 from agrepa.corpora.manifest import make_manifest, read_manifest, write_manifest
 from agrepa.store import StoreWriter
+from test_workflow_support import DEFAULT_CONFIG
 
 SENTENCES = [("spk0", "the cat sat on the mat"), ("spk0", "open the door please"),
              ("spk1", "we have two dogs"), ("spk1", "the sun is very bright")]
@@ -54,7 +55,7 @@ def make_corpus(root: Path) -> dict:
         r.update(path=f"audio/{r['id']}.wav", duration=len(waves[r["id"]]) / 24000, sample_rate=24000,
                  split="test")
     write_manifest(make_manifest(rows), root / "manifest.csv")
-    mels = {cid: audio.log_mel(w).T.contiguous() for cid, w in waves.items()}
+    mels = {cid: audio.log_mel(w, config.load(DEFAULT_CONFIG)["audio"]).T.contiguous() for cid, w in waves.items()}
     allm = torch.cat(list(mels.values()))
     mw = StoreWriter(root / "mels", meta={"stats": {"mean": allm.mean(0).tolist(), "std": allm.std(0).tolist()}})
     tw = StoreWriter(root / "tokens", meta={"vocab_size": VOCAB})

@@ -6,6 +6,7 @@ import torch
 from agrepa import config
 
 from agrepa.evaluation import embeddings
+from test_workflow_support import DEFAULT_CONFIG
 
 
 def test_vggish_front_end_framing_and_mel_matrix():
@@ -29,7 +30,7 @@ def test_vggish_loads_torchvggish_state_dict(tmp_path):
                {f"embeddings.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")}
     assert set(state) == expected
     torch.save(state, tmp_path / "vggish.pth")
-    cfg = config.load()
+    cfg = config.load(DEFAULT_CONFIG)
     cfg["eval"]["fad"].update(embedding="vggish", vggish_checkpoint=str(tmp_path / "vggish.pth"))
     emb = embeddings.build_embedding(cfg)
     wave = np.random.default_rng(1).normal(size=48000).astype(np.float32) * 0.1
@@ -53,7 +54,7 @@ def test_registry_is_the_extension_point():
 
     embeddings.register_embedding("energy-test")(lambda cfg: Energy())
     try:
-        cfg = config.load()
+        cfg = config.load(DEFAULT_CONFIG)
         cfg["eval"]["fad"]["embedding"] = "energy-test"
         assert embeddings.build_embedding(cfg).embed(np.ones(10), 24000).shape == (1, 1)
     finally:

@@ -9,6 +9,7 @@ from agrepa import audio, cli, io
 
 from agrepa.evaluation import listening_test
 from agrepa.generation.sampling import SAMPLE_COLUMNS
+from test_workflow_support import DEFAULT_CONFIG
 
 
 def _samples_dir(root, ids, f0):
@@ -27,7 +28,7 @@ def test_page_is_blinded_and_complete(tmp_path):
     a = _samples_dir(tmp_path / "A" / "seed0" / "baseline", ["s0", "s1", "a0"], 200)
     b = _samples_dir(tmp_path / "A" / "seed0" / "ag_repa", ["s0", "s1", "a0", "a9"], 300)
     out = tmp_path / "lt" / "index.html"
-    assert cli.main(["listening-test", "--samples", str(a), str(b), "--out", str(out), "--seed", "3",
+    assert cli.main(["listening-test", "--config", str(DEFAULT_CONFIG), "--samples", str(a), str(b), "--out", str(out), "--seed", "3",
                      "--max-clips", "5"]) == 0
     page = out.read_text()
     key = json.loads(listening_test.key_path(out).read_text())
@@ -40,7 +41,7 @@ def test_page_is_blinded_and_complete(tmp_path):
     assert "exportRatings" in page and "text/csv" in page and "http" not in page.replace("http-equiv", "")
     # the order is shuffled but reproducible for a seed
     out2 = tmp_path / "lt2.html"
-    assert cli.main(["listening-test", "--samples", str(a), str(b), "--out", str(out2), "--seed", "3",
+    assert cli.main(["listening-test", "--config", str(DEFAULT_CONFIG), "--samples", str(a), str(b), "--out", str(out2), "--seed", "3",
                      "--max-clips", "5"]) == 0
     assert re.findall(r"data-item='(item\d+)'", out2.read_text()) == items
     shown = [(key["items"][i]["method"], key["items"][i]["clip_id"]) for i in items]
@@ -52,7 +53,7 @@ def test_linked_audio_is_blinded_too(tmp_path):
     a = _samples_dir(tmp_path / "baseline", ["s0", "a0"], 200)
     b = _samples_dir(tmp_path / "ag_repa", ["s0", "a0"], 300)
     out = tmp_path / "lt" / "page.html"
-    assert cli.main(["listening-test", "--samples", str(a), str(b), "--out", str(out), "--audio", "link",
+    assert cli.main(["listening-test", "--config", str(DEFAULT_CONFIG), "--samples", str(a), str(b), "--out", str(out), "--audio", "link",
                      "--max-clips", "1"]) == 0
     page = out.read_text()
     items = re.findall(r"data-item='(item\d+)'", page)
@@ -74,5 +75,5 @@ def test_method_names_are_distinct_suffixes(tmp_path):
 def test_no_shared_clips_is_an_error(tmp_path, capsys):
     a = _samples_dir(tmp_path / "a", ["s0"], 200)
     b = _samples_dir(tmp_path / "b", ["s1"], 200)
-    assert cli.main(["listening-test", "--samples", str(a), str(b), "--out", str(tmp_path / "p.html")]) == 2
+    assert cli.main(["listening-test", "--config", str(DEFAULT_CONFIG), "--samples", str(a), str(b), "--out", str(tmp_path / "p.html")]) == 2
     assert "share no clip id" in capsys.readouterr().err

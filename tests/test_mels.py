@@ -8,6 +8,7 @@ from agrepa import audio, cli, config, io
 from agrepa.corpora import manifest as mf
 from agrepa.corpora.mels import load_stats
 from agrepa.store import Store, StoreWriter
+from test_workflow_support import DEFAULT_CONFIG
 
 
 def _corpus(tmp_path):
@@ -30,8 +31,8 @@ def _corpus(tmp_path):
 def test_mel_store_and_train_only_stats(tmp_path):
     man = _corpus(tmp_path)
     out = tmp_path / "mels"
-    assert cli.main(["data", "mels", "--manifest", str(man), "--out", str(out)]) == 0
-    cfg = config.load()
+    assert cli.main(["data", "mels", "--config", str(DEFAULT_CONFIG), "--manifest", str(man), "--out", str(out)]) == 0
+    cfg = config.load(DEFAULT_CONFIG)
     store = Store(out / "index.json")
     assert sorted(store.keys()) == [f"c{i}" for i in range(6)]
     mels = {}
@@ -39,7 +40,7 @@ def test_mel_store_and_train_only_stats(tmp_path):
         wave = audio.load_audio(tmp_path / row.path, 24000, peak=cfg["audio"]["peak_normalize"])
         expected = audio.log_mel(torch.from_numpy(wave), cfg["audio"]).T
         got = store.get(row.id)["mel"]
-        assert got.dtype == torch.float32 and got.shape == (audio.frames_for(len(wave)), 100)
+        assert got.dtype == torch.float32 and got.shape == (audio.frames_for(len(wave), cfg["audio"]), 100)
         assert torch.allclose(got, expected)
         mels[row.id] = (row.split, got.double())
     train = torch.cat([m for s, m in mels.values() if s == "train"])
@@ -59,10 +60,10 @@ def test_mel_errors(tmp_path, capsys):
     man = _corpus(tmp_path)
     df = mf.read_manifest(man)
     mf.write_manifest(df.assign(split="test"), tmp_path / "no_train.csv")
-    assert cli.main(["data", "mels", "--manifest", str(tmp_path / "no_train.csv"), "--out", str(tmp_path / "m")]) == 2
+    assert cli.main(["data", "mels", "--config", str(DEFAULT_CONFIG), "--manifest", str(tmp_path / "no_train.csv"), "--out", str(tmp_path / "m")]) == 2
     assert "no_train.csv: no train clips" in capsys.readouterr().err
     (tmp_path / "c4.wav").write_text("gone bad")
-    assert cli.main(["data", "mels", "--manifest", str(man), "--out", str(tmp_path / "m")]) == 2
+    assert cli.main(["data", "mels", "--config", str(DEFAULT_CONFIG), "--manifest", str(man), "--out", str(tmp_path / "m")]) == 2
     assert "c4.wav: unreadable or corrupt audio" in capsys.readouterr().err
     assert not (tmp_path / "m" / "index.json").exists()  # nothing that looks complete
     w = StoreWriter(tmp_path / "other")

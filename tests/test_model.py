@@ -78,5 +78,6 @@ def test_per_sample_gates_and_build_model():
         m(x, t, tokens, prompt, gates=torch.ones(5))
     with pytest.raises(ValueError, match="token ids"):
         m(x, t, tokens + 100, prompt)
-    cfg = {"model": {"n_layers": 3, "dim": 16, "n_heads": 2}, "audio": {"n_mels": 8}}
+    cfg = {"model": {"n_layers": 3, "dim": 16, "n_heads": 2, "ff_mult": 4, "dropout": 0.0, "token_dim": None},
+           "audio": {"n_mels": 8}}
     assert build_model(cfg, 11).n_layers == 3

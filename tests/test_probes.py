@@ -8,7 +8,8 @@ from torch import nn
 
 from agrepa.training.objectives import BiTCHeads, flow_matching_loss, pool
 from agrepa.probing.foga import foga
-from agrepa.probing.probes import CSV_COLUMNS, bitc_scorer, fixed_noise, gradnorm, lasp, read_probes, run_probes
+from agrepa.probing.probes import bitc_scorer, fixed_noise, gradnorm, lasp, run_probes
+from agrepa.probing.records import CSV_COLUMNS, read_probes
 from test_foga import make_inputs, make_model
 
 TEACHER_DIMS = {"semantic": 6, "acoustic": 5}

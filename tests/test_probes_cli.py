@@ -13,6 +13,7 @@ from agrepa.cli import main as cli_main
 from agrepa.probing.probes import CSV_COLUMNS
 from agrepa.reports.probes import figure1, table1
 from test_dataset import make_corpus, tiny_cfg
+from test_workflow_support import DEFAULT_CONFIG
 
 torch.set_num_threads(1)
 GRID = [0.3, 0.8]
@@ -38,8 +39,7 @@ def probe_args(cfg_path, paths, ckpt, out, *extra):
 
 
 def _default():
-    from agrepa.config import DEFAULT
-    return str(DEFAULT)
+    return str(DEFAULT_CONFIG)
 
 
 def test_probe_cli_csv_then_select_and_report(warm):

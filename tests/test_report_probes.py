@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from agrepa import io
-from agrepa.probing.probes import CSV_COLUMNS
+from agrepa.probing.records import CSV_COLUMNS
 from agrepa.reports.probes import figure1, heatmap_matrix, probe_bars, table1, table1_long
 
 L, GRID = 8, [0.1, 0.5, 0.9]

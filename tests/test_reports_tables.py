@@ -9,6 +9,7 @@ import pytest
 from agrepa import cli
 from agrepa import config as agrepa_config
 from agrepa.reports import figures, tables
+from test_workflow_support import DEFAULT_CONFIG
 
 METHODS = ["baseline", "repa_l4", "ag_repa", "sel_random"]
 # speech FAD per method and seed (seed 0, seed 1)
@@ -16,7 +17,7 @@ SPEECH_FAD = {"baseline": (2.0, 2.2), "repa_l4": (1.8, 1.9), "ag_repa": (1.5, 1.
 
 
 def small_cfg():
-    cfg = agrepa_config.load()
+    cfg = agrepa_config.load(DEFAULT_CONFIG)
     cfg["name"] = "unit"
     cfg["seeds"] = [0, 1]
     cfg["token_configs"] = ["A"]
@@ -199,11 +200,11 @@ def test_report_cli_writes_tables_and_figures(results, tmp_path):
     agrepa_config.save_resolved(cfg, tmp_path, "cfg.yaml")
     out = tmp_path / "out"
     base = ["--config", str(cfg_path)]
-    assert cli.main(["report", "metrics", *base, "--eval", *map(str, results["evals"]),
+    assert cli.main(["report", "metrics", "--config", str(DEFAULT_CONFIG), *base, "--eval", *map(str, results["evals"]),
                      "--reference", str(results["ref"]), "--out", str(out / "metrics.csv")]) == 0
-    assert cli.main(["report", "table2", *base, "--metrics", str(out / "metrics.csv"),
+    assert cli.main(["report", "table2", "--config", str(DEFAULT_CONFIG), *base, "--metrics", str(out / "metrics.csv"),
                      "--out", str(out / "table2.csv")]) == 0
-    assert cli.main(["report", "table3", *base, "--metrics", str(out / "metrics.csv"),
+    assert cli.main(["report", "table3", "--config", str(DEFAULT_CONFIG), *base, "--metrics", str(out / "metrics.csv"),
                      "--convergence", *map(str, results["convs"]), "--selection", *map(str, results["sels"]),
                      "--out", str(out / "table3.csv")]) == 0
     for name in ("metrics.csv", "table2.csv", "table2_vs_paper.csv", "table3.csv", "table3_vs_paper.csv"):
@@ -212,14 +213,14 @@ def test_report_cli_writes_tables_and_figures(results, tmp_path):
     assert "reference" not in set(pd.read_csv(out / "table2_vs_paper.csv")["method"])
     style = tmp_path / "s.mplstyle"
     style.write_text("font.size: 7\n")
-    assert cli.main(["report", "convergence", *base, "--convergence", *map(str, results["convs"]),
+    assert cli.main(["report", "convergence", "--config", str(DEFAULT_CONFIG), *base, "--convergence", *map(str, results["convs"]),
                      "--style", str(style), "--out", str(out / "conv.png")]) == 0
-    assert cli.main(["report", "seed-scatter", *base, "--metrics", str(out / "metrics.csv"),
+    assert cli.main(["report", "seed-scatter", "--config", str(DEFAULT_CONFIG), *base, "--metrics", str(out / "metrics.csv"),
                      "--style", str(style), "--out", str(out / "scatter.png")]) == 0
     for name in ("conv.png", "scatter.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a missing style file is a clear error naming it
-    assert cli.main(["report", "seed-scatter", *base, "--metrics", str(out / "metrics.csv"),
+    assert cli.main(["report", "seed-scatter", "--config", str(DEFAULT_CONFIG), *base, "--metrics", str(out / "metrics.csv"),
                      "--style", str(tmp_path / "nope.mplstyle"), "--out", str(out / "x.png")]) == 2
 
 

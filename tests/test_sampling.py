@@ -13,6 +13,7 @@ from agrepa import config
 from agrepa.generation import sampling
 from agrepa.model.dit import DiT
 from test_eval_corpus import VOCAB, make_corpus
+from test_workflow_support import DEFAULT_CONFIG
 
 
 def tiny_model(seed=0, vocab=VOCAB):
@@ -102,7 +103,7 @@ def test_sample_split_writes_the_contract(tmp_path):
     from agrepa.generation.vocoder import build_vocoder
 
     c = make_corpus(tmp_path / "data")
-    cfg = config.load()
+    cfg = config.load(DEFAULT_CONFIG)
     cfg["sample"].update(steps=2, griffinlim_iters=2, max_clips={"speech": 2, "audio": 2})
     out = tmp_path / "samples"
     table = sampling.sample_split(tiny_model(), cfg, c["manifest"], c["mels"], c["tokens"], "test", 0, out,

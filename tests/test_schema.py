@@ -5,9 +5,9 @@ import pytest
 import yaml
 
 from agrepa import config as agrepa_config
-from test_workflow_support import REPO, copy_workflow, job_counts, snakemake
+from test_workflow_support import DEFAULT_CONFIG, REPO, copy_workflow, job_counts, snakemake
 
-SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load(agrepa_config.SCHEMA.read_text())
 
 
 def objects(schema, path="config"):
@@ -41,13 +41,13 @@ def test_shipped_configs_validate(overlay):
 ])
 def test_misspelt_key_names_the_key(text, key):
     bad = yaml.safe_load(text)
-    merged = agrepa_config.deep_merge(agrepa_config.load(), bad)
+    merged = agrepa_config.deep_merge(agrepa_config.load(DEFAULT_CONFIG), bad)
     with pytest.raises(jsonschema.ValidationError, match=f"'{key}' was unexpected"):
         jsonschema.validate(merged, SCHEMA)
 
 
 def test_wrong_type_and_enum_fail():
-    cfg = agrepa_config.load()
+    cfg = agrepa_config.load(DEFAULT_CONFIG)
     for key, value in (("device", "tpu"), ("token_configs", ["C"]), ("seeds", [0, 0])):
         bad = dict(cfg, **{key: value})
         with pytest.raises(jsonschema.ValidationError):

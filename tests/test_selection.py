@@ -9,6 +9,7 @@ import pytest
 from agrepa import cli, io
 from agrepa.probing.probes import CSV_COLUMNS
 from agrepa.probing.selection import layer_scores, random_layers, select, top_k, weights_from_scores
+from test_workflow_support import DEFAULT_CONFIG
 
 L = 6
 GRID = [0.25, 0.75]
@@ -104,7 +105,7 @@ def test_cli_json_is_deterministic_and_weights_sum_to_one(tmp_path, strategy):
     outs = []
     for i in range(2):
         out = tmp_path / f"sel{i}.json"
-        assert cli.main(["select", "--probes", str(src), "--strategy", strategy, "--k", "3",
+        assert cli.main(["select", "--config", str(DEFAULT_CONFIG), "--probes", str(src), "--strategy", strategy, "--k", "3",
                          "--seed", "4", "--out", str(out)]) == 0
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
@@ -118,11 +119,11 @@ def test_cli_json_is_deterministic_and_weights_sum_to_one(tmp_path, strategy):
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
-    rc = cli.main(["select", "--probes", str(tmp_path / "none.csv"), "--strategy", "foga", "--seed", "0",
+    rc = cli.main(["select", "--config", str(DEFAULT_CONFIG), "--probes", str(tmp_path / "none.csv"), "--strategy", "foga", "--seed", "0",
                    "--out", str(tmp_path / "s.json")])
     assert rc == 2 and "none.csv: probes CSV not found" in capsys.readouterr().err
     src = tmp_path / "p.csv"
     io.write_csv(src, probes_df())
-    rc = cli.main(["select", "--probes", str(src), "--strategy", "foga", "--k", "8", "--seed", "0",
+    rc = cli.main(["select", "--config", str(DEFAULT_CONFIG), "--probes", str(src), "--strategy", "foga", "--k", "8", "--seed", "0",
                    "--out", str(tmp_path / "s.json")])
     assert rc == 2 and "K=8" in capsys.readouterr().err and not (tmp_path / "s.json").exists()

@@ -11,9 +11,10 @@ from agrepa import audio as A
 from agrepa import config as C
 from agrepa.corpora.manifest import make_manifest, write_manifest
 from agrepa.store import Store
-from agrepa.teachers import build_teacher, pool_frames
+from agrepa.teachers.base import build_teacher, pool_frames
 from agrepa.teachers.beats import BEATs, BEATsConfig, BeatsTeacher, load_checkpoint, save_checkpoint
 from agrepa.teachers.whisper import TINY_EN_SHA256, WhisperTeacher, real_encoder_frames
+from test_workflow_support import DEFAULT_CONFIG
 
 torch.set_num_threads(1)
 
@@ -33,7 +34,7 @@ def speechlike(seconds: float, sr: int = 16000, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def ct2_teacher():
     """The wheel's tiny.en in Whisper's own mode: every window padded to 30 s."""
-    cfg = C.load(overrides=["teachers.semantic.pad_to_window=true"])
+    cfg = C.load(DEFAULT_CONFIG, overrides=["teachers.semantic.pad_to_window=true"])
     return build_teacher(cfg, "semantic")
 
 
@@ -62,7 +63,7 @@ def test_ct2_tiny_en_pooled_excludes_padding(ct2_teacher):
 
 def test_ct2_real_frames_only_mode(ct2_teacher):
     """pad_to_window=false feeds only the real mel frames: same frame count, other values."""
-    cfg = C.load(overrides=["teachers.semantic.pad_to_window=false"])
+    cfg = C.load(DEFAULT_CONFIG, overrides=["teachers.semantic.pad_to_window=false"])
     fast = build_teacher(cfg, "semantic")
     assert fast.fingerprint() != ct2_teacher.fingerprint()
     wave = speechlike(2.0)
@@ -77,13 +78,13 @@ def test_ct2_real_frames_only_mode(ct2_teacher):
 
 
 def test_ct2_sha256_is_verified(tmp_path):
-    cfg = C.load(overrides=["teachers.semantic.sha256=" + "ab" * 32])
+    cfg = C.load(DEFAULT_CONFIG, overrides=["teachers.semantic.sha256=" + "ab" * 32])
     with pytest.raises(ValueError, match="model.bin: sha256"):
         build_teacher(cfg, "semantic")
 
 
 def test_ct2_missing_model_dir(tmp_path):
-    cfg = C.load(overrides=[f"teachers.semantic.model={tmp_path / 'nope'}"])
+    cfg = C.load(DEFAULT_CONFIG, overrides=[f"teachers.semantic.model={tmp_path / 'nope'}"])
     with pytest.raises(FileNotFoundError, match="nope/model.bin"):
         build_teacher(cfg, "semantic")
 
@@ -103,7 +104,7 @@ def hf_whisper_dir(tmp_path_factory):
 
 
 def test_transformers_whisper_pooled_excludes_padding(hf_whisper_dir, tmp_path):
-    t = WhisperTeacher.from_config({"backend": "transformers", "model": str(hf_whisper_dir)})
+    t = WhisperTeacher.from_config({"backend": "transformers", "model": str(hf_whisper_dir), "pad_to_window": True})
     assert t.dim == 64 and t.window_samples == 400 * 160  # 200 positions x 2 = 400 mel frames = 4 s
     wave = speechlike(2.0, seed=1)
     frames, pooled = t.embed(wave, 16000)
@@ -125,13 +126,14 @@ def test_transformers_whisper_pooled_excludes_padding(hf_whisper_dir, tmp_path):
                                     "pad_to_window": False})
     # the fingerprint tracks the weights
     assert t.fingerprint() == WhisperTeacher.from_config(
-        {"backend": "transformers", "model": str(hf_whisper_dir)}).fingerprint()
+        {"backend": "transformers", "model": str(hf_whisper_dir), "pad_to_window": True}).fingerprint()
     from transformers import WhisperModel
     other = WhisperModel.from_pretrained(hf_whisper_dir)
     with torch.no_grad():
         other.encoder.layer_norm.bias.add_(0.01)
     other.save_pretrained(tmp_path / "other")
-    t2 = WhisperTeacher.from_config({"backend": "transformers", "model": str(tmp_path / "other")})
+    t2 = WhisperTeacher.from_config({"backend": "transformers", "model": str(tmp_path / "other"),
+                                     "pad_to_window": True})
     assert t2.fingerprint() != t.fingerprint()
     assert not torch.equal(t2.embed(wave, 16000)[1], pooled)
 
@@ -231,7 +233,7 @@ def test_embedding_cache_hit_and_miss(tmp_path, monkeypatch):
     ckpt = tmp_path / "beats.pt"
     save_checkpoint(BEATs(tiny_beats_cfg()), ckpt)
     manifest, rows = write_clips(tmp_path, 3)
-    cfg = C.load(overrides=["teachers.acoustic.name=beats", f"teachers.acoustic.checkpoint={ckpt}"])
+    cfg = C.load(DEFAULT_CONFIG, overrides=["teachers.acoustic.name=beats", f"teachers.acoustic.checkpoint={ckpt}"])
     calls = []
     original = BeatsTeacher.frames
     monkeypatch.setattr(BeatsTeacher, "frames", lambda self, w: calls.append(1) or original(self, w))
@@ -264,7 +266,10 @@ def test_embedding_cache_hit_and_miss(tmp_path, monkeypatch):
 
 
 def test_unknown_teacher_name():
-    cfg = C.load(overrides=["teachers.acoustic.name=vggish"])
+    with pytest.raises(ValueError, match="teachers.acoustic.name"):  # the schema refuses it at load time
+        C.load(DEFAULT_CONFIG, overrides=["teachers.acoustic.name=vggish"])
+    cfg = C.load(DEFAULT_CONFIG)
+    cfg["teachers"]["acoustic"]["name"] = "vggish"                   # and the registry, for a dict built in code
     with pytest.raises(KeyError, match="teachers.acoustic.name"):
         build_teacher(cfg, "acoustic")
     with pytest.raises(ValueError, match="teacher role"):

@@ -11,8 +11,9 @@ from agrepa import audio as A
 from agrepa import config as C
 from agrepa.cli import main
 from agrepa.corpora.manifest import make_manifest, write_manifest
-from agrepa.teachers import build_teacher
+from agrepa.teachers.base import build_teacher
 from agrepa.teachers.events import EventsTeacher, average_precision, multilabel_metrics
+from test_workflow_support import DEFAULT_CONFIG
 
 torch.set_num_threads(1)
 
@@ -53,12 +54,12 @@ def event_corpus(tmp_path_factory):
 
 SMALL = ["teachers.acoustic.events.dim=32", "teachers.acoustic.events.n_layers=1",
          "teachers.acoustic.events.epochs=30", "teachers.acoustic.events.batch_size=8",
-         "teachers.acoustic.events.lr=3e-3", "teachers.acoustic.events.dropout=0.0", "teachers.threads=1"]
+         "teachers.acoustic.events.lr=3.0e-3", "teachers.acoustic.events.dropout=0.0"]
 
 
 def test_event_teacher_trains_well_above_chance(event_corpus, tmp_path):
     out = tmp_path / "teacher"
-    args = ["teacher", "train", "--manifest", str(event_corpus), "--out", str(out)]
+    args = ["teacher", "train", "--config", str(DEFAULT_CONFIG), "--threads", "1", "--manifest", str(event_corpus), "--out", str(out)]
     for s in SMALL:
         args += ["--set", s]
     assert main(args) == 0
@@ -74,13 +75,13 @@ def test_event_teacher_trains_well_above_chance(event_corpus, tmp_path):
     assert metrics["train_loss"][-1] < metrics["train_loss"][0]
 
     # frozen teacher: frame features at mel rate / 4, pooled over real frames
-    cfg = C.load(overrides=SMALL)
+    cfg = C.load(DEFAULT_CONFIG, overrides=SMALL)
     teacher = build_teacher(cfg, "acoustic", teacher_dir=out)
     assert isinstance(teacher, EventsTeacher)
     assert teacher.frame_rate == pytest.approx(93.75 / 4) and teacher.dim == 32
     wave = torch.from_numpy(event_clip(3, np.random.default_rng(5)))
     frames, pooled = teacher.embed(wave, 24000)
-    assert frames.shape == (A.frames_for(len(wave)) // 4, 32)
+    assert frames.shape == (A.frames_for(len(wave), cfg["audio"]) // 4, 32)
     padded = torch.cat([wave, torch.zeros(12000)])[None]
     (_, pooled_p), = teacher.embed_padded(padded, [len(wave)], 24000)
     assert torch.equal(pooled, pooled_p)
@@ -88,7 +89,7 @@ def test_event_teacher_trains_well_above_chance(event_corpus, tmp_path):
 
     # deterministic for a seed
     out2 = tmp_path / "teacher2"
-    assert main(args[:4] + ["--out", str(out2)] + args[6:]) == 0
+    assert main([str(out2) if a == str(out) else a for a in args]) == 0
     assert (out / "model.safetensors").read_bytes() == (out2 / "model.safetensors").read_bytes()
 
 
@@ -97,7 +98,7 @@ def test_event_teacher_needs_valid_clips(tmp_path):
     rows = [{"id": f"a{i}", "path": "a.wav", "duration": 0.5, "sample_rate": 24000, "domain": "audio",
              "split": "train", "labels": "x" if i else "y"} for i in range(2)]
     write_manifest(make_manifest(rows), tmp_path / "m.csv")
-    rc = main(["teacher", "train", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o")])
+    rc = main(["teacher", "train", "--config", str(DEFAULT_CONFIG), "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o")])
     assert rc == 2
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         EventsTeacher.load(tmp_path / "o")

@@ -14,17 +14,18 @@ from agrepa.cli import main
 from agrepa.corpora.manifest import make_manifest, write_manifest
 from agrepa.model.dit import PAD_ID
 from agrepa.store import Store, StoreWriter
-from agrepa.tokenizers import load_tokenizer
+from agrepa.tokenizers.streams import load_tokenizer
 from agrepa.tokenizers.kmeans import KMeans, perplexity
 from agrepa.tokenizers.s3onnx import S3OnnxTokenizer, s3_features
 from agrepa.tokenizers.vocab import (Vocab, align_lengths, deinterleave, interleave, rate_summary,
                                      stretch)
+from test_workflow_support import DEFAULT_CONFIG
 
 torch.set_num_threads(1)
 
 SMALL = ["tokens.speech.k=8", "tokens.audio.k=8", "tokens.audio.dim=8", "tokens.audio.hidden=16",
          "tokens.audio.steps=60", "tokens.audio.window=8", "tokens.audio.restart_every=20",
-         "tokens.beats.k=4", "tokens.threads=1"]
+         "tokens.beats.k=4"]
 
 
 def clustered_frames(n: int, dim: int, centres: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -60,7 +61,7 @@ def corpus(tmp_path_factory):
 
 
 def run(*args) -> int:
-    argv = list(args)
+    argv = [*args[:2], "--config", str(DEFAULT_CONFIG), "--threads", "1", *args[2:]]
     for s in SMALL:
         argv += ["--set", s]
     return main(argv)
@@ -156,7 +157,7 @@ def test_encode_rejects_mismatched_features(corpus, fitted, tmp_path):
     w = StoreWriter(other, meta={"role": "semantic", "fingerprint": "fp-different", "frame_rate": 50.0})
     w.add("speech0", {"frames": corpus["sem"]["speech0"]})
     w.close()
-    rc = main(["tokens", "encode", "--token-config", "A", "--speech-model", str(fitted / "speech"),
+    rc = main(["tokens", "encode", "--config", str(DEFAULT_CONFIG), "--token-config", "A", "--speech-model", str(fitted / "speech"),
                "--audio-model", str(fitted / "audio"), "--semantic", str(other),
                "--acoustic", str(corpus["acoustic"]), "--manifest", str(corpus["manifest"]),
                "--out", str(tmp_path / "x")])
@@ -205,7 +206,7 @@ def test_vocab_layout():
 
 def test_frame_rate_bookkeeping():
     """Mel rate 24000 / 256 = 93.75 /s; tokens keep their own rate (never resampled here)."""
-    cfg = C.load()
+    cfg = C.load(DEFAULT_CONFIG)
     r = rate_summary(50.0, cfg["audio"])
     assert r["mel_rate"] == 93.75 and r["mel_frames_per_token"] == pytest.approx(1.875)
     assert rate_summary(93.75 / 4, cfg["audio"])["mel_frames_per_token"] == pytest.approx(4.0)
@@ -280,7 +281,7 @@ def test_s3_onnx_runs_a_real_session(tmp_path):
         rows.append({"id": f"s{i}", "path": f"s{i}.wav", "duration": 2.0, "sample_rate": 16000,
                      "domain": "speech", "split": "train", "text": "x"})
     write_manifest(make_manifest(rows), tmp_path / "m.csv")
-    assert main(["tokens", "fit", "--stream", "speech", "--manifest", str(tmp_path / "m.csv"),
+    assert main(["tokens", "fit", "--config", str(DEFAULT_CONFIG), "--stream", "speech", "--manifest", str(tmp_path / "m.csv"),
                  "--out", str(tmp_path / "s3"), "--set", "tokens.speech.kind=s3-onnx",
                  "--set", "tokens.speech.k=128", "--set", "tokens.speech.onnx_token_rate=100",
                  "--set", f"tokens.speech.onnx_path={model}"]) == 0
@@ -304,7 +305,7 @@ def test_s3_onnx_front_end_and_missing_file(tmp_path, corpus):
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="bad.onnx"):
         S3OnnxTokenizer(tmp_path / "bad.onnx")
-    rc = main(["tokens", "fit", "--stream", "speech", "--manifest", str(corpus["manifest"]),
+    rc = main(["tokens", "fit", "--config", str(DEFAULT_CONFIG), "--stream", "speech", "--manifest", str(corpus["manifest"]),
                "--out", str(tmp_path / "s3"), "--set", "tokens.speech.kind=s3-onnx",
                "--set", f"tokens.speech.onnx_path={tmp_path / 'missing.onnx'}"])
     assert rc == 2

@@ -11,6 +11,7 @@ from agrepa import config as config_mod
 from agrepa.training import train
 from agrepa.cli import main as cli_main
 from test_dataset import make_corpus, tiny_cfg
+from test_workflow_support import DEFAULT_CONFIG
 
 torch.set_num_threads(1)
 
@@ -132,12 +133,12 @@ def test_nonfinite_loss_stops_with_clear_error(tmp_path):
 
 def test_cli_train_runs_and_reports_bad_input(setup, tmp_path, capsys):
     tmp, cfg, cfg_path, paths, warm = setup
-    common = ["--config", str(config_mod.DEFAULT), "--config", str(cfg_path), "--manifest", str(paths["manifest"]),
+    common = ["--config", str(DEFAULT_CONFIG), "--config", str(cfg_path), "--manifest", str(paths["manifest"]),
               "--mels", str(paths["mels"]), "--tokens", str(paths["tokens"]), "--semantic", str(paths["semantic"]),
               "--acoustic", str(paths["acoustic"])]
-    assert cli_main(["train", "--phase", "warmup", "--steps", "2", "--out", str(tmp_path / "w"), *common]) == 0
+    assert cli_main(["train", "--config", str(DEFAULT_CONFIG), "--phase", "warmup", "--steps", "2", "--out", str(tmp_path / "w"), *common]) == 0
     assert _load(tmp_path / "w" / "final.pt")["step"] == 2
-    rc = cli_main(["train", "--phase", "branch", "--method", "baseline", "--init", str(tmp_path / "missing.pt"),
+    rc = cli_main(["train", "--config", str(DEFAULT_CONFIG), "--phase", "branch", "--method", "baseline", "--init", str(tmp_path / "missing.pt"),
                    "--out", str(tmp_path / "b"), *common])
     assert rc == 2 and "missing.pt: warm-up checkpoint (--init) not found" in capsys.readouterr().err
 

@@ -11,6 +11,7 @@ import torch
 from agrepa.training import train
 from test_dataset import make_corpus, tiny_cfg
 from test_train import _load
+from test_workflow_support import DEFAULT_CONFIG
 
 torch.set_num_threads(1)
 
@@ -24,7 +25,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
                        **{k: paths[k] for k in ("manifest", "mels", "tokens", "semantic", "acoustic")})
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "agrepa.training.train", "--config", str(train.config_mod.DEFAULT), "--config", str(cfg_path),
+                          "-m", "agrepa.cli", "train", "--config", str(DEFAULT_CONFIG), "--config", str(cfg_path),
                           "--phase", "warmup", "--seed", "0", "--out", str(tmp_path / "two"), *args],
                          env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]

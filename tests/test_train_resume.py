@@ -13,13 +13,14 @@ import torch
 from agrepa.training import train
 from test_dataset import make_corpus, tiny_cfg
 from test_train import _load, _tensors_equal
+from test_workflow_support import DEFAULT_CONFIG
 
 torch.set_num_threads(1)
 STEPS = 120
 
 
 def _cmd(cfg_path, paths, out, warm):
-    return [sys.executable, "-m", "agrepa.training.train", "--config", str(train.config_mod.DEFAULT), "--config",
+    return [sys.executable, "-m", "agrepa.cli", "train", "--config", str(DEFAULT_CONFIG), "--config",
             str(cfg_path), "--phase", "branch", "--method", "repa_l1_2", "--init", str(warm), "--seed", "3",
             "--manifest", str(paths["manifest"]), "--mels", str(paths["mels"]), "--tokens", str(paths["tokens"]),
             "--semantic", str(paths["semantic"]), "--acoustic", str(paths["acoustic"]), "--out", str(out),

@@ -8,6 +8,7 @@ import torch
 from agrepa import audio, config
 
 from agrepa.generation import vocoder
+from test_workflow_support import DEFAULT_CONFIG
 
 
 def _tone(sr=24000, seconds=0.5, f=440.0):
@@ -16,7 +17,7 @@ def _tone(sr=24000, seconds=0.5, f=440.0):
 
 
 def test_griffinlim_resynthesis_keeps_the_spectrum_and_is_deterministic():
-    cfg = config.load()
+    cfg = config.load(DEFAULT_CONFIG)
     cfg["sample"]["griffinlim_iters"] = 16
     voc = vocoder.build_vocoder(cfg)
     wave = _tone()
@@ -35,7 +36,7 @@ def test_griffinlim_resynthesis_keeps_the_spectrum_and_is_deterministic():
 
 
 def test_griffinlim_rejects_bad_mel():
-    voc = vocoder.GriffinLimVocoder(config.load()["audio"], n_iter=2)
+    voc = vocoder.GriffinLimVocoder(config.load(DEFAULT_CONFIG)["audio"], n_iter=2)
     with pytest.raises(ValueError, match=r"\[T, 100\]"):
         voc(torch.zeros(10, 80))
 
@@ -52,7 +53,7 @@ def test_vocos_loads_from_directory_in_the_published_layout(tmp_path):
     torch.manual_seed(0)
     model = Vocos.from_hparams(str(cfg_file))
     vocoder.save_vocos(model, tmp_path / "vocos", spec)
-    cfg = config.load()
+    cfg = config.load(DEFAULT_CONFIG)
     cfg["sample"].update(vocoder="vocos", vocos_model=str(tmp_path / "vocos"))
     voc = vocoder.build_vocoder(cfg)
     mel = torch.randn(20, 100)

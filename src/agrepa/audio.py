@@ -16,28 +16,11 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
-
-#: The Vocos front end; used when no config is given.
-VOCOS_AUDIO: dict[str, Any] = {
-    "sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "win_length": 1024,
-    "n_mels": 100, "power": 1.0, "center": True, "log_clamp": 1.0e-7,
-}
-
-
-def _audio_cfg(cfg_audio: dict | None) -> dict:
-    """The ``audio:`` section (accepts the whole config too), over the Vocos defaults."""
-    if cfg_audio is None:
-        return dict(VOCOS_AUDIO)
-    if "audio" in cfg_audio and isinstance(cfg_audio["audio"], dict):
-        cfg_audio = cfg_audio["audio"]
-    return {**VOCOS_AUDIO, **cfg_audio}
-
 
 def resample(wave: np.ndarray | torch.Tensor, orig_sr: int, new_sr: int) -> np.ndarray:
     """Band-limited (windowed-sinc) resampling along the last axis, float32 out."""
@@ -112,14 +95,14 @@ def _mel_transform(sample_rate: int, n_fft: int, hop_length: int, win_length: in
         n_mels=n_mels, power=power, center=center).to(device)
 
 
-def log_mel(wave: torch.Tensor | np.ndarray, cfg_audio: dict | None = None) -> torch.Tensor:
+def log_mel(wave: torch.Tensor | np.ndarray, cfg_audio: dict) -> torch.Tensor:
     """Log-mel spectrogram ``[..., n_mels, T]`` of ``wave [..., N]`` (Vocos front end).
 
     ``mel = MelFilterbank(|STFT(wave)|^power)``, ``out = log(clamp(mel, log_clamp))``,
     with the STFT centred so ``T = frames_for(N)``. ``wave`` must already be at
     ``audio.sample_rate``.
     """
-    c = _audio_cfg(cfg_audio)
+    c = cfg_audio
     x = torch.as_tensor(wave, dtype=torch.float32)
     mel = _mel_transform(int(c["sample_rate"]), int(c["n_fft"]), int(c["hop_length"]),
                          int(c["win_length"]), int(c["n_mels"]), float(c["power"]),
@@ -127,20 +110,20 @@ def log_mel(wave: torch.Tensor | np.ndarray, cfg_audio: dict | None = None) -> t
     return torch.log(torch.clamp(mel, min=float(c["log_clamp"])))
 
 
-def frames_for(n_samples: int, cfg_audio: dict | None = None) -> int:
+def frames_for(n_samples: int, cfg_audio: dict) -> int:
     """Number of mel frames :func:`log_mel` gives for ``n_samples`` samples.
 
     Centred: ``1 + N // hop`` (93.75 frames/s at 24 kHz, hop 256);
     not centred: ``1 + (N - n_fft) // hop``.
     """
-    c = _audio_cfg(cfg_audio)
+    c = cfg_audio
     hop, n_fft = int(c["hop_length"]), int(c["n_fft"])
     if bool(c["center"]):
         return 1 + int(n_samples) // hop
     return max(0, 1 + (int(n_samples) - n_fft) // hop)
 
 
-def frame_rate(cfg_audio: dict | None = None) -> float:
+def frame_rate(cfg_audio: dict) -> float:
     """Mel frames per second: ``sample_rate / hop_length`` (93.75 for Vocos)."""
-    c = _audio_cfg(cfg_audio)
+    c = cfg_audio
     return float(c["sample_rate"]) / float(c["hop_length"])

@@ -1,8 +1,10 @@
-"""``agrepa`` command line: one subcommand per workflow stage.
+"""``agrepa``: the command line of the AG-REPA experiment suite, one subcommand per step.
 
-Each stage module defines ``register(subparsers)``, which adds its subcommands
-and sets ``func`` on them; the function receives the parsed arguments. Every
-subcommand takes ``--config`` (repeatable, merged in order) and ``--set KEY=VALUE``.
+Each stage package has a ``cli`` module with ``register(subparsers)``, which declares its
+subcommands with argparse only; a handler ``cmd_<name>(args)`` imports the stage's
+implementation when it runs, so ``agrepa --help`` (and every Snakemake job's start-up)
+pays only for the subcommand it runs. Every subcommand takes ``--config`` (repeatable,
+merged in order, validated) and ``--threads``.
 """
 from __future__ import annotations
 
@@ -11,35 +13,45 @@ import importlib
 import logging
 import sys
 
-# Modules that contribute subcommands, in the order they appear in --help.
-COMMAND_MODULES = [
-    "agrepa.corpora.cli",     # agrepa data {synth,librispeech,audioset,folder,merge,mels}
-    "agrepa.teachers.cli",    # agrepa teacher {train,embed}
-    "agrepa.tokenizers.cli",  # agrepa tokens {fit,encode}
-    "agrepa.training.train",           # agrepa train
-    "agrepa.probing.probes",          # agrepa probe
-    "agrepa.probing.selection",       # agrepa select
-    "agrepa.generation.sampling",        # agrepa sample
-    "agrepa.evaluation.evaluate",        # agrepa evaluate, agrepa convergence
-    "agrepa.evaluation.listening_test",  # agrepa listening-test
-    "agrepa.reports.cli",     # agrepa report {...}
+# The stages in data-flow order: (title in --help, module that registers its subcommands).
+STAGES = [
+    ("data", "agrepa.corpora.cli"),
+    ("teachers", "agrepa.teachers.cli"),
+    ("tokens", "agrepa.tokenizers.cli"),
+    ("training", "agrepa.training.cli"),
+    ("probing", "agrepa.probing.cli"),
+    ("generation", "agrepa.generation.cli"),
+    ("evaluation", "agrepa.evaluation.cli"),
+    ("reports", "agrepa.reports.cli"),
 ]
 
 
+class _StageGroup:
+    """Stands in for argparse's subparsers while one stage registers: records each
+    subcommand's one-line help for the grouped listing (argparse lists nothing itself)."""
+
+    def __init__(self, subparsers):
+        self.subparsers, self.commands = subparsers, []
+
+    def add_parser(self, name, help="", **kwargs):
+        self.commands.append((name, help))
+        kwargs.setdefault("description", help)
+        return self.subparsers.add_parser(name, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agrepa", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="agrepa", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if not (err.name and (name + ".").startswith(err.name + ".") and err.name.startswith("agrepa")):
-                # a real missing dependency: fail loudly
-                raise
-            continue  # stage not built yet (tests/test_cli.py requires all of them)
-        module.register(sub)
+    listing = []
+    for title, name in STAGES:
+        group = _StageGroup(sub)
+        importlib.import_module(name).register(group)
+        listing.append(f"{title}:")
+        listing += [f"  {cmd:<16}{text}" for cmd, text in group.commands]
+    parser.epilog = "commands, by stage (agrepa COMMAND --help for each):\n" + "\n".join(listing)
     return parser
 
 

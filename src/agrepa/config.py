@@ -3,12 +3,19 @@
 ``config/config.yaml`` is the embedded default; other files (``config/paper.yaml``,
 ``config/test.yaml``) are overlays deep-merged on top of it, exactly as Snakemake
 merges ``--configfile`` over the Snakefile's ``configfile:``. Command-line
-``--set a.b=value`` overrides are applied last (value parsed as YAML).
+``--set a.b=value`` overrides are applied last (value parsed as YAML). The merged
+config is validated against the JSON schema shipped with the package
+(``agrepa/data/config.schema.yaml``, every object closed and every key required), so
+code reads ``cfg["section"]["key"]`` and never falls back to a default of its own.
+
+The names the schema's enums and the workflow's wildcards are built from live here too.
 """
 from __future__ import annotations
 
 import copy
 import os
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -16,7 +23,9 @@ import yaml
 
 from . import io
 
-DEFAULT = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
+DOMAINS = ("speech", "audio")                           # a clip's domain; index = domain id in batches
+STRATEGIES = ("foga", "lasp", "gradnorm", "random")     # layer-selection strategies (Table 3)
+SCHEMA = resources.files("agrepa") / "data" / "config.schema.yaml"
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -52,13 +61,38 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(value)
 
 
-def load(paths: Iterable[str | os.PathLike] | str | os.PathLike | None = None,
-         overrides: Iterable[str] = ()) -> dict:
-    """Load and merge config files (first is the base), then apply overrides."""
-    if paths is None:
-        paths = [DEFAULT]
-    elif isinstance(paths, (str, os.PathLike)):
+@lru_cache(maxsize=1)
+def _validator():
+    import jsonschema  # only where a config is loaded (keeps `agrepa --help` light)
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate(cfg: dict, source: str = "config") -> dict:
+    """Check ``cfg`` against the schema; a ValueError names the first bad key and why."""
+    errors = sorted(_validator().iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        if err.validator == "required":
+            missing = [k for k in err.validator_value if k not in err.instance]
+            key = ".".join(str(p) for p in [*err.absolute_path, missing[0]]) if missing else where
+            raise ValueError(f"{source}: config key {key!r} is missing")
+        if err.validator == "additionalProperties":
+            raise ValueError(f"{source}: at {where!r}: {err.message} (a misspelt key?)")
+        raise ValueError(f"{source}: config key {where!r}: {err.message}")
+    return cfg
+
+
+def load(paths: Iterable[str | os.PathLike] | str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
+    """Load and merge config files (the first is the base, normally config/config.yaml), apply
+    ``--set`` overrides, and validate the result."""
+    if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    paths = list(paths)
+    if not paths:
+        raise ValueError("no config file given (pass --config config/config.yaml [--config OVERLAY ...])")
     cfg: dict = {}
     for p in paths:
         cfg = deep_merge(cfg, read_yaml(p))
@@ -70,19 +104,7 @@ def load(paths: Iterable[str | os.PathLike] | str | os.PathLike | None = None,
             if not isinstance(node, dict):
                 raise ValueError(f"--set {item!r}: {k!r} is not a mapping")
         node[keys[-1]] = value
-    return cfg
-
-
-def get(cfg: dict, dotted: str, default: Any = ...) -> Any:
-    """``get(cfg, "model.dim")``; raises a KeyError naming the key when absent."""
-    node: Any = cfg
-    for k in dotted.split("."):
-        if not isinstance(node, dict) or k not in node:
-            if default is not ...:
-                return default
-            raise KeyError(f"config key {dotted!r} is missing (at {k!r})")
-        node = node[k]
-    return node
+    return validate(cfg, source=" + ".join(str(p) for p in paths))
 
 
 def save_resolved(cfg: dict, out_dir: str | os.PathLike, name: str = "config.resolved.yaml") -> Path:
@@ -93,12 +115,15 @@ def save_resolved(cfg: dict, out_dir: str | os.PathLike, name: str = "config.res
 
 
 def add_cli_args(parser) -> None:
-    """The two arguments every subcommand takes."""
-    parser.add_argument("--config", action="append", default=None, metavar="YAML",
-                        help="config file(s); later ones are merged over earlier ones "
-                             "(default: config/config.yaml)")
+    """The arguments every subcommand takes."""
+    parser.add_argument("--config", action="append", required=True, metavar="YAML",
+                        help="config file(s): config/config.yaml, then overlays merged over it in order "
+                             "(the workflow passes its merged results/config.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set model.dim=256")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads of this job (torch, CTranslate2, onnxruntime); the workflow "
+                             "passes the rule's threads (default: the libraries' own)")
 
 
 def from_args(args) -> dict:

@@ -31,3 +31,9 @@ def set_threads(n: int | None) -> None:
         if n < 1:
             raise ValueError(f"--threads: must be >= 1, got {n}")
         torch.set_num_threads(int(n))
+
+
+def cpu_threads() -> int:
+    """The CPU thread count this process uses (``set_threads``); CTranslate2 and onnxruntime
+    sessions are given the same number as torch."""
+    return torch.get_num_threads()

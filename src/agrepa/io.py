@@ -12,9 +12,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 _UMASK = os.umask(0)
@@ -71,7 +72,7 @@ def read_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Any:
     return obj
 
 
-def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
+def write_csv(path: str | os.PathLike, df: "pd.DataFrame") -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
 

@@ -8,8 +8,3 @@
 * :mod:`.librispeech`, :mod:`.audioset`, :mod:`.folder`, :mod:`.merge` -- real corpora;
 * :mod:`.mels` -- the log-mel store and its train-split statistics (``load_stats``).
 """
-from .manifest import (COLUMNS, read_manifest, resolve_path, split_labels, write_manifest,
-                       write_rejects)
-
-__all__ = ["COLUMNS", "read_manifest", "resolve_path", "split_labels", "write_manifest",
-           "write_rejects"]

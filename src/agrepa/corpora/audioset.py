@@ -151,9 +151,9 @@ def load_audioset(root: str | os.PathLike, cfg_data_audioset: dict,
     if not audio_dir.is_dir():
         raise FileNotFoundError(f"{audio_dir}: AudioSet clip directory not found "
                                 "(data.audioset.audio_dir, relative to the root)")
-    clips = index_clips(audio_dir, list(cfg_data_audioset.get("extensions", [".wav", ".flac"])))
+    clips = index_clips(audio_dir, list(cfg_data_audioset["extensions"]))
     segments = cfg_data_audioset["segments"]
-    valid_fraction = float(cfg_data_audioset.get("valid_fraction", 0.0))
+    valid_fraction = float(cfg_data_audioset["valid_fraction"])
     lists: list[tuple[str, list[dict], Path]] = []
     for split in mf.SPLITS:
         fname = segments.get(split)

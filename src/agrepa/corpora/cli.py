@@ -45,10 +45,10 @@ def cmd_librispeech(args) -> int:
     from .librispeech import load_librispeech, parse_subsets
 
     cfg = config_mod.from_args(args)
-    root = args.root or config_mod.get(cfg, "data.librispeech.root")
+    root = args.root or cfg["data"]["librispeech"]["root"]
     if not root:
         raise KeyError("data.librispeech.root: no LibriSpeech root given (use --root or set the key)")
-    subsets = parse_subsets(args.subset, config_mod.get(cfg, "data.librispeech.subsets"))
+    subsets = parse_subsets(args.subset, cfg["data"]["librispeech"]["subsets"])
     rows, rejects = load_librispeech(root, subsets, cfg["audio"])
     _write_corpus(Path(args.out), cfg, rows, rejects, {"librispeech": _counts(rows, rejects),
                                                         "subsets": subsets})
@@ -59,10 +59,10 @@ def cmd_audioset(args) -> int:
     from .audioset import load_audioset
 
     cfg = config_mod.from_args(args)
-    root = args.root or config_mod.get(cfg, "data.audioset.root")
+    root = args.root or cfg["data"]["audioset"]["root"]
     if not root:
         raise KeyError("data.audioset.root: no AudioSet root given (use --root or set the key)")
-    rows, rejects, summary = load_audioset(root, config_mod.get(cfg, "data.audioset"), cfg["audio"])
+    rows, rejects, summary = load_audioset(root, cfg["data"]["audioset"], cfg["audio"])
     _write_corpus(Path(args.out), cfg, rows, rejects,
                   {"audioset": summary, "missing_clips": sum(s["missing"] for s in summary.values()),
                    **_counts(rows, rejects)})
@@ -73,7 +73,7 @@ def cmd_folder(args) -> int:
     from .folder import load_folder
 
     cfg = config_mod.from_args(args)
-    rows, rejects = load_folder(args.root, args.domain, config_mod.get(cfg, "data.folder"),
+    rows, rejects = load_folder(args.root, args.domain, cfg["data"]["folder"],
                                 cfg["audio"], split=args.split)
     _write_corpus(Path(args.out), cfg, rows, rejects, {"folder": _counts(rows, rejects)})
     return 0

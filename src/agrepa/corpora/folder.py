@@ -40,7 +40,7 @@ def load_folder(root: str | os.PathLike, domain: str, cfg_folder: dict, cfg_audi
         raise ValueError(f"--domain {domain!r}: expected one of {', '.join(mf.DOMAINS)}")
     if split is not None and split not in mf.SPLITS:
         raise ValueError(f"--split {split!r}: expected one of {', '.join(mf.SPLITS)}")
-    exts = {e.lower() for e in cfg_folder.get("extensions", [".wav", ".flac", ".ogg"])}
+    exts = {e.lower() for e in cfg_folder["extensions"]}
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file())
     if not files:
         raise FileNotFoundError(f"{root}: no audio files ({', '.join(sorted(exts))}) found")

@@ -22,11 +22,11 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from .. import io
+from ..config import DOMAINS
 
 COLUMNS = ["id", "path", "duration", "sample_rate", "domain", "split", "speaker", "text",
            "labels", "caption"]
 REJECT_COLUMNS = ["path", "reason"]
-DOMAINS = ("speech", "audio")
 SPLITS = ("train", "valid", "test")
 LABEL_SEP = ";"
 _STR_COLUMNS = ["id", "path", "domain", "split", "speaker", "text", "labels", "caption"]

@@ -39,17 +39,17 @@ def build_mels(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
     df = mf.read_manifest(manifest_path)
     if not (df["split"] == "train").any():
         raise ValueError(f"{manifest_path}: no train clips to compute the mel statistics from")
-    cfg_audio = dict(config_mod.get(cfg, "audio"))
+    cfg_audio = dict(cfg["audio"])
     sr = int(cfg_audio["sample_rate"])
     n_mels = int(cfg_audio["n_mels"])
-    peak = cfg_audio.get("peak_normalize", 0.95)
-    floor = float(config_mod.get(cfg, "data.mels.std_floor"))
+    peak = cfg_audio["peak_normalize"]
+    floor = float(cfg["data"]["mels"]["std_floor"])
     total = np.zeros(n_mels, dtype=np.float64)
     total_sq = np.zeros(n_mels, dtype=np.float64)
     n_frames, n_train = 0, 0
     # an index from an earlier build must not describe the shards being rewritten
     (Path(out_dir) / "index.json").unlink(missing_ok=True)
-    writer = StoreWriter(out_dir, shard_size=int(config_mod.get(cfg, "data.mels.shard_size", 512)))
+    writer = StoreWriter(out_dir, shard_size=int(cfg["data"]["mels"]["shard_size"]))
     for row in tqdm(df.itertuples(index=False), total=len(df), desc="mels", unit="clip"):
         wave = audio_mod.load_audio(mf.resolve_path(manifest_path, row.path), sr, peak=peak)
         mel = audio_mod.log_mel(torch.from_numpy(wave), cfg_audio).T.contiguous()  # [T, n_mels]

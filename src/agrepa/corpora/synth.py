@@ -67,10 +67,10 @@ def _assign_splits(groups: dict[str, list[int]], rng: np.random.Generator, valid
 
 def synth_speech_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[dict], list, list]:
     """Generate the speech half; returns (manifest rows, rejects, speaker dicts)."""
-    sc = config_mod.get(cfg, "data.synth.speech")
-    seed = int(config_mod.get(cfg, "data.synth.seed"))
-    sr = int(config_mod.get(cfg, "audio.sample_rate"))
-    peak = config_mod.get(cfg, "audio.peak_normalize", 0.95)
+    sc = cfg["data"]["synth"]["speech"]
+    seed = int(cfg["data"]["synth"]["seed"])
+    sr = int(cfg["audio"]["sample_rate"])
+    peak = cfg["audio"]["peak_normalize"]
     n_utt, n_spk = int(sc["n_utterances"]), int(sc["n_speakers"])
     if n_utt <= 0:
         return [], [], []
@@ -79,15 +79,15 @@ def synth_speech_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[
     speakers = synth_speech.make_speakers(n_spk, sc, np.random.default_rng([seed, SPEECH_STREAM]))
     by_speaker = {s.id: [j for j in range(n_utt) if j % n_spk == k] for k, s in enumerate(speakers)}
     splits = _assign_splits(by_speaker, np.random.default_rng([seed, SPLIT_STREAM, SPEECH_STREAM]),
-                            float(config_mod.get(cfg, "data.synth.valid_fraction")),
-                            float(config_mod.get(cfg, "data.synth.test_fraction")),
-                            int(sc.get("min_test_per_speaker", 2)), "data.synth.speech: speaker")
+                            float(cfg["data"]["synth"]["valid_fraction"]),
+                            float(cfg["data"]["synth"]["test_fraction"]),
+                            int(sc["min_test_per_speaker"]), "data.synth.speech: speaker")
     lo, hi = float(sc["min_seconds"]), float(sc["max_seconds"])
     job_cfg = {k: sc[k] for k in ("min_seconds", "max_seconds", "min_words", "max_words",
                                   "max_tries", "trim_threshold", "trim_margin")}
     jobs = [(seed, SPEECH_STREAM, j, 0, speakers[j % n_spk], job_cfg) for j in range(n_utt)]
     rows, rejects, seen = [], [], set()
-    with _speech_pool(int(config_mod.get(cfg, "data.synth.workers", 2))) as pool:
+    with _speech_pool(int(cfg["data"]["synth"]["workers"])) as pool:
         results = pool.imap(synth_speech.speak_utterance, jobs, chunksize=1)
         for j, result in enumerate(tqdm(results, total=n_utt, desc="speech", unit="utt", leave=False)):
             attempt = 0
@@ -113,7 +113,7 @@ def synth_speech_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[
                          "sample_rate": sr, "domain": "speech", "split": splits[j],
                          "speaker": spk.id, "text": text, "labels": "",
                          "caption": f"{spk.id} says: {text}"})
-    min_test = int(sc.get("min_test_per_speaker", 2))
+    min_test = int(sc["min_test_per_speaker"])
     for spk in speakers:
         n_test = sum(1 for r in rows if r["speaker"] == spk.id and r["split"] == "test")
         if n_test < min_test:
@@ -149,7 +149,7 @@ def _event_caption(phrases: list[str]) -> str:
 
 def check_event_config(cfg: dict) -> None:
     """Fail early (before any speech is made) on a bad ``data.synth.audio`` section."""
-    ac = config_mod.get(cfg, "data.synth.audio")
+    ac = cfg["data"]["synth"]["audio"]
     classes = list(ac["classes"])
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise ValueError("data.synth.audio.classes: at least two distinct event classes are needed")
@@ -163,17 +163,17 @@ def check_event_config(cfg: dict) -> None:
     n = int(ac["n_clips"])
     if n > 0:
         per_class = n // len(classes)
-        split_counts(per_class, float(config_mod.get(cfg, "data.synth.valid_fraction")),
-                     float(config_mod.get(cfg, "data.synth.test_fraction")), 1,
+        split_counts(per_class, float(cfg["data"]["synth"]["valid_fraction"]),
+                     float(cfg["data"]["synth"]["test_fraction"]), 1,
                      f"data.synth.audio.n_clips: the smallest class ({per_class} clips)")
 
 
 def synth_event_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[dict], list]:
     """Generate the sound-event half; returns (manifest rows, rejects)."""
-    ac = config_mod.get(cfg, "data.synth.audio")
-    seed = int(config_mod.get(cfg, "data.synth.seed"))
-    sr = int(config_mod.get(cfg, "audio.sample_rate"))
-    peak = config_mod.get(cfg, "audio.peak_normalize", 0.95)
+    ac = cfg["data"]["synth"]["audio"]
+    seed = int(cfg["data"]["synth"]["seed"])
+    sr = int(cfg["audio"]["sample_rate"])
+    peak = cfg["audio"]["peak_normalize"]
     n, classes = int(ac["n_clips"]), list(ac["classes"])
     if n <= 0:
         return [], []
@@ -184,11 +184,11 @@ def synth_event_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[d
     mixed = set(int(i) for i in plan_rng.choice(n, size=int(round(frac * n)), replace=False))
     by_class = {c: [i for i in range(n) if primary[i] == c] for c in classes}
     splits = _assign_splits(by_class, np.random.default_rng([seed, SPLIT_STREAM, EVENT_STREAM]),
-                            float(config_mod.get(cfg, "data.synth.valid_fraction")),
-                            float(config_mod.get(cfg, "data.synth.test_fraction")), 1,
+                            float(cfg["data"]["synth"]["valid_fraction"]),
+                            float(cfg["data"]["synth"]["test_fraction"]), 1,
                             "data.synth.audio: class")
     lo, hi = float(ac["min_seconds"]), float(ac["max_seconds"])
-    g_lo, g_hi = (float(x) for x in ac.get("mixture_gain", [0.5, 1.0]))
+    g_lo, g_hi = (float(x) for x in ac["mixture_gain"])
     rows, rejects = [], []
     for i in tqdm(range(n), desc="events", unit="clip", leave=False):
         rng = np.random.default_rng([seed, EVENT_STREAM, i])
@@ -224,7 +224,7 @@ def build_synth(cfg: dict, out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     audio_dir = out_dir / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
-    if int(config_mod.get(cfg, "data.synth.audio.n_clips")) > 0:
+    if int(cfg["data"]["synth"]["audio"]["n_clips"]) > 0:
         check_event_config(cfg)
     speech_rows, speech_rejects, speakers = synth_speech_corpus(cfg, audio_dir, "audio")
     summarize(speech_rejects, len(speech_rows), "synthetic speech")

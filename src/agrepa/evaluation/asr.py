@@ -34,7 +34,7 @@ import jiwer
 import numpy as np
 
 from .. import config as config_mod
-from ..device import resolve_device
+from ..device import cpu_threads, resolve_device
 from .text_norm import normalize
 
 log = logging.getLogger(__name__)
@@ -124,17 +124,17 @@ def resolve_ct2_model(spec: str) -> tuple[str | Path, str | None]:
 
 def build_asr(cfg: dict) -> ASR:
     """The ASR ``eval.asr`` configures."""
-    a = config_mod.get(cfg, "eval.asr")
-    backend, model = a.get("backend"), a.get("model")
+    a = cfg["eval"]["asr"]
+    backend, model = a["backend"], a["model"]
     if not model:
         raise KeyError("eval.asr.model: no ASR model given")
     device = str(resolve_device(cfg))
     if backend == "faster-whisper":
-        return FasterWhisperASR(model, beam_size=a.get("beam_size", 5), device=device,
-                                compute_type=a.get("compute_type", "float32"),
-                                threads=config_mod.get(cfg, "teachers.threads", 1))
+        return FasterWhisperASR(model, beam_size=a["beam_size"], device=device,
+                                compute_type=a["compute_type"],
+                                threads=cpu_threads())
     if backend == "transformers":
-        return TransformersWhisperASR(model, beam_size=a.get("beam_size", 5), device=device)
+        return TransformersWhisperASR(model, beam_size=a["beam_size"], device=device)
     raise ValueError(f"eval.asr.backend: unknown ASR backend {backend!r} (faster-whisper | transformers)")
 
 

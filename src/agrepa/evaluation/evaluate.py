@@ -50,7 +50,6 @@ the EMA weights, vocode, embed and compute FAD against the ground truth -> CSV w
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -127,8 +126,8 @@ def score_domain(clips: list[Clip], domain: str, cfg: dict, models: Models, inpu
                  suffix: str = "", with_fad: bool = True, details: list | None = None) -> list[dict]:
     """Every metric row of one domain's clips (see module table); per-clip scores are appended to
     ``details`` (one dict per clip: id, domain, input and whatever was scored)."""
-    ec = config_mod.get(cfg, "eval")
-    n_boot, seed, level = int(ec["bootstrap"]), int(ec.get("bootstrap_seed", 0)), float(ec.get("ci_level", 0.95))
+    ec = cfg["eval"]
+    n_boot, seed, level = int(ec["bootstrap"]), int(ec["bootstrap_seed"]), float(ec["ci_level"])
     rows: list[dict] = []
     n = len(clips)
     per_clip = [{"id": c.id, "domain": domain, "input": input_} for c in clips]
@@ -197,11 +196,11 @@ def score_domain(clips: list[Clip], domain: str, cfg: dict, models: Models, inpu
 def fad_rows(gen: list[np.ndarray], ref: list[np.ndarray], domain: str, model: str, cfg: dict,
              input_: str = "generated", suffix: str = "") -> list[dict]:
     """``fad`` and ``fad_inf`` rows from per-clip embedding rows (paired lists) with bootstrap CIs."""
-    ec = config_mod.get(cfg, "eval")
-    n_boot, seed, level = int(ec["bootstrap"]), int(ec.get("bootstrap_seed", 0)), float(ec.get("ci_level", 0.95))
+    ec = cfg["eval"]
+    n_boot, seed, level = int(ec["bootstrap"]), int(ec["bootstrap_seed"]), float(ec["ci_level"])
     fi = ec["fad"].get("fad_inf", {}) or {}
-    min_n, steps = int(fi.get("min_n", 500)), int(fi.get("steps", 25))
-    inf_boot = int(fi.get("bootstrap", n_boot))
+    min_n, steps = int(fi["min_n"]), int(fi["steps"])
+    inf_boot = int(fi["bootstrap"])
     n = len(gen)
 
     def stack(parts, idx):
@@ -263,7 +262,7 @@ def _gt_wave(manifest, rows: pd.DataFrame, cid: str, cfg: dict) -> np.ndarray:
 
     if cid not in rows.index:
         raise KeyError(f"{manifest}: no clip {cid!r}")
-    peak = config_mod.get(cfg, "audio.peak_normalize", 0.95)
+    peak = cfg["audio"]["peak_normalize"]
     return load_audio(resolve_path(manifest, rows.loc[cid, "path"]), int(cfg["audio"]["sample_rate"]), peak=peak)
 
 
@@ -305,8 +304,8 @@ def reference_clips(manifest, cfg: dict, mels_dir=None, vocoder=None, split: str
     df = rows[rows["split"] == split]
     if df.empty:
         raise ValueError(f"{manifest}: no clips in split {split!r}")
-    targets = select_targets(df, config_mod.get(cfg, "sample.max_clips"))
-    prompts = choose_prompts(df.reset_index(drop=True), targets, int(config_mod.get(cfg, "sample.seed")))
+    targets = select_targets(df, cfg["sample"]["max_clips"])
+    prompts = choose_prompts(df.reset_index(drop=True), targets, int(cfg["sample"]["seed"]))
     store = Store(mels_dir) if mels_dir else None
     sr = int(cfg["audio"]["sample_rate"])
     resyn, gt = [], []
@@ -323,16 +322,16 @@ def reference_clips(manifest, cfg: dict, mels_dir=None, vocoder=None, split: str
 def evaluate(cfg: dict, manifest, samples_dir=None, reference: bool = False, mels_dir=None,
              models: Models | None = None, vocoder=None) -> dict:
     """The evaluation JSON object (module docstring)."""
-    ec = config_mod.get(cfg, "eval")
-    run: dict = {"config": cfg.get("name"), "manifest": str(manifest), "reference": bool(reference),
-                 "bootstrap": int(ec["bootstrap"]), "bootstrap_seed": int(ec.get("bootstrap_seed", 0)),
-                 "ci_level": float(ec.get("ci_level", 0.95))}
+    ec = cfg["eval"]
+    run: dict = {"config": cfg["name"], "manifest": str(manifest), "reference": bool(reference),
+                 "bootstrap": int(ec["bootstrap"]), "bootstrap_seed": int(ec["bootstrap_seed"]),
+                 "ci_level": float(ec["ci_level"])}
     if reference:
         if vocoder is None:
             from ..generation.vocoder import build_vocoder
             vocoder = build_vocoder(cfg)
         clips, gt = reference_clips(manifest, cfg, mels_dir, vocoder)
-        run.update(samples=None, vocoder=vocoder.describe(), sample_seed=int(config_mod.get(cfg, "sample.seed")))
+        run.update(samples=None, vocoder=vocoder.describe(), sample_seed=int(cfg["sample"]["seed"]))
     else:
         if samples_dir is None:
             raise ValueError("evaluate: --samples is required unless --reference is given")
@@ -385,11 +384,11 @@ def convergence_curve(cfg: dict, run_dir, manifest, mels_dir, tokens_dir, seed: 
     if vocoder is None:
         from ..generation.vocoder import build_vocoder
         vocoder = build_vocoder(cfg)
-    sc = config_mod.get(cfg, "sample")
+    sc = cfg["sample"]
     rows = _manifest_rows(manifest)
     mels, toks = Store(mels_dir), Store(tokens_dir)
     df = rows[(rows["split"] == split) & rows["id"].map(lambda c: c in mels and c in toks)]
-    targets = select_targets(df, int(config_mod.get(cfg, "eval.convergence.max_clips")))
+    targets = select_targets(df, int(cfg["eval"]["convergence"]["max_clips"]))
     prompts = choose_prompts(df.reset_index(drop=True), targets, seed)
     mean, std = normalisation(mels)
     fps = float(cfg["audio"]["sample_rate"]) / float(cfg["audio"]["hop_length"])
@@ -407,7 +406,7 @@ def convergence_curve(cfg: dict, run_dir, manifest, mels_dir, tokens_dir, seed: 
     for step, path in tqdm(snapshots(run_dir), desc="snapshots"):
         run = load(path)
         gen = generate(run.model.to(device).eval(), requests, int(sc["steps"]), sc["cfg_scale"], float(sc["sway"]),
-                       seed, batch_size=int(sc.get("batch_size", 8)), device=device, progress=False)
+                       seed, batch_size=int(sc["batch_size"]), device=device, progress=False)
         emb = {r.id: embedding.embed(vocoder(x * std + mean), sr) for r, x in zip(requests, gen)}
         for d in ("speech", "audio"):
             ids = [c for c in targets if domain_of[c] == d]
@@ -420,49 +419,3 @@ def convergence_curve(cfg: dict, run_dir, manifest, mels_dir, tokens_dir, seed: 
                         "method": getattr(run, "method", ""), "run": str(run_dir)})
         log.info("snapshot %s: %s", path.name, {o["domain"]: round(o["fad"], 4) for o in out[-2:]})
     return pd.DataFrame(out, columns=CONVERGENCE_COLUMNS)
-
-
-# -- CLI ----------------------------------------------------------------------------------
-
-def _evaluate(args) -> int:
-    cfg = config_mod.from_args(args)
-    result = evaluate(cfg, args.manifest, args.samples, args.reference, args.mels)
-    io.write_json(args.out, result)
-    for m in result["metrics"]:
-        log.info("%s %s [%s] = %s (CI %s..%s, n=%s) %s", m["domain"], m["metric"], m["input"], m["value"],
-                 m["ci_low"], m["ci_high"], m["n"], m["note"])
-    return 0
-
-
-def _convergence(args) -> int:
-    from ..device import resolve_device
-
-    cfg = config_mod.from_args(args)
-    seed = int(config_mod.get(cfg, "sample.seed") if args.seed is None else args.seed)
-    frames = [convergence_curve(cfg, r, args.manifest, args.mels, args.tokens, seed, device=resolve_device(cfg))
-              for r in args.run]
-    io.write_csv(args.out, pd.concat(frames, ignore_index=True))
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="WER, FAD, FAD-inf, MOS, speaker similarity with bootstrap CIs",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--samples", default=None, help="sample directory written by `agrepa sample`")
-    p.add_argument("--manifest", required=True, help="manifest.csv (ground truth, transcripts, prompts)")
-    p.add_argument("--reference", action="store_true",
-                   help="score the ground truth (vocoder resynthesis + raw audio): the floor numbers")
-    p.add_argument("--mels", default=None, help="mel store for --reference (default: computed from the audio)")
-    p.add_argument("--out", required=True, help="evaluation JSON")
-    config_mod.add_cli_args(p)
-    p.set_defaults(func=_evaluate)
-
-    c = subparsers.add_parser("convergence", help="FAD at every kept snapshot of branch runs")
-    c.add_argument("--run", nargs="+", required=True, help="branch run directories (with snapshots/)")
-    c.add_argument("--manifest", required=True)
-    c.add_argument("--mels", required=True)
-    c.add_argument("--tokens", required=True)
-    c.add_argument("--seed", type=int, default=None, help="sampling seed (default: sample.seed)")
-    c.add_argument("--out", required=True, help="convergence CSV")
-    config_mod.add_cli_args(c)
-    c.set_defaults(func=_convergence)

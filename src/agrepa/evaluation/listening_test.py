@@ -136,40 +136,21 @@ def key_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.stem + ".key.json")
 
 
-def _run(args) -> int:
-    cfg = config_mod.from_args(args)
-    names = args.names or method_names(args.samples)
-    if len(names) != len(args.samples):
-        raise ValueError(f"--names: {len(names)} names for {len(args.samples)} sample directories")
-    lt = config_mod.get(cfg, "eval.listening_test")
-    max_clips = args.max_clips if args.max_clips is not None else lt["max_clips"]
-    mode = args.audio or lt["audio"]
-    if mode not in ("embed", "link"):
-        raise ValueError(f"eval.listening_test.audio: expected embed or link, got {mode!r}")
-    seed = int(config_mod.get(cfg, "sample.seed") if args.seed is None else args.seed)
-    items, key = build_items(args.samples, names, max_clips, seed)
+def write_listening_test(samples: Sequence[str], names: Sequence[str], out: str | os.PathLike, *,
+                         max_clips: dict, audio: str, seed: int) -> int:
+    """The blinded page ``out`` and its key ``<stem>.key.json`` for sample directories ``samples``
+    (one per method, named ``names``); ``audio``: embed the clips or link blinded copies."""
+    if len(names) != len(samples):
+        raise ValueError(f"--names: {len(names)} names for {len(samples)} sample directories")
+    if audio not in ("embed", "link"):
+        raise ValueError(f"eval.listening_test.audio: expected embed or link, got {audio!r}")
+    items, key = build_items(samples, names, max_clips, seed)
     audio_dir = None
-    if mode == "link":
-        out = Path(args.out)
-        audio_dir = out.stem + "_audio"
+    if audio == "link":
+        audio_dir = Path(out).stem + "_audio"
         for it in items:
-            io.write_bytes(out.parent / audio_dir / f"{it['id']}.wav", Path(it["wav"]).read_bytes())
-    io.write_json(key_path(args.out), {"seed": seed, "items": key})
-    io.write_text(args.out, render_page(items, audio_dir=audio_dir))
-    log.info("listening test: %d items from %d methods -> %s (key %s)", len(items), len(names), args.out,
-             key_path(args.out))
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("listening-test", help="static blinded MOS listening page (HTML) + key JSON")
-    p.add_argument("--samples", nargs="+", required=True, help="sample directories (one per method)")
-    p.add_argument("--names", nargs="+", default=None, help="method names (default: from the paths)")
-    p.add_argument("--max-clips", type=int, default=None,
-                   help="clips per domain (default: eval.listening_test.max_clips)")
-    p.add_argument("--audio", choices=["embed", "link"], default=None,
-                   help="embed audio in the page or link blinded copies (default: eval.listening_test.audio)")
-    p.add_argument("--seed", type=int, default=None, help="blinding seed (default: sample.seed)")
-    p.add_argument("--out", required=True, help="HTML page; the key goes to <stem>.key.json beside it")
-    config_mod.add_cli_args(p)
-    p.set_defaults(func=_run)
+            io.write_bytes(Path(out).parent / audio_dir / f"{it['id']}.wav", Path(it["wav"]).read_bytes())
+    io.write_json(key_path(out), {"seed": seed, "items": key})
+    io.write_text(out, render_page(items, audio_dir=audio_dir))
+    log.info("listening test: %d items from %d methods -> %s (key %s)", len(items), len(names), out, key_path(out))
+    return len(items)

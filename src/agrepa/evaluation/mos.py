@@ -52,7 +52,7 @@ class DNSMOS:
 
 def build_mos(cfg: dict, domain: str):
     """The predictor ``eval.mos.<domain>`` names, or ``None`` for ``none``."""
-    kind = config_mod.get(cfg, f"eval.mos.{domain}")
+    kind = cfg["eval"]["mos"][domain]
     if kind in (None, "none"):
         return None
     if kind == "dnsmos":

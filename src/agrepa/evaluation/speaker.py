@@ -86,7 +86,7 @@ def _resemblyzer(cfg: dict) -> SpeakerEncoder:
 
 
 def build_speaker_encoder(cfg: dict) -> SpeakerEncoder | None:
-    name = config_mod.get(cfg, "eval.speaker")
+    name = cfg["eval"]["speaker"]
     if name in (None, "none"):
         return None
     if name not in SPEAKER_ENCODERS:

@@ -41,7 +41,6 @@ n_frames; path relative to DIR), ``<id>.wav`` (24 kHz, the configured vocoder),
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -236,7 +235,7 @@ def sample_split(model, cfg: dict, manifest_path: str | os.PathLike, mels_dir: s
     from ..corpora.manifest import read_manifest
     from ..store import Store
 
-    sc = config_mod.get(cfg, "sample")
+    sc = cfg["sample"]
     df = read_manifest(manifest_path)
     df = df[df["split"] == split].copy()
     if df.empty:
@@ -263,7 +262,7 @@ def sample_split(model, cfg: dict, manifest_path: str | os.PathLike, mels_dir: s
         requests.append(make_request(cid, ref_mel, toks.get(ref)["tokens"], toks.get(cid)["tokens"], L, P))
     model = model.to(device).eval()
     gen = generate(model, requests, int(sc["steps"]), sc["cfg_scale"], float(sc["sway"]), seed,
-                   batch_size=int(sc.get("batch_size", 8)), device=device)
+                   batch_size=int(sc["batch_size"]), device=device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = df.set_index(df["id"].astype(str))
@@ -304,37 +303,3 @@ def read_samples(samples_dir: str | os.PathLike) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}")
     return df
-
-
-def _run(args) -> int:
-    from ..training.train import load_checkpoint
-    from .vocoder import build_vocoder
-
-    cfg = config_mod.from_args(args)
-    seed = int(config_mod.get(cfg, "sample.seed") if args.seed is None else args.seed)
-    torch.manual_seed(seed)
-    run = load_checkpoint(args.ckpt)
-    cfg = {**cfg, "model": run.cfg["model"]}  # the architecture is the checkpoint's
-    meta = {"ckpt": str(args.ckpt), "method": run.method, "phase": run.phase, "train_seed": run.seed,
-            "step": run.step, "config": cfg.get("name")}
-    max_clips = None
-    if args.max_clips is not None:
-        max_clips = {"speech": args.max_clips, "audio": args.max_clips}
-    sample_split(run.model, cfg, args.manifest, args.mels, args.tokens, args.split, seed, args.out,
-                 max_clips=max_clips, vocoder=build_vocoder(cfg), meta=meta, device=resolve_device(cfg))
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("sample", help="zero-shot generation of test clips (Euler ODE + CFG + vocoder)",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="training checkpoint (final.pt or a snapshot)")
-    p.add_argument("--manifest", required=True, help="manifest.csv")
-    p.add_argument("--mels", required=True, help="mel store directory (or its index.json)")
-    p.add_argument("--tokens", required=True, help="token store directory (or its index.json)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: sample.seed)")
-    p.add_argument("--max-clips", type=int, default=None, help="clips per domain (default: sample.max_clips)")
-    p.add_argument("--out", required=True, help="output directory")
-    config_mod.add_cli_args(p)
-    p.set_defaults(func=_run)

@@ -182,13 +182,13 @@ def save_vocos(model, directory: str | os.PathLike, spec: dict) -> Path:
 
 def build_vocoder(cfg: dict) -> Vocoder:
     """The vocoder ``sample.vocoder`` names (``griffinlim`` | ``vocos``)."""
-    kind = config_mod.get(cfg, "sample.vocoder")
-    audio = config_mod.get(cfg, "audio")
+    kind = cfg["sample"]["vocoder"]
+    audio = cfg["audio"]
     if kind == "griffinlim":
-        return GriffinLimVocoder(audio, config_mod.get(cfg, "sample.griffinlim_iters"),
-                                 seed=config_mod.get(cfg, "sample.seed"))
+        return GriffinLimVocoder(audio, cfg["sample"]["griffinlim_iters"],
+                                 seed=cfg["sample"]["seed"])
     if kind == "vocos":
-        voc = VocosVocoder.from_spec(str(config_mod.get(cfg, "sample.vocos_model")))
+        voc = VocosVocoder.from_spec(str(cfg["sample"]["vocos_model"]))
         if voc.sample_rate != int(audio["sample_rate"]) or voc.n_mels != int(audio["n_mels"]):
             raise ValueError(f"sample.vocos_model: Vocos expects {voc.n_mels} mels at {voc.sample_rate} Hz, "
                              f"the audio config has {audio['n_mels']} at {audio['sample_rate']} Hz")

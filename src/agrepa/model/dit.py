@@ -242,5 +242,5 @@ def build_model(cfg: dict, vocab_size: int) -> DiT:
     """A DiT from the config's ``model`` section."""
     m = cfg["model"]
     return DiT(n_layers=m["n_layers"], dim=m["dim"], n_heads=m["n_heads"], n_mels=cfg["audio"]["n_mels"],
-               vocab_size=vocab_size, ff_mult=m.get("ff_mult", 4), dropout=m.get("dropout", 0.0),
-               token_dim=m.get("token_dim"))
+               vocab_size=vocab_size, ff_mult=m["ff_mult"], dropout=m["dropout"],
+               token_dim=m["token_dim"])

@@ -37,17 +37,18 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .. import config as config_mod
-from .. import io
+from ..config import DOMAINS
 from ..device import move_batch, resolve_device
-from .foga import eval_mode, foga_per_sample
 from ..model.dit import DiT
+from ..store import Store
+from ..training.dataset import TrainingData
+from ..training.objectives import flow_matching_loss, ot_path
+from ..training.train import load_checkpoint
+from .foga import eval_mode, foga_per_sample
+from .records import CSV_COLUMNS, PROBES
 
 log = logging.getLogger(__name__)
 
-DOMAINS = ("speech", "audio")                 # domain index 0, 1 in a batch's ``domain``
-PROBES = ("foga", "lasp", "gradnorm")
-CSV_COLUMNS = ["config", "seed", "domain", "probe", "layer", "t", "score", "spread", "n"]
 
 # score_fn(h [B, T, D], mask [B, T] | None) -> cosine per sample [B]
 ScoreFn = Callable[[Tensor, "Tensor | None"], Tensor]
@@ -108,8 +109,6 @@ def gradnorm(model: DiT, batch: dict, x0: Tensor, t_grid: Sequence[float],
     at flow time t for every sample. Model in eval mode (no dropout, no CFG drop).
     The model's ``.grad`` fields and ``requires_grad`` flags are left untouched.
     """
-    from ..training.objectives import flow_matching_loss
-
     if len(t_grid) == 0:
         raise ValueError("gradnorm needs a non-empty t grid")
     params = [list(block.parameters()) for block in model.blocks]
@@ -173,8 +172,6 @@ def run_probes(model: DiT, batches: dict[str, list[dict]], t_grid: Sequence[floa
     ``loss_on_prompt=False`` that loss leaves out the batch's ``prompt_mask`` frames
     (as ``train.loss_on_prompt`` does in training; needs ``prompt_mask``).
     """
-    from ..training.objectives import ot_path
-
     grad_grid = list(t_grid if gradnorm_t_grid is None else gradnorm_t_grid)
     probes = list(probes)
     unknown = set(probes) - set(PROBES)
@@ -233,111 +230,62 @@ def run_probes(model: DiT, batches: dict[str, list[dict]], t_grid: Sequence[floa
     return pd.DataFrame(rows, columns=CSV_COLUMNS)
 
 
-def read_probes(path: str | Path) -> pd.DataFrame:
-    """Read a probes CSV and check its columns and values; errors name the file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: probes CSV not found")
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a readable CSV ({err})") from None
-    missing = [c for c in CSV_COLUMNS if c not in df.columns and c != "n"]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing} (expected {CSV_COLUMNS})")
-    bad = sorted(set(df["probe"]) - set(PROBES))
-    if bad:
-        raise ValueError(f"{path}: unknown probe name(s) {bad}")
-    bad = sorted(set(df["domain"]) - set(DOMAINS))
-    if bad:
-        raise ValueError(f"{path}: unknown domain(s) {bad}")
-    df["config"] = df["config"].astype(str)
-    return df
+# --------------------------------------------------------------------------- a checkpoint
 
-
-# --------------------------------------------------------------------------- CLI
-
-def token_config_name(args) -> str:
-    """The token config name for the CSV: ``--token-config``, else the token store's meta
+def token_config_name(tokens_dir, given: str | None = None) -> str:
+    """The token config name for the CSV: ``given``, else the token store's meta
     (``token_config``), else the token store's directory name (``results/tokens/A`` -> ``A``)."""
-    if args.token_config:
-        return str(args.token_config)
-    from ..store import Store
-
-    store = Store(args.tokens)
+    if given:
+        return str(given)
+    store = Store(tokens_dir)
     name = store.meta.get("token_config") or store.meta.get("config")
     return str(name) if name else store.dir.name
 
 
-def cmd_probe(args) -> int:
-    cfg = config_mod.from_args(args)
-    pcfg = config_mod.get(cfg, "probe")
-    t_grid = [float(t) for t in config_mod.get(cfg, "probe.t_grid")]
+def probe_checkpoint(cfg: dict, ckpt, data: dict, *, split: str = "train", probes: Sequence[str] = PROBES,
+                     seed: int | None = None, token_config: str | None = None) -> pd.DataFrame:
+    """Every probe of ``probes`` on the EMA weights of checkpoint ``ckpt`` over ``split`` clips of
+    the stores ``data`` (manifest, mels, tokens, semantic, acoustic) -> the tidy probes frame."""
+    pcfg = cfg["probe"]
+    t_grid = [float(t) for t in pcfg["t_grid"]]
     if not t_grid or any(not 0.0 <= t <= 1.0 for t in t_grid) or len(set(t_grid)) != len(t_grid):
         raise ValueError(f"config key 'probe.t_grid': need distinct flow times in [0, 1], got {t_grid}")
-    probes = [p.strip() for p in args.probes.split(",") if p.strip()]
     unknown = sorted(set(probes) - set(PROBES))
     if not probes or unknown:
         raise ValueError(f"--probes: unknown or no probe(s) {unknown}; choose from {list(PROBES)}")
-    from ..training.train import load_checkpoint                        # the training stage owns checkpoints
-
-    run = load_checkpoint(args.ckpt, use_ema=True)
+    run = load_checkpoint(ckpt, use_ema=True)
     device = resolve_device(cfg)
     model, heads = run.model.to(device).eval(), run.bitc.to(device).eval()
     for p in heads.parameters():                              # frozen interface heads
         p.requires_grad_(False)
-    seed = int(args.seed if args.seed is not None else run.seed)
-    if args.seed is not None and args.seed != run.seed:
-        log.warning("--seed %d differs from the checkpoint's seed %d; the CSV records %d", args.seed, run.seed, seed)
-    batches = probe_batches(cfg, args, device)
+    if seed is not None and seed != run.seed:
+        log.warning("--seed %d differs from the checkpoint's seed %d; the CSV records %d", seed, run.seed, seed)
+    batches = probe_batches(cfg, data, split, device)
     scorers = {
         "speech": lambda b: bitc_scorer(heads, "speech", b["emb_semantic"]),
         "audio": lambda b: bitc_scorer(heads, "audio", b["emb_acoustic"]),
     }
     df = run_probes(model, batches, t_grid, noise_seed=int(pcfg["seed"]), eps=float(pcfg["eps"]),
-                    scorers=scorers, probes=probes, config_name=token_config_name(args), seed=seed,
-                    max_streams=pcfg.get("foga_max_streams"), gradnorm_t_grid=pcfg.get("gradnorm_t_grid"),
-                    loss_on_prompt=bool(config_mod.get(cfg, "train.loss_on_prompt", True)))
-    io.write_csv(args.out, df)
-    log.info("wrote %s (%d rows) from %s (step %d)", args.out, len(df), args.ckpt, run.step)
-    return 0
+                    scorers=scorers, probes=list(probes), config_name=token_config_name(data["tokens"], token_config),
+                    seed=int(run.seed if seed is None else seed), max_streams=pcfg["foga_max_streams"],
+                    gradnorm_t_grid=pcfg["gradnorm_t_grid"], loss_on_prompt=bool(cfg["train"]["loss_on_prompt"]))
+    log.info("probed %s (step %d): %d rows", ckpt, run.step, len(df))
+    return df
 
 
-def probe_batches(cfg: dict, args, device: torch.device) -> dict[str, list[dict]]:
+def probe_batches(cfg: dict, data: dict, split: str, device: torch.device) -> dict[str, list[dict]]:
     """``probe.n_batches`` deterministic batches of ``probe.batch_size`` clips per domain from
-    ``args.split`` (crops from frame 0, fixed prompt fraction: ``TrainingData.eval_batches``)."""
-    from ..training.dataset import TrainingData                         # the training stage owns the loader
-
-    n_batches = int(config_mod.get(cfg, "probe.n_batches"))
-    bs = int(config_mod.get(cfg, "probe.batch_size"))
+    ``split`` (crops from frame 0, fixed prompt fraction: ``TrainingData.eval_batches``)."""
+    n_batches, bs = int(cfg["probe"]["n_batches"]), int(cfg["probe"]["batch_size"])
     if n_batches < 1 or bs < 1:
         raise ValueError(f"config keys 'probe.n_batches'/'probe.batch_size' must be >= 1, got {n_batches}/{bs}")
-    data = TrainingData(cfg, args.manifest, args.mels, args.tokens, args.semantic, args.acoustic,
-                        split=args.split)
+    clips = TrainingData(cfg, data["manifest"], data["mels"], data["tokens"], data["semantic"], data["acoustic"],
+                         split=split)
     out: dict[str, list[dict]] = {}
     for domain in DOMAINS:
-        got = data.eval_batches(bs, domain=domain, limit=n_batches)
+        got = clips.eval_batches(bs, domain=domain, limit=n_batches)
         if len(got) < n_batches:
             log.warning("%s split has only %d %s batch(es) of %d clips (probe.n_batches = %d)",
-                        args.split, len(got), domain, bs, n_batches)
+                        split, len(got), domain, bs, n_batches)
         out[domain] = [move_batch(b, device) for b in got]
     return out
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("probe", help="FoG-A, LASP and gradient-norm probes of a warm-up checkpoint",
-                              description=__doc__.split("\n\n")[0])
-    config_mod.add_cli_args(p)
-    p.add_argument("--ckpt", required=True, help="warm-up checkpoint (final.pt)")
-    p.add_argument("--manifest", required=True, help="manifest.csv")
-    p.add_argument("--mels", required=True, help="mel store (dir or index.json)")
-    p.add_argument("--tokens", required=True, help="token store of this token config")
-    p.add_argument("--semantic", required=True, help="semantic teacher embedding store")
-    p.add_argument("--acoustic", required=True, help="acoustic teacher embedding store")
-    p.add_argument("--seed", type=int, default=None, help="the run's seed for the CSV (default: the checkpoint's)")
-    p.add_argument("--token-config", default=None,
-                   help="token config name for the CSV (default: token store meta, else its directory name)")
-    p.add_argument("--split", default="train", help="manifest split to probe (the paper: train)")
-    p.add_argument("--probes", default=",".join(PROBES), help="comma list of foga,lasp,gradnorm")
-    p.add_argument("--out", required=True, help="probes.csv")
-    p.set_defaults(func=cmd_probe)

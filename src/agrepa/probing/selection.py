@@ -29,13 +29,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import config as config_mod
 from .. import io
-from .probes import read_probes
+from ..config import STRATEGIES
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("foga", "lasp", "gradnorm", "random")
 WEIGHT_RULE = "alpha_l = max(s_l,0) / sum over top-K; uniform if all selected s_l <= 0"
 
 
@@ -142,28 +140,3 @@ def read_selection(path: str | Path) -> dict:
     if len(rec["layers"]) != len(rec["weights"]) or not math.isclose(sum(rec["weights"]), 1.0, abs_tol=1e-6):
         raise ValueError(f"{path}: 'weights' must align with 'layers' and sum to 1")
     return rec
-
-
-def cmd_select(args) -> int:
-    cfg = config_mod.from_args(args)
-    k = int(args.k if args.k is not None else config_mod.get(cfg, "selection.k"))
-    foga_t = args.foga_t if args.foga_t is not None else config_mod.get(cfg, "selection.foga_t", "all")
-    df = read_probes(args.probes)
-    record = select(df, args.strategy, k, args.seed, foga_t, source=str(args.probes))
-    io.write_json(args.out, record)
-    log.info("%s top-%d layers %s weights %s -> %s", args.strategy, k, record["layers"],
-             [round(w, 4) for w in record["weights"]], args.out)
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("select", help="top-K layer selection and weights from probe scores",
-                              description=__doc__.split("\n\n")[0])
-    config_mod.add_cli_args(p)
-    p.add_argument("--probes", required=True, help="probes.csv of one run (agrepa probe)")
-    p.add_argument("--strategy", required=True, choices=STRATEGIES)
-    p.add_argument("--k", type=int, default=None, help="number of layers (default: selection.k)")
-    p.add_argument("--seed", type=int, required=True, help="the run's seed (draws the random layers)")
-    p.add_argument("--foga-t", default=None, help="'all' or one t of the probe grid (default: selection.foga_t)")
-    p.add_argument("--out", required=True, help="selection JSON")
-    p.set_defaults(func=cmd_select)

@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-
-from .. import config as agrepa_config
+from .. import config as config_mod
 from .. import io
-from . import figures, tables
 
 log = logging.getLogger(__name__)
 
 
 def cmd_metrics(args) -> int:
-    cfg = agrepa_config.from_args(args)
+    from . import tables  # pandas/matplotlib: imported when the subcommand runs
+
+    cfg = config_mod.from_args(args)
     df = tables.metrics_frame(args.eval, args.reference, experiment=cfg["name"])
     io.write_csv(args.out, df)
     log.info("wrote %s (%d rows from %d evaluations)", args.out, len(df), len(args.eval))
@@ -33,9 +32,9 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_table1(args) -> int:
-    from . import probes as probe_reports
+    from . import probes as probe_reports  # pandas/matplotlib: imported when the subcommand runs
 
-    cfg = agrepa_config.from_args(args)
+    cfg = config_mod.from_args(args)
     df = probe_reports.table1(args.probes, k=int(cfg["selection"]["k"]))
     io.write_csv(args.out, df)
     log.info("wrote %s", args.out)
@@ -43,7 +42,9 @@ def cmd_table1(args) -> int:
 
 
 def cmd_table2(args) -> int:
-    cfg = agrepa_config.from_args(args)
+    from . import tables  # pandas/matplotlib: imported when the subcommand runs
+
+    cfg = config_mod.from_args(args)
     table = tables.table2(tables.read_metrics(args.metrics), cfg)
     io.write_csv(args.out, table)
     io.write_csv(tables.vs_paper_path(args.out), tables.table2_vs_paper(table, cfg))
@@ -52,7 +53,9 @@ def cmd_table2(args) -> int:
 
 
 def cmd_table3(args) -> int:
-    cfg = agrepa_config.from_args(args)
+    from . import tables  # pandas/matplotlib: imported when the subcommand runs
+
+    cfg = config_mod.from_args(args)
     table = tables.table3(tables.read_metrics(args.metrics), tables.convergence_frame(args.convergence),
                           tables.read_selections(args.selection), cfg)
     io.write_csv(args.out, table)
@@ -62,34 +65,38 @@ def cmd_table3(args) -> int:
 
 
 def cmd_figure1(args) -> int:
-    from . import probes as probe_reports
+    from . import figures, probes as probe_reports  # pandas/matplotlib: imported when the subcommand runs
 
-    agrepa_config.from_args(args)
+    config_mod.from_args(args)
     with figures.style(args.style):
         probe_reports.figure1(probe_reports.load_probes(args.probes), args.out)
     return 0
 
 
 def cmd_layer_scores(args) -> int:
-    from . import probes as probe_reports
+    from . import figures, probes as probe_reports  # pandas/matplotlib: imported when the subcommand runs
 
-    agrepa_config.from_args(args)
+    config_mod.from_args(args)
     with figures.style(args.style):
         probe_reports.probe_bars(probe_reports.load_probes(args.probes), args.out)
     return 0
 
 
 def cmd_convergence(args) -> int:
-    cfg = agrepa_config.from_args(args)
+    from . import figures, tables  # pandas/matplotlib: imported when the subcommand runs
+
+    cfg = config_mod.from_args(args)
     conv = tables.convergence_frame(args.convergence)
     tcs = sorted(set(conv["token_config"]))
-    threshold = tables.convergence_threshold(conv, cfg, tcs[0]) if len(tcs) == 1 else np.nan
+    threshold = tables.convergence_threshold(conv, cfg, tcs[0]) if len(tcs) == 1 else float("nan")
     figures.convergence_figure(conv, cfg, args.out, threshold=threshold, style_file=args.style)
     return 0
 
 
 def cmd_seed_scatter(args) -> int:
-    cfg = agrepa_config.from_args(args)
+    from . import figures, tables  # pandas/matplotlib: imported when the subcommand runs
+
+    cfg = config_mod.from_args(args)
     metrics = tables.read_metrics(args.metrics)
     metrics = metrics[metrics["method"] != tables.REFERENCE_METHOD]
     figures.seed_scatter(metrics, cfg, args.out, style_file=args.style)
@@ -104,7 +111,7 @@ def register(subparsers) -> None:
 
     def add(name, func, help_text):
         q = sub.add_parser(name, help=help_text)
-        agrepa_config.add_cli_args(q)
+        config_mod.add_cli_args(q)
         q.add_argument("--out", required=True, help="output file")
         q.set_defaults(func=func)
         return q

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .. import io
-from ..probing.probes import read_probes
+from ..probing.records import read_probes
 
 # Table 1's columns: (title, probe, domain)
 TABLE1_METRICS = [

@@ -43,7 +43,7 @@ import torchaudio.compliance.kaldi as kaldi
 from torch import Tensor, nn
 
 from .. import io
-from . import Teacher
+from .base import Teacher
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from .. import audio as A
 from .. import config as C
 from .. import io
 from ..store import Store, StoreWriter
-from . import Teacher, build_teacher
+from .base import Teacher, build_teacher
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
     meta = {"role": role, "teacher": teacher.name, "fingerprint": fingerprint, "dim": teacher.dim,
             "frame_rate": teacher.frame_rate, "sample_rate": teacher.sample_rate,
             "manifest_sha256": manifest_sha, "cache_key": key, "n_clips": len(ids)}
-    peak = C.get(cfg, "audio.peak_normalize", 0.95)
-    writer = StoreWriter(out, meta=meta, shard_size=int(C.get(cfg, "teachers.shard_size", 256)))
+    peak = cfg["audio"]["peak_normalize"]
+    writer = StoreWriter(out, meta=meta, shard_size=int(cfg["teachers"]["shard_size"]))
     for _, row in tqdm(manifest.iterrows(), total=len(manifest), desc=f"embed {role} ({teacher.name})"):
         path = resolve_path(manifest_path, row["path"])
         wave = A.load_audio(path, sample_rate=teacher.sample_rate, peak=peak)

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from .. import audio as A
 from .. import config as C
 from .. import io
-from . import Teacher
+from .base import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +157,13 @@ def multilabel_metrics(probs: np.ndarray, truth: np.ndarray, labels: list[str], 
 def _clip_mels(manifest_path, rows, cfg: dict) -> list[Tensor]:
     from ..corpora.manifest import resolve_path
 
-    sr = int(C.get(cfg, "audio.sample_rate"))
-    peak = C.get(cfg, "audio.peak_normalize", 0.95)
-    max_samples = int(float(C.get(cfg, "audio.max_seconds")) * sr)
+    sr = int(cfg["audio"]["sample_rate"])
+    peak = cfg["audio"]["peak_normalize"]
+    max_samples = int(float(cfg["audio"]["max_seconds"]) * sr)
     mels = []
     for _, row in tqdm(rows.iterrows(), total=len(rows), desc="mels", leave=False):
         wave = A.load_audio(resolve_path(manifest_path, row["path"]), sample_rate=sr, peak=peak)
-        mels.append(A.log_mel(torch.from_numpy(wave[:max_samples]), cfg.get("audio")))
+        mels.append(A.log_mel(torch.from_numpy(wave[:max_samples]), cfg["audio"]))
     return mels
 
 
@@ -194,7 +194,7 @@ def train_events(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, c
     model, its config and the valid metrics to ``out_dir``; return the metrics."""
     from ..corpora.manifest import read_manifest, split_labels
 
-    ecfg = C.get(cfg, "teachers.acoustic.events")
+    ecfg = cfg["teachers"]["acoustic"]["events"]
     seed = int(ecfg["seed"])
     torch.manual_seed(seed)
     manifest = read_manifest(manifest_path)
@@ -216,14 +216,14 @@ def train_events(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, c
     cat = torch.cat([m.flatten() for m in train_mels])
     n_mels = int(train_mels[0].shape[0])
     arch = {"n_mels": n_mels, "dim": int(ecfg["dim"]), "n_layers": int(ecfg["n_layers"]),
-            "n_heads": int(ecfg.get("n_heads", 4)), "n_labels": len(labels),
-            "dropout": float(ecfg.get("dropout", 0.1)), "ff_mult": int(ecfg.get("ff_mult", 2))}
+            "n_heads": int(ecfg["n_heads"]), "n_labels": len(labels),
+            "dropout": float(ecfg["dropout"]), "ff_mult": int(ecfg["ff_mult"])}
     model = EventEncoder(**arch)
     model.mel_mean.fill_(float(cat.mean()))
     model.mel_std.fill_(float(cat.std()))
 
     opt = torch.optim.AdamW(model.parameters(), lr=float(ecfg["lr"]),
-                            weight_decay=float(ecfg.get("weight_decay", 0.01)))
+                            weight_decay=float(ecfg["weight_decay"]))
     epochs, bs = int(ecfg["epochs"]), int(ecfg["batch_size"])
     steps = epochs * math.ceil(len(train_mels) / bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(ecfg["lr"]), total_steps=steps,
@@ -253,7 +253,7 @@ def train_events(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, c
     bar.close()
     train_seconds = time.time() - t0
 
-    threshold = float(ecfg.get("threshold", 0.5))
+    threshold = float(ecfg["threshold"])
     metrics = multilabel_metrics(predict(model, valid_mels, bs), y_valid, labels, y_train, threshold)
     train_fit = multilabel_metrics(predict(model, train_mels, bs), y_train, labels, y_train, threshold)
     metrics.update({"split": "valid", "labels": labels, "train_loss": history,
@@ -265,7 +265,7 @@ def train_events(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, c
     with io.atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp))
     io.write_json(out / "config.json", {"arch": arch, "labels": labels, "downsample": DOWNSAMPLE,
-                                        "audio": A._audio_cfg(cfg.get("audio")), "seed": seed,
+                                        "audio": dict(cfg["audio"]), "seed": seed,
                                         "manifest_sha256": io.sha256_file(manifest_path)})
     io.write_json(out / "metrics.json", metrics)
     log.info("event teacher: valid exact match %.3f (chance %.3f), mAP %.3f (chance %.3f), %.1f s",
@@ -298,7 +298,7 @@ class EventsTeacher(Teacher):
                 raise FileNotFoundError(f"{p}: event teacher file missing (run `agrepa teacher train`)")
         meta = io.read_json(conf, required=("arch", "labels", "audio", "downsample"))
         if cfg_audio is not None:
-            want = A._audio_cfg(cfg_audio)
+            want = cfg_audio
             if int(want["sample_rate"]) != int(meta["audio"]["sample_rate"]) or \
                     int(want["n_mels"]) != int(meta["audio"]["n_mels"]):
                 raise ValueError(f"{conf}: teacher trained on {meta['audio']['sample_rate']} Hz / "

@@ -38,7 +38,8 @@ import torch
 from torch import Tensor
 
 from .. import io
-from . import Teacher
+from ..device import cpu_threads
+from .base import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -193,27 +194,27 @@ class WhisperTeacher(Teacher):
 
     @classmethod
     def from_config(cls, tcfg: dict, device: str = "cpu") -> "WhisperTeacher":
-        backend = tcfg.get("backend", "ctranslate2")
-        model = tcfg.get("model")
+        backend = tcfg["backend"]
+        model = tcfg["model"]
         if not model:
             raise KeyError("teachers.semantic.model: no Whisper model given")
         if backend == "ctranslate2":
             if str(model).startswith(WHEEL_PREFIX):
                 path = resolve_wheel_model(str(model))
-                expected = tcfg.get("sha256") or TINY_EN_SHA256
+                expected = tcfg["sha256"] or TINY_EN_SHA256
             else:
-                path, expected = Path(model), tcfg.get("sha256")
-            enc = CT2Encoder(path, expected, device=device, threads=tcfg.get("threads", 1),
-                             compute_type=tcfg.get("compute_type", "float32"))
+                path, expected = Path(model), tcfg["sha256"]
+            enc = CT2Encoder(path, expected, device=device, threads=cpu_threads(),
+                             compute_type=tcfg["compute_type"])
         elif backend == "transformers":
-            if not tcfg.get("pad_to_window", True):
+            if not tcfg["pad_to_window"]:
                 raise ValueError("teachers.semantic.pad_to_window: the transformers Whisper encoder only "
                                  "accepts full windows (max_source_positions x 2 mel frames); set it to true")
             enc = HFEncoder(model, device=device)
         else:
             raise ValueError(f"teachers.semantic.backend: unknown Whisper backend {backend!r} "
                              "(expected ctranslate2 or transformers)")
-        return cls(backend, enc, str(model), pad_to_window=tcfg.get("pad_to_window", True))
+        return cls(backend, enc, str(model), pad_to_window=tcfg["pad_to_window"])
 
     def settings(self) -> dict:
         return {"backend": self.backend, "model": self.model, "n_mels": self.n_mels,

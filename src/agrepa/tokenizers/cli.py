@@ -1,25 +1,25 @@
 """``agrepa tokens {fit,encode}``."""
 from __future__ import annotations
 
-import torch
-
-from .. import config as C
+from .. import config as config_mod
 
 
-def _fit(args) -> int:
-    from . import fit_stream
+def cmd_fit(args) -> int:
+    from ..device import set_threads
+    from .streams import fit_stream  # stage modules are imported when their subcommand runs
 
-    cfg = C.from_args(args)
-    torch.set_num_threads(int(C.get(cfg, "tokens.threads", torch.get_num_threads())))
+    cfg = config_mod.from_args(args)
+    set_threads(args.threads)
     fit_stream(cfg, args.stream, args.manifest, args.out, features=args.features)
     return 0
 
 
-def _encode(args) -> int:
-    from . import encode_manifest
+def cmd_encode(args) -> int:
+    from ..device import set_threads
+    from .streams import encode_manifest
 
-    cfg = C.from_args(args)
-    torch.set_num_threads(int(C.get(cfg, "tokens.threads", torch.get_num_threads())))
+    cfg = config_mod.from_args(args)
+    set_threads(args.threads)
     encode_manifest(cfg, args.token_config, args.manifest, args.out, speech_model=args.speech_model,
                     audio_model=args.audio_model, beats_model=args.beats_model,
                     semantic=args.semantic, acoustic=args.acoustic)
@@ -38,8 +38,8 @@ def register(subparsers) -> None:
                         "not needed for the s3-onnx speech tokenizer")
     f.add_argument("--manifest", required=True)
     f.add_argument("--out", required=True, help="tokenizer directory (config.json, weights, metrics.json)")
-    C.add_cli_args(f)
-    f.set_defaults(func=_fit)
+    config_mod.add_cli_args(f)
+    f.set_defaults(func=cmd_fit)
 
     e = sub.add_parser("encode", help="tokenize every clip of a manifest (Config A or B)")
     e.add_argument("--token-config", required=True, choices=["A", "B"])
@@ -50,5 +50,5 @@ def register(subparsers) -> None:
     e.add_argument("--acoustic", default=None, help="acoustic teacher embedding store")
     e.add_argument("--manifest", required=True)
     e.add_argument("--out", required=True, help="output token store directory")
-    C.add_cli_args(e)
-    e.set_defaults(func=_encode)
+    config_mod.add_cli_args(e)
+    e.set_defaults(func=cmd_encode)

@@ -51,11 +51,11 @@ import torch
 from torch import Tensor
 
 from .. import config as config_mod
+from ..config import DOMAINS
 from ..store import Store
 
 log = logging.getLogger(__name__)
 
-DOMAINS = ("speech", "audio")                           # index = domain id in batches
 DOMAIN_TEACHER = {"speech": "semantic", "audio": "acoustic"}
 TEACHERS = ("semantic", "acoustic")
 
@@ -81,12 +81,12 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def frames_per_second(cfg: dict) -> float:
-    return config_mod.get(cfg, "audio.sample_rate") / config_mod.get(cfg, "audio.hop_length")
+    return cfg["audio"]["sample_rate"] / cfg["audio"]["hop_length"]
 
 
 def crop_frames(cfg: dict) -> int:
     """Training crop length in mel frames (``train.crop_seconds`` at the mel rate)."""
-    n = int(round(float(config_mod.get(cfg, "train.crop_seconds")) * frames_per_second(cfg)))
+    n = int(round(float(cfg["train"]["crop_seconds"]) * frames_per_second(cfg)))
     if n < 1:
         raise ValueError(f"train.crop_seconds: gives {n} frames; must give at least 1")
     return n
@@ -101,15 +101,15 @@ class TrainingData:
                  split: str = "train"):
         self.cfg = cfg
         self.split = split
-        self.n_mels = int(config_mod.get(cfg, "audio.n_mels"))
+        self.n_mels = int(cfg["audio"]["n_mels"])
         self.crop = crop_frames(cfg)
-        self.prompt_max_fraction = float(config_mod.get(cfg, "train.prompt_max_fraction"))
-        self.eval_prompt_fraction = float(config_mod.get(cfg, "train.eval_prompt_fraction"))
+        self.prompt_max_fraction = float(cfg["train"]["prompt_max_fraction"])
+        self.eval_prompt_fraction = float(cfg["train"]["eval_prompt_fraction"])
         for key, f in (("train.prompt_max_fraction", self.prompt_max_fraction),
                        ("train.eval_prompt_fraction", self.eval_prompt_fraction)):
             if not 0.0 <= f < 1.0:
                 raise ValueError(f"{key}: must lie in [0, 1), got {f}")
-        max_frames = int(math.floor(float(config_mod.get(cfg, "audio.max_seconds")) * frames_per_second(cfg)))
+        max_frames = int(math.floor(float(cfg["audio"]["max_seconds"]) * frames_per_second(cfg)))
 
         df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
         src = "manifest" if isinstance(manifest, pd.DataFrame) else str(manifest)

@@ -1,6 +1,6 @@
 """Multi-process training through ``torch.distributed`` (torchrun environment variables).
 
-``torchrun --nproc_per_node N -m agrepa.training.train ...`` (or ``agrepa train`` under torchrun)
+``torchrun --nproc_per_node N -m agrepa.cli train ...``
 sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; :func:`setup` joins
 the process group (gloo on CPU, nccl on GPU). Gradients are averaged by
 :func:`all_reduce_grads` (one flat buffer per dtype); every rank trains on its

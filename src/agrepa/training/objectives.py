@@ -209,7 +209,7 @@ def method_layers(cfg: dict, method: str, selection: str | os.PathLike | None,
     ``{layers: [...]}``: fixed-layer REPA, alpha_l = ``train.repa_lambda`` (empty = baseline);
     ``{selection: <strategy>}``: S and alpha from the selection JSON (required).
     """
-    methods = config_mod.get(cfg, "methods")
+    methods = cfg["methods"]
     if method not in methods:
         raise KeyError(f"methods.{method}: unknown method (known: {sorted(methods)})")
     spec = methods[method] or {}
@@ -224,5 +224,5 @@ def method_layers(cfg: dict, method: str, selection: str | os.PathLike | None,
         raise ValueError(f"methods.{method}.layers: {layers} outside 1..{n_layers} (model.n_layers)")
     if selection is not None:
         raise ValueError(f"methods.{method}: fixed layers {layers}; --selection is not used by this method")
-    lam = float(config_mod.get(cfg, "train.repa_lambda"))
+    lam = float(cfg["train"]["repa_lambda"])
     return layers, [lam] * len(layers)

@@ -21,7 +21,7 @@ over the logging interval; repa empty for the baseline), ``config.resolved.yaml`
 A run started in a directory holding ``last.pt`` resumes from it exactly.
 Checkpoints hold only tensors and plain Python (``torch.load(weights_only=True)``).
 
-Multi-process: ``torchrun --nproc_per_node N -m agrepa.training.train ...`` (or ``-m agrepa.cli train``).
+Multi-process: ``torchrun --nproc_per_node N -m agrepa.cli train ...``.
 ``train.batch_size`` is the GLOBAL batch; rank r trains on the r-th contiguous shard of
 the same global batch (:func:`agrepa.training.dataset.shard`), gradients are averaged, only
 rank 0 writes. Every per-sample random draw depends on (seed, phase, step) and the
@@ -30,7 +30,6 @@ floating-point reduction order.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
@@ -91,7 +90,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", use_ema: bool =
         raise ValueError(f"{path}: not an agrepa training checkpoint (format {FORMAT!r} expected)")
     cfg = ck["config"]
     model = build_model(cfg, ck["vocab_size"])
-    bitc = BiTCHeads(model.dim, ck["teacher_dims"], config_mod.get(cfg, "train.bitc_weight"))
+    bitc = BiTCHeads(model.dim, ck["teacher_dims"], cfg["train"]["bitc_weight"])
     src = ck["ema"] if use_ema else {"model": ck["model"], "bitc": ck["bitc"]}
     model.load_state_dict(src["model"])
     bitc.load_state_dict(src["bitc"])
@@ -104,7 +103,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", use_ema: bool =
 
 def autocast_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on GPU, none (fp32) on CPU, unless ``train.precision`` says otherwise."""
-    p = config_mod.get(cfg, "train.precision")
+    p = cfg["train"]["precision"]
     if p == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if p == "bf16":
@@ -213,7 +212,7 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, manifest, mels, tokens
     if total < 1:
         raise ValueError(f"train.{phase}_steps / --steps: must be >= 1, got {total}")
 
-    d = dist_mod.setup("cuda" if (config_mod.get(cfg, "device") != "cpu" and torch.cuda.is_available()) else "cpu")
+    d = dist_mod.setup("cuda" if (cfg["device"] != "cpu" and torch.cuda.is_available()) else "cpu")
     try:
         return _run(cfg, d, phase=phase, out=out, manifest=manifest, mels=mels, tokens=tokens,
                     semantic=semantic, acoustic=acoustic, seed=int(seed), method=method, init=init,
@@ -243,7 +242,7 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
     else:
         layers, weights = [], []
     seed_everything(derive_seed(seed, "repa", method))
-    repa = REPAHeads(layers, weights, model.dim, data.teacher_dims, tc.get("repa_hidden"))
+    repa = REPAHeads(layers, weights, model.dim, data.teacher_dims, tc["repa_hidden"])
     model.to(device), bitc.to(device), repa.to(device)
     modules = [model, bitc, repa]
     dist_mod.broadcast_parameters(d, modules)
@@ -255,7 +254,7 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
     sched = make_scheduler(cfg, opt, total)
     sampler = BalancedSampler(data.domain, G, seed, tag=phase)
     seed_everything(derive_seed(seed, phase, "train", d.rank))
-    forward = torch.compile(model) if tc.get("compile") else model
+    forward = torch.compile(model) if tc["compile"] else model
 
     start, rows = 0, []
     last = out / "last.pt"
@@ -301,11 +300,11 @@ def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed
                 "sampler": sampler.state_dict(), "rng": states, "world_size": d.world_size, "config": cfg,
                 "metrics": [dict(r) for r in metrics.rows]}
 
-    snapshots = {int(s) for s in tc.get("snapshot_steps") or []} if phase == "branch" else set()
+    snapshots = {int(s) for s in tc["snapshot_steps"] or []} if phase == "branch" else set()
     every, log_every = int(tc["checkpoint_every"]), int(tc["log_every"])
     if every < 1 or log_every < 1:
         raise ValueError(f"train.checkpoint_every / train.log_every: must be >= 1, got {every} / {log_every}")
-    clip = float(tc["grad_clip"]) if tc.get("grad_clip") else math.inf
+    clip = float(tc["grad_clip"]) if tc["grad_clip"] else math.inf
     loss_on_prompt = bool(tc["loss_on_prompt"])
     acc, acc_n, t_log = torch.zeros(5, dtype=torch.float64), 0, time.perf_counter()
     model.train(), bitc.train(), repa.train()
@@ -408,49 +407,3 @@ def _read_init(path: Path, data: TrainingData) -> dict:
     if dict(ck["teacher_dims"]) != dict(data.teacher_dims):
         raise ValueError(f"{path}: teacher dims {ck['teacher_dims']} differ from the stores' {data.teacher_dims}")
     return ck
-
-
-# -- command line --
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train the flow-matching model (phase warmup or branch)",
-                              description=__doc__.splitlines()[0])
-    add_arguments(p)
-    p.set_defaults(func=main)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    config_mod.add_cli_args(p)
-    p.add_argument("--phase", required=True, choices=["warmup", "branch"])
-    p.add_argument("--method", default=None, help="a key of the config's methods: grid (branch)")
-    p.add_argument("--init", default=None, metavar="CKPT", help="warm-up final.pt (branch)")
-    p.add_argument("--selection", default=None, metavar="JSON", help="layer selection (selection methods)")
-    p.add_argument("--manifest", required=True, help="manifest.csv (the train split is used)")
-    p.add_argument("--mels", required=True, metavar="DIR", help="mel store (meta: stats)")
-    p.add_argument("--tokens", required=True, metavar="DIR", help="token store (meta: vocab_size)")
-    p.add_argument("--semantic", required=True, metavar="DIR", help="semantic-teacher embedding store (speech)")
-    p.add_argument("--acoustic", required=True, metavar="DIR", help="acoustic-teacher embedding store (audio)")
-    p.add_argument("--seed", type=int, default=0, help="run seed: init, data order, noise, dropout")
-    p.add_argument("--out", required=True, metavar="DIR", help="run directory (resumes from DIR/last.pt)")
-    p.add_argument("--steps", type=int, default=None, help="override the phase length")
-
-
-def main(args) -> int:
-    cfg = config_mod.from_args(args)
-    run(cfg, phase=args.phase, out=args.out, manifest=args.manifest, mels=args.mels, tokens=args.tokens,
-        semantic=args.semantic, acoustic=args.acoustic, seed=args.seed, method=args.method, init=args.init,
-        selection=args.selection, steps=args.steps)
-    return 0
-
-
-if __name__ == "__main__":  # ``python -m agrepa.training.train ...`` (same code path, lighter import than the full CLI)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="agrepa-train")
-    add_arguments(parser)
-    ns = parser.parse_args()
-    try:
-        sys.exit(main(ns))
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"agrepa train: error: {err.args[0] if isinstance(err, KeyError) and err.args else err}",
-              file=sys.stderr)
-        sys.exit(2)

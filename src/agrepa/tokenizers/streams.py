@@ -1,0 +1,261 @@
+"""Discrete tokens for the flow-matching model: fit tokenizers, encode clips.
+
+Streams and their tokenizers (``tokens.<stream>.kind``):
+
+* ``speech`` -- "S3-like": k-means on the semantic teacher's frames of the speech
+  train clips (``kmeans``), or CosyVoice's S3 tokenizer from its ONNX file
+  (``s3-onnx``, reads 16 kHz audio);
+* ``audio``  -- "AudioSet tokenizer": RepCodec-style VQ on the acoustic teacher's
+  frames of the audio train clips (``repcodec``);
+* ``beats``  -- Config B's extra stream: k-means on the acoustic teacher's frames
+  of the train clips of ``tokens.beats.domains``.
+
+A fitted tokenizer is a directory: ``config.json`` (kind, stream, k, dim,
+frame_rate, the feature store's teacher and fingerprint), the weights
+(``kmeans.safetensors`` or ``model.safetensors``; none for s3-onnx) and
+``metrics.json`` (codebook usage perplexity on the train frames).
+
+Encoding (:func:`encode_manifest`) writes a store with tensor ``tokens`` (int64
+[N], ids of the unified vocabulary, :mod:`agrepa.tokenizers.vocab`) per clip;
+Config A: speech clips -> speech tokens, audio clips -> audio tokens; Config B:
+each clip's primary tokens interleaved 1:1 with its BEATs tokens.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from .. import config as C
+from .. import io
+from ..device import cpu_threads
+from ..store import Store, StoreWriter
+from .kmeans import KMeans, usage_stats
+from .repcodec import RepCodec, fit_repcodec
+from .vocab import STREAMS, Vocab, align_lengths, interleave, rate_summary
+
+log = logging.getLogger(__name__)
+
+FEATURE_ROLE = {"speech": "semantic", "audio": "acoustic", "beats": "acoustic"}
+TOKEN_CONFIGS = ("A", "B")
+
+
+class Tokenizer:
+    """A fitted tokenizer directory, loaded: ``encode_frames`` (teacher frames
+    [T, D] -> local codes [T]) or, for s3-onnx, ``encode_wave`` (16 kHz audio)."""
+
+    def __init__(self, directory: Path, conf: dict, impl):
+        self.directory, self.conf, self.impl = directory, conf, impl
+        self.kind, self.stream = conf["kind"], conf["stream"]
+        self.k, self.frame_rate = int(conf["k"]), float(conf["frame_rate"])
+        self.input = "audio" if self.kind == "s3-onnx" else "frames"
+
+    def encode_frames(self, frames: Tensor) -> Tensor:
+        if self.input != "frames":
+            raise ValueError(f"{self.directory}: a {self.kind} tokenizer reads audio, not teacher frames")
+        return self.impl.encode(frames).long()
+
+    def encode_wave(self, wave16k: np.ndarray) -> Tensor:
+        return torch.from_numpy(self.impl.encode_wave(wave16k))
+
+    def fingerprint(self) -> str:
+        files = sorted(p for p in self.directory.iterdir() if p.suffix in (".json", ".safetensors")
+                       and p.name != "metrics.json")
+        return io.sha256_json({p.name: io.sha256_file(p) for p in files})
+
+
+def load_tokenizer(directory: str | os.PathLike, threads: int = 1) -> Tokenizer:
+    directory = Path(directory)
+    conf_path = directory / "config.json"
+    if not conf_path.exists():
+        raise FileNotFoundError(f"{conf_path}: tokenizer config missing (run `agrepa tokens fit`)")
+    conf = io.read_json(conf_path, required=("kind", "stream", "k", "frame_rate"))
+    kind = conf["kind"]
+    if kind == "kmeans":
+        impl = KMeans.load(directory)
+    elif kind == "repcodec":
+        impl = RepCodec.load(directory, conf["arch"])
+    elif kind == "s3-onnx":
+        from .s3onnx import S3OnnxTokenizer
+        impl = S3OnnxTokenizer(conf["onnx_path"], threads=threads, k=conf["k"])
+        if impl.sha256 != conf.get("sha256", impl.sha256):
+            raise ValueError(f"{conf['onnx_path']}: sha256 changed since `tokens fit` ({conf_path})")
+    else:
+        raise ValueError(f"{conf_path}: unknown tokenizer kind {kind!r}")
+    return Tokenizer(directory, conf, impl)
+
+
+# ----------------------------------------------------------------------------- fit
+def train_ids(manifest, stream: str, cfg: dict) -> list[str]:
+    """Clip ids a stream's tokenizer is fitted on (train split, the stream's domains)."""
+    domains = {"speech": ["speech"], "audio": ["audio"]}.get(stream) or \
+        list(cfg["tokens"]["beats"]["domains"])
+    rows = manifest[(manifest["split"] == "train") & manifest["domain"].isin(domains)]
+    return rows["id"].tolist()
+
+
+def _load_frames(store: Store, ids: list[str]) -> list[Tensor]:
+    missing = [i for i in ids if i not in store]
+    if missing:
+        raise KeyError(f"{store.dir}: no features for clip id {missing[0]!r} "
+                       f"({len(missing)} manifest clips missing; re-run `agrepa teacher embed`)")
+    return [store.load("frames", [i])[i].float() for i in ids]
+
+
+def fit_stream(cfg: dict, stream: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
+               features: str | os.PathLike | None = None) -> dict:
+    """Fit the ``stream`` tokenizer; write ``out_dir``/{config.json, weights, metrics.json}."""
+    from ..corpora.manifest import read_manifest, resolve_path
+
+    if stream not in STREAMS:
+        raise ValueError(f"--stream {stream!r}: expected one of {STREAMS}")
+    scfg = cfg["tokens"][stream]
+    seed = int(cfg["tokens"]["seed"])
+    kind, k = scfg["kind"], int(scfg["k"])
+    manifest = read_manifest(manifest_path)
+    ids = train_ids(manifest, stream, cfg)
+    if not ids:
+        raise ValueError(f"{manifest_path}: no train clips for the {stream} stream")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    conf = {"kind": kind, "stream": stream, "k": k, "seed": seed, "n_clips": len(ids),
+            "manifest_sha256": io.sha256_file(manifest_path)}
+
+    if kind == "s3-onnx":
+        if stream != "speech":
+            raise ValueError(f"tokens.{stream}.kind: s3-onnx is a speech tokenizer")
+        from .s3onnx import SAMPLE_RATE, S3OnnxTokenizer
+        from .. import audio as A
+        tok = S3OnnxTokenizer(scfg["onnx_path"], threads=cpu_threads(), k=k)
+        peak = cfg["audio"]["peak_normalize"]
+        rows = manifest.set_index("id").loc[ids]
+        codes = torch.cat([torch.from_numpy(tok.encode_wave(A.load_audio(resolve_path(manifest_path, p),
+                                                                          SAMPLE_RATE, peak=peak)))
+                           for p in tqdm(rows["path"], desc="s3 tokens", leave=False)])
+        conf.update({"onnx_path": str(tok.path.resolve()), "sha256": tok.sha256,
+                     "frame_rate": float(scfg["onnx_token_rate"]), "dim": None, "features": None})
+        metrics = usage_stats(codes, k)
+    else:
+        if features is None:
+            raise ValueError(f"tokens fit --stream {stream}: --features STORE is required for {kind}")
+        store = Store(features)
+        want = FEATURE_ROLE[stream]
+        if store.meta.get("role") not in (None, want):
+            raise ValueError(f"{store.dir}: holds {store.meta.get('role')} features; the {stream} "
+                             f"stream is fitted on {want} features")
+        frames = _load_frames(store, ids)
+        conf.update({"frame_rate": float(store.meta["frame_rate"]), "dim": int(frames[0].shape[1]),
+                     "features": {k_: store.meta.get(k_) for k_ in ("teacher", "fingerprint", "cache_key")}})
+        if kind == "kmeans":
+            x = torch.cat(frames)
+            cap = int(scfg["max_frames"] or 0)
+            if cap and x.shape[0] > cap:
+                x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:cap]]
+            model, fit_info = KMeans.fit(x, k, seed=seed, iters=int(scfg["iters"]))
+            model.save(out)
+            metrics = usage_stats(torch.cat([model.encode(f) for f in frames]), k)
+            metrics.update(fit_info)
+        elif kind == "repcodec":
+            model, metrics = fit_repcodec(frames, k=k, code_dim=int(scfg["dim"]),
+                                          hidden=int(scfg["hidden"]), steps=int(scfg["steps"]),
+                                          lr=float(scfg["lr"]), commitment=float(scfg["commitment"]),
+                                          seed=seed, batch_size=int(scfg["batch_size"]),
+                                          window=int(scfg["window"]),
+                                          restart_every=int(scfg["restart_every"]))
+            model.save(out)
+            conf["arch"] = model.arch
+        else:
+            raise ValueError(f"tokens.{stream}.kind: unknown tokenizer kind {kind!r}")
+    metrics.update({"stream": stream, "kind": kind, **rate_summary(conf["frame_rate"], cfg["audio"])})
+    io.write_json(out / "config.json", conf)
+    io.write_json(out / "metrics.json", metrics)
+    C.save_resolved(cfg, out)
+    log.info("%s tokenizer (%s, K=%d): codebook perplexity %.2f, %d/%d codes used", stream, kind, k,
+             metrics["perplexity"], metrics["used_codes"], k)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- encode
+def _check_features(tok: Tokenizer, store: Store) -> None:
+    want = (tok.conf.get("features") or {}).get("fingerprint")
+    have = store.meta.get("fingerprint")
+    if want and have and want != have:
+        raise ValueError(f"{store.dir}: teacher fingerprint {have[:12]} differs from the one the "
+                         f"{tok.stream} tokenizer in {tok.directory} was fitted on ({want[:12]})")
+
+
+def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
+                    speech_model: str | os.PathLike, audio_model: str | os.PathLike,
+                    beats_model: str | os.PathLike | None = None,
+                    semantic: str | os.PathLike | None = None, acoustic: str | os.PathLike | None = None) -> dict:
+    """Tokenize every clip of the manifest into the store ``out_dir`` (tensor ``tokens``)."""
+    from ..corpora.manifest import read_manifest, resolve_path
+
+    if token_config not in TOKEN_CONFIGS:
+        raise ValueError(f"--token-config {token_config!r}: expected A or B")
+    if token_config == "B" and beats_model is None:
+        raise ValueError("--token-config B needs --beats-model")
+    threads = cpu_threads()
+    toks = {"speech": load_tokenizer(speech_model, threads), "audio": load_tokenizer(audio_model, threads)}
+    if token_config == "B":
+        toks["beats"] = load_tokenizer(beats_model, threads)
+    for stream, tok in toks.items():
+        if tok.stream != stream:
+            raise ValueError(f"{tok.directory}: a {tok.stream} tokenizer given as the {stream} model")
+    stores = {"semantic": Store(semantic) if semantic else None, "acoustic": Store(acoustic) if acoustic else None}
+    for stream, tok in toks.items():
+        role = FEATURE_ROLE[stream]
+        if tok.input == "frames":
+            if stores[role] is None:
+                raise ValueError(f"the {stream} tokenizer ({tok.kind}) needs --{role} STORE")
+            _check_features(tok, stores[role])
+    vocab = Vocab({s: t.k for s, t in toks.items()})
+    manifest = read_manifest(manifest_path)
+    peak = cfg["audio"]["peak_normalize"]
+
+    def codes(stream: str, row) -> Tensor:
+        tok = toks[stream]
+        if tok.input == "audio":
+            from .. import audio as A
+            wave = A.load_audio(resolve_path(manifest_path, row["path"]), 16000, peak=peak)
+            return tok.encode_wave(wave)
+        store = stores[FEATURE_ROLE[stream]]
+        if row["id"] not in store:
+            raise KeyError(f"{store.dir}: no features for clip id {row['id']!r}")
+        return tok.encode_frames(store.load("frames", [row["id"]])[row["id"]])
+
+    token_rate = {s: t.frame_rate for s, t in toks.items()}
+    sequence_rate = {}
+    for domain, primary in (("speech", "speech"), ("audio", "audio")):
+        r = token_rate[primary]
+        sequence_rate[domain] = 2 * max(r, token_rate["beats"]) if token_config == "B" else r
+    meta = {"token_config": token_config, **vocab.to_meta(), "token_rate": token_rate,
+            "sequence_rate": sequence_rate, "mel_rate": rate_summary(1.0, cfg["audio"])["mel_rate"],
+            "interleaved": token_config == "B",
+            "tokenizers": {s: {"dir": str(t.directory), "kind": t.kind, "fingerprint": t.fingerprint()}
+                           for s, t in toks.items()},
+            "manifest_sha256": io.sha256_file(manifest_path)}
+    out = Path(out_dir)
+    stale = out / "index.json"
+    if stale.exists():
+        stale.unlink()
+    writer = StoreWriter(out, meta=meta, shard_size=int(cfg["tokens"]["shard_size"]))
+    lengths = []
+    for _, row in tqdm(manifest.iterrows(), total=len(manifest), desc=f"tokens {token_config}"):
+        primary = row["domain"]  # speech -> speech stream, audio -> audio stream
+        ids = vocab.to_global(primary, codes(primary, row))
+        if token_config == "B":
+            a, b = align_lengths(ids, vocab.to_global("beats", codes("beats", row)))
+            ids = interleave(a, b)
+        writer.add(row["id"], {"tokens": ids.to(torch.int64)})
+        lengths.append(int(ids.numel()))
+    writer.close()
+    C.save_resolved(cfg, out)
+    log.info("tokens %s: %d clips, vocab %d, mean length %.1f", token_config, len(lengths), vocab.vocab_size,
+             float(np.mean(lengths)) if lengths else 0.0)
+    return meta
