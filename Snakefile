@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 from agrepa import config as agrepa_config
 
@@ -27,7 +27,7 @@ configfile: "config/config.yaml"
 report: "workflow/report/workflow.rst"
 
 
-validate(config, str(agrepa_config.SCHEMA))
+agrepa_config.validate(config, source="the workflow config")
 
 # `agrepa` is the console script of this package; when Snakemake runs from a
 # virtualenv that is not activated, put that environment's bin/ on PATH.

@@ -32,6 +32,7 @@ TINY = {
               "ema_decay": 0.9, "schedule": "onecycle", "warmup_fraction": 0.2},
     "methods": {"baseline": {"layers": []}, "repa_l2": {"layers": [2]}, "repa_l1_2": {"layers": [1, 2]},
                 "ag_repa": {"selection": "foga"}},
+    "report": {"table2": {"methods": ["baseline", "repa_l2", "repa_l1_2", "ag_repa"]}},  # in range of 2 layers
 }
 
 

@@ -200,27 +200,27 @@ def test_report_cli_writes_tables_and_figures(results, tmp_path):
     agrepa_config.save_resolved(cfg, tmp_path, "cfg.yaml")
     out = tmp_path / "out"
     base = ["--config", str(cfg_path)]
-    assert cli.main(["report", "metrics", "--config", str(DEFAULT_CONFIG), *base, "--eval", *map(str, results["evals"]),
+    assert cli.main(["report", "metrics", *base, "--eval", *map(str, results["evals"]),
                      "--reference", str(results["ref"]), "--out", str(out / "metrics.csv")]) == 0
-    assert cli.main(["report", "table2", "--config", str(DEFAULT_CONFIG), *base, "--metrics", str(out / "metrics.csv"),
-                     "--out", str(out / "table2.csv")]) == 0
-    assert cli.main(["report", "table3", "--config", str(DEFAULT_CONFIG), *base, "--metrics", str(out / "metrics.csv"),
+    assert cli.main(["report", "table2", *base, "--metrics", str(out / "metrics.csv"),
+                     "--out", str(out / "table2.csv"), "--vs-paper", str(out / "table2_vs_paper.csv")]) == 0
+    assert cli.main(["report", "table3", *base, "--metrics", str(out / "metrics.csv"),
                      "--convergence", *map(str, results["convs"]), "--selection", *map(str, results["sels"]),
-                     "--out", str(out / "table3.csv")]) == 0
+                     "--out", str(out / "table3.csv"), "--vs-paper", str(out / "table3_vs_paper.csv")]) == 0
     for name in ("metrics.csv", "table2.csv", "table2_vs_paper.csv", "table3.csv", "table3_vs_paper.csv"):
         assert (out / name).stat().st_size > 0
     assert len(pd.read_csv(out / "table2.csv")) == 4     # 3 methods + the reference floor
     assert "reference" not in set(pd.read_csv(out / "table2_vs_paper.csv")["method"])
     style = tmp_path / "s.mplstyle"
     style.write_text("font.size: 7\n")
-    assert cli.main(["report", "convergence", "--config", str(DEFAULT_CONFIG), *base, "--convergence", *map(str, results["convs"]),
+    assert cli.main(["report", "convergence", *base, "--convergence", *map(str, results["convs"]),
                      "--style", str(style), "--out", str(out / "conv.png")]) == 0
-    assert cli.main(["report", "seed-scatter", "--config", str(DEFAULT_CONFIG), *base, "--metrics", str(out / "metrics.csv"),
+    assert cli.main(["report", "seed-scatter", *base, "--metrics", str(out / "metrics.csv"),
                      "--style", str(style), "--out", str(out / "scatter.png")]) == 0
     for name in ("conv.png", "scatter.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a missing style file is a clear error naming it
-    assert cli.main(["report", "seed-scatter", "--config", str(DEFAULT_CONFIG), *base, "--metrics", str(out / "metrics.csv"),
+    assert cli.main(["report", "seed-scatter", *base, "--metrics", str(out / "metrics.csv"),
                      "--style", str(tmp_path / "nope.mplstyle"), "--out", str(out / "x.png")]) == 2
 
 
@@ -231,3 +231,39 @@ def test_figure_format_follows_extension(results, tmp_path):
     assert path.read_bytes()[:4] == b"%PDF"
     with pytest.raises(ValueError, match="s.gif"):
         figures.seed_scatter(df, cfg, tmp_path / "s.gif")
+
+
+def test_every_report_subcommand_runs_without_torch(results, tmp_path):
+    """Tables and figures come from CSV/JSON with pandas and matplotlib alone: no torch, no model."""
+    import subprocess
+    import sys
+
+    from test_report_probes import run_csv
+
+    cfg_path = agrepa_config.save_resolved(small_cfg(), tmp_path, "cfg.yaml")
+    probes = [str(run_csv(tmp_path, "A", 0)), str(run_csv(tmp_path, "A", 1))]
+    out, base = tmp_path / "out", ["--config", str(cfg_path)]
+    metrics = str(out / "metrics.csv")
+    argvs = {
+        "metrics": ["--eval", *map(str, results["evals"]), "--reference", str(results["ref"]), "--out", metrics],
+        "table1": ["--probes", *probes, "--out", str(out / "t1.csv")],
+        "table2": ["--metrics", metrics, "--out", str(out / "t2.csv"), "--vs-paper", str(out / "t2v.csv")],
+        "table3": ["--metrics", metrics, "--convergence", *map(str, results["convs"]),
+                   "--selection", *map(str, results["sels"]), "--out", str(out / "t3.csv"),
+                   "--vs-paper", str(out / "t3v.csv")],
+        "figure1": ["--probes", *probes, "--out", str(out / "f1.png")],
+        "layer-scores": ["--probes", *probes, "--out", str(out / "ls.png")],
+        "convergence": ["--convergence", *map(str, results["convs"]), "--out", str(out / "c.png")],
+        "seed-scatter": ["--metrics", metrics, "--out", str(out / "s.png")],
+    }
+    parser = cli.build_parser()
+    report = next(a for a in parser._subparsers._group_actions[0].choices["report"]._actions
+                  if hasattr(a, "choices") and a.choices)
+    assert set(report.choices) == set(argvs), "every report subcommand is exercised here"
+    code = ("import json, sys\nfrom agrepa import cli\n"
+            "for argv in json.loads(sys.argv[1]):\n    assert cli.main(argv) == 0, argv\n"
+            "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'agrepa.model') if m in sys.modules)))")
+    argv = json.dumps([["report", name, *base, *rest] for name, rest in argvs.items()])
+    r = subprocess.run([sys.executable, "-c", code, argv], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []

@@ -11,7 +11,8 @@ from agrepa import audio as A
 from agrepa import config as C
 from agrepa.corpora.manifest import make_manifest, write_manifest
 from agrepa.store import Store
-from agrepa.teachers.base import build_teacher, pool_frames
+from agrepa.teachers.base import pool_frames
+from agrepa.teachers.registry import build_teacher
 from agrepa.teachers.beats import BEATs, BEATsConfig, BeatsTeacher, load_checkpoint, save_checkpoint
 from agrepa.teachers.whisper import TINY_EN_SHA256, WhisperTeacher, real_encoder_frames
 from test_workflow_support import DEFAULT_CONFIG

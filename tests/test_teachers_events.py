@@ -11,7 +11,7 @@ from agrepa import audio as A
 from agrepa import config as C
 from agrepa.cli import main
 from agrepa.corpora.manifest import make_manifest, write_manifest
-from agrepa.teachers.base import build_teacher
+from agrepa.teachers.registry import build_teacher
 from agrepa.teachers.events import EventsTeacher, average_precision, multilabel_metrics
 from test_workflow_support import DEFAULT_CONFIG
 

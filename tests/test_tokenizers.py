@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from agrepa import config as C
 from agrepa.cli import main
 from agrepa.corpora.manifest import make_manifest, write_manifest
-from agrepa.model.dit import PAD_ID
+from agrepa.config import PAD_ID
 from agrepa.store import Store, StoreWriter
 from agrepa.tokenizers.streams import load_tokenizer
 from agrepa.tokenizers.kmeans import KMeans, perplexity

@@ -117,6 +117,15 @@ def test_regenerate_reports_from_cached_results(wf):
     assert set(counts) - {"all"} == REPORT_RULES
 
 
+def test_changing_the_semantic_teacher_reruns_the_ground_truth_floor(wf, tmp_path):
+    # the floor's FAD embeds with teachers.semantic: its rule hashes that section (issue: rerun tracking)
+    overlay = tmp_path / "teacher.yaml"
+    overlay.write_text("teachers:\n  semantic:\n    model: openai/whisper-tiny.en\n")
+    out, counts = planned(wf, "--configfile", "config/test.yaml", str(overlay))
+    assert counts.get("evaluate_reference") == 1 and counts.get("teacher_embed") == 1, counts
+    assert "evaluate_reference" in out and "params" in out.split("rule evaluate_reference")[1][:2000]
+
+
 def test_html_report(wf):
     r = snakemake(["--report", "report.html", *TEST], wf)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -12,6 +12,7 @@ The names the schema's enums and the workflow's wildcards are built from live he
 """
 from __future__ import annotations
 
+import ast
 import copy
 import os
 from functools import lru_cache
@@ -23,8 +24,11 @@ import yaml
 
 from . import io
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
 DOMAINS = ("speech", "audio")                           # a clip's domain; index = domain id in batches
 STRATEGIES = ("foga", "lasp", "gradnorm", "random")     # layer-selection strategies (Table 3)
+PAD_ID = 0                                              # token id of padding in the unified vocabulary
 SCHEMA = resources.files("agrepa") / "data" / "config.schema.yaml"
 
 
@@ -69,8 +73,32 @@ def _validator():
     return jsonschema.Draft202012Validator(schema)
 
 
+def check_layers(layers, n_layers: int, key: str) -> list[int]:
+    """A method's fixed REPA layer set (1-based; [] for the baseline) checked against the model depth
+    (a check across keys that the schema cannot express); the error names ``key``."""
+    layers = [int(layer) for layer in layers]
+    bad = [layer for layer in layers if not 1 <= layer <= n_layers]
+    if bad:
+        raise ValueError(f"config key {key}: {bad} outside 1..{n_layers} (model.n_layers)")
+    return layers
+
+
+def reported_methods(cfg: dict) -> list[str]:
+    """The methods the workflow trains, in order: Table 2's rows, Table 3's baseline and the run behind
+    each strategy of ``selection.strategies`` (``report.table3.strategies`` maps it; a missing entry is
+    an error naming the key)."""
+    t3 = cfg["report"]["table3"]
+    missing = [s for s in cfg["selection"]["strategies"] if s not in t3["strategies"]]
+    if missing:
+        raise ValueError(f"config key report.table3.strategies: no method for strategy {missing[0]!r} "
+                         "(listed in selection.strategies)")
+    names = [*cfg["report"]["table2"]["methods"], t3["baseline"],
+             *(t3["strategies"][s] for s in cfg["selection"]["strategies"])]
+    return list(dict.fromkeys(names))
+
+
 def validate(cfg: dict, source: str = "config") -> dict:
-    """Check ``cfg`` against the schema; a ValueError names the first bad key and why."""
+    """Check ``cfg`` against the schema, then across keys; a ValueError names the first bad key and why."""
     errors = sorted(_validator().iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
@@ -82,6 +110,12 @@ def validate(cfg: dict, source: str = "config") -> dict:
         if err.validator == "additionalProperties":
             raise ValueError(f"{source}: at {where!r}: {err.message} (a misspelt key?)")
         raise ValueError(f"{source}: config key {where!r}: {err.message}")
+    for method in reported_methods(cfg):
+        if method not in cfg["methods"]:
+            raise ValueError(f"{source}: config key methods: method {method!r} (used by report.table2/table3) "
+                             "is not defined")
+        if "layers" in cfg["methods"][method]:
+            check_layers(cfg["methods"][method]["layers"], cfg["model"]["n_layers"], f"methods.{method}.layers ({source})")
     return cfg
 
 
@@ -128,3 +162,75 @@ def add_cli_args(parser) -> None:
 
 def from_args(args) -> dict:
     return load(args.config, args.set)
+
+
+# -- which config sections a stage reads (rerun tracking in the workflow) ----------------------
+
+def _module_file(name: str) -> Path | None:
+    """The source file of module ``agrepa.x.y`` (package: its __init__.py), or None."""
+    parts = name.split(".")[1:]
+    if not parts:
+        return PACKAGE_DIR / "__init__.py"
+    rel = Path(*parts)
+    for path in (PACKAGE_DIR / rel.with_suffix(".py"), PACKAGE_DIR / rel / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported_modules(name: str, tree: ast.AST) -> set[str]:
+    """agrepa modules a module imports anywhere (function-level imports too), resolved statically."""
+    package = name if _module_file(name).name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "agrepa"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            if base.split(".")[0] != "agrepa":
+                continue
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}")}
+    return {m for m in found if _module_file(m)}
+
+
+def config_keys(module: str) -> tuple[str, ...]:
+    """The config keys a stage reads: the ``CONFIG_KEYS`` of ``module`` and of every agrepa module it
+    imports, transitively, found by parsing the sources (nothing is imported, so the workflow can ask
+    cheaply). Keys are dotted sections; ``{name}`` stands for a rule wildcard (``methods.{method}``)."""
+    keys: set[str] = set()
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_file(name)
+        if path is None:
+            raise ValueError(f"config_keys: no module {name!r} in {PACKAGE_DIR}")
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "CONFIG_KEYS" for t in node.targets):
+                keys.update(ast.literal_eval(node.value))
+        todo += sorted(_imported_modules(name, tree) - seen)
+    return tuple(sorted(keys))
+
+
+def section_hash(cfg: dict, keys, **wildcards) -> str:
+    """A short hash of the config sections ``keys`` (dotted; ``{name}`` filled from ``wildcards``; a key
+    whose wildcard is not given is left out): a rule's param, so editing a section it reads reruns it."""
+    values = {}
+    for key in keys:
+        try:
+            key = key.format(**wildcards)
+        except KeyError:
+            continue
+        node = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        values[key] = node
+    return io.sha256_json(values)[:16]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+CONFIG_KEYS = ("device",)  # config sections this module reads
+
 DEVICES = ("auto", "cpu", "cuda")
 
 

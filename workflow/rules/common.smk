@@ -1,7 +1,6 @@
 # Shared helpers of the workflow: where every artifact lives, the experiment
 # grid read from the config, per-rule resources, the path check and the merged
 # config file that every rule passes to `agrepa --config`.
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,13 @@ METRICS_TABLE2 = res_path("reports", "metrics_table2.csv")
 TABLE1 = res_path("table1.csv")
 TABLE2 = res_path("table2.csv")
 TABLE3 = res_path("table3.csv")
+
+
+def vs_paper(table):
+    """results/table2.csv -> results/table2_vs_paper.csv (our numbers beside the paper's)."""
+    return table.replace(".csv", "_vs_paper.csv")
+
+
 FIG_FORMAT = config["report"]["figures"]["format"]
 FIGURE1 = res_path("figures", "figure1_{tc}." + FIG_FORMAT)
 FIG_LAYER_SCORES = res_path("figures", "layer_scores_{tc}." + FIG_FORMAT)
@@ -64,26 +70,11 @@ def experiment_grid(cfg):
     """
     catalogue = cfg["methods"]
     t2 = list(cfg["report"]["table2"]["methods"])
-    t3 = cfg["report"]["table3"]
-    strategy_method = {}
-    for s in cfg["selection"]["strategies"]:
-        if s not in t3["strategies"]:
-            raise ValueError(f"config key report.table3.strategies: no method for strategy {s!r} "
-                             f"(listed in selection.strategies)")
-        strategy_method[s] = t3["strategies"][s]
-    methods = []
-    for m in t2 + [t3["baseline"]] + list(strategy_method.values()):
-        if m not in catalogue:
-            raise ValueError(f"config key methods: method {m!r} (used by report.table2/table3) is not defined")
-        if m not in methods:
-            methods.append(m)
-    n_layers = cfg["model"]["n_layers"]
+    methods = agrepa_config.reported_methods(cfg)  # each defined and in range: checked by config validation
+    strategy_method = {s: cfg["report"]["table3"]["strategies"][s] for s in cfg["selection"]["strategies"]}
     needed = []
     for m in methods:
         spec = catalogue[m]
-        bad = [l for l in spec.get("layers", []) if not 1 <= l <= n_layers]
-        if bad:
-            raise ValueError(f"config key methods.{m}.layers: {bad} outside 1..{n_layers} (model.n_layers)")
         if spec.get("selection") and spec["selection"] not in needed:
             needed.append(spec["selection"])
     for s, m in strategy_method.items():
@@ -104,7 +95,6 @@ GRID = experiment_grid(config)
 TCS = GRID["token_configs"]
 SEEDS = GRID["seeds"]
 METHODS = GRID["methods"]
-ALL_STRATEGIES = ["random", "lasp", "gradnorm", "foga"]
 
 
 def _alternatives(values):
@@ -115,7 +105,7 @@ wildcard_constraints:
     tc="A|B",
     seed=r"\d+",
     method=_alternatives(METHODS),
-    strategy=_alternatives(ALL_STRATEGIES),
+    strategy=_alternatives(agrepa_config.STRATEGIES),
     role="semantic|acoustic",
     stream="speech|audio|beats",
 
@@ -136,20 +126,12 @@ def resources_of(group):
     return dict(mem_mb=mem_mb(group), runtime=res(group, "runtime"), gpu=res(group, "gpu"))
 
 
-def config_section(dotted):
-    node = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
-def config_hash(*keys):
-    """Hash of the config sections (dotted keys) a rule reads.
-
-    Used as a rule param, so a change of those sections re-runs the rule (and only it).
-    """
-    return hashlib.sha256(json.dumps({k: config_section(k) for k in keys}, sort_keys=True,
-                                     default=str).encode()).hexdigest()[:16]
+def config_hash(stage, **wildcards):
+    """Hash of the config sections the stage's code reads (the CONFIG_KEYS its modules declare,
+    agrepa.config.config_keys); a rule param, so editing one of them re-runs the rule.
+    ``stage`` is the stage's CLI module, e.g. "agrepa.training.cli"; ``wildcards`` fill
+    per-job keys such as methods.{method}."""
+    return agrepa_config.section_hash(config, agrepa_config.config_keys(stage), **wildcards)
 
 
 # --- paths that must exist on disk (paper scale) --------------------------------------
@@ -222,7 +204,7 @@ def write_merged_config(cfg):
 def final_targets():
     """Everything `rule all` builds."""
     out = [METRICS, TABLE1, TABLE2, TABLE3,
-           TABLE2.replace(".csv", "_vs_paper.csv"), TABLE3.replace(".csv", "_vs_paper.csv"),
+           vs_paper(TABLE2), vs_paper(TABLE3),
            FIG_SEED_SCATTER]
     out += expand([FIGURE1, FIG_LAYER_SCORES, FIG_CONVERGENCE], tc=TCS)
     if config["report"]["listening_test"]:

@@ -11,7 +11,7 @@ if config["data"]["source"] == "synth":
             rejects=res_path("data", "rejects.csv"),
         params:
             out=res_path("data"),
-            cfg=config_hash("audio", "data"),
+            cfg=config_hash("agrepa.corpora.cli"),
         log:
             log_path("data_synth"),
         threads: res("data", "threads")
@@ -20,7 +20,7 @@ if config["data"]["source"] == "synth":
         conda:
             "../../envs/agrepa.yaml"
         shell:
-            "agrepa data synth --config {CFG} --out {params.out} > {log} 2>&1"
+            "agrepa data synth --config {CFG} --threads {threads} --out {params.out} > {log} 2>&1"
 
 else:
 
@@ -30,7 +30,7 @@ else:
         params:
             out=res_path("data", "{corpus}"),
             root=lambda wc: config["data"][wc.corpus]["root"],
-            cfg=config_hash("audio", "data"),
+            cfg=config_hash("agrepa.corpora.cli"),
         wildcard_constraints:
             corpus="librispeech|audioset",
         log:
@@ -41,7 +41,7 @@ else:
         conda:
             "../../envs/agrepa.yaml"
         shell:
-            "agrepa data {wildcards.corpus} --config {CFG} --root {params.root} "
+            "agrepa data {wildcards.corpus} --config {CFG} --threads {threads} --root {params.root} "
             "--out {params.out} > {log} 2>&1"
 
     rule data_merge:
@@ -61,7 +61,7 @@ else:
         conda:
             "../../envs/agrepa.yaml"
         shell:
-            "agrepa data merge {params.dirs} --config {CFG} --out {params.out} > {log} 2>&1"
+            "agrepa data merge {params.dirs} --config {CFG} --threads {threads} --out {params.out} > {log} 2>&1"
 
 
 rule data_mels:
@@ -71,7 +71,7 @@ rule data_mels:
         index=MELS,
     params:
         out=os.path.dirname(MELS),
-        cfg=config_hash("audio"),
+        cfg=config_hash("agrepa.corpora.cli"),
     log:
         log_path("data_mels"),
     threads: res("data", "threads")
@@ -80,4 +80,4 @@ rule data_mels:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa data mels --config {CFG} --manifest {input.manifest} --out {params.out} > {log} 2>&1"
+        "agrepa data mels --config {CFG} --threads {threads} --manifest {input.manifest} --out {params.out} > {log} 2>&1"

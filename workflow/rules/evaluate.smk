@@ -13,7 +13,7 @@ rule sample:
         out=lambda wc: os.path.dirname(SAMPLES.format(**wc)),
         mels=store_dir("mels"),
         tokens=store_dir("tokens"),
-        cfg=config_hash("audio", "sample"),
+        cfg=lambda wc: config_hash("agrepa.generation.cli", method=wc.method),
     log:
         log_path("sample", "{tc}", "seed{seed}", "{method}"),
     threads: res("sample", "threads")
@@ -22,7 +22,7 @@ rule sample:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa sample --config {CFG} --ckpt {input.ckpt} --manifest {input.manifest} "
+        "agrepa sample --config {CFG} --threads {threads} --ckpt {input.ckpt} --manifest {input.manifest} "
         "--mels {params.mels} --tokens {params.tokens} --split test --seed {wildcards.seed} "
         "--out {params.out} > {log} 2>&1"
 
@@ -35,7 +35,7 @@ rule evaluate:
         json=EVAL,
     params:
         samples=lambda wc, input: os.path.dirname(input.samples),
-        cfg=config_hash("eval"),
+        cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method),
     log:
         log_path("evaluate", "{tc}", "seed{seed}", "{method}"),
     threads: res("evaluate", "threads")
@@ -44,7 +44,7 @@ rule evaluate:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa evaluate --config {CFG} --samples {params.samples} --manifest {input.manifest} "
+        "agrepa evaluate --config {CFG} --threads {threads} --samples {params.samples} --manifest {input.manifest} "
         "--out {output.json} > {log} 2>&1"
 
 
@@ -56,7 +56,7 @@ rule evaluate_reference:
         json=REFERENCE_EVAL,
     params:
         mels=lambda wc, input: os.path.dirname(input.mels),
-        cfg=config_hash("eval", "sample"),
+        cfg=config_hash("agrepa.evaluation.cli"),
     log:
         log_path("evaluate_reference"),
     threads: res("evaluate", "threads")
@@ -65,7 +65,7 @@ rule evaluate_reference:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa evaluate --config {CFG} --reference --manifest {input.manifest} --mels {params.mels} "
+        "agrepa evaluate --config {CFG} --threads {threads} --reference --manifest {input.manifest} --mels {params.mels} "
         "--out {output.json} > {log} 2>&1"
 
 
@@ -79,7 +79,7 @@ rule convergence:
         run=lambda wc, input: os.path.dirname(input.ckpt),
         mels=store_dir("mels"),
         tokens=store_dir("tokens"),
-        cfg=config_hash("eval", "sample"),
+        cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method),
     log:
         log_path("convergence", "{tc}", "seed{seed}", "{method}"),
     threads: res("evaluate", "threads")
@@ -88,7 +88,7 @@ rule convergence:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa convergence --config {CFG} --run {params.run} --manifest {input.manifest} "
+        "agrepa convergence --config {CFG} --threads {threads} --run {params.run} --manifest {input.manifest} "
         "--mels {params.mels} --tokens {params.tokens} --seed {wildcards.seed} "
         "--out {output.csv} > {log} 2>&1"
 
@@ -101,7 +101,7 @@ rule listening_test:
     params:
         dirs=lambda wc, input: " ".join(os.path.dirname(p) for p in input.samples),
         names=" ".join(expand("{tc}_{method}", tc=TCS, method=METHODS)),
-        cfg=config_hash("eval.listening_test", "sample"),
+        cfg=config_hash("agrepa.evaluation.cli"),
     log:
         log_path("listening_test"),
     threads: 1
@@ -110,5 +110,5 @@ rule listening_test:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa listening-test --config {CFG} --samples {params.dirs} --names {params.names} "
+        "agrepa listening-test --config {CFG} --threads {threads} --samples {params.dirs} --names {params.names} "
         "--out {output.html} > {log} 2>&1"

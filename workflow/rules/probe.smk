@@ -13,7 +13,7 @@ rule probe:
         tokens=store_dir("tokens"),
         semantic=store_dir("semantic"),
         acoustic=store_dir("acoustic"),
-        cfg=config_hash("probe"),
+        cfg=config_hash("agrepa.probing.cli"),
     log:
         log_path("probe", "{tc}", "seed{seed}"),
     threads: res("probe", "threads")
@@ -22,7 +22,7 @@ rule probe:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa probe --config {CFG} --ckpt {input.ckpt} " + DATA_ARGS + " --seed {wildcards.seed} "
+        "agrepa probe --config {CFG} --threads {threads} --ckpt {input.ckpt} " + DATA_ARGS + " --seed {wildcards.seed} "
         "--token-config {wildcards.tc} --out {output.csv} > {log} 2>&1"
 
 
@@ -33,7 +33,7 @@ rule select:
         json=SELECTION,
     params:
         k=config["selection"]["k"],
-        cfg=config_hash("selection"),
+        cfg=config_hash("agrepa.probing.cli"),
     log:
         log_path("select", "{tc}", "seed{seed}", "{strategy}"),
     threads: 1
@@ -42,5 +42,5 @@ rule select:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa select --config {CFG} --probes {input.probes} --strategy {wildcards.strategy} "
+        "agrepa select --config {CFG} --threads {threads} --probes {input.probes} --strategy {wildcards.strategy} "
         "--k {params.k} --seed {wildcards.seed} --out {output.json} > {log} 2>&1"

@@ -16,11 +16,9 @@ localrules:
     select,
 
 
-def vs_paper(path):
-    return path.replace(".csv", "_vs_paper.csv")
-
-
 T3_METHODS = [config["report"]["table3"]["baseline"]] + list(GRID["strategy_method"].values())
+# report jobs re-run when a config section the report code reads changes
+REPORT_PARAMS = dict(cfg=config_hash("agrepa.reports.cli"))
 
 
 rule report_metrics:
@@ -29,12 +27,14 @@ rule report_metrics:
         reference=REFERENCE_EVAL,
     output:
         csv=report(METRICS, caption="../report/metrics.rst", category="Tables"),
+    params:
+        **REPORT_PARAMS,
     log:
         log_path("report_metrics"),
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa report metrics --config {CFG} --eval {input.evals} --reference {input.reference} "
+        "agrepa report metrics --config {CFG} --threads {threads} --eval {input.evals} --reference {input.reference} "
         "--out {output.csv} > {log} 2>&1"
 
 
@@ -44,13 +44,13 @@ rule report_table1:
     output:
         csv=report(TABLE1, caption="../report/table1.rst", category="Tables"),
     params:
-        k=config["selection"]["k"],
+        **REPORT_PARAMS,
     log:
         log_path("report_table1"),
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa report table1 --config {CFG} --probes {input.probes} --out {output.csv} > {log} 2>&1"
+        "agrepa report table1 --config {CFG} --threads {threads} --probes {input.probes} --out {output.csv} > {log} 2>&1"
 
 
 rule report_metrics_table2:
@@ -60,12 +60,14 @@ rule report_metrics_table2:
         reference=REFERENCE_EVAL,
     output:
         csv=METRICS_TABLE2,
+    params:
+        **REPORT_PARAMS,
     log:
         log_path("report_metrics_table2"),
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa report metrics --config {CFG} --eval {input.evals} --reference {input.reference} "
+        "agrepa report metrics --config {CFG} --threads {threads} --eval {input.evals} --reference {input.reference} "
         "--out {output.csv} > {log} 2>&1"
 
 
@@ -76,13 +78,14 @@ rule report_table2:
         csv=report(TABLE2, caption="../report/table2.rst", category="Tables"),
         vs_paper=report(vs_paper(TABLE2), caption="../report/table2_vs_paper.rst", category="Tables"),
     params:
-        cfg=config_hash("report.table2", "report.decimals", "name"),
+        **REPORT_PARAMS,
     log:
         log_path("report_table2"),
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa report table2 --config {CFG} --metrics {input.metrics} --out {output.csv} > {log} 2>&1"
+        "agrepa report table2 --config {CFG} --threads {threads} --metrics {input.metrics} --out {output.csv} "
+        "--vs-paper {output.vs_paper} > {log} 2>&1"
 
 
 rule report_table3:
@@ -94,18 +97,15 @@ rule report_table3:
         csv=report(TABLE3, caption="../report/table3.rst", category="Tables"),
         vs_paper=report(vs_paper(TABLE3), caption="../report/table3_vs_paper.rst", category="Tables"),
     params:
-        cfg=config_hash("report.table3", "report.decimals", "name", "train", "eval.convergence"),
+        **REPORT_PARAMS,
     log:
         log_path("report_table3"),
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa report table3 --config {CFG} --metrics {input.metrics} "
+        "agrepa report table3 --config {CFG} --threads {threads} --metrics {input.metrics} "
         "--convergence {input.convergence} --selection {input.selections} "
-        "--out {output.csv} > {log} 2>&1"
-
-
-FIGURE_PARAMS = dict(cfg=config_hash("report.figures", "report.table2", "report.table3"))
+        "--out {output.csv} --vs-paper {output.vs_paper} > {log} 2>&1"
 
 
 rule report_figure1:
@@ -115,13 +115,13 @@ rule report_figure1:
     output:
         fig=report(FIGURE1, caption="../report/figure1.rst", category="Figures"),
     params:
-        **FIGURE_PARAMS,
+        **REPORT_PARAMS,
     log:
         log_path("report_figure1", "{tc}"),
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa report figure1 --config {CFG} --probes {input.probes} --style {input.style} "
+        "agrepa report figure1 --config {CFG} --threads {threads} --probes {input.probes} --style {input.style} "
         "--out {output.fig} > {log} 2>&1"
 
 
@@ -132,13 +132,13 @@ rule report_layer_scores:
     output:
         fig=report(FIG_LAYER_SCORES, caption="../report/layer_scores.rst", category="Figures"),
     params:
-        **FIGURE_PARAMS,
+        **REPORT_PARAMS,
     log:
         log_path("report_layer_scores", "{tc}"),
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa report layer-scores --config {CFG} --probes {input.probes} --style {input.style} "
+        "agrepa report layer-scores --config {CFG} --threads {threads} --probes {input.probes} --style {input.style} "
         "--out {output.fig} > {log} 2>&1"
 
 
@@ -149,13 +149,13 @@ rule report_convergence:
     output:
         fig=report(FIG_CONVERGENCE, caption="../report/convergence.rst", category="Figures"),
     params:
-        **FIGURE_PARAMS,
+        **REPORT_PARAMS,
     log:
         log_path("report_convergence", "{tc}"),
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa report convergence --config {CFG} --convergence {input.convergence} "
+        "agrepa report convergence --config {CFG} --threads {threads} --convergence {input.convergence} "
         "--style {input.style} --out {output.fig} > {log} 2>&1"
 
 
@@ -166,11 +166,11 @@ rule report_seed_scatter:
     output:
         fig=report(FIG_SEED_SCATTER, caption="../report/seed_scatter.rst", category="Figures"),
     params:
-        **FIGURE_PARAMS,
+        **REPORT_PARAMS,
     log:
         log_path("report_seed_scatter"),
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa report seed-scatter --config {CFG} --metrics {input.metrics} --style {input.style} "
+        "agrepa report seed-scatter --config {CFG} --threads {threads} --metrics {input.metrics} --style {input.style} "
         "--out {output.fig} > {log} 2>&1"

@@ -15,7 +15,7 @@ if EVENTS:
             metrics=res_path("teachers", "events", "metrics.json"),
         params:
             out=os.path.dirname(EVENTS_TEACHER),
-            cfg=config_hash("audio", "teachers"),
+            cfg=config_hash("agrepa.teachers.cli"),
         log:
             log_path("teacher_train"),
         threads: res("teacher_train", "threads")
@@ -24,7 +24,7 @@ if EVENTS:
         conda:
             "../../envs/agrepa.yaml"
         shell:
-            "agrepa teacher train --config {CFG} --manifest {input.manifest} "
+            "agrepa teacher train --config {CFG} --threads {threads} --manifest {input.manifest} "
             "--out {params.out} > {log} 2>&1"
 
 
@@ -49,7 +49,7 @@ rule teacher_embed:
     params:
         out=lambda wc: os.path.dirname(EMBEDDINGS.format(role=wc.role)),
         teacher=embed_teacher_arg,
-        cfg=config_hash("audio", "teachers"),
+        cfg=config_hash("agrepa.teachers.cli"),
     log:
         log_path("teacher_embed", "{role}"),
     threads: res("teacher_embed", "threads")
@@ -58,7 +58,7 @@ rule teacher_embed:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa teacher embed --config {CFG} --role {wildcards.role} --manifest {input.manifest} "
+        "agrepa teacher embed --config {CFG} --threads {threads} --role {wildcards.role} --manifest {input.manifest} "
         "{params.teacher} --out {params.out} > {log} 2>&1"
 
 
@@ -70,7 +70,7 @@ rule tokens_fit:
         model=directory(TOKEN_MODEL),
     params:
         features=lambda wc, input: os.path.dirname(input.features),
-        cfg=lambda wc: config_hash("tokens"),
+        cfg=config_hash("agrepa.tokenizers.cli"),
     log:
         log_path("tokens_fit", "{stream}"),
     threads: res("tokens", "threads")
@@ -79,7 +79,7 @@ rule tokens_fit:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa tokens fit --config {CFG} --stream {wildcards.stream} --features {params.features} "
+        "agrepa tokens fit --config {CFG} --threads {threads} --stream {wildcards.stream} --features {params.features} "
         "--manifest {input.manifest} --out {output.model} > {log} 2>&1"
 
 
@@ -106,7 +106,7 @@ rule tokens_encode:
         beats=lambda wc, input: f"--beats-model {input.beats}" if wc.tc == "B" else "",
         semantic=lambda wc, input: os.path.dirname(input.semantic),
         acoustic=lambda wc, input: os.path.dirname(input.acoustic),
-        cfg=config_hash("tokens"),
+        cfg=config_hash("agrepa.tokenizers.cli"),
     log:
         log_path("tokens_encode", "{tc}"),
     threads: res("tokens", "threads")
@@ -115,7 +115,7 @@ rule tokens_encode:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa tokens encode --config {CFG} --token-config {wildcards.tc} "
+        "agrepa tokens encode --config {CFG} --threads {threads} --token-config {wildcards.tc} "
         "--speech-model {input.speech} --audio-model {input.audio} {params.beats} "
         "--semantic {params.semantic} --acoustic {params.acoustic} --manifest {input.manifest} "
         "--out {params.out} > {log} 2>&1"

@@ -47,7 +47,7 @@ rule train_warmup:
         tokens=store_dir("tokens"),
         semantic=store_dir("semantic"),
         acoustic=store_dir("acoustic"),
-        cfg=config_hash("audio", "model", "train"),
+        cfg=config_hash("agrepa.training.cli"),
     log:
         log_path("train_warmup", "{tc}", "seed{seed}"),
     threads: res("train", "threads")
@@ -56,7 +56,7 @@ rule train_warmup:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        FRESH_START + "agrepa train --config {CFG} --phase warmup " + DATA_ARGS + " --seed {wildcards.seed} "
+        FRESH_START + "agrepa train --config {CFG} --threads {threads} --phase warmup " + DATA_ARGS + " --seed {wildcards.seed} "
         "--out {params.out} > {log} 2>&1"
 
 
@@ -82,8 +82,7 @@ rule train_branch:
         tokens=store_dir("tokens"),
         semantic=store_dir("semantic"),
         acoustic=store_dir("acoustic"),
-        cfg=lambda wc: config_hash("audio", "model", "train") + ":" + json.dumps(
-            config["methods"][wc.method], sort_keys=True),
+        cfg=lambda wc: config_hash("agrepa.training.cli", method=wc.method),
     log:
         log_path("train_branch", "{tc}", "seed{seed}", "{method}"),
     threads: res("train", "threads")
@@ -92,5 +91,5 @@ rule train_branch:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        FRESH_START + "agrepa train --config {CFG} --phase branch --method {wildcards.method} --init {input.init} "
+        FRESH_START + "agrepa train --config {CFG} --threads {threads} --phase branch --method {wildcards.method} --init {input.init} "
         "{params.selection} " + DATA_ARGS + " --seed {wildcards.seed} --out {params.out} > {log} 2>&1"

@@ -11,6 +11,8 @@ from pathlib import Path
 from .. import config as config_mod
 from .. import io
 
+CONFIG_KEYS = ("audio", "data")  # config sections this module reads
+
 log = logging.getLogger(__name__)
 
 

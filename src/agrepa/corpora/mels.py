@@ -25,10 +25,11 @@ import torch
 from tqdm import tqdm
 
 from .. import audio as audio_mod
-from .. import config as config_mod
 from .. import io
 from ..store import Store, StoreWriter
 from . import manifest as mf
+
+CONFIG_KEYS = ("audio", "data.mels")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,19 @@ def build_mels(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
     return index
 
 
-def load_stats(store_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, std)``, float32 ``[n_mels]`` each, of a mel store (train split statistics)."""
-    store = Store(store_dir)
+def load_stats(store: Store | str | os.PathLike, n_mels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)``, float32 ``[n_mels]`` each, of a mel store (train-split statistics, written by
+    :func:`build_mels`); errors name the store's index."""
+    store = store if isinstance(store, Store) else Store(store)
+    index = store.dir / "index.json"
     stats = store.meta.get("stats")
     if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
-        raise KeyError(f"{store.dir / 'index.json'}: meta has no stats.mean / stats.std "
-                       "(not a mel store built by `agrepa data mels`)")
-    return (torch.tensor(stats["mean"], dtype=torch.float32),
-            torch.tensor(stats["std"], dtype=torch.float32))
+        raise KeyError(f"{index}: meta has no stats.mean / stats.std (not a mel store built by `agrepa data mels`)")
+    mean = torch.tensor(stats["mean"], dtype=torch.float32)
+    std = torch.tensor(stats["std"], dtype=torch.float32)
+    if n_mels is not None and (mean.shape != (n_mels,) or std.shape != (n_mels,)):
+        raise ValueError(f"{index}: stats must have {n_mels} entries (audio.n_mels), "
+                         f"got {tuple(mean.shape)}/{tuple(std.shape)}")
+    if not bool((std > 0).all()):
+        raise ValueError(f"{index}: stats.std must be positive")
+    return mean, std

@@ -101,9 +101,3 @@ def make_sentence(rng: np.random.Generator, n_words: int) -> str:
             room = max(0, n_words - len(words) - 5)
             words += _pick(rng, CONJUNCTIONS).split() + _clause(rng, adjectives=min(2, room))
     return " ".join(words) + "."
-
-
-def normalize_transcript(text: str) -> str:
-    """Lower case, punctuation removed, single spaces (the form WER is computed on)."""
-    keep = "".join(ch if ch.isalnum() or ch in " '" else " " for ch in text.lower())
-    return " ".join(keep.split())

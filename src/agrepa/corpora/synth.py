@@ -35,6 +35,8 @@ from . import manifest as mf
 from . import synth_events, synth_speech
 from .validate import check_waveform, summarize
 
+CONFIG_KEYS = ("audio", "data.synth")  # config sections this module reads
+
 log = logging.getLogger(__name__)
 
 SPEECH_STREAM, EVENT_STREAM, SPLIT_STREAM = 1, 2, 3

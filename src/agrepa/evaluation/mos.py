@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import config as config_mod
+
+CONFIG_KEYS = ("eval.mos",)  # config sections this module reads
 
 MOS_SAMPLE_RATE = 16000
 NO_AUDIO_MOS = ("no MOS predictor is configured for general audio (DNSMOS predicts speech quality); "

@@ -19,7 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from .. import config as config_mod
+
+CONFIG_KEYS = ("eval.speaker",)  # config sections this module reads
 
 SPEAKER_ENCODERS: dict[str, Callable[[dict], "SpeakerEncoder"]] = {}
 

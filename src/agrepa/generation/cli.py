@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from .. import config as config_mod
 
+CONFIG_KEYS = ("name", "sample.seed")  # config sections this module reads
+
 
 def cmd_sample(args) -> int:
     import torch

@@ -52,12 +52,18 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .. import config as config_mod
 from .. import io
-from ..device import resolve_device
-from ..model.dit import PAD_ID
+from ..audio import frame_rate, write_wav
+from ..corpora.manifest import read_manifest
+from ..corpora.mels import load_stats
+from ..store import Store
+from ..config import DOMAINS, PAD_ID
+
+CONFIG_KEYS = ("audio", "sample")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +215,7 @@ def choose_prompts(df: pd.DataFrame, targets: Sequence[str], seed: int) -> dict[
 def select_targets(df: pd.DataFrame, max_clips: dict | int | None) -> list[str]:
     """The first ``max_clips[domain]`` clip ids (sorted) of each domain: a fixed evaluation subset."""
     ids = []
-    for dom in ("speech", "audio"):
+    for dom in DOMAINS:
         d = sorted(df.loc[df["domain"] == dom, "id"].astype(str))
         limit = max_clips.get(dom) if isinstance(max_clips, dict) else max_clips
         ids += d if limit is None else d[:int(limit)]
@@ -218,11 +224,20 @@ def select_targets(df: pd.DataFrame, max_clips: dict | int | None) -> list[str]:
 
 # -- the stage ----------------------------------------------------------------------
 
-def normalisation(mel_store) -> tuple[Tensor, Tensor]:
-    stats = mel_store.meta.get("stats")
-    if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
-        raise KeyError(f"{mel_store.dir / 'index.json'}: meta has no 'stats' with 'mean' and 'std'")
-    return torch.tensor(stats["mean"], dtype=torch.float32), torch.tensor(stats["std"], dtype=torch.float32)
+def build_requests(cfg: dict, targets: Sequence[str], prompts: dict[str, str], mels, toks,
+                   mean: Tensor, std: Tensor) -> list[Request]:
+    """One request per target clip: its real mel length, its own tokens, the prompt clip's normalised
+    mel prefix and tokens (module doc); ``mels`` / ``toks`` are the mel and token stores."""
+    sc = cfg["sample"]
+    max_prompt = int(round(float(sc["prompt_max_seconds"]) * frame_rate(cfg["audio"])))
+    requests = []
+    for cid in targets:
+        ref = prompts[cid]
+        ref_mel = (mels.get(ref)["mel"].float() - mean) / std
+        L = int(mels.get(cid)["mel"].shape[0])
+        P = prompt_frames(ref_mel.shape[0], L, float(sc["prompt_fraction"]), max_prompt)
+        requests.append(make_request(cid, ref_mel, toks.get(ref)["tokens"], toks.get(cid)["tokens"], L, P))
+    return requests
 
 
 def sample_split(model, cfg: dict, manifest_path: str | os.PathLike, mels_dir: str | os.PathLike,
@@ -230,18 +245,13 @@ def sample_split(model, cfg: dict, manifest_path: str | os.PathLike, mels_dir: s
                  max_clips: dict | int | None = None, vocoder=None, meta: dict | None = None,
                  device: str | torch.device = "cpu", write_audio: bool = True) -> pd.DataFrame:
     """Generate the split's evaluation subset with ``model`` and write the outputs to ``out_dir``."""
-    from safetensors.torch import save_file
-
-    from ..corpora.manifest import read_manifest
-    from ..store import Store
-
     sc = cfg["sample"]
     df = read_manifest(manifest_path)
     df = df[df["split"] == split].copy()
     if df.empty:
         raise ValueError(f"{manifest_path}: no clips in split {split!r}")
     mels, toks = Store(mels_dir), Store(tokens_dir)
-    mean, std = normalisation(mels)
+    mean, std = load_stats(mels)
     have = [c for c in df["id"].astype(str) if c in mels and c in toks]
     missing = len(df) - len(have)
     if missing:
@@ -251,15 +261,7 @@ def sample_split(model, cfg: dict, manifest_path: str | os.PathLike, mels_dir: s
     if not targets:
         raise ValueError(f"{manifest_path}: nothing to sample in split {split!r}")
     prompts = choose_prompts(df, targets, seed)
-    fps = float(cfg["audio"]["sample_rate"]) / float(cfg["audio"]["hop_length"])
-    max_prompt = int(round(float(sc["prompt_max_seconds"]) * fps))
-    requests = []
-    for cid in targets:
-        ref = prompts[cid]
-        ref_mel = (mels.get(ref)["mel"].float() - mean) / std
-        L = int(mels.get(cid)["mel"].shape[0])
-        P = prompt_frames(ref_mel.shape[0], L, float(sc["prompt_fraction"]), max_prompt)
-        requests.append(make_request(cid, ref_mel, toks.get(ref)["tokens"], toks.get(cid)["tokens"], L, P))
+    requests = build_requests(cfg, targets, prompts, mels, toks, mean, std)
     model = model.to(device).eval()
     gen = generate(model, requests, int(sc["steps"]), sc["cfg_scale"], float(sc["sway"]), seed,
                    batch_size=int(sc["batch_size"]), device=device)
@@ -272,8 +274,6 @@ def sample_split(model, cfg: dict, manifest_path: str | os.PathLike, mels_dir: s
         mels_out[cid] = mel.contiguous()
         wav_name = f"{cid}.wav"
         if write_audio:
-            from ..audio import write_wav
-
             write_wav(out_dir / wav_name, vocoder(mel), vocoder.sample_rate)
         r = rows.loc[cid]
         records.append({"id": cid, "domain": r["domain"], "path": wav_name, "prompt_id": prompts[cid],

@@ -33,7 +33,8 @@ import torch
 import torchaudio
 import yaml
 
-from .. import config as config_mod
+
+CONFIG_KEYS = ("audio", "sample")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,10 @@ class GriffinLimVocoder(Vocoder):
         self.n_iter = int(n_iter)
         self.seed = int(seed)
         n_fft, hop = int(cfg_audio["n_fft"]), int(cfg_audio["hop_length"])
-        win = int(cfg_audio.get("win_length", n_fft))
-        if float(cfg_audio.get("power", 1.0)) != 1.0:
+        win = int(cfg_audio["win_length"])
+        if float(cfg_audio["power"]) != 1.0:
             raise ValueError(f"audio.power: Griffin-Lim inversion here expects a magnitude mel (power 1), "
-                             f"got {cfg_audio.get('power')}")
+                             f"got {cfg_audio['power']}")
         self.inverse_mel = torchaudio.transforms.InverseMelScale(
             n_stft=n_fft // 2 + 1, n_mels=self.n_mels, sample_rate=self.sample_rate)
         self.griffinlim = torchaudio.transforms.GriffinLim(

@@ -34,7 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PAD_ID = 0
+from ..config import PAD_ID
+
+CONFIG_KEYS = ("audio.n_mels", "model")  # config sections this module reads
+
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, scale: float = 1000.0) -> Tensor:

@@ -6,6 +6,8 @@ import logging
 from .. import config as config_mod
 from ..training.cli import add_data_arguments
 
+CONFIG_KEYS = ("selection.foga_t", "selection.k")  # config sections this module reads
+
 log = logging.getLogger(__name__)
 
 PROBE_NAMES = "foga,lasp,gradnorm"

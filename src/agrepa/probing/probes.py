@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import pandas as pd
@@ -46,6 +45,8 @@ from ..training.objectives import flow_matching_loss, ot_path
 from ..training.train import load_checkpoint
 from .foga import eval_mode, foga_per_sample
 from .records import CSV_COLUMNS, PROBES
+
+CONFIG_KEYS = ("probe", "train.loss_on_prompt")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .. import io
 from ..config import STRATEGIES
 
 log = logging.getLogger(__name__)
@@ -129,14 +127,3 @@ def select(df: pd.DataFrame, strategy: str, k: int, seed: int, foga_t="all", sou
     record.update(layers=layers, weights=weights_from_scores([float(scores[l]) for l in layers]),
                   scores={str(l): float(s) for l, s in scores.items()})
     return record
-
-
-def read_selection(path: str | Path) -> dict:
-    """Read and check a selection JSON; errors name the file."""
-    rec = io.read_json(path)
-    for key in ("strategy", "layers", "weights"):
-        if key not in rec:
-            raise ValueError(f"{path}: selection has no {key!r}")
-    if len(rec["layers"]) != len(rec["weights"]) or not math.isclose(sum(rec["weights"]), 1.0, abs_tol=1e-6):
-        raise ValueError(f"{path}: 'weights' must align with 'layers' and sum to 1")
-    return rec

@@ -2,14 +2,14 @@
 
     agrepa report metrics      --eval E.json... [--reference R.json] --out results/metrics.csv
     agrepa report table1       --probes P.csv... --out results/table1.csv
-    agrepa report table2       --metrics results/metrics.csv --out results/table2.csv
-    agrepa report table3       --metrics M --convergence C.csv... --selection S.json... --out results/table3.csv
+    agrepa report table2       --metrics results/metrics.csv --out results/table2.csv --vs-paper V.csv
+    agrepa report table3       --metrics M --convergence C.csv... --selection S.json... --out T.csv --vs-paper V.csv
     agrepa report figure1      --probes P.csv... [--style S] --out results/figures/figure1_A.png
     agrepa report layer-scores --probes P.csv... [--style S] --out results/figures/layer_scores_A.png
     agrepa report convergence  --convergence C.csv... [--style S] --out results/figures/convergence_A.png
     agrepa report seed-scatter --metrics M [--style S] --out results/figures/seed_scatter.png
 
-table2/table3 also write the ``*_vs_paper.csv`` sibling of their --out.
+table2/table3 also write our numbers beside the paper's to --vs-paper.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import logging
 
 from .. import config as config_mod
 from .. import io
+
+CONFIG_KEYS = ("name", "selection.k")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,8 @@ def cmd_table2(args) -> int:
     cfg = config_mod.from_args(args)
     table = tables.table2(tables.read_metrics(args.metrics), cfg)
     io.write_csv(args.out, table)
-    io.write_csv(tables.vs_paper_path(args.out), tables.table2_vs_paper(table, cfg))
-    log.info("wrote %s and %s", args.out, tables.vs_paper_path(args.out))
+    io.write_csv(args.vs_paper, tables.table2_vs_paper(table, cfg))
+    log.info("wrote %s and %s", args.out, args.vs_paper)
     return 0
 
 
@@ -59,8 +61,8 @@ def cmd_table3(args) -> int:
     table = tables.table3(tables.read_metrics(args.metrics), tables.convergence_frame(args.convergence),
                           tables.read_selections(args.selection), cfg)
     io.write_csv(args.out, table)
-    io.write_csv(tables.vs_paper_path(args.out), tables.table3_vs_paper(table))
-    log.info("wrote %s and %s", args.out, tables.vs_paper_path(args.out))
+    io.write_csv(args.vs_paper, tables.table3_vs_paper(table))
+    log.info("wrote %s and %s", args.out, args.vs_paper)
     return 0
 
 
@@ -123,11 +125,13 @@ def register(subparsers) -> None:
     q = add("table1", cmd_table1, "Table 1 (top-k layers by LASP and FoG-A)")
     q.add_argument("--probes", nargs="+", required=True, help="probes.csv files")
 
-    q = add("table2", cmd_table2, "Table 2 (+ table2_vs_paper.csv)")
+    q = add("table2", cmd_table2, "Table 2 (+ our numbers beside the paper's)")
     q.add_argument("--metrics", required=True, help="metrics.csv")
+    q.add_argument("--vs-paper", required=True, help="output: Table 2 beside the paper's numbers")
 
-    q = add("table3", cmd_table3, "Table 3 (+ table3_vs_paper.csv)")
+    q = add("table3", cmd_table3, "Table 3 (+ our numbers beside the paper's)")
     q.add_argument("--metrics", required=True, help="metrics.csv")
+    q.add_argument("--vs-paper", required=True, help="output: Table 3 beside the paper's numbers")
     q.add_argument("--convergence", nargs="+", required=True, help="convergence CSVs at <tc>/seed<N>/<method>.csv")
     q.add_argument("--selection", nargs="+", required=True, help="selection JSONs at <tc>/seed<N>/<strategy>.json")
 

@@ -24,8 +24,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..config import DOMAINS
 from .. import io  # noqa: E402
 from .tables import _scale, method_label  # noqa: E402
+
+CONFIG_KEYS = ("methods", "name", "report", "token_configs")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ def convergence_figure(conv: pd.DataFrame, cfg: dict, out: str | os.PathLike,
     """FAD vs. branch step per method and domain (conv: tables.convergence_frame rows)."""
     if conv.empty:
         raise ValueError(f"{out}: no convergence rows to plot")
-    domains = [d for d in ("speech", "audio") if d in set(conv["domain"])] or sorted(set(conv["domain"]))
+    domains = [d for d in DOMAINS if d in set(conv["domain"])] or sorted(set(conv["domain"]))
     present = set(conv["method"])
     order = list(cfg["report"]["table2"]["methods"]) + [m for m in cfg["methods"]]
     methods = list(dict.fromkeys(m for m in order if m in present))

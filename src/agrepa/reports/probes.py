@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import DOMAINS
 from .. import io
 from ..probing.records import read_probes
 
@@ -143,7 +144,7 @@ def figure1(probe_csv_or_df, out_path: str | os.PathLike, config: str | None = N
 
     df, config = _one_config(load_probes(probe_csv_or_df), config)
     seeds = sorted(df["seed"].unique())
-    panels = [(d, p) for d in ("speech", "audio") for p in ("lasp", "foga")]
+    panels = [(d, p) for d in DOMAINS for p in ("lasp", "foga")]
     mats = {(d, p): heatmap_matrix(df, p, d) for d, p in panels}
     if all(m.empty for m in mats.values()):
         raise ValueError(f"config {config!r}: no lasp/foga rows to draw")
@@ -190,7 +191,7 @@ def probe_bars(probe_csv_or_df, out_path: str | os.PathLike, config: str | None 
             score=("score", "mean"), err=("score", "std"), spread=("spread", "mean"))
         if len(seeds) == 1:
             agg["err"] = agg["spread"]
-        domains = [d for d in ("speech", "audio") if d in set(agg["domain"])]
+        domains = [d for d in DOMAINS if d in set(agg["domain"])]
         layers = sorted(agg["layer"].unique())
         width = 0.8 / len(domains)
         palette = sns.color_palette("deep", len(domains))

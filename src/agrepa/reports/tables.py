@@ -35,6 +35,8 @@ import pandas as pd
 from .. import io
 from ..evaluation import metrics
 
+CONFIG_KEYS = ("eval.convergence", "methods", "name", "report", "selection", "token_configs", "train.branch_steps")  # config sections this module reads
+
 METRIC_COLUMNS = ["experiment", "token_config", "seed", "method", "domain", "metric", "value",
                   "ci_low", "ci_high", "n", "model", "note", "input", "source"]
 CONVERGENCE_COLUMNS = ["step", "domain", "fad", "n", "embedding"]
@@ -231,7 +233,7 @@ def table2(metrics: pd.DataFrame, cfg: dict) -> pd.DataFrame:
                                      f"(listed in report.table2.methods)")
                 spec = cfg["methods"][method]
                 row = {"Config": tc, "Method": method_label(method, spec), "method": method,
-                       "layers": " ".join(map(str, spec.get("layers", []))) if "layers" in spec
+                       "layers": " ".join(map(str, spec["layers"])) if "layers" in spec
                        else f"top-{cfg['selection']['k']} by {spec['selection']}"}
             numeric, notes, clips = {}, [], {}
             for label, ref in t2["columns"].items():
@@ -396,9 +398,3 @@ def table3_vs_paper(table: pd.DataFrame, paper: pd.DataFrame | None = None) -> p
                          "paper_note": ref["note"].iloc[0] if len(ref) and isinstance(ref["note"].iloc[0], str) else "",
                          "experiment": r["experiment"]})
     return pd.DataFrame(rows)
-
-
-def vs_paper_path(out: str | os.PathLike) -> Path:
-    """``results/table2.csv`` -> ``results/table2_vs_paper.csv``."""
-    out = Path(out)
-    return out.with_name(out.stem + "_vs_paper" + out.suffix)

@@ -9,26 +9,21 @@ where T' counts the frames that cover the clip's real samples. Padding (a
 batch's zero tail, or Whisper's 30 s window) never enters the mean: every
 teacher crops its input to the real length first and returns real frames only.
 
-Registry by name (``whisper``, ``beats``, ``events``); :func:`build_teacher`
-builds the teacher a role (``semantic`` / ``acoustic``) names in the config
-(``teachers.<role>``). Each teacher exposes ``name``, ``dim``, ``frame_rate``
-(frames per second), ``sample_rate`` and ``fingerprint()`` (a hash of its
-weights and settings, the embedding cache's invalidation key).
+Each teacher exposes ``name``, ``dim``, ``frame_rate`` (frames per second),
+``sample_rate`` and ``fingerprint()`` (a hash of its weights and settings, the
+embedding cache's invalidation key); :mod:`.registry` builds them by name.
 """
 from __future__ import annotations
 
 import logging
-import os
-from typing import Callable
 
 import numpy as np
 import torch
 import torchaudio
 from torch import Tensor
 
-from .. import config as C
 from .. import io
-from ..device import resolve_device
+
 
 log = logging.getLogger(__name__)
 
@@ -108,47 +103,3 @@ def pool_frames(frames: Tensor, n_real: int | None = None) -> Tensor:
     if n < 1:
         raise ValueError("pool_frames: no real frames to pool")
     return frames[:n].mean(0)
-
-
-def role_config(cfg: dict, role: str) -> dict:
-    if role not in ROLES:
-        raise ValueError(f"teacher role {role!r}: expected one of {ROLES}")
-    return cfg["teachers"][role]
-
-
-def _build_whisper(cfg: dict, tcfg: dict, teacher_dir: str | os.PathLike | None) -> Teacher:
-    from .whisper import WhisperTeacher
-    return WhisperTeacher.from_config(tcfg, device=str(resolve_device(cfg)))
-
-
-def _build_beats(cfg: dict, tcfg: dict, teacher_dir: str | os.PathLike | None) -> Teacher:
-    from .beats import BeatsTeacher
-    ckpt = tcfg["checkpoint"] or teacher_dir
-    if not ckpt:
-        raise KeyError("teachers.<role>.checkpoint: the beats teacher needs a checkpoint path")
-    return BeatsTeacher.from_checkpoint(ckpt, device=str(resolve_device(cfg)))
-
-
-def _build_events(cfg: dict, tcfg: dict, teacher_dir: str | os.PathLike | None) -> Teacher:
-    from .events import EventsTeacher
-    if teacher_dir is None:
-        raise ValueError("events teacher: pass --teacher-dir (the output of `agrepa teacher train`)")
-    return EventsTeacher.load(teacher_dir, cfg_audio=cfg["audio"], device=str(resolve_device(cfg)))
-
-
-TEACHERS: dict[str, Callable[[dict, dict, str | os.PathLike | None], Teacher]] = {
-    "whisper": _build_whisper,
-    "beats": _build_beats,
-    "events": _build_events,
-}
-
-
-def build_teacher(cfg: dict, role: str, teacher_dir: str | os.PathLike | None = None) -> Teacher:
-    """The teacher ``teachers.<role>.name`` names, built from ``teachers.<role>``."""
-    tcfg = role_config(cfg, role)
-    name = tcfg["name"]
-    if name not in TEACHERS:
-        raise KeyError(f"teachers.{role}.name: unknown teacher {name!r} (known: {sorted(TEACHERS)})")
-    teacher = TEACHERS[name](cfg, tcfg, teacher_dir)
-    log.info("teacher %s (%s): dim %d, %.4g frames/s", role, teacher.name, teacher.dim, teacher.frame_rate)
-    return teacher

@@ -23,7 +23,10 @@ from .. import audio as A
 from .. import config as C
 from .. import io
 from ..store import Store, StoreWriter
-from .base import Teacher, build_teacher
+from .base import Teacher
+from .registry import build_teacher
+
+CONFIG_KEYS = ("audio", "teachers")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 

@@ -42,9 +42,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .. import audio as A
-from .. import config as C
 from .. import io
 from .base import Teacher
+
+CONFIG_KEYS = ("audio", "teachers.acoustic")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 

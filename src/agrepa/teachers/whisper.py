@@ -27,7 +27,6 @@ concatenated.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os

@@ -39,6 +39,8 @@ from .kmeans import KMeans, usage_stats
 from .repcodec import RepCodec, fit_repcodec
 from .vocab import STREAMS, Vocab, align_lengths, interleave, rate_summary
 
+CONFIG_KEYS = ("audio", "tokens")  # config sections this module reads
+
 log = logging.getLogger(__name__)
 
 FEATURE_ROLE = {"speech": "semantic", "audio": "acoustic", "beats": "acoustic"}

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..model.dit import PAD_ID
+from ..config import PAD_ID
 
 STREAMS = ("speech", "audio", "beats")
 

@@ -43,16 +43,17 @@ import hashlib
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from .. import config as config_mod
 from ..config import DOMAINS
+from ..corpora.mels import load_stats
 from ..store import Store
+
+CONFIG_KEYS = ("audio", "train")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +126,7 @@ class TrainingData:
 
         mels, toks = Store(mels_dir), Store(tokens_dir)
         stores = {"semantic": Store(semantic_dir), "acoustic": Store(acoustic_dir)}
-        stats = mels.meta.get("stats")
-        if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
-            raise KeyError(f"{mels.dir / 'index.json'}: meta has no 'stats' with 'mean' and 'std'")
-        self.mean = torch.tensor(stats["mean"], dtype=torch.float32)
-        self.std = torch.tensor(stats["std"], dtype=torch.float32)
-        if self.mean.shape != (self.n_mels,) or self.std.shape != (self.n_mels,):
-            raise ValueError(f"{mels.dir / 'index.json'}: stats must have {self.n_mels} entries "
-                             f"(audio.n_mels), got {tuple(self.mean.shape)}/{tuple(self.std.shape)}")
-        if not bool((self.std > 0).all()):
-            raise ValueError(f"{mels.dir / 'index.json'}: stats.std must be positive")
+        self.mean, self.std = load_stats(mels, self.n_mels)
         if "vocab_size" not in toks.meta:
             raise KeyError(f"{toks.dir / 'index.json'}: meta has no 'vocab_size'")
         self.vocab_size = int(toks.meta["vocab_size"])

@@ -37,6 +37,8 @@ from .. import config as config_mod
 from .. import io
 from .dataset import DOMAIN_TEACHER, DOMAINS, TEACHERS
 
+CONFIG_KEYS = ("methods.{method}", "train.repa_lambda")  # config sections this module reads
+
 
 @dataclass
 class FMOutput:
@@ -209,19 +211,17 @@ def method_layers(cfg: dict, method: str, selection: str | os.PathLike | None,
     ``{layers: [...]}``: fixed-layer REPA, alpha_l = ``train.repa_lambda`` (empty = baseline);
     ``{selection: <strategy>}``: S and alpha from the selection JSON (required).
     """
-    methods = cfg["methods"]
-    if method not in methods:
-        raise KeyError(f"methods.{method}: unknown method (known: {sorted(methods)})")
-    spec = methods[method] or {}
+    try:
+        spec = cfg["methods"][method]
+    except KeyError:
+        raise KeyError(f"methods.{method}: unknown method (not in the config's methods:)") from None
     if "selection" in spec:
         if selection is None:
             raise ValueError(f"methods.{method}: uses selection {spec['selection']!r}; pass --selection JSON")
         return read_selection(selection, n_layers)
     if "layers" not in spec:
         raise KeyError(f"methods.{method}: needs 'layers' or 'selection'")
-    layers = [int(l) for l in spec["layers"]]
-    if any(not 1 <= l <= n_layers for l in layers):
-        raise ValueError(f"methods.{method}.layers: {layers} outside 1..{n_layers} (model.n_layers)")
+    layers = config_mod.check_layers(spec["layers"], n_layers, f"methods.{method}.layers")
     if selection is not None:
         raise ValueError(f"methods.{method}: fixed layers {layers}; --selection is not used by this method")
     lam = float(cfg["train"]["repa_lambda"])

@@ -53,6 +53,8 @@ from .checkpoint import EMA, rng_state, seed_everything, set_rng_state
 from .dataset import BalancedSampler, TrainingData, crop_frames, derive_seed, generator, shard
 from ..model.dit import DiT, build_model
 
+CONFIG_KEYS = ("audio", "device", "train")  # config sections this module reads
+
 log = logging.getLogger(__name__)
 
 FORMAT = "agrepa-train-v1"
