@@ -302,10 +302,10 @@ def test_paired_deltas_in_tables_summary_and_forest(results, tmp_path):
     pairs = set(zip(pf["method"], pf["versus"]))
     assert pairs == {("repa_l4", "baseline"), ("ag_repa", "baseline"), ("sel_random", "baseline"),
                      ("ag_repa", "repa_l4"), ("ag_repa", "sel_random")}
-    ag = paired.lookup(pf, "A", "ag_repa", "baseline", "all", "fm_loss")
+    ag = tables.lookup(pf, "A", "ag_repa", "baseline", "all", "fm_loss")
     assert ag["delta"] == pytest.approx(-0.05, abs=0.005) and bool(ag["resolved"]) and ag["improved"]
     assert ag["n_seeds"] == 2 and ag["n_units"] == 20 and ag["rel_ci_high"] < 0
-    same = paired.lookup(pf, "A", "repa_l4", "baseline", "speech", "wer")
+    same = tables.lookup(pf, "A", "repa_l4", "baseline", "speech", "wer")
     assert same["delta"] == 0.0 and not bool(same["resolved"])      # identical WER counts
     df = tables.metrics_frame(results["evals"])
     t2 = tables.table2(df, cfg, pf)

@@ -74,7 +74,6 @@ rule report_metrics_table2:
         "--out {output.csv} > {log} 2>&1"
 
 
-PAIRED_PARAMS = REPORT_PARAMS
 
 
 rule report_paired:
@@ -84,7 +83,7 @@ rule report_paired:
         csv=report(PAIRED, caption="../report/paired.rst", category="Tables"),
         clips=CLIPS,
     params:
-        **PAIRED_PARAMS,
+        **REPORT_PARAMS,
     log:
         log_path("report_paired"),
     conda:
@@ -101,7 +100,7 @@ rule report_paired_table2:
     output:
         csv=PAIRED_TABLE2,
     params:
-        **PAIRED_PARAMS,
+        **REPORT_PARAMS,
     log:
         log_path("report_paired_table2"),
     conda:
@@ -117,7 +116,7 @@ rule report_summary:
     output:
         md=report(SUMMARY, caption="../report/summary.rst", category="Tables"),
     params:
-        **PAIRED_PARAMS,
+        **REPORT_PARAMS,
     log:
         log_path("report_summary"),
     conda:

@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config import DOMAINS
+
 
 log = logging.getLogger(__name__)
 CONFIG_KEYS = ("eval.heldout", "train.loss_on_prompt")  # config sections this module reads
@@ -105,7 +107,7 @@ def heldout_data(cfg: dict, manifest, mels, tokens, semantic, acoustic, split: s
     df = df[df["split"] == split]
     limit = cfg["eval"]["heldout"]["max_clips"]
     if limit is not None:
-        df = pd.concat([df[df["domain"] == d].head(int(limit[d])) for d in ("speech", "audio")])
+        df = pd.concat([df[df["domain"] == d].head(int(limit[d])) for d in DOMAINS])
     return TrainingData(cfg, df, mels, tokens, semantic, acoustic, split=split)
 
 

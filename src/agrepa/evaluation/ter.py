@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import DOMAINS
+
 log = logging.getLogger(__name__)
 CONFIG_KEYS = ("audio.peak_normalize",)  # config sections this module reads
 
@@ -129,7 +131,7 @@ def build_token_scorer(cfg: dict, tokenizer_dirs: dict[str, str | os.PathLike], 
     from ..device import cpu_threads
     from ..tokenizers.streams import load_tokenizer
 
-    missing = [s for s in ("speech", "audio") if s not in tokenizer_dirs]
+    missing = [s for s in DOMAINS if s not in tokenizer_dirs]   # the primary streams are named as the domains
     if missing:
         raise ValueError(f"TER: no tokenizer directory for stream(s) {missing}")
     toks = {s: load_tokenizer(Path(d), cpu_threads()) for s, d in tokenizer_dirs.items()}

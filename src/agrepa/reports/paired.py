@@ -22,6 +22,7 @@ import pandas as pd
 
 from .. import io
 from ..evaluation import paired
+from .tables import run_of_path
 
 log = logging.getLogger(__name__)
 CONFIG_KEYS = ("eval.ci_level", "methods", "name", "report.paired", "report.table2.methods", "report.table3.baseline")  # config sections this module reads
@@ -67,8 +68,6 @@ def _clip_rows(path, run: dict) -> list[dict]:
 
 def clips_frame(eval_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """Per-clip numerators and denominators of every paired metric (module docstring)."""
-    from .tables import run_of_path
-
     rows: list[dict] = []
     for p in eval_paths:
         rows += _clip_rows(p, run_of_path(p))
@@ -135,37 +134,3 @@ def read_paired(path: str | os.PathLike) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: missing columns {missing}")
     return df
-
-
-def fmt_delta(row, decimals: int) -> str:
-    """``+0.012 [+0.004, +0.020]*`` (``*``: resolved, the CI excludes 0 and p < 1 - level)."""
-    if not np.isfinite(row["delta"]):
-        return "n/a"
-
-    def f(x):
-        return "n/a" if not np.isfinite(x) else f"{x:+.{decimals}g}" if abs(x) < 10 ** -decimals else f"{x:+.{decimals}f}"
-    mark = "*" if bool(row["resolved"]) else ""
-    return f"{f(row['delta'])} [{f(row['ci_low'])}, {f(row['ci_high'])}]{mark}"
-
-
-def _pct(x: float) -> str:
-    return f"{x:+.1f}" if abs(x) >= 0.1 else f"{x:+.2g}"
-
-
-def fmt_rel(row) -> str:
-    """``-3.1 % [-4.0, -2.2]`` (relative difference and its CI; 2 significant digits below 0.1 %)."""
-    if not np.isfinite(row["rel_pct"]):
-        return "n/a"
-    lo, hi = row["rel_ci_low"], row["rel_ci_high"]
-    ci = f" [{_pct(lo)}, {_pct(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else ""
-    return f"{_pct(row['rel_pct'])} %{ci}"
-
-
-def lookup(paired_df: pd.DataFrame, tc: str, method: str, versus: str, domain: str, metric: str):
-    """The one comparison row, or None."""
-    if paired_df is None or paired_df.empty:
-        return None
-    sel = paired_df[(paired_df["token_config"].astype(str) == str(tc)) & (paired_df["method"] == method)
-                    & (paired_df["versus"] == versus) & (paired_df["domain"] == domain)
-                    & (paired_df["metric"] == metric)]
-    return None if sel.empty else sel.iloc[0]

@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .paired import PAIRED_METRICS, fmt_rel
-from .tables import REFERENCE_METHOD, method_label
+from ..config import DOMAINS
+
+from .paired import PAIRED_METRICS
+from .tables import REFERENCE_METHOD, fmt_rel, method_label
 
 CONFIG_KEYS = ("eval.ci_level", "methods", "name", "report.paired", "report.table3.baseline", "token_configs")  # config sections this module reads
 
@@ -92,7 +94,7 @@ def summary_markdown(paired: pd.DataFrame, metrics: pd.DataFrame, cfg: dict) -> 
     tcs = [tc for tc in cfg["token_configs"] if tc in set(runs["token_config"].astype(str))]
     level = int(round(100 * float(cfg["eval"]["ci_level"])))
     n = {d: int(runs[(runs["domain"] == d) & (runs["metric"] == "fad")]["n"].max()) if len(runs) else 0
-         for d in ("speech", "audio")}
+         for d in DOMAINS}
     models = sorted({m for m in runs["model"].dropna().astype(str) if m})
     lines = [f"# Results summary: {cfg['name']}", "",
              f"Token configs {', '.join(tcs)}; seeds {', '.join(map(str, seeds))}; test clips per seed: "

@@ -252,8 +252,6 @@ def _cell(run: pd.DataFrame, ref: dict, cfg: dict) -> tuple[str, dict, list[str]
 def _delta_cells(row: dict, numeric: dict, label: str, ref: dict, tc: str, method: str, versus: str, paired_df,
                  dec: int) -> None:
     """The paired difference of one cell against ``versus``: text in ``row``, numbers in ``numeric``."""
-    from .paired import fmt_delta, lookup
-
     key = _slug(label)
     c = None if method == versus else lookup(paired_df, tc, method, versus, ref["domain"], ref["metric"])
     row[f"{label} Δ"] = "—" if c is None else fmt_delta(c, dec)
@@ -459,3 +457,38 @@ def table3_vs_paper(table: pd.DataFrame, paper: pd.DataFrame | None = None) -> p
                          "paper_note": ref["note"].iloc[0] if len(ref) and isinstance(ref["note"].iloc[0], str) else "",
                          "experiment": r["experiment"]})
     return pd.DataFrame(rows)
+
+
+# --- paired differences (paired.csv, agrepa.reports.paired) in the tables ---------------------------
+def fmt_delta(row, decimals: int) -> str:
+    """``+0.012 [+0.004, +0.020]*`` (``*``: resolved, the CI excludes 0 and p < 1 - level)."""
+    if not np.isfinite(row["delta"]):
+        return "n/a"
+
+    def f(x):
+        return "n/a" if not np.isfinite(x) else f"{x:+.{decimals}g}" if abs(x) < 10 ** -decimals else f"{x:+.{decimals}f}"
+    mark = "*" if bool(row["resolved"]) else ""
+    return f"{f(row['delta'])} [{f(row['ci_low'])}, {f(row['ci_high'])}]{mark}"
+
+
+def _pct(x: float) -> str:
+    return f"{x:+.1f}" if abs(x) >= 0.1 else f"{x:+.2g}"
+
+
+def fmt_rel(row) -> str:
+    """``-3.1 % [-4.0, -2.2]`` (relative difference and its CI; 2 significant digits below 0.1 %)."""
+    if not np.isfinite(row["rel_pct"]):
+        return "n/a"
+    lo, hi = row["rel_ci_low"], row["rel_ci_high"]
+    ci = f" [{_pct(lo)}, {_pct(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+    return f"{_pct(row['rel_pct'])} %{ci}"
+
+
+def lookup(paired_df: pd.DataFrame, tc: str, method: str, versus: str, domain: str, metric: str):
+    """The one comparison row, or None."""
+    if paired_df is None or paired_df.empty:
+        return None
+    sel = paired_df[(paired_df["token_config"].astype(str) == str(tc)) & (paired_df["method"] == method)
+                    & (paired_df["versus"] == versus) & (paired_df["domain"] == domain)
+                    & (paired_df["metric"] == metric)]
+    return None if sel.empty else sel.iloc[0]
