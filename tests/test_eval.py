@@ -20,8 +20,9 @@ from test_eval_corpus import VOCAB, make_corpus
 from test_sampling import tiny_model
 from test_workflow_support import DEFAULT_CONFIG
 
-SPEECH_METRICS = {"wer", "wer_utt", "fad", "fad_inf", "mos_ovrl", "mos_p808", "spk_sim"}
-AUDIO_METRICS = {"fad", "fad_inf", "mos_ovrl", "mos_p808"}
+SPEECH_METRICS = {"wer", "wer_utt", "fad", "fad_inf", "mos_ovrl", "mos_p808", "spk_sim", "mel_l1", "mcd", "ter"}
+AUDIO_METRICS = {"fad", "fad_inf", "mos_ovrl", "mos_p808", "mel_l1", "mcd", "ter", "event_top1", "event_kl", "event_map"}
+EVENT_METRICS = {"event_top1", "event_kl", "event_map"}
 
 
 def small_cfg(**mos):
@@ -29,6 +30,7 @@ def small_cfg(**mos):
     cfg["sample"].update(steps=2, griffinlim_iters=4, max_clips={"speech": 2, "audio": 2})
     cfg["eval"]["bootstrap"] = 50
     cfg["eval"]["mos"].update(mos)
+    cfg["eval"]["events"]["classifier"] = "none"   # TER and events: tests/test_ter_events.py
     cfg["device"] = "cpu"
     return cfg
 
@@ -56,8 +58,9 @@ def test_reference_floor_is_the_ground_truth_through_the_same_pipeline(corpus, m
     result = evaluate.evaluate(cfg, corpus["manifest"], reference=True, mels_dir=corpus["mels"], models=models,
                                vocoder=voc)
     rows = _by(result)
-    assert {m for d, m in rows if d == "speech"} == SPEECH_METRICS | {m + "_gt" for m in SPEECH_METRICS - {"fad", "fad_inf"}}
-    assert {m for d, m in rows if d == "audio"} == AUDIO_METRICS | {"mos_ovrl_gt", "mos_p808_gt"}
+    not_on_gt = {"fad", "fad_inf", "mel_l1", "mcd", "ter"}
+    assert {m for d, m in rows if d == "speech"} == SPEECH_METRICS | {m + "_gt" for m in SPEECH_METRICS - not_on_gt}
+    assert {m for d, m in rows if d == "audio"} == AUDIO_METRICS | {m + "_gt" for m in AUDIO_METRICS - not_on_gt}
     # the floor numbers are exactly what the pipeline gives on the ground truth
     texts = ["the cat sat on the mat", "open the door please"]
     gt_hyp = [models.asr.transcribe(corpus["waves"][c], 24000) for c in ("s0", "s1")]
@@ -79,6 +82,7 @@ def test_reference_floor_is_the_ground_truth_through_the_same_pipeline(corpus, m
         assert m["n"] == 2, key
         if m["value"] is not None:
             assert m["model"] and math.isfinite(m["value"]) and m["ci_low"] is not None, key
+    assert rows[("speech", "ter")]["value"] is None and "TER off" in rows[("speech", "ter")]["note"]
     # the resynthesis is close to the ground truth: speaker similarity to the prompt survives
     assert rows[("speech", "spk_sim_gt")]["value"] > 0.5
 
@@ -92,16 +96,27 @@ def test_eval_json_of_generated_samples(corpus, models, tmp_path):
     sampling.sample_split(tiny_model(), cfg, corpus["manifest"], corpus["mels"], corpus["tokens"], "test", 0, out,
                           vocoder=build_vocoder(cfg), meta={"method": "baseline"})
     models_nomos = evaluate.Models(models.embedding, models.asr, {"speech": None, "audio": None}, models.speaker)
-    result = evaluate.evaluate(cfg, corpus["manifest"], samples_dir=out, models=models_nomos)
+    result = evaluate.evaluate(cfg, corpus["manifest"], samples_dir=out, models=models_nomos, mels_dir=corpus["mels"])
     rows = _by(result, "generated")
     assert {m for d, m in rows if d == "speech"} == SPEECH_METRICS
     assert {m for d, m in rows if d == "audio"} == AUDIO_METRICS
+    assert {m for d, m in rows if d == "all"} == {"mel_l1", "mcd"}
+    # mel distance: the sampler generates exactly the target's frames, so the mels are frame-aligned
+    from safetensors.numpy import load_file
+
+    gen = load_file(str(out / "mels.safetensors"))
+    gt = {c: Store(corpus["mels"]).get(c)["mel"].numpy() for c in gen}
+    assert all(gen[c].shape == gt[c].shape for c in gen)
+    want = np.mean([metrics.mel_l1(gen[c], gt[c]) for c in ("s0", "s1")])
+    assert rows[("speech", "mel_l1")]["value"] == pytest.approx(want)
+    assert rows[("all", "mel_l1")]["value"] == pytest.approx(np.mean([metrics.mel_l1(gen[c], gt[c]) for c in gen]))
     for key, m in rows.items():
-        assert set(evaluate.METRIC_FIELDS) <= set(m) and m["n"] == 2
+        assert set(evaluate.METRIC_FIELDS) <= set(m) and m["n"] == (4 if key[0] == "all" else 2), key
         if m["value"] is None:
             assert m["note"], key
         else:
             assert m["model"] and m["ci_low"] is not None and m["ci_high"] is not None, key
+    assert rows[("speech", "fad")]["note"].startswith(evaluate.LOW_RANK)   # 2 clips < 384 dimensions
     fad = rows[("speech", "fad")]
     assert fad["value"] > 0 and "whisper-encoder" in fad["model"]
     assert rows[("speech", "wer")]["value"] >= 50.0  # an untrained model says nothing intelligible
@@ -170,7 +185,14 @@ def test_fad_rows_with_several_rows_per_clip():
     fad, inf = evaluate.fad_rows(gen, ref, "audio", "vggish", cfg)
     assert fad["value"] == pytest.approx(metrics.frechet_distance(np.concatenate(ref), np.concatenate(gen), "sqrtm"))
     assert fad["n"] == 6 and "18 generated / 12 reference" in fad["note"]
-    assert inf["metric"] == "fad_inf" and math.isfinite(inf["value"]) and "N in [9," in inf["note"]
+    assert inf["metric"] == "fad_inf" and "N in [9," in inf["note"] and "R^2" in inf["note"]
+    assert fad["note"] == "18 generated / 12 reference embedding rows from 6 clips"   # 18 rows > 8 dims
+    # FAD-inf is reported only when its fit explains the points
+    cfg["eval"]["fad"]["fad_inf"]["min_r2"] = 0.0
+    assert math.isfinite(evaluate.fad_rows(gen, ref, "audio", "vggish", cfg)[1]["value"])
+    cfg["eval"]["fad"]["fad_inf"]["min_r2"] = 1.01
+    left = evaluate.fad_rows(gen, ref, "audio", "vggish", cfg)[1]
+    assert left["value"] is None and "left out" in left["note"] and "R^2" in left["note"]
     # too few rows for FAD: null with the reason, never a number
     few = evaluate.fad_rows([rng.normal(size=(1, 8))], [rng.normal(size=(1, 8))], "speech", "m", cfg)
     assert all(r["value"] is None and "at least 2" in r["note"] for r in few)

@@ -61,3 +61,22 @@ def test_registry_is_the_extension_point():
         del embeddings.EMBEDDINGS["energy-test"]
     with pytest.raises(KeyError, match="unknown embedding"):
         embeddings.build_embedding(cfg)
+
+
+def test_vggish_resampling_is_fadtks_kaiser_filter():
+    import torchaudio
+
+    from agrepa.evaluation import embeddings
+
+    rng = np.random.default_rng(0)
+    wave = rng.normal(size=24000).astype(np.float32) * 0.1
+    got = embeddings.resample_16k(wave, 24000)
+    want = torchaudio.functional.resample(torch.from_numpy(wave), 24000, 16000, lowpass_filter_width=64,
+                                          rolloff=0.9475937167399596, resampling_method="sinc_interp_kaiser",
+                                          beta=14.769656459379492).numpy()
+    np.testing.assert_array_equal(got, want)
+    default = torchaudio.functional.resample(torch.from_numpy(wave), 24000, 16000).numpy()
+    # the filters differ where it matters for the top mel bands: near Nyquist
+    ex_k = embeddings.vggish_examples(wave, 24000)
+    assert not np.allclose(got, default, atol=1e-4)
+    assert ex_k.shape[-1] == embeddings.VGGISH_BANDS

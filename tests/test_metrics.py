@@ -99,3 +99,58 @@ def test_steps_to_threshold_interpolates_and_never_extrapolates():
     assert metrics.steps_to_threshold(steps, fad, 3.0) == pytest.approx(200.0)
     assert metrics.steps_to_threshold(steps, fad, 0.5) is None
     assert metrics.steps_to_threshold([300, 100, 200], [1.0, 5.0, 3.0], 4.0) == pytest.approx(150.0)
+
+
+# --- per-clip distances of the sensitive metrics -------------------------------------------------------
+def _speech_mel(noise_db=None, seed=0):
+    """Log-mel of a real (espeak-ng) utterance, optionally with white noise at an SNR in dB."""
+    import torch
+
+    from agrepa import audio, config
+    from test_eval_corpus import _speech
+    from test_workflow_support import DEFAULT_CONFIG
+
+    wave = _speech("the quick brown fox jumps over the lazy dog", "spk0")
+    if noise_db is not None:
+        noise = np.random.default_rng(seed).normal(size=wave.shape).astype(np.float32)
+        scale = np.sqrt((wave ** 2).mean() / (noise ** 2).mean() / 10 ** (noise_db / 10))
+        wave = wave + scale * noise
+    return audio.log_mel(torch.from_numpy(wave), config.load(DEFAULT_CONFIG)["audio"]).T.numpy()
+
+
+def test_mel_distance_zero_on_itself_and_monotonic_in_added_noise():
+    clean = _speech_mel()
+    assert metrics.mel_l1(clean, clean) == 0.0
+    assert metrics.mel_cepstral_distortion(clean, clean) == 0.0
+    l1 = [metrics.mel_l1(clean, _speech_mel(snr)) for snr in (40, 30, 20, 10, 0)]
+    mcd = [metrics.mel_cepstral_distortion(clean, _speech_mel(snr)) for snr in (40, 30, 20, 10, 0)]
+    assert all(x < y for x, y in zip(l1, l1[1:])), l1
+    assert all(x < y for x, y in zip(mcd, mcd[1:])), mcd
+    assert l1[0] > 0 and mcd[0] > 0
+    with pytest.raises(ValueError, match="frame-aligned"):
+        metrics.mel_l1(clean, clean[:-1])
+
+
+def test_mcd_formula_on_a_known_cepstral_shift():
+    import scipy.fft
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(7, 20))
+    c = scipy.fft.dct(a, type=2, norm="ortho", axis=1)
+    c[:, 3] += 0.5                      # a shift of cepstral coefficient 3 in every frame
+    b = scipy.fft.idct(c, type=2, norm="ortho", axis=1)
+    want = 10 / np.log(10) * np.sqrt(2 * 0.5 ** 2)
+    assert metrics.mel_cepstral_distortion(a, b, 13) == pytest.approx(want)
+    c[:, 0] += 3.0                      # c_0 (energy) is left out
+    assert metrics.mel_cepstral_distortion(a, scipy.fft.idct(c, type=2, norm="ortho", axis=1), 13) == pytest.approx(want)
+
+
+def test_token_edits_and_kl():
+    assert metrics.token_edits([1, 2, 3, 4], [1, 2, 3, 4]) == 0
+    assert metrics.token_edits([1, 2, 3, 4], [1, 3, 4]) == 1
+    assert metrics.token_edits([1, 2], [3, 4, 5]) == 3
+    p = np.array([0.7, 0.2, 0.1])
+    assert metrics.kl_divergence(p, p) == 0.0
+    q = np.array([0.1, 0.2, 0.7])
+    assert metrics.kl_divergence(p, q) == pytest.approx(float((p * np.log(p / (q + 1e-6))).sum()))
+    assert metrics.kl_divergence(p, q) > 0

@@ -24,14 +24,30 @@ def small_cfg():
     cfg["selection"]["strategies"] = ["random", "foga"]
     cfg["report"]["table2"]["methods"] = ["baseline", "repa_l4", "ag_repa"]
     cfg["eval"]["convergence"]["threshold"] = None
+    cfg["eval"]["convergence"]["metric"] = "fad"      # the synthetic curves are FAD curves
     cfg["train"]["branch_steps"] = 300
     cfg["report"]["table2"]["wer_percent"] = True     # the synthetic JSONs store WER as a fraction
     return cfg
 
 
+FM_SHIFT = {"baseline": 0.0, "repa_l4": 0.0, "ag_repa": -0.05, "sel_random": 0.01}
+
+
+def clip_records(method, seed):
+    """Per-clip records as `agrepa evaluate` writes them: held-out losses (clip difficulty shared by
+    every method of a seed, the pairing) and WER counts of generated clips."""
+    rng = np.random.default_rng(100 * seed + METHODS.index(method))
+    base = np.random.default_rng(seed).uniform(0.8, 1.2, 10)
+    recs = [{"id": f"v{i}", "domain": "speech" if i % 2 else "audio", "input": "heldout",
+             "fm_loss": float(b + FM_SHIFT[method] + rng.normal(0, 0.005))} for i, b in enumerate(base)]
+    recs += [{"id": f"s{i}", "domain": "speech", "input": "generated", "wer_errors": float(i % 3),
+              "wer_words": 6.0, "wer": 100 * (i % 3) / 6} for i in range(4)]
+    return recs
+
+
 def eval_json(method, seed):
     fad = SPEECH_FAD[method][seed]
-    return {"run": {"method": method, "seed": seed},
+    return {"run": {"method": method, "seed": seed}, "clips": clip_records(method, seed),
             "metrics": [
                 {"domain": "speech", "metric": "wer", "value": 0.05 + 0.01 * seed + (0.02 if method == "baseline" else 0),
                  "ci_low": 0.03, "ci_high": 0.08, "n": 12, "model": "tiny.en", "note": ""},
@@ -178,7 +194,7 @@ def test_table3_gain_convergence_and_reused_foga_run(results):
 
 
 def test_steps_to_threshold_interpolates_between_snapshots():
-    curve = pd.DataFrame({"step": [300, 100, 200], "fad": [1.0, 3.0, 1.4]})
+    curve = pd.DataFrame({"step": [300, 100, 200], "value": [1.0, 3.0, 1.4]})
     # (100, 3.0) -> (200, 1.4) crosses 1.5 at 100 + 100 * (3.0 - 1.5) / (3.0 - 1.4)
     assert tables.steps_to_threshold(curve, 1.5) == pytest.approx(193.75)
     assert tables.steps_to_threshold(curve, 3.0) == 100
@@ -247,6 +263,9 @@ def test_every_report_subcommand_runs_without_torch(results, tmp_path):
     argvs = {
         "metrics": ["--eval", *map(str, results["evals"]), "--reference", str(results["ref"]), "--out", metrics],
         "table1": ["--probes", *probes, "--out", str(out / "t1.csv")],
+        "paired": ["--eval", *map(str, results["evals"]), "--out", str(out / "paired.csv")],
+        "summary": ["--metrics", metrics, "--paired", str(out / "paired.csv"), "--out", str(out / "summary.md")],
+        "forest": ["--paired", str(out / "paired.csv"), "--out", str(out / "forest.png")],
         "table2": ["--metrics", metrics, "--out", str(out / "t2.csv"), "--vs-paper", str(out / "t2v.csv")],
         "table3": ["--metrics", metrics, "--convergence", *map(str, results["convs"]),
                    "--selection", *map(str, results["sels"]), "--out", str(out / "t3.csv"),
@@ -267,3 +286,47 @@ def test_every_report_subcommand_runs_without_torch(results, tmp_path):
     r = subprocess.run([sys.executable, "-c", code, argv], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+
+
+def test_paired_deltas_in_tables_summary_and_forest(results, tmp_path):
+    from agrepa.reports import paired, summary
+
+    cfg = small_cfg()
+    cfg["report"]["table2"]["columns"] = {"Speech FAD": {"domain": "speech", "metric": "fad"},
+                                          "FM loss": {"domain": "all", "metric": "fm_loss"},
+                                          "Speech WER": {"domain": "speech", "metric": "wer"}}
+    cfg["report"]["paired"].update(bootstrap=400, permutations=400)
+    clips = paired.clips_frame(results["evals"])
+    assert set(clips["metric"]) == {"fm_loss", "wer"} and set(clips["domain"]) == {"speech", "audio", "all"}
+    pf = paired.paired_frame(clips, cfg)
+    pairs = set(zip(pf["method"], pf["versus"]))
+    assert pairs == {("repa_l4", "baseline"), ("ag_repa", "baseline"), ("sel_random", "baseline"),
+                     ("ag_repa", "repa_l4"), ("ag_repa", "sel_random")}
+    ag = tables.lookup(pf, "A", "ag_repa", "baseline", "all", "fm_loss")
+    assert ag["delta"] == pytest.approx(-0.05, abs=0.005) and bool(ag["resolved"]) and ag["improved"]
+    assert ag["n_seeds"] == 2 and ag["n_units"] == 20 and ag["rel_ci_high"] < 0
+    same = tables.lookup(pf, "A", "repa_l4", "baseline", "speech", "wer")
+    assert same["delta"] == 0.0 and not bool(same["resolved"])      # identical WER counts
+    df = tables.metrics_frame(results["evals"])
+    t2 = tables.table2(df, cfg, pf)
+    row = t2[t2["method"] == "ag_repa"].iloc[0]
+    assert row["FM loss Δ"].endswith("*") and row["fm_loss_delta"] == pytest.approx(ag["delta"])
+    assert t2[t2["method"] == "baseline"].iloc[0]["FM loss Δ"] == "—"
+    assert row["Speech FAD Δ"] == "—"          # FAD is set-level: no paired difference
+    t3 = tables.table3(df, tables.convergence_frame(results["convs"]), tables.read_selections(results["sels"]), cfg, pf)
+    assert t3[t3["strategy"] == "foga"].iloc[0]["FM loss Δ"].endswith("*")
+    text = summary.summary_markdown(pf, df, cfg)
+    assert "AG-REPA (FoG-A top-k) vs Baseline (None): held-out FM loss" in text and "— better" in text
+    assert "2 seeds × 10 clips" in text
+    out = figures.forest_figure(pf, cfg, tmp_path / "forest.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fad_marked_when_rank_deficient(results):
+    from agrepa.evaluation.evaluate import LOW_RANK
+
+    cfg = small_cfg()
+    df = tables.metrics_frame(results["evals"])
+    df.loc[df["metric"] == "fad", "note"] = f"{LOW_RANK} 12 embedding rows < 384 dimensions"
+    t2 = tables.table2(df, cfg)
+    assert t2.iloc[0]["Speech FAD"].endswith("†") and "rank-deficient" in t2.iloc[0]["notes"]

@@ -15,17 +15,23 @@ def test_default_config_plans_tables_2_and_3_grid(wf):
     r = snakemake(["-n", "--cores", "2"], wf)
     assert r.returncode == 0, r.stderr + r.stdout
     c = job_counts(r.stdout)
-    # 3 seeds x config A; 8 Table 2 methods + 3 Table 3 controls (FoG-A reuses ag_repa)
-    assert c["train_warmup"] == 3
-    assert c["probe"] == 3
+    # 3 seeds x configs A and B probed (Table 1); Config A's branches (branch_token_configs):
+    # 8 Table 2 methods + 3 Table 3 controls (FoG-A reuses ag_repa)
+    assert c["train_warmup"] == 2 * 3
+    assert c["probe"] == 2 * 3
     assert c["train_branch"] == 3 * 11
-    assert c["sample"] == c["evaluate"] == c["convergence"] == 33
+    assert c["sample"] == c["evaluate"] == c["heldout"] == 33
+    assert "convergence" not in c          # the curves are the held-out FM loss: no sampling per snapshot
     assert c["select"] == 3 * 4
     assert c["data_synth"] == 1 and c["teacher_train"] == 1 and c["teacher_embed"] == 2
-    assert c["tokens_fit"] == 2 and c["tokens_encode"] == 1      # Config A needs no BEATs stream
-    for rule in ("report_metrics", "report_table1", "report_table2", "report_table3",
-                 "report_seed_scatter", "report_figure1", "report_layer_scores", "report_convergence"):
+    assert c["eval_classifier_train"] == 1 and c["evaluate_reference"] == 1
+    assert c["tokens_fit"] == 3 and c["tokens_encode"] == 2      # Config B adds the BEATs stream
+    for rule in ("report_metrics", "report_table1", "report_table2", "report_table3", "report_paired",
+                 "report_paired_table2", "report_summary", "report_forest", "report_seed_scatter"):
         assert c[rule] == 1, rule
+    for rule in ("report_figure1", "report_layer_scores"):
+        assert c[rule] == 2, rule
+    assert c["report_convergence"] == 1
 
 
 def test_test_overlay_plans_a_small_grid(wf):
@@ -36,8 +42,7 @@ def test_test_overlay_plans_a_small_grid(wf):
     # baseline, repa_l4, ag_repa (Table 2) + sel_random (Table 3), 2 seeds
     assert c["train_branch"] == 8
     assert c["select"] == 4                        # random + foga per seed
-    # Table 3 only needs the curves of baseline, sel_random and ag_repa; figures need all
-    assert c["convergence"] == 8
+    assert c["heldout"] == 8 and "convergence" not in c
 
 
 def test_merged_config_is_written_once_and_only_when_changed(wf):

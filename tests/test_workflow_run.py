@@ -12,11 +12,13 @@ pytestmark = pytest.mark.slow
 
 TEST = ["--configfile", "config/test.yaml"]
 RUN = ["--cores", "2", *TEST]
-FIGURE_RULES = {"report_figure1", "report_layer_scores", "report_convergence", "report_seed_scatter"}
-REPORT_RULES = FIGURE_RULES | {"report_metrics", "report_metrics_table2", "report_table1", "report_table2", "report_table3"}
+FIGURE_RULES = {"report_figure1", "report_layer_scores", "report_convergence", "report_seed_scatter", "report_forest"}
+REPORT_RULES = FIGURE_RULES | {"report_metrics", "report_metrics_table2", "report_table1", "report_table2", "report_table3",
+                               "report_paired", "report_paired_table2", "report_summary"}
 TARGETS = ["metrics.csv", "table1.csv", "table2.csv", "table3.csv", "table2_vs_paper.csv", "table3_vs_paper.csv",
            "figures/figure1_A.png", "figures/layer_scores_A.png", "figures/convergence_A.png",
-           "figures/seed_scatter.png", "listening_test/index.html"]
+           "figures/seed_scatter.png", "figures/forest.png", "listening_test/index.html", "paired.csv", "clips.csv",
+           "summary.md"]
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,15 @@ def test_every_target_is_produced(wf):
     assert t3.set_index("strategy").loc["foga", "method"] == "ag_repa"
     metrics = pd.read_csv(res / "metrics.csv")
     assert set(metrics["method"]) == {"baseline", "repa_l4", "ag_repa", "sel_random", "reference"}
+    # Tables 2 and 3 carry the paired difference against the baseline with its CI for each method
+    for col in ("FM loss Δ", "Mel L1 Δ", "Speech TER Δ", "Event KL Δ"):
+        cells = t2.set_index("method")[col]
+        assert cells["baseline"] == "—" and cells["ag_repa"].count("[") == 1, (col, cells["ag_repa"])
+    assert t3.set_index("strategy").loc["foga", "FM loss Δ"].count("[") == 1
+    paired = pd.read_csv(res / "paired.csv")
+    assert {"ag_repa", "repa_l4", "sel_random"} <= set(paired[paired["versus"] == "baseline"]["method"])
+    summary = (res / "summary.md").read_text()
+    assert summary.startswith("# Results summary: test") and "vs Baseline (None)" in summary
 
 
 def test_second_invocation_has_nothing_to_do(wf):
@@ -72,14 +83,14 @@ def test_deleted_eval_rebuilds_only_that_eval_and_the_reports(wf):
     after = mtimes(res)
     changed = {p for p in after if after[p] != before.get(p)}
     assert "eval/A/seed1/repa_l4.json" in changed and "table2.csv" in changed
-    assert not {p for p in changed if p.startswith(("runs/", "samples/", "probes/", "tokens/", "data/", "convergence/"))}
+    assert not {p for p in changed if p.startswith(("runs/", "samples/", "probes/", "tokens/", "data/", "heldout/"))}
     assert {p for p in changed if p.startswith("eval/")} == {"eval/A/seed1/repa_l4.json"}
 
 
 def test_rerun_one_ablation_touches_nothing_upstream(wf):
     # README: snakemake --cores 2 --forcerun results/runs/A/seed1/repa_l4/final.pt
     _, counts = planned(wf, "--forcerun", "results/runs/A/seed1/repa_l4/final.pt")
-    for rule in ("train_branch", "sample", "evaluate", "convergence"):
+    for rule in ("train_branch", "sample", "heldout", "evaluate"):
         assert counts.pop(rule) == 1, rule
     assert set(counts) <= REPORT_RULES | {"all", "listening_test"}
     res = wf / "results"

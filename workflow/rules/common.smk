@@ -32,8 +32,14 @@ SAMPLES = res_path("samples", "{tc}", "seed{seed}", "{method}", "samples.csv")
 EVAL = res_path("eval", "{tc}", "seed{seed}", "{method}.json")
 REFERENCE_EVAL = res_path("eval", "reference.json")
 CONVERGENCE = res_path("convergence", "{tc}", "seed{seed}", "{method}.csv")
+HELDOUT = res_path("heldout", "{tc}", "seed{seed}", "{method}.csv")
+CLASSIFIER = res_path("eval", "classifier", "model.safetensors")
 METRICS = res_path("metrics.csv")
 METRICS_TABLE2 = res_path("reports", "metrics_table2.csv")
+PAIRED = res_path("paired.csv")
+CLIPS = res_path("clips.csv")
+PAIRED_TABLE2 = res_path("reports", "paired_table2.csv")
+SUMMARY = res_path("summary.md")
 TABLE1 = res_path("table1.csv")
 TABLE2 = res_path("table2.csv")
 TABLE3 = res_path("table3.csv")
@@ -49,6 +55,7 @@ FIGURE1 = res_path("figures", "figure1_{tc}." + FIG_FORMAT)
 FIG_LAYER_SCORES = res_path("figures", "layer_scores_{tc}." + FIG_FORMAT)
 FIG_CONVERGENCE = res_path("figures", "convergence_{tc}." + FIG_FORMAT)
 FIG_SEED_SCATTER = res_path("figures", "seed_scatter." + FIG_FORMAT)
+FIG_FOREST = res_path("figures", "forest." + FIG_FORMAT)
 LISTENING_TEST = res_path("listening_test", "index.html")
 FIGURE_STYLE = os.path.join(workflow.basedir, "workflow", "report", "figures.mplstyle")
 
@@ -81,8 +88,12 @@ def experiment_grid(cfg):
         if catalogue[m].get("selection") != s:
             raise ValueError(f"config key report.table3.strategies.{s}: method {m!r} does not use "
                              f"selection {s!r} (methods.{m} = {catalogue[m]})")
+    outside = [tc for tc in cfg["branch_token_configs"] if tc not in cfg["token_configs"]]
+    if outside:
+        raise ValueError(f"config key branch_token_configs: {outside} not in token_configs {cfg['token_configs']}")
     return {
         "token_configs": list(cfg["token_configs"]),
+        "branch_token_configs": list(cfg["branch_token_configs"]),
         "seeds": [int(s) for s in cfg["seeds"]],
         "methods": methods,
         "table2": t2,
@@ -92,7 +103,8 @@ def experiment_grid(cfg):
 
 
 GRID = experiment_grid(config)
-TCS = GRID["token_configs"]
+TCS = GRID["token_configs"]           # warm-up + probes (Table 1, Figure 1)
+BTCS = GRID["branch_token_configs"]   # + Phase II branches (Tables 2 and 3)
 SEEDS = GRID["seeds"]
 METHODS = GRID["methods"]
 
@@ -161,6 +173,14 @@ def configured_paths(cfg):
         out.append(("eval.asr.model", cfg["eval"]["asr"]["model"]))
     if cfg["eval"]["fad"]["embedding"] == "vggish":
         out.append(("eval.fad.vggish_checkpoint", cfg["eval"]["fad"]["vggish_checkpoint"]))
+    mos = cfg["eval"]["mos"]
+    if "utmos" in (mos["speech"], mos["audio"]):
+        out.append(("eval.mos.utmos_checkpoint", mos["utmos_checkpoint"]))
+    if "audiobox" in (mos["speech"], mos["audio"]):
+        out.append(("eval.mos.aesthetics_checkpoint", mos["aesthetics_checkpoint"]))
+    if cfg["eval"]["events"]["classifier"] == "beats":
+        out.append(("eval.events.checkpoint", cfg["eval"]["events"]["checkpoint"]))
+        out.append(("eval.events.labels_csv", cfg["eval"]["events"]["labels_csv"]))
     return out
 
 
@@ -205,8 +225,8 @@ def final_targets():
     """Everything `rule all` builds."""
     out = [METRICS, TABLE1, TABLE2, TABLE3,
            vs_paper(TABLE2), vs_paper(TABLE3),
-           FIG_SEED_SCATTER]
-    out += expand([FIGURE1, FIG_LAYER_SCORES, FIG_CONVERGENCE], tc=TCS)
+           FIG_SEED_SCATTER, PAIRED, SUMMARY, FIG_FOREST]
+    out += expand([FIGURE1, FIG_LAYER_SCORES], tc=TCS) + expand(FIG_CONVERGENCE, tc=BTCS)
     if config["report"]["listening_test"]:
         out.append(LISTENING_TEST)
     return out

@@ -5,6 +5,10 @@
 
 localrules:
     report_metrics,
+    report_paired,
+    report_paired_table2,
+    report_summary,
+    report_forest,
     report_metrics_table2,
     report_table1,
     report_table2,
@@ -16,14 +20,13 @@ localrules:
     select,
 
 
-T3_METHODS = [config["report"]["table3"]["baseline"]] + list(GRID["strategy_method"].values())
 # report jobs re-run when a config section the report code reads changes
 REPORT_PARAMS = dict(cfg=config_hash("agrepa.reports.cli"))
 
 
 rule report_metrics:
     input:
-        evals=expand(EVAL, tc=TCS, seed=SEEDS, method=METHODS),
+        evals=expand(EVAL, tc=BTCS, seed=SEEDS, method=METHODS),
         reference=REFERENCE_EVAL,
     output:
         csv=report(METRICS, caption="../report/metrics.rst", category="Tables"),
@@ -56,7 +59,7 @@ rule report_table1:
 rule report_metrics_table2:
     # Table 2's own runs only, so `snakemake results/table2.csv` trains nothing else.
     input:
-        evals=expand(EVAL, tc=TCS, seed=SEEDS, method=GRID["table2"]),
+        evals=expand(EVAL, tc=BTCS, seed=SEEDS, method=GRID["table2"]),
         reference=REFERENCE_EVAL,
     output:
         csv=METRICS_TABLE2,
@@ -71,9 +74,62 @@ rule report_metrics_table2:
         "--out {output.csv} > {log} 2>&1"
 
 
+
+
+rule report_paired:
+    input:
+        evals=expand(EVAL, tc=BTCS, seed=SEEDS, method=METHODS),
+    output:
+        csv=report(PAIRED, caption="../report/paired.rst", category="Tables"),
+        clips=CLIPS,
+    params:
+        **REPORT_PARAMS,
+    log:
+        log_path("report_paired"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa report paired --config {CFG} --threads {threads} --eval {input.evals} --clips-out {output.clips} "
+        "--out {output.csv} > {log} 2>&1"
+
+
+rule report_paired_table2:
+    # Table 2's own runs only, so `snakemake results/table2.csv` trains nothing else.
+    input:
+        evals=expand(EVAL, tc=BTCS, seed=SEEDS, method=GRID["table2"]),
+    output:
+        csv=PAIRED_TABLE2,
+    params:
+        **REPORT_PARAMS,
+    log:
+        log_path("report_paired_table2"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa report paired --config {CFG} --threads {threads} --eval {input.evals} --out {output.csv} > {log} 2>&1"
+
+
+rule report_summary:
+    input:
+        metrics=METRICS,
+        paired=PAIRED,
+    output:
+        md=report(SUMMARY, caption="../report/summary.rst", category="Tables"),
+    params:
+        **REPORT_PARAMS,
+    log:
+        log_path("report_summary"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa report summary --config {CFG} --threads {threads} --metrics {input.metrics} --paired {input.paired} "
+        "--out {output.md} > {log} 2>&1"
+
+
 rule report_table2:
     input:
         metrics=METRICS_TABLE2,
+        paired=PAIRED_TABLE2,
     output:
         csv=report(TABLE2, caption="../report/table2.rst", category="Tables"),
         vs_paper=report(vs_paper(TABLE2), caption="../report/table2_vs_paper.rst", category="Tables"),
@@ -84,15 +140,16 @@ rule report_table2:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa report table2 --config {CFG} --threads {threads} --metrics {input.metrics} --out {output.csv} "
-        "--vs-paper {output.vs_paper} > {log} 2>&1"
+        "agrepa report table2 --config {CFG} --threads {threads} --metrics {input.metrics} --paired {input.paired} "
+        "--out {output.csv} --vs-paper {output.vs_paper} > {log} 2>&1"
 
 
 rule report_table3:
     input:
         metrics=METRICS,
-        convergence=expand(CONVERGENCE, tc=TCS, seed=SEEDS, method=T3_METHODS),
-        selections=expand(SELECTION, tc=TCS, seed=SEEDS, strategy=list(GRID["strategy_method"])),
+        paired=PAIRED,
+        convergence=curves(BTCS),
+        selections=expand(SELECTION, tc=BTCS, seed=SEEDS, strategy=list(GRID["strategy_method"])),
     output:
         csv=report(TABLE3, caption="../report/table3.rst", category="Tables"),
         vs_paper=report(vs_paper(TABLE3), caption="../report/table3_vs_paper.rst", category="Tables"),
@@ -104,8 +161,25 @@ rule report_table3:
         "../../envs/agrepa.yaml"
     shell:
         "agrepa report table3 --config {CFG} --threads {threads} --metrics {input.metrics} "
-        "--convergence {input.convergence} --selection {input.selections} "
+        "--convergence {input.convergence} --selection {input.selections} --paired {input.paired} "
         "--out {output.csv} --vs-paper {output.vs_paper} > {log} 2>&1"
+
+
+rule report_forest:
+    input:
+        paired=PAIRED,
+        style=FIGURE_STYLE,
+    output:
+        fig=report(FIG_FOREST, caption="../report/forest.rst", category="Figures"),
+    params:
+        **REPORT_PARAMS,
+    log:
+        log_path("report_forest"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa report forest --config {CFG} --threads {threads} --paired {input.paired} --style {input.style} "
+        "--out {output.fig} > {log} 2>&1"
 
 
 rule report_figure1:
@@ -144,7 +218,7 @@ rule report_layer_scores:
 
 rule report_convergence:
     input:
-        convergence=lambda wc: expand(CONVERGENCE, tc=wc.tc, seed=SEEDS, method=METHODS),
+        convergence=lambda wc: curves(wc.tc),
         style=FIGURE_STYLE,
     output:
         fig=report(FIG_CONVERGENCE, caption="../report/convergence.rst", category="Figures"),

@@ -55,9 +55,11 @@ ENUMS = {
     'sample.vocoder': ['griffinlim', 'vocos'],
     'eval.asr.backend': ['faster-whisper', 'transformers'],
     'eval.fad.embedding': ['whisper-encoder', 'vggish'],
-    'eval.mos.speech': ['dnsmos', 'none'],
-    'eval.mos.audio': ['dnsmos', 'none'],
+    'eval.mos.speech': ['dnsmos', 'utmos', 'none'],
+    'eval.mos.audio': ['audiobox', 'dnsmos', 'none'],
     'eval.speaker': ['resemblyzer', 'none'],
+    'eval.events.classifier': ['events', 'beats', 'none'],
+    'eval.convergence.metric': ['fm_loss', 'fad'],
 }
 
 def infer(v, path):

@@ -13,8 +13,11 @@ Backends (``eval.asr.backend``):
 Decoding is deterministic: English, beam search (``eval.asr.beam_size``), temperature 0,
 no conditioning on previous text, no VAD. Audio is resampled to 16 kHz first.
 
-WER (``wer_scores``): reference and hypothesis are normalised with :mod:`agrepa.evaluation.text_norm`,
-then aligned per utterance with ``jiwer.process_words``. With ``e_i`` = substitutions +
+WER (``wer_counts``): reference and hypothesis are normalised with Whisper's English text normaliser
+(``EnglishTextNormalizer`` of the ``whisper-normalizer`` package, with Whisper's British-to-American
+spelling map; the normaliser TTS papers report WER with: accents folded, spoken numbers and currencies
+turned into digits and symbols, contractions and titles standardised), then aligned per utterance
+with ``jiwer.process_words``. With ``e_i`` = substitutions +
 deletions + insertions and ``n_i`` = reference words of utterance i::
 
     corpus WER      = 100 * sum_i e_i / sum_i n_i          (metric "wer")
@@ -24,6 +27,7 @@ An utterance whose normalised reference is empty is an error (it has no defined 
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +37,6 @@ import jiwer
 import numpy as np
 
 from ..device import cpu_threads, resolve_device
-from .text_norm import normalize
 
 CONFIG_KEYS = ("eval.asr",)  # config sections this module reads
 
@@ -136,6 +139,18 @@ def build_asr(cfg: dict) -> ASR:
     if backend == "transformers":
         return TransformersWhisperASR(model, beam_size=a["beam_size"], device=device)
     raise ValueError(f"eval.asr.backend: unknown ASR backend {backend!r} (faster-whisper | transformers)")
+
+
+@functools.lru_cache(maxsize=1)
+def _normaliser():
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()
+
+
+def normalize(text: str | None) -> str:
+    """Whisper's English normalisation of one transcript (module docstring)."""
+    return "" if text is None else _normaliser()(str(text))
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""``agrepa evaluate`` (every metric of a sample directory or the ground-truth floor),
-``agrepa convergence`` (FAD per kept snapshot) and ``agrepa listening-test``."""
+"""``agrepa heldout`` (held-out flow-matching loss of a branch's checkpoints), ``agrepa evaluate``
+(every metric of sample directories or the ground-truth floor), ``agrepa convergence`` (FAD per
+kept snapshot) and ``agrepa listening-test``."""
 from __future__ import annotations
 
 import logging
@@ -11,18 +12,52 @@ CONFIG_KEYS = ("eval.listening_test", "sample.seed")  # config sections this mod
 log = logging.getLogger(__name__)
 
 
-def cmd_evaluate(args) -> int:
+def _tokenizer_dirs(items: list[str] | None) -> dict | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        stream, sep, path = item.partition("=")
+        if not sep or stream not in ("speech", "audio", "beats"):
+            raise ValueError(f"--tokenizers: expected STREAM=DIR with STREAM in speech, audio, beats; got {item!r}")
+        out[stream] = path
+    return out
+
+
+def cmd_heldout(args) -> int:
     from .. import io
-    from ..device import set_threads
-    from .evaluate import evaluate  # stage modules are imported when their subcommand runs
+    from ..device import resolve_device, set_threads
+    from .heldout import heldout_curve, heldout_data
 
     cfg = config_mod.from_args(args)
     set_threads(args.threads)
-    result = evaluate(cfg, args.manifest, args.samples, args.reference, args.mels)
-    io.write_json(args.out, result)
-    for m in result["metrics"]:
-        log.info("%s %s [%s] = %s (CI %s..%s, n=%s) %s", m["domain"], m["metric"], m["input"], m["value"],
-                 m["ci_low"], m["ci_high"], m["n"], m["note"])
+    data = heldout_data(cfg, args.manifest, args.mels, args.tokens, args.semantic, args.acoustic)
+    io.write_csv(args.out, heldout_curve(cfg, args.run, data, args.init, resolve_device(cfg), args.final_only))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .. import io
+    from ..device import set_threads
+    from .evaluate import build_models, evaluate  # stage modules are imported when their subcommand runs
+
+    cfg = config_mod.from_args(args)
+    set_threads(args.threads)
+    if not args.reference and not args.samples:
+        raise ValueError("evaluate: --samples is required unless --reference is given")
+    samples = args.samples or [None]
+    if len(samples) != len(args.out) or (args.heldout and len(args.heldout) != len(args.out)):
+        raise ValueError(f"evaluate: {len(samples)} --samples, {len(args.out)} --out and "
+                         f"{len(args.heldout or [])} --heldout: give one --out (and --heldout) per sample directory")
+    models = build_models(cfg, ["speech", "audio"], _tokenizer_dirs(args.tokenizers), args.teacher_dir,
+                          args.classifier)
+    for i, (samples_dir, out) in enumerate(zip(samples, args.out)):
+        result = evaluate(cfg, args.manifest, samples_dir, args.reference, args.mels, models=models,
+                          tokens_dir=args.tokens, heldout=args.heldout[i] if args.heldout else None)
+        io.write_json(out, result)
+        for m in result["metrics"]:
+            log.info("%s %s [%s] = %s (CI %s..%s, n=%s) %s", m["domain"], m["metric"], m["input"], m["value"],
+                     m["ci_low"], m["ci_high"], m["n"], m["note"])
     return 0
 
 
@@ -55,14 +90,36 @@ def cmd_listening_test(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="WER, FAD, FAD-inf, MOS, speaker similarity with bootstrap CIs")
+    p = subparsers.add_parser("heldout", help="held-out flow-matching loss of a branch's checkpoints (no sampling)")
     config_mod.add_cli_args(p)
-    p.add_argument("--samples", default=None, help="sample directory written by `agrepa sample`")
+    p.add_argument("--run", required=True, help="branch run directory (final.pt, snapshots/)")
+    p.add_argument("--init", default=None, help="the warm-up final.pt (scored as branch step 0)")
+    p.add_argument("--final-only", action="store_true", help="score final.pt only (no snapshots)")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--mels", required=True)
+    p.add_argument("--tokens", required=True)
+    p.add_argument("--semantic", required=True)
+    p.add_argument("--acoustic", required=True)
+    p.add_argument("--out", required=True, help="per-clip CSV (step, phase, ckpt, id, domain, loss)")
+    p.set_defaults(func=cmd_heldout)
+
+    p = subparsers.add_parser("evaluate", help="WER, FAD, MOS, speaker similarity, mel distance, TER, events, "
+                                               "held-out FM loss, with bootstrap CIs")
+    config_mod.add_cli_args(p)
+    p.add_argument("--samples", nargs="+", default=None,
+                   help="sample directories written by `agrepa sample` (one --out each; the models load once)")
     p.add_argument("--manifest", required=True, help="manifest.csv (ground truth, transcripts, prompts)")
     p.add_argument("--reference", action="store_true",
                    help="score the ground truth (vocoder resynthesis + raw audio): the floor numbers")
-    p.add_argument("--mels", default=None, help="mel store for --reference (default: computed from the audio)")
-    p.add_argument("--out", required=True, help="evaluation JSON")
+    p.add_argument("--mels", default=None, help="mel store: the ground-truth mels (mel distance; --reference: "
+                                                "the vocoder input)")
+    p.add_argument("--tokens", default=None, help="token store of the samples' token config (TER)")
+    p.add_argument("--tokenizers", nargs="+", default=None, metavar="STREAM=DIR",
+                   help="fitted tokenizers for TER: speech=DIR audio=DIR [beats=DIR]")
+    p.add_argument("--teacher-dir", default=None, help="trained events teacher (the acoustic teacher of TER)")
+    p.add_argument("--classifier", default=None, help="trained event classifier directory (eval.events)")
+    p.add_argument("--heldout", nargs="+", default=None, help="held-out loss CSVs (`agrepa heldout`), one per --samples")
+    p.add_argument("--out", nargs="+", required=True, help="evaluation JSON(s), one per --samples")
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser("convergence", help="FAD at every kept snapshot of branch runs")

@@ -8,7 +8,8 @@ Registry by name (``eval.fad.embedding``); add a backend with :func:`register_em
     the clip's real frames: one row per clip (k = 1, d = 384 for tiny.en).
 ``vggish`` (paper scale)
     VGGish (Hershey et al. 2017) as FAD (Kilgour et al. 2019) uses it: the clip is resampled to
-    16 kHz and cut into non-overlapping 0.96 s examples of 96 x 64 log-mel frames (25 ms Hann
+    16 kHz with fadtk's settings (:func:`resample_16k`: Kaiser-windowed sinc, the "kaiser_best"
+    parameters lowpass width 64, rolloff 0.9475937, beta 14.7697) and cut into non-overlapping 0.96 s examples of 96 x 64 log-mel frames (25 ms Hann
     window, 10 ms hop, 512-point FFT, 64 HTK-mel bands 125-7500 Hz, ``log(mel + 0.01)``); each
     example gives one 128-d row (the raw embedding layer, before PCA/quantisation, and without a
     ReLU after the last layer, as in the original TensorFlow model). A clip shorter than one example
@@ -118,11 +119,24 @@ def vggish_mel_matrix(n_bands: int = 64, n_bins: int = 257, sample_rate: int = 1
     return w
 
 
+#: torchaudio resampling arguments fadtk uses before VGGish (resampy's "kaiser_best" filter)
+FADTK_RESAMPLE = dict(lowpass_filter_width=64, rolloff=0.9475937167399596,
+                      resampling_method="sinc_interp_kaiser", beta=14.769656459379492)
+
+
+def resample_16k(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Resample a mono waveform to VGGish's 16 kHz exactly as fadtk does (:data:`FADTK_RESAMPLE`)."""
+    import torchaudio
+
+    x = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+    if int(sample_rate) != VGGISH_SR:
+        x = torchaudio.functional.resample(x, int(sample_rate), VGGISH_SR, **FADTK_RESAMPLE)
+    return x.numpy()
+
+
 def vggish_examples(wave: np.ndarray, sample_rate: int) -> np.ndarray:
     """Log-mel examples [k, 96, 64] of a waveform (module docstring)."""
-    from ..audio import resample
-
-    x = resample(np.asarray(wave, dtype=np.float32), sample_rate, VGGISH_SR).astype(np.float64)
+    x = resample_16k(wave, sample_rate).astype(np.float64)
     win, hop, n_fft = 400, 160, 512
     need = win + hop * (VGGISH_EXAMPLE_FRAMES - 1)
     if len(x) < need:

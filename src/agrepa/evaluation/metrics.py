@@ -1,5 +1,21 @@
 """Distribution and uncertainty metrics: Fréchet distance (FAD), FAD∞, bootstrap CIs,
-and steps-to-threshold interpolation for convergence curves.
+steps-to-threshold interpolation for convergence curves, and the per-clip distances of the
+sensitive metrics (mel L1, mel-cepstral distortion, token edit distance, label KL).
+
+Per-clip distances (frame-aligned: the sampler generates exactly the target's frames):
+
+* ``mel_l1(a, b)`` = mean over frames and bins of ``|a - b|`` for two log-mels ``[T, n_mels]``
+  (natural log, the Vocos front end of :mod:`agrepa.audio`).
+* ``mel_cepstral_distortion(a, b, K)`` (dB): cepstra ``c = DCT-II_ortho(log-mel)`` along the mel
+  axis (``scipy.fft.dct``), coefficients 1..K (c_0, the frame energy, is left out as usual), per
+  frame ``(10 / ln 10) * sqrt(2 * sum_k (c_k - c'_k)^2)``, mean over frames. This is MCD on
+  mel-frequency cepstra of the model's own mel (no time warping: the frames are aligned), not
+  SPTK's all-pass mel-cepstrum of a vocoded waveform, so it is not comparable with published MCD.
+* ``token_edits(ref, hyp)``: Levenshtein distance (``rapidfuzz``) between two token sequences;
+  TER = edits / len(ref), pooled over clips as sum(edits) / sum(len(ref)).
+* ``kl_divergence(p_ref, p_gen)`` = ``sum_c p_ref log(p_ref / (p_gen + 1e-6))`` per clip, the
+  direction and epsilon of audiocraft's ``kl_divergence`` (KL(p_ref || p_gen) with p = softmax of
+  the classifier's logits), clamped at 0 (with the epsilon, KL(p || p) is about -1e-6).
 
 Fréchet distance between two Gaussians N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982;
 the quantity FAD and FID report)::
@@ -236,6 +252,51 @@ def steps_to_threshold(steps: Sequence[float], values: Sequence[float], threshol
             return s0 + (v0 - threshold) / (v0 - v) * (s - s0)
         prev = (s, v)
     return None
+
+
+def _aligned(a, b, name: str) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"{name}: need two frame-aligned log-mels [T, n_mels] of equal shape, "
+                         f"got {a.shape} and {b.shape}")
+    if a.shape[0] == 0 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError(f"{name}: empty or non-finite log-mel")
+    return a, b
+
+
+def mel_l1(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two frame-aligned log-mels [T, n_mels] (module docstring)."""
+    a, b = _aligned(a, b, "mel L1")
+    return float(np.abs(a - b).mean())
+
+
+def mel_cepstral_distortion(a: np.ndarray, b: np.ndarray, n_coeffs: int = 13) -> float:
+    """MCD in dB between two frame-aligned log-mels (module docstring)."""
+    import scipy.fft
+
+    a, b = _aligned(a, b, "MCD")
+    if not 1 <= n_coeffs < a.shape[1]:
+        raise ValueError(f"MCD: n_coeffs must lie in 1..{a.shape[1] - 1}, got {n_coeffs}")
+    ca = scipy.fft.dct(a, type=2, norm="ortho", axis=1)[:, 1:n_coeffs + 1]
+    cb = scipy.fft.dct(b, type=2, norm="ortho", axis=1)[:, 1:n_coeffs + 1]
+    per_frame = (10.0 / np.log(10.0)) * np.sqrt(2.0 * ((ca - cb) ** 2).sum(1))
+    return float(per_frame.mean())
+
+
+def token_edits(ref: Sequence[int], hyp: Sequence[int]) -> int:
+    """Levenshtein distance (substitutions + deletions + insertions) between token sequences."""
+    from rapidfuzz.distance import Levenshtein
+
+    return int(Levenshtein.distance([int(x) for x in ref], [int(x) for x in hyp]))
+
+
+def kl_divergence(p_ref: np.ndarray, p_gen: np.ndarray, eps: float = 1e-6) -> float:
+    """KL(p_ref || p_gen) of two label distributions [C] as audiocraft computes it."""
+    p, q = np.asarray(p_ref, np.float64), np.asarray(p_gen, np.float64)
+    if p.shape != q.shape or p.ndim != 1:
+        raise ValueError(f"KL: need two distributions of equal shape [C], got {p.shape} and {q.shape}")
+    terms = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1.0)) - np.log(q + eps)), 0.0)
+    return max(float(terms.sum()), 0.0)   # the epsilon makes KL(p || p) about -1e-6: that is 0
 
 
 def _as_2d(x: np.ndarray, name: str) -> np.ndarray:

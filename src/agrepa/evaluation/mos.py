@@ -1,27 +1,55 @@
-"""Predicted MOS: DNSMOS (Reddy et al. 2022) from the ``speechmos`` wheel, for speech.
+"""Predicted MOS: a registry of predictors by name (``eval.mos.speech`` / ``eval.mos.audio``).
 
-``eval.mos.speech = dnsmos``: every clip is resampled to 16 kHz (DNSMOS's rate), clipped to
-[-1, 1] (the level is not changed: DNSMOS is level-sensitive), and scored by
-``speechmos.dnsmos.run`` with the non-personalised model. It returns per clip
+``dnsmos`` (speech; the embedded default)
+    DNSMOS (Reddy et al. 2022) from the ``speechmos`` wheel: every clip is resampled to 16 kHz,
+    clipped to [-1, 1] (the level is not changed: DNSMOS is level-sensitive), and scored by
+    ``speechmos.dnsmos.run`` with the non-personalised model: ``mos_ovrl`` = OVRL of the
+    SIG/BAK/OVRL model (``sig_bak_ovr.onnx``), ``mos_p808`` = the ITU-T P.808 model's score
+    (``model_v8.onnx``), each averaged over 9.01 s windows (a shorter clip is tiled).
+``utmos`` (speech; paper scale, what F5-TTS reports)
+    The UTMOS22 strong learner (Saeki et al. 2022) through the ``utmos-pytorch`` package's
+    fairseq-free model class (``UTMOSModel``: wav2vec 2.0 base + domain and listener embeddings +
+    BLSTM + projection); the official ``fairseq``-based ``utmos`` package needs fairseq, which does not
+    install with Python 3.11 / torch 2.11. Weights from ``eval.mos.utmos_checkpoint``: the strong
+    learner's Lightning state dict (keys ``feature_extractors.*``, ``output_layers.*``), either as a plain
+    state dict (the converted ``utmos_state_dict.pt``) or a checkpoint dict with ``state_dict``, read with
+    ``torch.load(weights_only=True)`` and loaded strictly. 16 kHz input, main-listener inference
+    (domain 0, judge 288): ``mos_ovrl = 2 * mean_t(frame scores) + 3``; no ``mos_p808``.
+``audiobox`` (general audio; paper scale)
+    Meta's Audiobox Aesthetics (Tjandra et al. 2025) through the ``audiobox-aesthetics`` package's
+    ``AesMultiOutput`` (WavLM base + per-axis heads) from the official ``checkpoint.pt`` at
+    ``eval.mos.aesthetics_checkpoint`` (``state_dict`` with ``model.`` prefixes, ``model_cfg``,
+    ``target_transform``; read with ``weights_only=True``, loaded strictly). 16 kHz mono, 10 s windows
+    (zero-padded, masked), window scores weighted by their real length, de-normalised per axis as the
+    package's ``AesPredictor`` does. ``mos_ovrl`` = PQ (production quality, the axis closest to an
+    overall quality score); the four axes CE, CU, PC, PQ go to the per-clip records; no ``mos_p808``.
+``none``
+    No predictor: rows are null with the reason (:data:`NO_AUDIO_MOS` for general audio).
 
-* ``mos_ovrl``: the OVRL score of the SIG/BAK/OVRL model (``sig_bak_ovr.onnx``), and
-* ``mos_p808``: the ITU-T P.808 model's score (``model_v8.onnx``),
-
-each averaged over 9.01 s windows (a shorter clip is tiled to 9.01 s by speechmos).
-
-General audio has no MOS predictor here (DNSMOS models speech quality); ``eval.mos.audio = none``
-gives ``None`` with the reason :data:`NO_AUDIO_MOS`.
+Every predictor returns ``{"mos_ovrl", "mos_p808", ...}`` per clip (None where it has no such score).
 """
 from __future__ import annotations
 
-import numpy as np
+import re
+from pathlib import Path
+from typing import Callable
 
+import numpy as np
 
 CONFIG_KEYS = ("eval.mos",)  # config sections this module reads
 
 MOS_SAMPLE_RATE = 16000
 NO_AUDIO_MOS = ("no MOS predictor is configured for general audio (DNSMOS predicts speech quality); "
-                "set eval.mos.audio to a predictor to score it")
+                "set eval.mos.audio to a predictor (audiobox) to score it")
+
+
+def _mono_16k(wave: np.ndarray, sample_rate: int, name: str) -> np.ndarray:
+    from ..audio import resample
+
+    w = np.asarray(wave, dtype=np.float32)
+    if w.ndim != 1 or w.size == 0:
+        raise ValueError(f"{name}: expected a non-empty mono waveform, got shape {w.shape}")
+    return np.clip(resample(w, sample_rate, MOS_SAMPLE_RATE), -1.0, 1.0).astype(np.float32)
 
 
 class DNSMOS:
@@ -41,21 +69,125 @@ class DNSMOS:
         """``{"mos_ovrl", "mos_p808"}`` of one mono clip."""
         from speechmos import dnsmos
 
-        from ..audio import resample
-
-        w = np.asarray(wave, dtype=np.float32)
-        if w.ndim != 1 or w.size == 0:
-            raise ValueError(f"dnsmos: expected a non-empty mono waveform, got shape {w.shape}")
-        x = np.clip(resample(w, sample_rate, MOS_SAMPLE_RATE), -1.0, 1.0).astype(np.float32)
-        out = dnsmos.run(x, MOS_SAMPLE_RATE)
+        out = dnsmos.run(_mono_16k(wave, sample_rate, "dnsmos"), MOS_SAMPLE_RATE)
         return {"mos_ovrl": float(out["ovrl_mos"]), "mos_p808": float(out["p808_mos"])}
+
+
+def _read_state(path, what: str) -> dict:
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {what} checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickled objects outside the allow-list, truncated files
+        raise ValueError(f"{path}: cannot read the {what} checkpoint with weights_only=True ({err}); "
+                         f"save its state dict alone") from None
+
+
+def _load_strict(model, state: dict, path, what: str) -> None:
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{path}: not a {what} state dict: missing {missing[:4]} ({len(missing)}), "
+                         f"unexpected {unexpected[:4]} ({len(unexpected)})")
+    model.load_state_dict(state, strict=True)
+
+
+class UTMOS:
+    """UTMOS22 strong learner (module docstring)."""
+
+    name = "utmos"
+    JUDGE = 288   # the main listener id of the strong learner's inference
+
+    def __init__(self, checkpoint, device: str = "cpu"):
+        from utmos_pytorch.utmos_torch import UTMOSModel
+
+        state = _read_state(checkpoint, "UTMOS")
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        self.model = UTMOSModel()
+        _load_strict(self.model, state, checkpoint, "UTMOS22 strong learner")
+        self.model.to(device).eval()
+        self.device, self.source = device, str(checkpoint)
+
+    def describe(self) -> str:
+        return f"UTMOS22 strong ({Path(self.source).name}; utmos-pytorch model)"
+
+    def score(self, wave: np.ndarray, sample_rate: int) -> dict:
+        import torch
+
+        x = torch.from_numpy(_mono_16k(wave, sample_rate, "utmos"))[None, None].to(self.device)
+        with torch.no_grad():
+            out = self.model(x, domains=torch.zeros(1, dtype=torch.int, device=self.device),
+                             judge_id=torch.full((1,), self.JUDGE, dtype=torch.int, device=self.device))
+        return {"mos_ovrl": float(out.mean(dim=1).squeeze() * 2 + 3), "mos_p808": None}
+
+
+class AudioboxAesthetics:
+    """Audiobox Aesthetics (module docstring)."""
+
+    name = "audiobox"
+    AXES = ("CE", "CU", "PC", "PQ")
+    CFG_KEYS = ("proj_num_layer", "proj_ln", "proj_act_fn", "proj_dropout", "nth_layer", "use_weighted_layer_sum",
+                "precision", "normalize_embed", "output_dim")
+
+    def __init__(self, checkpoint, device: str = "cpu"):
+        from audiobox_aesthetics.model.aes import AesMultiOutput, Normalize
+
+        ck = _read_state(checkpoint, "Audiobox Aesthetics")
+        if not isinstance(ck, dict) or not {"state_dict", "model_cfg", "target_transform"} <= set(ck):
+            raise ValueError(f"{checkpoint}: an Audiobox Aesthetics checkpoint holds state_dict, model_cfg and "
+                             f"target_transform")
+        missing = [k for k in self.CFG_KEYS if k not in ck["model_cfg"]]
+        if missing:
+            raise ValueError(f"{checkpoint}: model_cfg lacks {missing}")
+        self.model = AesMultiOutput(**{k: ck["model_cfg"][k] for k in self.CFG_KEYS},
+                                    target_transform=ck["target_transform"])
+        state = {re.sub(r"^model\.", "", k): v for k, v in ck["state_dict"].items()}
+        _load_strict(self.model, state, checkpoint, "Audiobox Aesthetics")
+        self.model.to(device).eval()
+        self.norm = {a: Normalize(**ck["target_transform"][a]) for a in self.AXES}
+        self.device, self.source = device, str(checkpoint)
+
+    def describe(self) -> str:
+        return f"Audiobox Aesthetics ({Path(self.source).name}; mos_ovrl = PQ)"
+
+    def score(self, wave: np.ndarray, sample_rate: int) -> dict:
+        import torch
+        from audiobox_aesthetics.infer import make_inference_batch
+
+        x = torch.from_numpy(_mono_16k(wave, sample_rate, "audiobox"))[None]
+        wavs, masks, weights, _ = make_inference_batch([x], 10, 10, sample_rate=MOS_SAMPLE_RATE)
+        with torch.inference_mode():
+            preds = self.model({"wav": torch.stack(wavs).to(self.device), "mask": torch.stack(masks).to(self.device)})
+        w = torch.tensor(weights, dtype=torch.float64)
+        axes = {a: float((self.norm[a].inverse(preds[a].double().cpu()) * w).sum() / w.sum()) for a in self.AXES}
+        return {"mos_ovrl": axes["PQ"], "mos_p808": None, **{f"aes_{a.lower()}": v for a, v in axes.items()}}
+
+
+def _checkpoint(cfg: dict, key: str) -> str:
+    path = cfg["eval"]["mos"][key]
+    if not path:
+        raise KeyError(f"eval.mos.{key}: the predictor needs a local checkpoint path")
+    return path
+
+
+PREDICTORS: dict[str, Callable[[dict, str], object]] = {
+    "dnsmos": lambda cfg, device: DNSMOS(),
+    "utmos": lambda cfg, device: UTMOS(_checkpoint(cfg, "utmos_checkpoint"), device),
+    "audiobox": lambda cfg, device: AudioboxAesthetics(_checkpoint(cfg, "aesthetics_checkpoint"), device),
+}
 
 
 def build_mos(cfg: dict, domain: str):
     """The predictor ``eval.mos.<domain>`` names, or ``None`` for ``none``."""
+    from ..device import resolve_device
+
     kind = cfg["eval"]["mos"][domain]
     if kind in (None, "none"):
         return None
-    if kind == "dnsmos":
-        return DNSMOS()
-    raise ValueError(f"eval.mos.{domain}: unknown MOS predictor {kind!r} (dnsmos | none)")
+    if kind not in PREDICTORS:
+        raise ValueError(f"eval.mos.{domain}: unknown MOS predictor {kind!r} ({' | '.join(PREDICTORS)} | none)")
+    return PREDICTORS[kind](cfg, str(resolve_device(cfg)))

@@ -4,6 +4,9 @@
     agrepa report table1       --probes P.csv... --out results/table1.csv
     agrepa report table2       --metrics results/metrics.csv --out results/table2.csv --vs-paper V.csv
     agrepa report table3       --metrics M --convergence C.csv... --selection S.json... --out T.csv --vs-paper V.csv
+    agrepa report paired       --eval E.json... [--clips-out results/clips.csv] --out results/paired.csv
+    agrepa report summary      --metrics M --paired P --out results/summary.md
+    agrepa report forest       --paired P [--style S] --out results/figures/forest.png
     agrepa report figure1      --probes P.csv... [--style S] --out results/figures/figure1_A.png
     agrepa report layer-scores --probes P.csv... [--style S] --out results/figures/layer_scores_A.png
     agrepa report convergence  --convergence C.csv... [--style S] --out results/figures/convergence_A.png
@@ -43,11 +46,30 @@ def cmd_table1(args) -> int:
     return 0
 
 
+def cmd_paired(args) -> int:
+    from . import paired  # numpy/pandas: imported when the subcommand runs
+
+    cfg = config_mod.from_args(args)
+    clips = paired.clips_frame(args.eval)
+    if args.clips_out:
+        io.write_csv(args.clips_out, clips)
+    df = paired.paired_frame(clips, cfg)
+    io.write_csv(args.out, df)
+    log.info("wrote %s (%d comparisons, %d resolved)", args.out, len(df), int(df["resolved"].sum()) if len(df) else 0)
+    return 0
+
+
+def _paired_or_none(path):
+    from . import paired
+
+    return paired.read_paired(path) if path else None
+
+
 def cmd_table2(args) -> int:
     from . import tables  # pandas/matplotlib: imported when the subcommand runs
 
     cfg = config_mod.from_args(args)
-    table = tables.table2(tables.read_metrics(args.metrics), cfg)
+    table = tables.table2(tables.read_metrics(args.metrics), cfg, _paired_or_none(args.paired))
     io.write_csv(args.out, table)
     io.write_csv(args.vs_paper, tables.table2_vs_paper(table, cfg))
     log.info("wrote %s and %s", args.out, args.vs_paper)
@@ -59,10 +81,28 @@ def cmd_table3(args) -> int:
 
     cfg = config_mod.from_args(args)
     table = tables.table3(tables.read_metrics(args.metrics), tables.convergence_frame(args.convergence),
-                          tables.read_selections(args.selection), cfg)
+                          tables.read_selections(args.selection), cfg, _paired_or_none(args.paired))
     io.write_csv(args.out, table)
     io.write_csv(args.vs_paper, tables.table3_vs_paper(table))
     log.info("wrote %s and %s", args.out, args.vs_paper)
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from . import paired, summary, tables
+
+    cfg = config_mod.from_args(args)
+    text = summary.summary_markdown(paired.read_paired(args.paired), tables.read_metrics(args.metrics), cfg)
+    io.write_text(args.out, text)
+    log.info("wrote %s", args.out)
+    return 0
+
+
+def cmd_forest(args) -> int:
+    from . import figures, paired
+
+    cfg = config_mod.from_args(args)
+    figures.forest_figure(paired.read_paired(args.paired), cfg, args.out, style_file=args.style)
     return 0
 
 
@@ -125,15 +165,29 @@ def register(subparsers) -> None:
     q = add("table1", cmd_table1, "Table 1 (top-k layers by LASP and FoG-A)")
     q.add_argument("--probes", nargs="+", required=True, help="probes.csv files")
 
+    q = add("paired", cmd_paired, "paired differences between methods (bootstrap CI, permutation p)")
+    q.add_argument("--eval", nargs="+", required=True, help="eval JSONs at <tc>/seed<N>/<method>.json")
+    q.add_argument("--clips-out", default=None, help="also write the per-clip values (clips.csv)")
+
     q = add("table2", cmd_table2, "Table 2 (+ our numbers beside the paper's)")
     q.add_argument("--metrics", required=True, help="metrics.csv")
     q.add_argument("--vs-paper", required=True, help="output: Table 2 beside the paper's numbers")
+    q.add_argument("--paired", default=None, help="paired.csv: adds the Δ vs baseline columns")
 
     q = add("table3", cmd_table3, "Table 3 (+ our numbers beside the paper's)")
     q.add_argument("--metrics", required=True, help="metrics.csv")
     q.add_argument("--vs-paper", required=True, help="output: Table 3 beside the paper's numbers")
     q.add_argument("--convergence", nargs="+", required=True, help="convergence CSVs at <tc>/seed<N>/<method>.csv")
     q.add_argument("--selection", nargs="+", required=True, help="selection JSONs at <tc>/seed<N>/<strategy>.json")
+    q.add_argument("--paired", default=None, help="paired.csv: adds the Δ vs baseline columns")
+
+    q = add("summary", cmd_summary, "results/summary.md: what the tables show, in words")
+    q.add_argument("--metrics", required=True, help="metrics.csv")
+    q.add_argument("--paired", required=True, help="paired.csv")
+
+    q = add("forest", cmd_forest, "forest plot of the paired differences vs the baseline")
+    q.add_argument("--paired", required=True, help="paired.csv")
+    q.add_argument("--style", default=None, help="matplotlib style file")
 
     for name, func, what in (("figure1", cmd_figure1, "Figure 1 (LASP vs FoG-A heatmaps)"),
                              ("layer-scores", cmd_layer_scores, "per-layer FoG-A / LASP bars")):
@@ -141,8 +195,8 @@ def register(subparsers) -> None:
         q.add_argument("--probes", nargs="+", required=True, help="probes.csv files (one token config)")
         q.add_argument("--style", default=None, help="matplotlib style file")
 
-    q = add("convergence", cmd_convergence, "FAD vs. step curves per method")
-    q.add_argument("--convergence", nargs="+", required=True, help="convergence CSVs")
+    q = add("convergence", cmd_convergence, "convergence curves (held-out FM loss or FAD vs. step) per method")
+    q.add_argument("--convergence", nargs="+", required=True, help="held-out loss or FAD curve CSVs")
     q.add_argument("--style", default=None, help="matplotlib style file")
 
     q = add("seed-scatter", cmd_seed_scatter, "per-seed values of the Table 2 metrics")

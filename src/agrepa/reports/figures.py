@@ -1,8 +1,12 @@
 """Figures made only from the tidy CSVs: convergence curves and per-seed scatter.
 
-* ``convergence_figure``: FAD of samples from the branch snapshots vs. branch step, one
+* ``convergence_figure``: the convergence metric (held-out FM loss, or FAD of samples) of the
+  branch snapshots vs. branch step, one
   line per method (mean over seeds, shaded band = min..max over seeds), one panel per
   domain, with the Table 3 threshold as a dashed line when known.
+* ``forest_figure``: the paired difference of every method against the baseline, in % of the
+  baseline with its bootstrap CI, one panel per Table 2 metric that has per-clip pairs, one
+  colour per token config; a filled marker when the difference is resolved (CI excludes 0, p < 0.05).
 * ``seed_scatter``: every seed's value of each Table 2 column, per method (one panel per
   column), with the mean over seeds as a bar, so the spread behind ``mean ± std`` shows.
 
@@ -28,7 +32,7 @@ from ..config import DOMAINS
 from .. import io  # noqa: E402
 from .tables import _scale, method_label  # noqa: E402
 
-CONFIG_KEYS = ("methods", "name", "report", "token_configs")  # config sections this module reads
+CONFIG_KEYS = ("eval.ci_level", "eval.convergence.metric", "methods", "name", "report", "token_configs")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,9 @@ def save(fig, out: str | os.PathLike, dpi: int) -> Path:
 
 def convergence_figure(conv: pd.DataFrame, cfg: dict, out: str | os.PathLike,
                        threshold: float | None = None, style_file: str | os.PathLike | None = None) -> Path:
-    """FAD vs. branch step per method and domain (conv: tables.convergence_frame rows)."""
+    """The ``eval.convergence.metric`` curve vs. branch step per method and domain (conv:
+    tables.convergence_frame rows)."""
+    conv = conv[conv["metric"] == cfg["eval"]["convergence"]["metric"]]
     if conv.empty:
         raise ValueError(f"{out}: no convergence rows to plot")
     domains = [d for d in DOMAINS if d in set(conv["domain"])] or sorted(set(conv["domain"]))
@@ -74,7 +80,7 @@ def convergence_figure(conv: pd.DataFrame, cfg: dict, out: str | os.PathLike,
         for ax, domain in zip(axes[0], domains):
             d = conv[conv["domain"] == domain]
             for i, method in enumerate(methods):
-                g = d[d["method"] == method].groupby("step")["fad"]
+                g = d[d["method"] == method].groupby("step")["value"]
                 if g.ngroups == 0:
                     continue
                 stats = g.agg(["mean", "min", "max"]).reset_index()
@@ -86,7 +92,7 @@ def convergence_figure(conv: pd.DataFrame, cfg: dict, out: str | os.PathLike,
                 ax.axhline(threshold, color="0.3", linestyle="--", linewidth=1, label="threshold")
             ax.set_title(f"{domain}")
             ax.set_xlabel("branch step")
-            ax.set_ylabel("FAD")
+            ax.set_ylabel({"fad": "FAD", "fm_loss": "held-out FM loss"}[cfg["eval"]["convergence"]["metric"]])
         handles, labels = axes[0][0].get_legend_handles_labels()
         for ax in axes[0][1:]:
             for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -96,9 +102,9 @@ def convergence_figure(conv: pd.DataFrame, cfg: dict, out: str | os.PathLike,
         fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), bbox_to_anchor=(0.5, -0.02))
         fig.subplots_adjust(bottom=0.22 + 0.05 * ((len(labels) - 1) // 4))
         tcs = ", ".join(sorted(set(conv["token_config"].astype(str))))
-        emb = ", ".join(sorted(set(conv["embedding"].dropna().astype(str))))
+        emb = ", ".join(sorted(set(conv["model"].dropna().astype(str))))
         fig.suptitle(f"Convergence, config {tcs} ({cfg['name']}, seeds "
-                     f"{', '.join(str(s) for s in sorted(set(conv['seed'])))}; FAD on {emb or 'n/a'})")
+                     f"{', '.join(str(s) for s in sorted(set(conv['seed'])))}; {emb or 'n/a'})")
         return save(fig, out, cfg["report"]["figures"]["dpi"])
 
 
@@ -146,3 +152,50 @@ def seed_scatter(metrics: pd.DataFrame, cfg: dict, out: str | os.PathLike,
         fig.suptitle(f"Per-seed results ({cfg['name']}, seeds {', '.join(map(str, seeds))})")
         return save(fig, out, cfg["report"]["figures"]["dpi"])
 
+
+
+def forest_figure(paired: pd.DataFrame, cfg: dict, out: str | os.PathLike,
+                  style_file: str | os.PathLike | None = None) -> Path:
+    """Δ vs the baseline (% of the baseline, CI) per method, one panel per paired Table 2 metric."""
+    base = cfg["report"]["table3"]["baseline"]
+    vs = paired[paired["versus"] == base]
+    panels = [(label, ref) for label, ref in cfg["report"]["table2"]["columns"].items()
+              if ((vs["domain"] == ref["domain"]) & (vs["metric"] == ref["metric"])).any()]
+    if not panels:
+        raise ValueError(f"{out}: no paired comparison against {base!r} for any Table 2 column")
+    methods = [m for m in cfg["report"]["table2"]["methods"] if m != base and m in set(vs["method"])]
+    tcs = [tc for tc in cfg["token_configs"] if tc in set(vs["token_config"].astype(str))]
+    y = np.arange(len(methods))[::-1]
+    with style(style_file):
+        ncol = min(4, len(panels))
+        nrow = int(np.ceil(len(panels) / ncol))
+        fig, axes = plt.subplots(nrow, ncol, squeeze=False, sharey=True,
+                                 figsize=(3.2 * ncol, 0.35 * len(methods) * nrow + 1.2 * nrow + 0.6))
+        for ax, (label, ref) in zip(axes.flat, panels):
+            sel = vs[(vs["domain"] == ref["domain"]) & (vs["metric"] == ref["metric"])]
+            for j, tc in enumerate(tcs):
+                off = (j - (len(tcs) - 1) / 2) * 0.25
+                for i, m in enumerate(methods):
+                    r = sel[(sel["token_config"].astype(str) == tc) & (sel["method"] == m)]
+                    if r.empty:
+                        continue
+                    r = r.iloc[0]
+                    lo, hi = r["rel_pct"] - r["rel_ci_low"], r["rel_ci_high"] - r["rel_pct"]
+                    ax.errorbar(r["rel_pct"], y[i] + off, xerr=[[max(lo, 0)], [max(hi, 0)]], fmt="o", color=f"C{j}",
+                                mfc=f"C{j}" if bool(r["resolved"]) else "white", capsize=2,
+                                label=f"config {tc}" if i == 0 else None)
+            ax.axvline(0.0, color="0.4", linewidth=0.8)
+            lower = ref["metric"] not in ("event_top1", "mos_ovrl", "spk_sim")
+            ax.set_title(f"{label} ({'lower' if lower else 'higher'} is better)", fontsize="small")
+            ax.set_xlabel(f"Δ vs {base} (% of {base})")
+        for ax in axes.flat[len(panels):]:
+            ax.set_visible(False)
+        for ax in axes[:, 0]:
+            ax.set_yticks(y)
+            ax.set_yticklabels([method_label(m, cfg["methods"][m]) for m in methods])
+        axes.flat[0].legend(fontsize="x-small")
+        level = int(round(100 * float(cfg["eval"]["ci_level"])))
+        fig.suptitle(f"Paired differences vs {base} with {level} % CIs (seeds x clips bootstrap; filled: "
+                     f"resolved), {cfg['name']}", fontsize="small")
+        fig.tight_layout()
+        return save(fig, out, cfg["report"]["figures"]["dpi"])

@@ -112,21 +112,37 @@ def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
+CURVE_COLUMNS = ["token_config", "seed", "method", "step", "domain", "metric", "value", "n", "model"]
+HELDOUT_CURVE_COLUMNS = ["step", "id", "domain", "loss"]
+
+
+def _curve_of(df: pd.DataFrame, path) -> pd.DataFrame:
+    """One convergence CSV as curve rows: FAD curves as they are, held-out loss CSVs (per clip)
+    as the mean per step and domain (and over both domains, ``all``)."""
+    if all(c in df.columns for c in HELDOUT_CURVE_COLUMNS):
+        both = pd.concat([df, df.assign(domain="all")])
+        g = both.groupby(["step", "domain"])["loss"].agg(["mean", "count"]).reset_index()
+        return pd.DataFrame({"step": g["step"], "domain": g["domain"], "metric": "fm_loss", "value": g["mean"],
+                             "n": g["count"], "model": "held-out FM loss (valid split, EMA)"})
+    missing = [c for c in CONVERGENCE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing} (neither a FAD curve nor a held-out loss CSV)")
+    return pd.DataFrame({"step": df["step"], "domain": df["domain"], "metric": "fad", "value": df["fad"],
+                         "n": df["n"], "model": df["embedding"]})
+
+
 def convergence_frame(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """All convergence CSVs (step, domain, fad, n, embedding) with their run columns."""
+    """Convergence curves (``CURVE_COLUMNS``) from FAD curve CSVs (``agrepa convergence``) or
+    held-out loss CSVs (``agrepa heldout``), with their run columns from the paths."""
     frames = []
     for p in paths:
         if not Path(p).exists():
             raise FileNotFoundError(f"{p}: convergence CSV not found")
-        df = pd.read_csv(p)
-        missing = [c for c in CONVERGENCE_COLUMNS if c not in df.columns]
-        if missing:
-            raise ValueError(f"{p}: missing columns {missing}")
+        df = _curve_of(pd.read_csv(p, dtype={"id": str}), p)
         for k, v in run_of_path(p).items():
             df[k] = v
         frames.append(df)
-    cols = ["token_config", "seed", "method"] + CONVERGENCE_COLUMNS
-    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True)[CURVE_COLUMNS] if frames else pd.DataFrame(columns=CURVE_COLUMNS)
 
 
 def read_selections(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -212,8 +228,43 @@ def _token_configs(metrics: pd.DataFrame, cfg: dict) -> list[str]:
 
 
 # --- Table 2 --------------------------------------------------------------------------------
-def table2(metrics: pd.DataFrame, cfg: dict) -> pd.DataFrame:
-    """Table 2: one row per (token config, method) of ``report.table2.methods``."""
+def _cell(run: pd.DataFrame, ref: dict, cfg: dict) -> tuple[str, dict, list[str]]:
+    """One Table 2 cell: ``mean ± std`` over seeds (``†`` when a FAD is rank-deficient), its numbers
+    and the notes it needs."""
+    from ..evaluation.evaluate import LOW_RANK
+
+    dec = cfg["report"]["decimals"]
+    sel = _metric_values(run, ref["domain"], ref["metric"])
+    mean, std, n = mean_std(list(sel["value"] * _scale(ref["metric"], cfg)))
+    text = fmt_mean_std(mean, std, dec)
+    notes = []
+    if n == 0 and len(sel):
+        notes.append(_join_unique(sel["note"]) or "not computed")
+    elif len(sel) == 0:
+        notes.append(f"metric {ref['domain']}/{ref['metric']} not in the evaluation")
+    low_rank = [x for x in sel["note"] if isinstance(x, str) and x.startswith(LOW_RANK)]
+    if low_rank and n:
+        text += " †"
+        notes.append(low_rank[0])
+    return text, {"mean": mean, "std": std, "n_seeds": n}, notes
+
+
+def _delta_cells(row: dict, numeric: dict, label: str, ref: dict, tc: str, method: str, versus: str, paired_df,
+                 dec: int) -> None:
+    """The paired difference of one cell against ``versus``: text in ``row``, numbers in ``numeric``."""
+    key = _slug(label)
+    c = None if method == versus else lookup(paired_df, tc, method, versus, ref["domain"], ref["metric"])
+    row[f"{label} Δ"] = "—" if c is None else fmt_delta(c, dec)
+    for name in ("delta", "ci_low", "ci_high", "rel_pct", "p_value"):
+        numeric[f"{key}_delta_{name}" if name != "delta" else f"{key}_delta"] = \
+            math.nan if c is None else float(c[name])
+    numeric[f"{key}_resolved"] = None if c is None else bool(c["resolved"])
+
+
+def table2(metrics: pd.DataFrame, cfg: dict, paired_df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 2: one row per (token config, method) of ``report.table2.methods``; with ``paired_df``
+    (``paired.csv``) every column also gets the paired difference against the baseline with its CI
+    (``*``: resolved, i.e. the CI excludes 0 and the permutation p < 0.05)."""
     t2 = cfg["report"]["table2"]
     dec = cfg["report"]["decimals"]
     reference = metrics[metrics["method"] == REFERENCE_METHOD]
@@ -236,17 +287,14 @@ def table2(metrics: pd.DataFrame, cfg: dict) -> pd.DataFrame:
                        "layers": " ".join(map(str, spec["layers"])) if "layers" in spec
                        else f"top-{cfg['selection']['k']} by {spec['selection']}"}
             numeric, notes, clips = {}, [], {}
+            base = cfg["report"]["table3"]["baseline"]
             for label, ref in t2["columns"].items():
                 sel = _metric_values(run, ref["domain"], ref["metric"])
-                scale = _scale(ref["metric"], cfg)
-                mean, std, n = mean_std(list(sel["value"] * scale))
-                row[label] = fmt_mean_std(mean, std, dec)
-                key = _slug(label)
-                numeric.update({f"{key}_mean": mean, f"{key}_std": std, f"{key}_n_seeds": n})
-                if n == 0 and len(sel):
-                    notes.append(f"{label}: {_join_unique(sel['note']) or 'not computed'}")
-                elif len(sel) == 0:
-                    notes.append(f"{label}: metric {ref['domain']}/{ref['metric']} not in the evaluation")
+                row[label], nums, cell_notes = _cell(run, ref, cfg)
+                numeric.update({f"{_slug(label)}_{k}": v for k, v in nums.items()})
+                notes += [f"{label}: {x}" for x in cell_notes]
+                if paired_df is not None:
+                    _delta_cells(row, numeric, label, ref, tc, method, base, paired_df, dec)
                 if len(sel):
                     clips[ref["domain"]] = max(clips.get(ref["domain"], 0), int(np.nanmax(sel["n"])) if sel["n"].notna().any() else 0)
             row.update(numeric)
@@ -298,25 +346,25 @@ def table2_vs_paper(table: pd.DataFrame, cfg: dict, paper: pd.DataFrame | None =
 
 # --- Table 3 --------------------------------------------------------------------------------
 def steps_to_threshold(curve: pd.DataFrame, threshold: float) -> float:
-    """Training steps for a convergence curve (columns step, fad) to reach ``threshold``,
+    """Training steps for a convergence curve (columns step, value) to reach ``threshold``,
     linearly interpolated between the bracketing snapshots (agrepa.evaluation.metrics.steps_to_threshold);
     NaN when never reached (nothing is extrapolated)."""
-    c = curve.dropna(subset=["fad"])
-    reached = metrics.steps_to_threshold(c["step"].tolist(), c["fad"].tolist(), threshold)
+    c = curve.dropna(subset=["value"])
+    reached = metrics.steps_to_threshold(c["step"].tolist(), c["value"].tolist(), threshold)
     return math.nan if reached is None else float(reached)
 
 
 def convergence_threshold(conv: pd.DataFrame, cfg: dict, token_config: str) -> float:
-    """eval.convergence.threshold, or (null) the baseline's final FAD, mean over seeds."""
+    """eval.convergence.threshold, or (null) the baseline's final value, mean over seeds."""
     fixed = cfg["eval"]["convergence"]["threshold"]
     if fixed is not None:
         return float(fixed)
     t3 = cfg["report"]["table3"]
     base = conv[(conv["token_config"] == token_config) & (conv["method"] == t3["baseline"])
-                & (conv["domain"] == t3["domain"])].dropna(subset=["fad"])
+                & (conv["domain"] == t3["domain"])].dropna(subset=["value"])
     if base.empty:
         return math.nan
-    finals = base.sort_values("step").groupby("seed")["fad"].last()
+    finals = base.sort_values("step").groupby("seed")["value"].last()
     return float(finals.mean())
 
 
@@ -330,17 +378,31 @@ def _layers_text(sel: pd.DataFrame) -> str:
     return " | ".join(f"seed {s}: {v}" for s, v in sorted(per_seed.items()))
 
 
+def _convergence_cell(convergence: pd.DataFrame, tc: str, method: str, domain: str, metric: str,
+                      threshold: float) -> tuple[str, float, float, str]:
+    """Steps to reach ``threshold`` per seed, as ``mean ± std`` text, mean, std and ``reached/seeds``."""
+    curves = convergence[(convergence["token_config"] == tc) & (convergence["method"] == method)
+                         & (convergence["domain"] == domain) & (convergence["metric"] == metric)]
+    reached = [steps_to_threshold(g, threshold) for _, g in curves.groupby("seed")] if np.isfinite(threshold) else []
+    c_mean, c_std, c_n = mean_std(reached)
+    text = (fmt_mean_std(c_mean, c_std, 0) + (f" ({c_n}/{len(reached)} seeds)" if c_n < len(reached) else "")) \
+        if c_n else "N/A"
+    return text, c_mean, c_std, f"{c_n}/{len(reached)}"
+
+
 def table3(metrics: pd.DataFrame, convergence: pd.DataFrame, selections: pd.DataFrame,
-           cfg: dict) -> pd.DataFrame:
-    """Table 3: baseline + one row per strategy of ``selection.strategies``."""
+           cfg: dict, paired_df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 3: baseline + one row per strategy of ``selection.strategies``: the paper's FAD, Rel. Gain
+    and convergence (steps for the ``eval.convergence.metric`` curve to reach the threshold), plus the
+    held-out FM loss and, with ``paired_df``, both differences against the baseline with their CIs."""
     t3 = cfg["report"]["table3"]
     dec = cfg["report"]["decimals"]
-    domain = t3["domain"]
-    steps = int(cfg["train"]["branch_steps"])
+    domain, curve_metric = t3["domain"], cfg["eval"]["convergence"]["metric"]
     k = int(cfg["selection"]["k"])
     rows = []
     for tc in _token_configs(metrics, cfg):
-        threshold = convergence_threshold(convergence, cfg, tc)
+        conv = convergence[convergence["metric"] == curve_metric]
+        threshold = convergence_threshold(conv, cfg, tc)
         entries = [("baseline", t3["baseline"])] + [(s, t3["strategies"][s]) for s in cfg["selection"]["strategies"]]
         base_mean = math.nan
         for strategy, method in entries:
@@ -350,36 +412,33 @@ def table3(metrics: pd.DataFrame, convergence: pd.DataFrame, selections: pd.Data
                                  f"(Table 3 row {strategy!r})")
             fad = _metric_values(run, domain, "fad")
             mean, std, n = mean_std(list(fad["value"]))
-            if strategy == "baseline":
-                base_mean = mean
-            curves = convergence[(convergence["token_config"] == tc) & (convergence["method"] == method)
-                                 & (convergence["domain"] == domain)]
-            reached = [steps_to_threshold(g, threshold) for _, g in curves.groupby("seed")] \
-                if np.isfinite(threshold) else []
-            c_mean, c_std, c_n = mean_std(reached)
+            fm_text, fm, _ = _cell(run, {"domain": domain, "metric": "fm_loss"}, cfg)
+            base_mean = mean if strategy == "baseline" else base_mean
+            c_text, c_mean, c_std, c_reached = _convergence_cell(conv, tc, method, domain, curve_metric, threshold)
             sel = selections[(selections["token_config"] == tc) & (selections["strategy"] == strategy)] \
                 if strategy != "baseline" else selections.iloc[0:0]
             gain = -relative_change(mean, base_mean) if strategy != "baseline" else math.nan
-            rows.append({
-                "Config": tc,
-                "Selection Strategy": "Baseline (None)" if strategy == "baseline"
-                else STRATEGY_LABELS.get(strategy, strategy) + (" (AG-REPA)" if strategy == "foga" else ""),
-                "strategy": strategy, "method": method,
-                f"Top-{k} Layers": _layers_text(sel),
-                "Training steps": steps,
-                "FAD": fmt_mean_std(mean, std, dec),
-                "Rel. Gain": "—" if strategy == "baseline" or not np.isfinite(gain) else f"{gain:+.1f}%",
-                "Convergence": (fmt_mean_std(c_mean, c_std, 0) + (f" ({c_n}/{len(reached)} seeds)"
-                                                                 if c_n < len(reached) else ""))
-                if c_n else "N/A",
-                "fad_mean": mean, "fad_std": std, "n_seeds": n, "rel_gain_pct": gain,
-                "convergence_mean": c_mean, "convergence_std": c_std,
-                "convergence_reached": f"{c_n}/{len(reached)}", "threshold": threshold,
-                "domain": domain, "experiment": cfg["name"],
-                "seeds": " ".join(str(int(s)) for s in sorted(run["seed"].dropna().unique())),
-                "fad_embedding": _join_unique(fad["model"]),
-                "n_clips": int(np.nanmax(fad["n"])) if fad["n"].notna().any() else 0,
-            })
+            row = {"Config": tc, "Selection Strategy": "Baseline (None)" if strategy == "baseline"
+                   else STRATEGY_LABELS.get(strategy, strategy) + (" (AG-REPA)" if strategy == "foga" else ""),
+                   "strategy": strategy, "method": method, f"Top-{k} Layers": _layers_text(sel),
+                   "Training steps": int(cfg["train"]["branch_steps"]), "FAD": fmt_mean_std(mean, std, dec),
+                   "Rel. Gain": "—" if strategy == "baseline" or not np.isfinite(gain) else f"{gain:+.1f}%",
+                   "Convergence": c_text, "FM loss": fm_text}
+            numeric = {}
+            if paired_df is not None:
+                for label, metric in (("FM loss", "fm_loss"),):   # FAD is set-level: no per-clip pairing
+                    _delta_cells(row, numeric, label, {"domain": domain, "metric": metric}, tc, method,
+                                 t3["baseline"], paired_df, dec)
+            row.update(numeric)
+            row.update({"fad_mean": mean, "fad_std": std, "n_seeds": n, "rel_gain_pct": gain,
+                        "fm_loss_mean": fm["mean"], "fm_loss_std": fm["std"],
+                        "convergence_mean": c_mean, "convergence_std": c_std, "convergence_reached": c_reached,
+                        "convergence_metric": curve_metric, "threshold": threshold, "domain": domain,
+                        "experiment": cfg["name"],
+                        "seeds": " ".join(str(int(x)) for x in sorted(run["seed"].dropna().unique())),
+                        "fad_embedding": _join_unique(fad["model"]),
+                        "n_clips": int(np.nanmax(fad["n"])) if fad["n"].notna().any() else 0})
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -398,3 +457,38 @@ def table3_vs_paper(table: pd.DataFrame, paper: pd.DataFrame | None = None) -> p
                          "paper_note": ref["note"].iloc[0] if len(ref) and isinstance(ref["note"].iloc[0], str) else "",
                          "experiment": r["experiment"]})
     return pd.DataFrame(rows)
+
+
+# --- paired differences (paired.csv, agrepa.reports.paired) in the tables ---------------------------
+def fmt_delta(row, decimals: int) -> str:
+    """``+0.012 [+0.004, +0.020]*`` (``*``: resolved, the CI excludes 0 and p < 1 - level)."""
+    if not np.isfinite(row["delta"]):
+        return "n/a"
+
+    def f(x):
+        return "n/a" if not np.isfinite(x) else f"{x:+.{decimals}g}" if abs(x) < 10 ** -decimals else f"{x:+.{decimals}f}"
+    mark = "*" if bool(row["resolved"]) else ""
+    return f"{f(row['delta'])} [{f(row['ci_low'])}, {f(row['ci_high'])}]{mark}"
+
+
+def _pct(x: float) -> str:
+    return f"{x:+.1f}" if abs(x) >= 0.1 else f"{x:+.2g}"
+
+
+def fmt_rel(row) -> str:
+    """``-3.1 % [-4.0, -2.2]`` (relative difference and its CI; 2 significant digits below 0.1 %)."""
+    if not np.isfinite(row["rel_pct"]):
+        return "n/a"
+    lo, hi = row["rel_ci_low"], row["rel_ci_high"]
+    ci = f" [{_pct(lo)}, {_pct(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+    return f"{_pct(row['rel_pct'])} %{ci}"
+
+
+def lookup(paired_df: pd.DataFrame, tc: str, method: str, versus: str, domain: str, metric: str):
+    """The one comparison row, or None."""
+    if paired_df is None or paired_df.empty:
+        return None
+    sel = paired_df[(paired_df["token_config"].astype(str) == str(tc)) & (paired_df["method"] == method)
+                    & (paired_df["versus"] == versus) & (paired_df["domain"] == domain)
+                    & (paired_df["metric"] == metric)]
+    return None if sel.empty else sel.iloc[0]

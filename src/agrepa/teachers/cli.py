@@ -10,7 +10,7 @@ def cmd_train(args) -> int:
 
     cfg = config_mod.from_args(args)
     set_threads(args.threads)
-    train_events(args.manifest, args.out, cfg)
+    train_events(args.manifest, args.out, cfg, section=args.section)
     config_mod.save_resolved(cfg, args.out)
     return 0
 
@@ -33,6 +33,10 @@ def register(subparsers) -> None:
     t = sub.add_parser("train", help="train the audio-event teacher (the embedded BEATs stand-in)")
     t.add_argument("--manifest", required=True, help="manifest.csv (uses audio-domain train/valid clips)")
     t.add_argument("--out", required=True, help="output directory (model.safetensors, config.json, metrics.json)")
+    t.add_argument("--section", default="teachers.acoustic.events",
+                   choices=["teachers.acoustic.events", "eval.events.train"],
+                   help="config section with the hyper-parameters: the acoustic teacher (default) or the "
+                        "evaluation's event classifier")
     config_mod.add_cli_args(t)
     t.set_defaults(func=cmd_train)
 

@@ -190,12 +190,20 @@ def predict(model: EventEncoder, mels: list[Tensor], batch_size: int) -> np.ndar
     return torch.cat(out).numpy()
 
 
-def train_events(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: dict) -> dict:
+def train_events(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: dict,
+                 section: str = "teachers.acoustic.events") -> dict:
     """Train the event encoder on the manifest's audio train clips; write the
-    model, its config and the valid metrics to ``out_dir``; return the metrics."""
+    model, its config and the valid metrics to ``out_dir``; return the metrics.
+
+    ``section``: the config section with the hyper-parameters: the acoustic teacher's
+    (``teachers.acoustic.events``) or the evaluation's event classifier
+    (``eval.events.train``: another seed and width, so the classifier that scores
+    generated audio is not the model the alignment was trained towards)."""
     from ..corpora.manifest import read_manifest, split_labels
 
-    ecfg = cfg["teachers"]["acoustic"]["events"]
+    ecfg = cfg
+    for key in section.split("."):
+        ecfg = ecfg[key]
     seed = int(ecfg["seed"])
     torch.manual_seed(seed)
     manifest = read_manifest(manifest_path)
@@ -325,6 +333,13 @@ class EventsTeacher(Teacher):
         x, n = pad_mels([mel])
         h, mask = self.model.frames(x, n.to(self.device))
         return h[0, : int(mask[0].sum())].cpu()
+
+    @torch.no_grad()
+    def logits(self, wave: Tensor) -> Tensor:
+        """Label logits [n_labels] of one mono waveform at ``self.sample_rate``."""
+        mel = A.log_mel(wave.to(self.device), self.cfg_audio)
+        x, n = pad_mels([mel])
+        return self.model(x, n.to(self.device))[0].cpu()
 
     @torch.no_grad()
     def predict_proba(self, wave: Tensor) -> Tensor:
