@@ -17,7 +17,7 @@ from agrepa import config
 from agrepa.corpora.manifest import read_manifest, write_manifest
 from agrepa.evaluation import classifier, evaluate, ter
 from agrepa.store import Store
-from agrepa.teachers.base import build_teacher
+from agrepa.teachers.registry import build_teacher
 from agrepa.teachers.cache import embed_manifest
 from agrepa.teachers.events import EventEncoder
 from agrepa.tokenizers.streams import encode_manifest, fit_stream

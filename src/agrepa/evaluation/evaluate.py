@@ -117,7 +117,7 @@ def build_models(cfg: dict, domains: Sequence[str], tokenizers: dict | None = No
 
     ``tokenizers``: ``{stream: fitted tokenizer dir}`` (TER; None: no TER); ``teacher_dir``: the
     trained events teacher (acoustic teacher of TER); ``classifier_dir``: the event classifier."""
-    from ..teachers.base import build_teacher
+    from ..teachers.registry import build_teacher
     from .asr import build_asr
     from .classifier import build_classifier
     from .embeddings import TeacherEmbedding, build_embedding
