@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from agrepa import config as config_mod
-from agrepa.training.dataset import BalancedSampler, TrainingData, crop_frames, shard
+from agrepa.training.dataset import BalancedSampler, DataPaths, TrainingData, crop_frames, shard
 from agrepa.store import StoreWriter
 from test_workflow_support import DEFAULT_CONFIG
 
@@ -89,9 +89,13 @@ def make_corpus(root: Path, n_speech: int = 6, n_audio: int = 6, seed: int = 0) 
     return paths
 
 
+def data_paths(paths: dict) -> DataPaths:
+    """The five stores of :func:`make_corpus` as the stages take them."""
+    return DataPaths(paths["manifest"], paths["mels"], paths["tokens"], paths["semantic"], paths["acoustic"])
+
+
 def load_data(cfg, paths, split="train") -> TrainingData:
-    return TrainingData(cfg, paths["manifest"], paths["mels"], paths["tokens"], paths["semantic"],
-                        paths["acoustic"], split=split)
+    return TrainingData(cfg, data_paths(paths), split=split)
 
 
 @pytest.fixture
@@ -183,7 +187,7 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(KeyError, match="stats"):
         load_data(cfg, paths)
     with pytest.raises(FileNotFoundError, match="index.json"):
-        TrainingData(cfg, paths["manifest"], tmp_path / "nope", paths["tokens"], paths["semantic"],
-                     paths["acoustic"])
+        TrainingData(cfg, DataPaths(paths["manifest"], tmp_path / "nope", paths["tokens"], paths["semantic"],
+                                    paths["acoustic"]))
     with pytest.raises(ValueError, match="split 'valid'"):
         load_data(cfg, make_corpus(tmp_path / "e", 2, 2), split="valid")

@@ -121,7 +121,7 @@ def test_bitc_heads_cosine_and_loss():
 
 def test_repa_heads_baseline_absent_and_weighted():
     none = REPAHeads([], [], 16, DIMS, hidden=8)
-    assert len(list(none.parameters())) == 0 and not none
+    assert len(list(none.parameters())) == 0 and not none.active
     hidden = [torch.randn(4, 12, 16) for _ in range(4)]
     b = _batch()
     assert none.loss(hidden, b) is None

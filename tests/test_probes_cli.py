@@ -12,7 +12,7 @@ from agrepa.training import train
 from agrepa.cli import main as cli_main
 from agrepa.probing.probes import CSV_COLUMNS
 from agrepa.reports.probes import figure1, table1
-from test_dataset import make_corpus, tiny_cfg
+from test_dataset import data_paths, make_corpus, tiny_cfg
 from test_workflow_support import DEFAULT_CONFIG
 
 torch.set_num_threads(1)
@@ -25,9 +25,7 @@ def warm(tmp_path_factory):
     cfg, cfg_path = tiny_cfg(tmp, {"model": {"n_layers": 3},
                                    "probe": {"t_grid": GRID, "n_batches": 2, "batch_size": 2}})
     paths = make_corpus(tmp / "data")
-    ckpt = train.run(cfg, phase="warmup", out=tmp / "warm", seed=0, manifest=paths["manifest"],
-                     mels=paths["mels"], tokens=paths["tokens"], semantic=paths["semantic"],
-                     acoustic=paths["acoustic"])
+    ckpt = train.run(cfg, phase="warmup", out=tmp / "warm", seed=0, data=data_paths(paths))
     return tmp, cfg_path, paths, ckpt
 
 

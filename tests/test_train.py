@@ -9,16 +9,16 @@ import torch
 
 from agrepa import config as config_mod
 from agrepa.training import train
+from agrepa.training.checkpoint import load_run
 from agrepa.cli import main as cli_main
-from test_dataset import make_corpus, tiny_cfg
+from test_dataset import data_paths, make_corpus, tiny_cfg
 from test_workflow_support import DEFAULT_CONFIG
 
 torch.set_num_threads(1)
 
 
 def _kw(p):
-    return dict(manifest=p["manifest"], mels=p["mels"], tokens=p["tokens"], semantic=p["semantic"],
-                acoustic=p["acoustic"])
+    return dict(data=data_paths(p))
 
 
 def _load(path):
@@ -93,7 +93,7 @@ def test_repa_loss_decreases(setup):
     assert last < 0.7 * first, (first, last)
 
 
-def test_selection_method_and_load_checkpoint(setup):
+def test_selection_method_and_load_run(setup):
     tmp, cfg, _, paths, warm = setup
     sel = tmp / "foga.json"
     sel.write_text(json.dumps({"strategy": "foga", "layers": [2, 1], "weights": [0.8, 0.2]}))
@@ -101,16 +101,16 @@ def test_selection_method_and_load_checkpoint(setup):
         train.run(cfg, phase="branch", method="ag_repa", init=warm, out=tmp / "ag_bad", seed=0, **_kw(paths))
     final = train.run(cfg, phase="branch", method="ag_repa", init=warm, selection=sel, out=tmp / "ag", seed=0,
                       steps=3, **_kw(paths))
-    run = train.load_checkpoint(final)
+    run = load_run(final)
     assert (run.method, run.step, run.layers, run.weights) == ("ag_repa", 3, [2, 1], [0.8, 0.2])
     assert not run.model.training and not run.bitc.training and run.vocab_size == 40
     ck = _load(final)
     assert all(torch.equal(v, ck["ema"]["model"][k]) for k, v in run.model.state_dict().items())
-    raw = train.load_checkpoint(final, use_ema=False)
+    raw = load_run(final, use_ema=False)
     assert all(torch.equal(v, ck["model"][k]) for k, v in raw.model.state_dict().items())
     assert any(not torch.equal(v, ck["ema"]["model"][k]) for k, v in raw.model.state_dict().items())
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
-        train.load_checkpoint(tmp / "nothing.pt")
+        load_run(tmp / "nothing.pt")
     # a different method in a directory with last.pt is refused, not silently resumed
     with pytest.raises(ValueError, match="last.pt: method"):
         train.run(cfg, phase="branch", method="baseline", init=warm, out=tmp / "ag", seed=0, steps=3, **_kw(paths))
@@ -125,7 +125,8 @@ def test_nonfinite_loss_stops_with_clear_error(tmp_path):
     for k in st.keys():
         w.add(k, {"pooled": torch.full_like(st.get(k)["pooled"], float("nan"))})
     w.close()
-    kw = dict(_kw(paths), acoustic=tmp_path / "bad_ac")
+    d = data_paths(paths)
+    kw = dict(data=type(d)(d.manifest, d.mels, d.tokens, d.semantic, tmp_path / "bad_ac"))
     with pytest.raises(train.NonFiniteLoss, match=r"step 1: loss term 'bitc' is nan"):
         train.run(cfg, phase="warmup", out=tmp_path / "w", seed=0, **kw)
     assert not (tmp_path / "w" / "final.pt").exists()

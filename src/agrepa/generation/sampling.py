@@ -240,17 +240,18 @@ def build_requests(cfg: dict, targets: Sequence[str], prompts: dict[str, str], m
     return requests
 
 
-def sample_split(model, cfg: dict, manifest_path: str | os.PathLike, mels_dir: str | os.PathLike,
-                 tokens_dir: str | os.PathLike, split: str, seed: int, out_dir: str | os.PathLike,
+def sample_split(model, cfg: dict, data, split: str, seed: int, out_dir: str | os.PathLike,
                  max_clips: dict | int | None = None, vocoder=None, meta: dict | None = None,
                  device: str | torch.device = "cpu", write_audio: bool = True) -> pd.DataFrame:
-    """Generate the split's evaluation subset with ``model`` and write the outputs to ``out_dir``."""
+    """Generate the split's evaluation subset with ``model`` and write the outputs to ``out_dir``;
+    ``data``: the ``agrepa.training.dataset.DataPaths`` of the manifest, mel and token stores."""
     sc = cfg["sample"]
+    manifest_path = data.manifest
     df = read_manifest(manifest_path)
     df = df[df["split"] == split].copy()
     if df.empty:
         raise ValueError(f"{manifest_path}: no clips in split {split!r}")
-    mels, toks = Store(mels_dir), Store(tokens_dir)
+    mels, toks = Store(data.mels), Store(data.tokens)
     mean, std = load_stats(mels)
     have = [c for c in df["id"].astype(str) if c in mels and c in toks]
     missing = len(df) - len(have)

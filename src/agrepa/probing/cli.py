@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from .. import config as config_mod
-from ..training.cli import add_data_arguments
+from ..training.cli import add_data_arguments, data_paths
 
 CONFIG_KEYS = ("selection.foga_t", "selection.k")  # config sections this module reads
 
@@ -20,8 +20,7 @@ def cmd_probe(args) -> int:
 
     cfg = config_mod.from_args(args)
     set_threads(args.threads)
-    data = {k: getattr(args, k) for k in ("manifest", "mels", "tokens", "semantic", "acoustic")}
-    df = probe_checkpoint(cfg, args.ckpt, data, split=args.split, seed=args.seed, token_config=args.token_config,
+    df = probe_checkpoint(cfg, args.ckpt, data_paths(args), split=args.split, seed=args.seed, token_config=args.token_config,
                           probes=[p.strip() for p in args.probes.split(",") if p.strip()])
     io.write_csv(args.out, df)
     log.info("wrote %s (%d rows)", args.out, len(df))

@@ -40,9 +40,9 @@ from ..config import DOMAINS
 from ..device import move_batch, resolve_device
 from ..model.dit import DiT
 from ..store import Store
-from ..training.dataset import TrainingData
+from ..training.checkpoint import load_run
+from ..training.dataset import DataPaths, TrainingData
 from ..training.objectives import flow_matching_loss, ot_path
-from ..training.train import load_checkpoint
 from .foga import eval_mode, foga_per_sample
 from .records import CSV_COLUMNS, PROBES
 
@@ -243,7 +243,7 @@ def token_config_name(tokens_dir, given: str | None = None) -> str:
     return str(name) if name else store.dir.name
 
 
-def probe_checkpoint(cfg: dict, ckpt, data: dict, *, split: str = "train", probes: Sequence[str] = PROBES,
+def probe_checkpoint(cfg: dict, ckpt, data: DataPaths, *, split: str = "train", probes: Sequence[str] = PROBES,
                      seed: int | None = None, token_config: str | None = None) -> pd.DataFrame:
     """Every probe of ``probes`` on the EMA weights of checkpoint ``ckpt`` over ``split`` clips of
     the stores ``data`` (manifest, mels, tokens, semantic, acoustic) -> the tidy probes frame."""
@@ -254,7 +254,7 @@ def probe_checkpoint(cfg: dict, ckpt, data: dict, *, split: str = "train", probe
     unknown = sorted(set(probes) - set(PROBES))
     if not probes or unknown:
         raise ValueError(f"--probes: unknown or no probe(s) {unknown}; choose from {list(PROBES)}")
-    run = load_checkpoint(ckpt, use_ema=True)
+    run = load_run(ckpt, use_ema=True)
     device = resolve_device(cfg)
     model, heads = run.model.to(device).eval(), run.bitc.to(device).eval()
     for p in heads.parameters():                              # frozen interface heads
@@ -267,21 +267,20 @@ def probe_checkpoint(cfg: dict, ckpt, data: dict, *, split: str = "train", probe
         "audio": lambda b: bitc_scorer(heads, "audio", b["emb_acoustic"]),
     }
     df = run_probes(model, batches, t_grid, noise_seed=int(pcfg["seed"]), eps=float(pcfg["eps"]),
-                    scorers=scorers, probes=list(probes), config_name=token_config_name(data["tokens"], token_config),
+                    scorers=scorers, probes=list(probes), config_name=token_config_name(data.tokens, token_config),
                     seed=int(run.seed if seed is None else seed), max_streams=pcfg["foga_max_streams"],
                     gradnorm_t_grid=pcfg["gradnorm_t_grid"], loss_on_prompt=bool(cfg["train"]["loss_on_prompt"]))
     log.info("probed %s (step %d): %d rows", ckpt, run.step, len(df))
     return df
 
 
-def probe_batches(cfg: dict, data: dict, split: str, device: torch.device) -> dict[str, list[dict]]:
+def probe_batches(cfg: dict, data: DataPaths, split: str, device: torch.device) -> dict[str, list[dict]]:
     """``probe.n_batches`` deterministic batches of ``probe.batch_size`` clips per domain from
     ``split`` (crops from frame 0, fixed prompt fraction: ``TrainingData.eval_batches``)."""
     n_batches, bs = int(cfg["probe"]["n_batches"]), int(cfg["probe"]["batch_size"])
     if n_batches < 1 or bs < 1:
         raise ValueError(f"config keys 'probe.n_batches'/'probe.batch_size' must be >= 1, got {n_batches}/{bs}")
-    clips = TrainingData(cfg, data["manifest"], data["mels"], data["tokens"], data["semantic"], data["acoustic"],
-                         split=split)
+    clips = TrainingData(cfg, data, split=split)
     out: dict[str, list[dict]] = {}
     for domain in DOMAINS:
         got = clips.eval_batches(bs, domain=domain, limit=n_batches)

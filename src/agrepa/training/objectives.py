@@ -169,7 +169,9 @@ class REPAHeads(nn.Module):
                                    for t in TEACHERS})
             for l in self.layers})
 
-    def __bool__(self) -> bool:
+    @property
+    def active(self) -> bool:
+        """True when there is a REPA term (some layer is aligned); False for the baseline."""
         return bool(self.layers)
 
     def per_layer(self, hidden: list[Tensor], batch: dict) -> dict[int, Tensor]:
