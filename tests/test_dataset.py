@@ -27,8 +27,9 @@ TINY = {
     "device": "cpu",
     "audio": {"n_mels": N_MELS, "max_seconds": 1.0},
     "model": {"n_layers": 2, "dim": 32, "n_heads": 2, "ff_mult": 2, "dropout": 0.0, "token_dim": None},
-    "train": {"batch_size": 4, "lr": 3e-3, "warmup_steps": 6, "branch_steps": 6, "checkpoint_every": 2,
-              "snapshot_steps": [2, 4], "log_every": 1, "crop_seconds": 0.4, "repa_hidden": 16,
+    # 12 train clips at batch 4: an epoch is 3 steps, so each phase is 6 steps
+    "train": {"batch_size": 4, "lr": 3e-3, "warmup_epochs": 2.0, "branch_epochs": 2.0, "checkpoint_every": 2,
+              "snapshot_fractions": [1 / 3, 2 / 3], "log_every": 1, "crop_seconds": 0.4, "repa_hidden": 16,
               "ema_decay": 0.9, "schedule": "onecycle", "warmup_fraction": 0.2},
     "methods": {"baseline": {"layers": []}, "repa_l2": {"layers": [2]}, "repa_l1_2": {"layers": [1, 2]},
                 "ag_repa": {"selection": "foga"}},

@@ -136,7 +136,8 @@ def _checkpoint(path, cfg, step, seed):
     ck = {"format": FORMAT, "config": cfg, "vocab_size": VOCAB, "teacher_dims": {"semantic": 8, "acoustic": 8},
           "ema": {"model": model.state_dict(), "bitc": bitc.state_dict()},
           "model": model.state_dict(), "bitc": bitc.state_dict(), "step": step, "method": "baseline",
-          "phase": "branch", "seed": 0, "layers": [], "weights": []}
+          "phase": "branch", "seed": 0, "plan": {"speech": {"layers": [], "weights": []},
+                                                 "audio": {"layers": [], "weights": []}}}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ck, path)
 

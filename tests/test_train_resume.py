@@ -41,7 +41,7 @@ def test_sigkill_and_resume_is_exact(tmp_path, one_thread):
     # dropout on: the restored RNG states matter; the REPA heads, EMA and optimiser moments are all resumed
     cfg, cfg_path = tiny_cfg(tmp_path, {"model": {"dropout": 0.1},
                                         "train": {"checkpoint_every": 10, "log_every": 5,
-                                                  "snapshot_steps": [50, 100]}})
+                                                  "snapshot_fractions": [50 / STEPS, 100 / STEPS]}})
     paths = make_corpus(tmp_path / "data")
     kw = dict(data=data_paths(paths))
     warm = train.run(cfg, phase="warmup", out=tmp_path / "warm", seed=3, **kw)

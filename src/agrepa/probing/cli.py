@@ -35,10 +35,13 @@ def cmd_select(args) -> int:
     cfg = config_mod.from_args(args)
     k = int(args.k if args.k is not None else cfg["selection"]["k"])
     foga_t = args.foga_t if args.foga_t is not None else cfg["selection"]["foga_t"]
-    record = select(read_probes(args.probes), args.strategy, k, args.seed, foga_t, source=str(args.probes))
+    record = select(read_probes(args.probes), args.strategy, k, args.seed, foga_t, source=str(args.probes),
+                    mode=cfg["selection"]["mode"])
     io.write_json(args.out, record)
-    log.info("%s top-%d layers %s weights %s -> %s", args.strategy, k, record["layers"],
-             [round(w, 4) for w in record["weights"]], args.out)
+    for key, sel in record["sets"].items():
+        log.info("%s top-%d layers (%s) %s weights %s", args.strategy, k, key, sel["layers"],
+                 [round(w, 4) for w in sel["weights"]])
+    log.info("mode %s -> %s", record["mode"], args.out)
     return 0
 
 

@@ -33,27 +33,35 @@ FORMAT = "agrepa-train-v1"
 
 
 class EMA:
-    """Exponential moving average of parameters: ``e <- decay * e + (1 - decay) * p``.
+    """Exponential moving average of parameters: ``e <- d_n * e + (1 - d_n) * p`` at update n
+    (0-based, counted over the whole training: warm-up then Phase II), with
+    ``d_n = min(decay, (1 + n) / (10 + n))`` when ``warmup`` (so the random init does not
+    linger in the average of a short run) and ``d_n = decay`` otherwise.
 
     Tracks several named modules (``{"model": dit, "bitc": heads}``). Its state dict
     is, per module, that module's full ``state_dict`` with the parameters replaced by
     their averages, so it loads straight into a fresh module.
     """
 
-    def __init__(self, modules: dict[str, nn.Module], decay: float):
+    def __init__(self, modules: dict[str, nn.Module], decay: float, warmup: bool = False):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"train.ema_decay: must lie in [0, 1), got {decay}")
-        self.modules, self.decay = modules, float(decay)
+        self.modules, self.decay, self.warmup = modules, float(decay), bool(warmup)
         self.shadow = {k: {n: p.detach().clone() for n, p in m.named_parameters()}
                        for k, m in modules.items()}
 
+    def decay_at(self, n: int) -> float:
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, n: int) -> None:
+        """The n-th update (n = optimiser steps taken before this one, whole training)."""
+        d = self.decay_at(n)
         for k, m in self.modules.items():
             params = dict(m.named_parameters())
             shadows = list(self.shadow[k].values())
             if shadows:
-                torch._foreach_lerp_(shadows, [params[n].detach() for n in self.shadow[k]], 1.0 - self.decay)
+                torch._foreach_lerp_(shadows, [params[n].detach() for n in self.shadow[k]], 1.0 - d)
 
     def state_dict(self) -> dict:
         out = {}
@@ -113,16 +121,16 @@ class RunSpec:
     phase: str
     method: str
     seed: int
-    total_steps: int
-    layers: list
-    weights: list
+    total_steps: int           # optimiser steps of this phase
+    start_step: int            # steps trained before this phase (a continued branch: the warm-up's)
+    plan: dict                 # REPA layers and weights per domain (objectives.plan_to_json)
     selection: str | None
     init: str | None
     vocab_size: int
     teacher_dims: dict
     config: dict
 
-    IDENTITY = ("phase", "method", "seed", "total_steps", "layers", "weights")
+    IDENTITY = ("phase", "method", "seed", "total_steps", "start_step", "plan")
 
 
 @dataclass
@@ -213,19 +221,19 @@ class LoadedRun:
     method: str
     phase: str = "warmup"
     seed: int = 0
-    layers: list | None = None     # REPA layer set (1-based) of the run
-    weights: list | None = None    # its alpha_l
+    plan: dict | None = None       # REPA layers and alpha per domain (1-based layers)
 
 
 def load_run(path: str | os.PathLike, map_location="cpu", use_ema: bool = True) -> LoadedRun:
-    """The trained model and BiT-C heads of a checkpoint written by ``agrepa train``."""
+    """The trained model and BiT-C heads of a checkpoint written by ``agrepa train``: the EMA
+    weights (sampling, evaluation) or, ``use_ema=False``, the training weights (the probes:
+    the weights a branch starts from)."""
     ck = read_checkpoint(path, "checkpoint")
     cfg = ck["config"]
     model = build_model(cfg, ck["vocab_size"])
-    bitc = BiTCHeads(model.dim, ck["teacher_dims"], cfg["train"]["bitc_weight"])
+    bitc = BiTCHeads(model.token_dim, ck["teacher_dims"], cfg["train"]["bitc_weight"])
     src = ck["ema"] if use_ema else {"model": ck["model"], "bitc": ck["bitc"]}
     model.load_state_dict(src["model"])
     bitc.load_state_dict(src["bitc"])
     return LoadedRun(model.to(map_location).eval(), bitc.to(map_location).eval(), cfg, int(ck["vocab_size"]),
-                     int(ck["step"]), ck["method"], ck["phase"], int(ck["seed"]),
-                     list(ck["layers"]), list(ck["weights"]))
+                     int(ck["step"]), ck["method"], ck["phase"], int(ck["seed"]), dict(ck["plan"]))

@@ -138,9 +138,10 @@ def split_rows(manifest: str | os.PathLike | pd.DataFrame, split: str) -> pd.Dat
 
 
 class TrainingData:
-    """One split of the corpus in memory, with crop/prompt batching (see module doc)."""
+    """One split of the corpus in memory (or the clips ``ids`` of it), with crop/prompt
+    batching (see module doc)."""
 
-    def __init__(self, cfg: dict, data: DataPaths, split: str = "train"):
+    def __init__(self, cfg: dict, data: DataPaths, split: str = "train", ids: Sequence[str] | None = None):
         self.cfg = cfg
         self.split = split
         self.n_mels = int(cfg["audio"]["n_mels"])
@@ -153,6 +154,8 @@ class TrainingData:
                 raise ValueError(f"{key}: must lie in [0, 1), got {f}")
         self.max_frames = int(math.floor(float(cfg["audio"]["max_seconds"]) * frames_per_second(cfg)))
         df = split_rows(data.manifest, split)
+        if ids is not None:                                  # a subset (the probe sample)
+            df = df[df["id"].astype(str).isin(set(ids))]
         self.mel_store, self.token_store = Store(data.mels), Store(data.tokens)
         self.teacher_stores = {name: Store(path) for name, path in data.teachers().items()}
         self.mean, self.std = load_stats(self.mel_store, self.n_mels)
