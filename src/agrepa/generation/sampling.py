@@ -65,7 +65,7 @@ from ..corpora.mels import load_stats
 from ..store import Store
 from ..config import DOMAINS, PAD_ID
 
-CONFIG_KEYS = ("audio", "sample")  # config sections this module reads
+CONFIG_KEYS = ('audio', 'sample', 'train.noise_scale')  # config sections this module reads
 
 log = logging.getLogger(__name__)
 

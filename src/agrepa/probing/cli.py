@@ -6,7 +6,7 @@ import logging
 from .. import config as config_mod
 from ..training.cli import add_data_arguments, data_paths
 
-CONFIG_KEYS = ("selection.foga_t", "selection.k")  # config sections this module reads
+CONFIG_KEYS = ('selection.foga_t', 'selection.k', 'selection.mode')  # config sections this module reads
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ from ..training.objectives import flow_matching_loss, ot_path
 from .foga import eval_mode, foga_per_sample
 from .records import CSV_COLUMNS, PROBES
 
-CONFIG_KEYS = ("probe", "train.loss_on_prompt")  # config sections this module reads
+CONFIG_KEYS = ('probe', 'train.loss_on_prompt', 'train.noise_scale')  # config sections this module reads
 
 log = logging.getLogger(__name__)
 

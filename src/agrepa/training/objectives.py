@@ -44,7 +44,7 @@ from .. import config as config_mod
 from .. import io
 from .dataset import DOMAIN_TEACHER, DOMAINS, TEACHERS
 
-CONFIG_KEYS = ("methods.{method}", "train.repa_lambda")  # config sections this module reads
+CONFIG_KEYS = ('methods.{method}', 'train.repa_lambda', 'train.repa_weighting')  # config sections this module reads
 
 
 @dataclass

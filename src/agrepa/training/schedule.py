@@ -24,6 +24,8 @@ from torch import nn
 
 from ..config import DOMAINS
 
+CONFIG_KEYS = ("train",)  # config sections this module reads
+
 
 def make_optimizer(cfg: dict, modules: list[nn.Module]) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices (dim >= 2), none on biases, norms and gains."""
