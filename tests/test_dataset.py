@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from agrepa import config as config_mod
-from agrepa.training.dataset import BalancedSampler, TrainingData, crop_frames, shard
+from agrepa.training.dataset import BalancedSampler, DataPaths, TrainingData, crop_frames, shard
 from agrepa.store import StoreWriter
 from test_workflow_support import DEFAULT_CONFIG
 
@@ -27,8 +27,9 @@ TINY = {
     "device": "cpu",
     "audio": {"n_mels": N_MELS, "max_seconds": 1.0},
     "model": {"n_layers": 2, "dim": 32, "n_heads": 2, "ff_mult": 2, "dropout": 0.0, "token_dim": None},
-    "train": {"batch_size": 4, "lr": 3e-3, "warmup_steps": 6, "branch_steps": 6, "checkpoint_every": 2,
-              "snapshot_steps": [2, 4], "log_every": 1, "crop_seconds": 0.4, "repa_hidden": 16,
+    # 12 train clips at batch 4: an epoch is 3 steps, so each phase is 6 steps
+    "train": {"batch_size": 4, "lr": 3e-3, "warmup_epochs": 2.0, "branch_epochs": 2.0, "checkpoint_every": 2,
+              "snapshot_fractions": [1 / 3, 2 / 3], "log_every": 1, "crop_seconds": 0.4, "repa_hidden": 16,
               "ema_decay": 0.9, "schedule": "onecycle", "warmup_fraction": 0.2},
     "methods": {"baseline": {"layers": []}, "repa_l2": {"layers": [2]}, "repa_l1_2": {"layers": [1, 2]},
                 "ag_repa": {"selection": "foga"}},
@@ -89,9 +90,13 @@ def make_corpus(root: Path, n_speech: int = 6, n_audio: int = 6, seed: int = 0) 
     return paths
 
 
+def data_paths(paths: dict) -> DataPaths:
+    """The five stores of :func:`make_corpus` as the stages take them."""
+    return DataPaths(paths["manifest"], paths["mels"], paths["tokens"], paths["semantic"], paths["acoustic"])
+
+
 def load_data(cfg, paths, split="train") -> TrainingData:
-    return TrainingData(cfg, paths["manifest"], paths["mels"], paths["tokens"], paths["semantic"],
-                        paths["acoustic"], split=split)
+    return TrainingData(cfg, data_paths(paths), split=split)
 
 
 @pytest.fixture
@@ -183,7 +188,7 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(KeyError, match="stats"):
         load_data(cfg, paths)
     with pytest.raises(FileNotFoundError, match="index.json"):
-        TrainingData(cfg, paths["manifest"], tmp_path / "nope", paths["tokens"], paths["semantic"],
-                     paths["acoustic"])
+        TrainingData(cfg, DataPaths(paths["manifest"], tmp_path / "nope", paths["tokens"], paths["semantic"],
+                                    paths["acoustic"]))
     with pytest.raises(ValueError, match="split 'valid'"):
         load_data(cfg, make_corpus(tmp_path / "e", 2, 2), split="valid")

@@ -16,6 +16,7 @@ from agrepa import cli, config
 from agrepa.evaluation import evaluate, metrics
 from agrepa.evaluation.asr import wer_counts
 from agrepa.store import Store
+from agrepa.training.dataset import DataPaths
 from test_eval_corpus import VOCAB, make_corpus
 from test_sampling import tiny_model
 from test_workflow_support import DEFAULT_CONFIG
@@ -93,7 +94,8 @@ def test_eval_json_of_generated_samples(corpus, models, tmp_path):
 
     cfg = small_cfg(speech="none")
     out = tmp_path / "samples"
-    sampling.sample_split(tiny_model(), cfg, corpus["manifest"], corpus["mels"], corpus["tokens"], "test", 0, out,
+    sampling.sample_split(tiny_model(), cfg, DataPaths(corpus["manifest"], corpus["mels"], corpus["tokens"]), "test",
+                          0, out,
                           vocoder=build_vocoder(cfg), meta={"method": "baseline"})
     models_nomos = evaluate.Models(models.embedding, models.asr, {"speech": None, "audio": None}, models.speaker)
     result = evaluate.evaluate(cfg, corpus["manifest"], samples_dir=out, models=models_nomos, mels_dir=corpus["mels"])
@@ -127,14 +129,15 @@ def test_eval_json_of_generated_samples(corpus, models, tmp_path):
 
 def _checkpoint(path, cfg, step, seed):
     from agrepa.training.objectives import BiTCHeads
-    from agrepa.training.train import FORMAT
+    from agrepa.training.checkpoint import FORMAT
 
     model = tiny_model(seed)
     bitc = BiTCHeads(model.dim, {"semantic": 8, "acoustic": 8})
     ck = {"format": FORMAT, "config": cfg, "vocab_size": VOCAB, "teacher_dims": {"semantic": 8, "acoustic": 8},
           "ema": {"model": model.state_dict(), "bitc": bitc.state_dict()},
           "model": model.state_dict(), "bitc": bitc.state_dict(), "step": step, "method": "baseline",
-          "phase": "branch", "seed": 0, "layers": [], "weights": []}
+          "phase": "branch", "seed": 0, "plan": {"speech": {"layers": [], "weights": []},
+                                                 "audio": {"layers": [], "weights": []}}}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ck, path)
 

@@ -7,7 +7,7 @@ from agrepa import cli, config
 from agrepa.evaluation import heldout
 from agrepa.model.dit import build_model
 from agrepa.training.objectives import BiTCHeads
-from agrepa.training.train import FORMAT, load_checkpoint
+from agrepa.training.checkpoint import FORMAT, load_run as load_checkpoint
 from test_dataset import DIM_AC, DIM_SEM, VOCAB, make_corpus, tiny_cfg
 from test_workflow_support import DEFAULT_CONFIG
 
@@ -17,7 +17,8 @@ def _save(path, cfg, model, step, phase="branch"):
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     ck = {"format": FORMAT, "config": cfg, "vocab_size": VOCAB, "teacher_dims": {"semantic": DIM_SEM, "acoustic": DIM_AC},
           "ema": {"model": sd, "bitc": bitc.state_dict()}, "model": sd, "bitc": bitc.state_dict(), "step": step,
-          "method": "baseline", "phase": phase, "seed": 0, "layers": [], "weights": []}
+          "method": "baseline", "phase": phase, "seed": 0,
+          "plan": {"speech": {"layers": [], "weights": []}, "audio": {"layers": [], "weights": []}}}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ck, path)
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agrepa.training.objectives import (BiTCHeads, REPAHeads, flow_matching_loss, method_layers, ot_path, pool,
-                              read_selection)
+from agrepa.training.objectives import (BiTCHeads, REPAHeads, flow_matching_loss, method_plan, ot_path, pool,
+                                       read_selection)
 from agrepa.model.dit import DiT
 
 DIMS = {"semantic": 6, "acoustic": 5}
@@ -113,6 +113,11 @@ def test_bitc_heads_cosine_and_loss():
     w = torch.tensor([2.0, 0.5, 2.0, 0.5])
     cos = torch.where(b["domain"] == 0, want_sem, want_ac)
     assert torch.allclose(heads.loss(h, b), (w * (1 - cos)).mean(), atol=1e-5)
+    # CFG-dropped samples carry no loss
+    keep = torch.tensor([True, False, True, True])
+    assert torch.allclose(heads.loss(h, b, keep=keep), (keep * w * (1 - cos)).mean(), atol=1e-5)
+    with pytest.raises(ValueError, match="model.token_dim"):
+        heads.cosine(torch.randn(4, 12, 8), b["mask"], "speech", b["emb_semantic"])
     with pytest.raises(ValueError, match="domain"):
         heads.cosine(h, b["mask"], "music", b["emb_semantic"])
     with pytest.raises(KeyError, match="bitc_weight"):
@@ -120,40 +125,55 @@ def test_bitc_heads_cosine_and_loss():
 
 
 def test_repa_heads_baseline_absent_and_weighted():
-    none = REPAHeads([], [], 16, DIMS, hidden=8)
-    assert len(list(none.parameters())) == 0 and not none
+    none = REPAHeads({}, 16, DIMS, hidden=8)
+    assert len(list(none.parameters())) == 0 and not none.active
     hidden = [torch.randn(4, 12, 16) for _ in range(4)]
     b = _batch()
     assert none.loss(hidden, b) is None
     torch.manual_seed(1)
-    heads = REPAHeads([1, 3], [0.25, 0.75], 16, DIMS, hidden=8)
-    assert set(heads.heads) == {"1", "3"}
-    per = heads.per_layer(hidden, b)
-    for l in (1, 3):
-        pooled = pool(hidden[l], b["mask"])
-        cos = torch.where(b["domain"] == 0,
-                          F.cosine_similarity(heads.heads[str(l)]["semantic"](pooled), b["emb_semantic"]),
-                          F.cosine_similarity(heads.heads[str(l)]["acoustic"](pooled), b["emb_acoustic"]))
-        assert torch.allclose(per[l], (1 - cos).mean(), atol=1e-5)
-    assert torch.allclose(heads.loss(hidden, b), 0.25 * per[1] + 0.75 * per[3])
+    plan = {"speech": [(1, 0.25), (3, 0.75)], "audio": [(3, 1.0)]}
+    heads = REPAHeads(plan, 16, DIMS, hidden=8)
+    assert set(heads.heads) == {"1", "3"} and set(heads.heads["1"]) == {"semantic"}   # no audio head at layer 1
+    assert set(heads.heads["3"]) == {"semantic", "acoustic"} and heads.layers == [1, 3]
+    per = heads.per_sample(hidden, b)
+    for i in range(4):
+        teacher, target = ("semantic", b["emb_semantic"]) if b["domain"][i] == 0 else ("acoustic", b["emb_acoustic"])
+        want = 0.0
+        for l, alpha in plan["speech" if b["domain"][i] == 0 else "audio"]:
+            z = F.normalize(pool(hidden[l][i:i + 1], b["mask"][i:i + 1]), dim=-1)
+            want += alpha * (1 - F.cosine_similarity(heads.heads[str(l)][teacher](z), target[i:i + 1]))
+        assert torch.allclose(per[i], want, atol=1e-5)
+    assert torch.allclose(heads.loss(hidden, b), per.mean())
     with pytest.raises(ValueError, match="layer 5"):
-        REPAHeads([5], [1.0], 16, DIMS).loss(hidden, b)
+        REPAHeads({"speech": [(5, 1.0)]}, 16, DIMS).loss(hidden, b)
+    with pytest.raises(ValueError, match="repeated layer"):
+        REPAHeads({"audio": [(2, 0.5), (2, 0.5)]}, 16, DIMS)
 
 
-def test_method_layers(tmp_path):
-    cfg = {"train": {"repa_lambda": 0.5},
+def test_method_plan(tmp_path):
+    cfg = {"train": {"repa_lambda": 0.5, "repa_weighting": "total"},
            "methods": {"baseline": {"layers": []}, "repa_l2": {"layers": [2, 3]}, "ag": {"selection": "foga"}}}
-    assert method_layers(cfg, "baseline", None, 4) == ([], [])
-    assert method_layers(cfg, "repa_l2", None, 4) == ([2, 3], [0.5, 0.5])
+    both = lambda pairs: {"speech": pairs, "audio": pairs}
+    assert method_plan(cfg, "baseline", None, 4) == both([])
+    assert method_plan(cfg, "repa_l2", None, 4) == both([(2, 0.25), (3, 0.25)])      # lambda split uniformly
     sel = tmp_path / "sel.json"
-    sel.write_text(json.dumps({"strategy": "foga", "layers": [1, 3], "weights": [0.7, 0.3]}))
-    assert method_layers(cfg, "ag", sel, 4) == ([1, 3], [0.7, 0.3])
+    sel.write_text(json.dumps({"strategy": "foga", "mode": "per_domain",
+                               "sets": {"speech": {"layers": [1, 3], "weights": [0.75, 0.25]},
+                                        "audio": {"layers": [4], "weights": [1.0]},
+                                        "merged": {"layers": [1], "weights": [1.0]}}}))
+    assert method_plan(cfg, "ag", sel, 4) == {"speech": [(1, 0.375), (3, 0.125)], "audio": [(4, 0.5)]}
+    literal = {**cfg, "train": {"repa_lambda": 0.5, "repa_weighting": "literal"}}
+    assert method_plan(literal, "repa_l2", None, 4) == both([(2, 0.5), (3, 0.5)])       # REPA's per-layer lambda
+    assert method_plan(literal, "ag", sel, 4) == {"speech": [(1, 0.75), (3, 0.25)], "audio": [(4, 1.0)]}
+    merged = json.loads(sel.read_text())
+    sel.write_text(json.dumps(dict(merged, mode="merged")))
+    assert method_plan(cfg, "ag", sel, 4) == both([(1, 0.5)])
     with pytest.raises(ValueError, match="--selection"):
-        method_layers(cfg, "ag", None, 4)
+        method_plan(cfg, "ag", None, 4)
     with pytest.raises(KeyError, match="nope"):
-        method_layers(cfg, "nope", None, 4)
+        method_plan(cfg, "nope", None, 4)
     with pytest.raises(ValueError, match="outside"):
-        method_layers(cfg, "repa_l2", None, 2)
-    sel.write_text(json.dumps({"layers": [1, 3], "weights": [0.7, 0.7]}))
+        method_plan(cfg, "repa_l2", None, 2)
+    sel.write_text(json.dumps(dict(merged, sets={**merged["sets"], "speech": {"layers": [1, 3], "weights": [0.7, 0.7]}})))
     with pytest.raises(ValueError, match="sum to 1"):
         read_selection(sel, 4)

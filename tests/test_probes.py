@@ -39,9 +39,13 @@ def test_lasp_scores_every_hidden_state_with_the_shared_head():
     m.eval()
     with torch.no_grad():
         _, hidden = m(x_t, t, tokens, prompt, mask, return_hidden=True)
+        hidden[0] = m.embed_tokens(tokens, mask, x_t.shape[1])   # layer 0: the token embedding BiT-C trains on
         head = heads.heads["semantic"]
         expect = torch.stack([torch.cosine_similarity(head(pool(h, mask)), target, dim=-1).mean() for h in hidden])
     assert torch.allclose(s, expect, atol=1e-6)
+    x_other = torch.randn_like(x_t)                                # layer 0 ignores x_t and the prompt
+    s2 = lasp(m, x_other, t, tokens, torch.zeros_like(prompt), mask, bitc_scorer(heads, "speech", target))
+    assert torch.equal(s2[0], s[0]) and not torch.equal(s2[1:], s[1:])
 
 
 def test_changing_layer_l_changes_only_scores_from_l_on():

@@ -12,7 +12,7 @@ from agrepa.training import train
 from agrepa.cli import main as cli_main
 from agrepa.probing.probes import CSV_COLUMNS
 from agrepa.reports.probes import figure1, table1
-from test_dataset import make_corpus, tiny_cfg
+from test_dataset import data_paths, make_corpus, tiny_cfg
 from test_workflow_support import DEFAULT_CONFIG
 
 torch.set_num_threads(1)
@@ -23,11 +23,9 @@ GRID = [0.3, 0.8]
 def warm(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("probe")
     cfg, cfg_path = tiny_cfg(tmp, {"model": {"n_layers": 3},
-                                   "probe": {"t_grid": GRID, "n_batches": 2, "batch_size": 2}})
+                                   "probe": {"t_grid": GRID, "n_clips": 4, "batch_size": 2}})
     paths = make_corpus(tmp / "data")
-    ckpt = train.run(cfg, phase="warmup", out=tmp / "warm", seed=0, manifest=paths["manifest"],
-                     mels=paths["mels"], tokens=paths["tokens"], semantic=paths["semantic"],
-                     acoustic=paths["acoustic"])
+    ckpt = train.run(cfg, phase="warmup", out=tmp / "warm", seed=0, data=data_paths(paths))
     return tmp, cfg_path, paths, ckpt
 
 
@@ -68,8 +66,10 @@ def test_probe_cli_csv_then_select_and_report(warm):
                          "--strategy", strategy, "--k", "2", "--seed", "0", "--out", str(sel)]) == 0
         rec = json.loads(sel.read_text())
         assert rec["strategy"] == strategy and rec["source"] == str(out)
-        layers, weights = read_selection(sel, 3)
-        assert len(layers) == 2 and math.isclose(sum(weights), 1.0)
+        sets = read_selection(sel, 3)
+        assert rec["mode"] == "per_domain" and set(sets) == {"speech", "audio"}
+        for d, (layers, weights) in sets.items():
+            assert layers == rec["sets"][d]["layers"] and len(layers) == 2 and math.isclose(sum(weights), 1.0)
     # reports from the CSV only
     t1 = table1([out])
     assert t1.loc[0, "config"] == "A" and t1.loc[0, "FoG-A Speech (top3)"].count("(1/1)") == 3

@@ -25,7 +25,6 @@ def small_cfg():
     cfg["report"]["table2"]["methods"] = ["baseline", "repa_l4", "ag_repa"]
     cfg["eval"]["convergence"]["threshold"] = None
     cfg["eval"]["convergence"]["metric"] = "fad"      # the synthetic curves are FAD curves
-    cfg["train"]["branch_steps"] = 300
     cfg["report"]["table2"]["wer_percent"] = True     # the synthetic JSONs store WER as a fraction
     return cfg
 
@@ -82,8 +81,10 @@ def results(tmp_path):
         for strategy, layers in (("random", [2, 5, 9]) if seed == 0 else ("random", [3, 5, 7]), ("foga", [1, 2, 3])):
             s = tmp_path / "selection" / "A" / f"seed{seed}" / f"{strategy}.json"
             s.parent.mkdir(parents=True, exist_ok=True)
-            s.write_text(json.dumps({"strategy": strategy, "k": 3, "layers": layers,
-                                     "weights": [1 / 3] * 3, "scores": [1, 1, 1], "seed": seed}))
+            one = {"layers": layers, "weights": [1 / 3] * 3, "scores": {}}
+            sets = {"speech": one, "audio": dict(one, layers=[1, 4, 2]), "merged": one}
+            mode = "merged" if strategy == "random" else "per_domain"   # Table 3 shows what training used
+            s.write_text(json.dumps({"strategy": strategy, "k": 3, "mode": mode, "sets": sets, "seed": seed}))
             sels.append(s)
     ref = tmp_path / "eval" / "reference.json"
     ref.write_text(json.dumps({"run": {}, "metrics": [{"domain": "speech", "metric": "wer", "value": 0.02,
@@ -170,7 +171,7 @@ def test_table3_gain_convergence_and_reused_foga_run(results):
     assert list(t3["strategy"]) == ["baseline", "random", "foga"]
     foga = t3[t3["strategy"] == "foga"].iloc[0]
     assert foga["method"] == "ag_repa"          # FoG-A row reuses the AG-REPA run
-    assert foga["Top-3 Layers"] == "L1, L2, L3"
+    assert foga["Top-3 Layers"] == "speech L1, L2, L3 / audio L1, L4, L2"
     assert foga["rel_gain_pct"] == pytest.approx(100 * (2.1 - 1.6) / 2.1)
     assert foga["Rel. Gain"] == "+23.8%"
     # threshold (null) = baseline's final speech FAD, mean over seeds = 2.1;
@@ -183,7 +184,7 @@ def test_table3_gain_convergence_and_reused_foga_run(results):
     # random: seed0 [2.9, 2.2, 1.9] -> 200 + 100 * 0.1 / 0.3; seed1 [3.1, 2.4, 2.1] -> 300
     assert rnd["convergence_mean"] == pytest.approx((200 + 100 / 3 + 300) / 2)
     base = t3[t3["strategy"] == "baseline"].iloc[0]
-    assert base["Rel. Gain"] == "—" and base["Training steps"] == 300
+    assert base["Rel. Gain"] == "—" and base["Training steps"] == 300     # the last snapshot of the curves
     # a fixed threshold that nobody reaches -> N/A
     cfg["eval"]["convergence"]["threshold"] = 0.5
     t3b = tables.table3(df, conv, sels, cfg)

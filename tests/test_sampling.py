@@ -12,6 +12,7 @@ from agrepa import config
 
 from agrepa.generation import sampling
 from agrepa.model.dit import DiT
+from agrepa.training.dataset import DataPaths
 from test_eval_corpus import VOCAB, make_corpus
 from test_workflow_support import DEFAULT_CONFIG
 
@@ -106,7 +107,7 @@ def test_sample_split_writes_the_contract(tmp_path):
     cfg = config.load(DEFAULT_CONFIG)
     cfg["sample"].update(steps=2, griffinlim_iters=2, max_clips={"speech": 2, "audio": 2})
     out = tmp_path / "samples"
-    table = sampling.sample_split(tiny_model(), cfg, c["manifest"], c["mels"], c["tokens"], "test", 0, out,
+    table = sampling.sample_split(tiny_model(), cfg, DataPaths(c["manifest"], c["mels"], c["tokens"]), "test", 0, out,
                                   vocoder=build_vocoder(cfg), meta={"method": "baseline"})
     assert list(table.columns) == sampling.SAMPLE_COLUMNS
     assert table["id"].tolist() == ["s0", "s1", "a0", "a1"]
@@ -120,7 +121,7 @@ def test_sample_split_writes_the_contract(tmp_path):
         assert row["n_frames"] == c["waves"][row["id"]].shape[0] // 256 + 1  # ground-truth duration
     assert (out / "sample_meta.json").exists() and (out / "config.resolved.yaml").exists()
     # same seed again: identical mels
-    sampling.sample_split(tiny_model(), cfg, c["manifest"], c["mels"], c["tokens"], "test", 0, tmp_path / "again",
+    sampling.sample_split(tiny_model(), cfg, DataPaths(c["manifest"], c["mels"], c["tokens"]), "test", 0, tmp_path / "again",
                           vocoder=build_vocoder(cfg), write_audio=False)
     again = load_file(str(tmp_path / "again" / "mels.safetensors"))
     assert all(torch.equal(mels[k], again[k]) for k in mels)

@@ -38,25 +38,25 @@ def probes_df(config="A", seed=0):
 def test_foga_top_k_and_weights():
     rec = select(probes_df(), "foga", 3, seed=0)
     s = layer_scores(probes_df(), "foga")
-    assert rec["layers"] == [5, 1, 2]          # layer 5 is boosted at t=0.75
-    assert math.isclose(sum(rec["weights"]), 1.0)
+    assert rec["sets"]["merged"]["layers"] == [5, 1, 2]          # layer 5 is boosted at t=0.75
+    assert math.isclose(sum(rec["sets"]["merged"]["weights"]), 1.0)
     expect = np.array([s[5], s[1], s[2]])
-    assert np.allclose(rec["weights"], expect / expect.sum())
-    assert set(rec["scores"]) == {str(l) for l in range(1, L + 1)}
-    assert rec["weights"] == sorted(rec["weights"], reverse=True)
+    assert np.allclose(rec["sets"]["merged"]["weights"], expect / expect.sum())
+    assert set(rec["sets"]["merged"]["scores"]) == {str(l) for l in range(1, L + 1)}
+    assert rec["sets"]["merged"]["weights"] == sorted(rec["sets"]["merged"]["weights"], reverse=True)
 
 
 def test_foga_at_one_t_and_bad_t():
-    assert select(probes_df(), "foga", 2, 0, foga_t=0.25)["layers"] == [1, 2]
-    assert select(probes_df(), "foga", 1, 0, foga_t="0.75")["layers"] == [5]
+    assert select(probes_df(), "foga", 2, 0, foga_t=0.25)["sets"]["merged"]["layers"] == [1, 2]
+    assert select(probes_df(), "foga", 1, 0, foga_t="0.75")["sets"]["merged"]["layers"] == [5]
     with pytest.raises(ValueError, match="foga_t.*0.5"):
         select(probes_df(), "foga", 2, 0, foga_t=0.5)
 
 
 def test_lasp_excludes_interface_and_gradnorm_averages_domains():
     rec = select(probes_df(), "lasp", 3, 0)
-    assert rec["layers"] == [6, 5, 4] and "0" not in rec["scores"]
-    g = select(probes_df(), "gradnorm", 3, 0)
+    assert rec["sets"]["merged"]["layers"] == [6, 5, 4] and "0" not in rec["sets"]["merged"]["scores"]
+    g = select(probes_df(), "gradnorm", 3, 0)["sets"]["merged"]
     assert g["layers"] == [4, 3, 5]            # tie 3 vs 5 -> lower layer first
     assert math.isclose(g["scores"]["4"], 10.0)
 
@@ -77,7 +77,7 @@ def test_non_positive_score_rule():
     df = probes_df()
     df.loc[df.probe == "lasp", "score"] -= 5.0       # every cosine negative -> uniform weights
     rec = select(df, "lasp", 3, 0)
-    assert rec["layers"] == [6, 5, 4] and rec["weights"] == pytest.approx([1 / 3] * 3)
+    assert rec["sets"]["merged"]["layers"] == [6, 5, 4] and rec["sets"]["merged"]["weights"] == pytest.approx([1 / 3] * 3)
     df.loc[(df.probe == "foga") & (df.layer == 2), "score"] = float("nan")
     with pytest.raises(ValueError, match="non-finite foga score at layer"):
         select(df, "foga", 3, 0)
@@ -89,7 +89,7 @@ def test_random_is_seeded_uniform_and_distinct():
     draws = {tuple(random_layers(12, 3, seed=s)) for s in range(20)}
     assert len(draws) > 10                          # the seed matters
     rec = select(probes_df(), "random", 3, seed=1)
-    assert rec["layers"] == a and rec["weights"] == pytest.approx([1 / 3] * 3)
+    assert rec["sets"]["merged"]["layers"] == a and rec["sets"]["merged"]["weights"] == pytest.approx([1 / 3] * 3)
 
 
 def test_one_run_per_file():
@@ -111,11 +111,14 @@ def test_cli_json_is_deterministic_and_weights_sum_to_one(tmp_path, strategy):
     assert outs[0] == outs[1]
     rec = json.loads(outs[0])
     assert rec["strategy"] == strategy and rec["k"] == 3 and rec["seed"] == 4
-    assert rec["source"] == str(src) and len(rec["layers"]) == 3
-    assert math.isclose(sum(rec["weights"]), 1.0, abs_tol=1e-12)
-    # the training stage reads it
+    assert rec["source"] == str(src) and rec["mode"] == "per_domain"
+    for key in ("speech", "audio", "merged"):
+        assert len(rec["sets"][key]["layers"]) == 3
+        assert math.isclose(sum(rec["sets"][key]["weights"]), 1.0, abs_tol=1e-12)
+    # the training stage reads it: each domain its own set
     from agrepa.training.objectives import read_selection
-    assert read_selection(tmp_path / "sel0.json", L) == (rec["layers"], rec["weights"])
+    assert read_selection(tmp_path / "sel0.json", L) == {d: (rec["sets"][d]["layers"], rec["sets"][d]["weights"])
+                                                        for d in ("speech", "audio")}
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

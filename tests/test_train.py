@@ -9,16 +9,16 @@ import torch
 
 from agrepa import config as config_mod
 from agrepa.training import train
+from agrepa.training.checkpoint import load_run
 from agrepa.cli import main as cli_main
-from test_dataset import make_corpus, tiny_cfg
+from test_dataset import data_paths, make_corpus, tiny_cfg
 from test_workflow_support import DEFAULT_CONFIG
 
 torch.set_num_threads(1)
 
 
 def _kw(p):
-    return dict(manifest=p["manifest"], mels=p["mels"], tokens=p["tokens"], semantic=p["semantic"],
-                acoustic=p["acoustic"])
+    return dict(data=data_paths(p))
 
 
 def _load(path):
@@ -67,18 +67,21 @@ def test_branch_baseline_has_no_repa_and_same_data(setup):
     base = train.run(cfg, phase="branch", method="baseline", init=warm, out=tmp / "base", seed=0, **_kw(paths))
     repa = train.run(cfg, phase="branch", method="repa_l1_2", init=warm, out=tmp / "repa", seed=0, **_kw(paths))
     b, r = _load(base), _load(repa)
-    assert b["repa"] == {} and b["layers"] == [] and b["weights"] == []
+    no_layers = {"layers": [], "weights": []}
+    assert b["repa"] == {} and b["plan"] == {"speech": no_layers, "audio": no_layers}
     n_opt = lambda ck: sum(len(g["params"]) for g in ck["optimizer"]["param_groups"])
     n_base = len(b["model"]) + len(b["bitc"])             # every model / BiT-C entry is a parameter
     assert n_opt(b) == n_base                                                  # no REPA parameters at all
     assert n_opt(r) == n_base + 2 * 2 * 4                  # 2 layers x 2 teachers x (2 weights + 2 biases)
-    assert {k.split(".")[1] for k in r["repa"]} == {"1", "2"} and r["weights"] == [0.5, 0.5]
+    both = {"layers": [1, 2], "weights": [0.25, 0.25]}              # lambda = 0.5 split over the two layers
+    assert {k.split(".")[1] for k in r["repa"]} == {"1", "2"} and r["plan"] == {"speech": both, "audio": both}
     mb, mr = pd.read_csv(tmp / "base" / "metrics.csv"), pd.read_csv(tmp / "repa" / "metrics.csv")
     assert mb["repa"].isna().all() and (mr["repa"] > 0).all()
     # identical start (warm-up weights) and identical batch: the first FM/BiT-C terms agree exactly
     assert mb["fm"][0] == mr["fm"][0] and mb["bitc"][0] == mr["bitc"][0]
     assert abs(mr["loss"][0] - (mr["fm"][0] + mr["bitc"][0] + mr["repa"][0])) < 1e-5
-    assert sorted(p.name for p in (tmp / "base" / "snapshots").iterdir()) == ["step_000002.pt", "step_000004.pt"]
+    assert sorted(p.name for p in (tmp / "base" / "snapshots").iterdir()) == ["step_000002.pt", "step_000004.pt",
+                                                                             "step_000006.pt"]
     # the branch started from the warm-up EMA, not from scratch
     w = _load(warm)
     assert not _tensors_equal(b["model"], w["model"]) and b["init"] == str(warm)
@@ -86,31 +89,35 @@ def test_branch_baseline_has_no_repa_and_same_data(setup):
 
 def test_repa_loss_decreases(setup):
     tmp, cfg, _, paths, warm = setup
-    train.run(cfg, phase="branch", method="repa_l2", init=warm, out=tmp / "repa_long", seed=0, steps=40,
+    restart = config_mod.deep_merge(cfg, {"train": {"branch_start": "restart"}})   # its own schedule over 40 steps
+    train.run(restart, phase="branch", method="repa_l2", init=warm, out=tmp / "repa_long", seed=0, steps=40,
               **_kw(paths))
     m = pd.read_csv(tmp / "repa_long" / "metrics.csv")
     first, last = m["repa"][:5].mean(), m["repa"][-5:].mean()
     assert last < 0.7 * first, (first, last)
 
 
-def test_selection_method_and_load_checkpoint(setup):
+def test_selection_method_and_load_run(setup):
     tmp, cfg, _, paths, warm = setup
     sel = tmp / "foga.json"
-    sel.write_text(json.dumps({"strategy": "foga", "layers": [2, 1], "weights": [0.8, 0.2]}))
+    sel.write_text(json.dumps({"strategy": "foga", "mode": "per_domain",
+                               "sets": {"speech": {"layers": [2, 1], "weights": [0.8, 0.2]},
+                                        "audio": {"layers": [1], "weights": [1.0]}}}))
     with pytest.raises(ValueError, match="--selection"):
         train.run(cfg, phase="branch", method="ag_repa", init=warm, out=tmp / "ag_bad", seed=0, **_kw(paths))
     final = train.run(cfg, phase="branch", method="ag_repa", init=warm, selection=sel, out=tmp / "ag", seed=0,
                       steps=3, **_kw(paths))
-    run = train.load_checkpoint(final)
-    assert (run.method, run.step, run.layers, run.weights) == ("ag_repa", 3, [2, 1], [0.8, 0.2])
+    run = load_run(final)
+    assert (run.method, run.step) == ("ag_repa", 3)
+    assert run.plan == {"speech": {"layers": [2, 1], "weights": [0.4, 0.1]}, "audio": {"layers": [1], "weights": [0.5]}}
     assert not run.model.training and not run.bitc.training and run.vocab_size == 40
     ck = _load(final)
     assert all(torch.equal(v, ck["ema"]["model"][k]) for k, v in run.model.state_dict().items())
-    raw = train.load_checkpoint(final, use_ema=False)
+    raw = load_run(final, use_ema=False)
     assert all(torch.equal(v, ck["model"][k]) for k, v in raw.model.state_dict().items())
     assert any(not torch.equal(v, ck["ema"]["model"][k]) for k, v in raw.model.state_dict().items())
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
-        train.load_checkpoint(tmp / "nothing.pt")
+        load_run(tmp / "nothing.pt")
     # a different method in a directory with last.pt is refused, not silently resumed
     with pytest.raises(ValueError, match="last.pt: method"):
         train.run(cfg, phase="branch", method="baseline", init=warm, out=tmp / "ag", seed=0, steps=3, **_kw(paths))
@@ -125,7 +132,8 @@ def test_nonfinite_loss_stops_with_clear_error(tmp_path):
     for k in st.keys():
         w.add(k, {"pooled": torch.full_like(st.get(k)["pooled"], float("nan"))})
     w.close()
-    kw = dict(_kw(paths), acoustic=tmp_path / "bad_ac")
+    d = data_paths(paths)
+    kw = dict(data=type(d)(d.manifest, d.mels, d.tokens, d.semantic, tmp_path / "bad_ac"))
     with pytest.raises(train.NonFiniteLoss, match=r"step 1: loss term 'bitc' is nan"):
         train.run(cfg, phase="warmup", out=tmp_path / "w", seed=0, **kw)
     assert not (tmp_path / "w" / "final.pt").exists()

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from agrepa.training import train
-from test_dataset import make_corpus, tiny_cfg
+from test_dataset import data_paths, make_corpus, tiny_cfg
 from test_train import _load
 from test_workflow_support import DEFAULT_CONFIG
 
@@ -22,7 +22,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     args = ["--manifest", str(paths["manifest"]), "--mels", str(paths["mels"]), "--tokens", str(paths["tokens"]),
             "--semantic", str(paths["semantic"]), "--acoustic", str(paths["acoustic"])]
     single = train.run(cfg, phase="warmup", out=tmp_path / "one", seed=0,
-                       **{k: paths[k] for k in ("manifest", "mels", "tokens", "semantic", "acoustic")})
+                       data=data_paths(paths))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "agrepa.cli", "train", "--config", str(DEFAULT_CONFIG), "--config", str(cfg_path),

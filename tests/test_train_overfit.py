@@ -5,7 +5,7 @@ import pandas as pd
 import torch
 
 from agrepa.training import train
-from test_dataset import make_corpus, tiny_cfg
+from test_dataset import data_paths, make_corpus, tiny_cfg
 
 torch.set_num_threads(1)
 
@@ -18,7 +18,7 @@ def test_overfits_eight_clips(tmp_path):
                   "checkpoint_every": 1000, "log_every": 10, "schedule": "warmup_constant", "warmup_fraction": 0.05}})
     paths = make_corpus(tmp_path / "data", n_speech=4, n_audio=4)
     train.run(cfg, phase="warmup", out=tmp_path / "w", seed=0, steps=200,
-              **{k: paths[k] for k in ("manifest", "mels", "tokens", "semantic", "acoustic")})
+              data=data_paths(paths))
     m = pd.read_csv(tmp_path / "w" / "metrics.csv")
     start, end = m["fm"].iloc[0], m["fm"].iloc[-5:].mean()
     # at initialisation the velocity is ~0, so L_FM ~ E|x1 - x0|^2 / n_mels ~ 2 on normalised mels

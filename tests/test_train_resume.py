@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from agrepa.training import train
-from test_dataset import make_corpus, tiny_cfg
+from test_dataset import data_paths, make_corpus, tiny_cfg
 from test_train import _load, _tensors_equal
 from test_workflow_support import DEFAULT_CONFIG
 
@@ -41,10 +41,9 @@ def test_sigkill_and_resume_is_exact(tmp_path, one_thread):
     # dropout on: the restored RNG states matter; the REPA heads, EMA and optimiser moments are all resumed
     cfg, cfg_path = tiny_cfg(tmp_path, {"model": {"dropout": 0.1},
                                         "train": {"checkpoint_every": 10, "log_every": 5,
-                                                  "snapshot_steps": [50, 100]}})
+                                                  "snapshot_fractions": [50 / STEPS, 100 / STEPS]}})
     paths = make_corpus(tmp_path / "data")
-    kw = dict(manifest=paths["manifest"], mels=paths["mels"], tokens=paths["tokens"],
-              semantic=paths["semantic"], acoustic=paths["acoustic"])
+    kw = dict(data=data_paths(paths))
     warm = train.run(cfg, phase="warmup", out=tmp_path / "warm", seed=3, **kw)
     ref = train.run(cfg, phase="branch", method="repa_l1_2", init=warm, out=tmp_path / "ref", seed=3,
                     steps=STEPS, **kw)

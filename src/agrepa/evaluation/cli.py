@@ -66,12 +66,13 @@ def cmd_convergence(args) -> int:
 
     from .. import io
     from ..device import resolve_device, set_threads
+    from ..training.cli import data_paths
     from .evaluate import convergence_curve
 
     cfg = config_mod.from_args(args)
     set_threads(args.threads)
     seed = int(cfg["sample"]["seed"] if args.seed is None else args.seed)
-    frames = [convergence_curve(cfg, r, args.manifest, args.mels, args.tokens, seed, device=resolve_device(cfg))
+    frames = [convergence_curve(cfg, r, data_paths(args), seed, device=resolve_device(cfg))
               for r in args.run]
     io.write_csv(args.out, pd.concat(frames, ignore_index=True))
     return 0

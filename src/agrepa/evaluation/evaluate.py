@@ -626,15 +626,16 @@ def snapshots(run_dir) -> list[tuple[int, Path]]:
     return found
 
 
-def convergence_curve(cfg: dict, run_dir, manifest, mels_dir, tokens_dir, seed: int, embedding=None,
+def convergence_curve(cfg: dict, run_dir, data, seed: int, embedding=None,
                       vocoder=None, load=None, split: str = "test", device="cpu") -> pd.DataFrame:
-    """FAD against the ground truth at every snapshot of ``run_dir`` (module docstring)."""
+    """FAD against the ground truth at every snapshot of ``run_dir`` (module docstring); ``data``:
+    the ``agrepa.training.dataset.DataPaths`` of the manifest, mel and token stores."""
     from ..corpora.mels import load_stats
-    from ..generation.sampling import build_requests, choose_prompts, generate, select_targets
+    from ..generation.sampling import build_requests, choose_prompts, generate, guidance, select_targets
     from ..store import Store
 
     if load is None:
-        from ..training.train import load_checkpoint as load
+        from ..training.checkpoint import load_run as load
     if embedding is None:
         from .embeddings import build_embedding
         embedding = build_embedding(cfg)
@@ -642,21 +643,21 @@ def convergence_curve(cfg: dict, run_dir, manifest, mels_dir, tokens_dir, seed: 
         from ..generation.vocoder import build_vocoder
         vocoder = build_vocoder(cfg)
     sc = cfg["sample"]
-    rows = _manifest_rows(manifest)
-    mels, toks = Store(mels_dir), Store(tokens_dir)
+    rows = _manifest_rows(data.manifest)
+    mels, toks = Store(data.mels), Store(data.tokens)
     df = rows[(rows["split"] == split) & rows["id"].map(lambda c: c in mels and c in toks)]
     targets = select_targets(df, int(cfg["eval"]["convergence"]["max_clips"]))
     prompts = choose_prompts(df.reset_index(drop=True), targets, seed)
     mean, std = load_stats(mels)
     requests = build_requests(cfg, targets, prompts, mels, toks, mean, std)
     sr = int(cfg["audio"]["sample_rate"])
-    ref_emb = {cid: embedding.embed(_gt_wave(manifest, rows, cid, cfg), sr) for cid in tqdm(targets, desc="embed gt")}
+    ref_emb = {cid: embedding.embed(_gt_wave(data.manifest, rows, cid, cfg), sr) for cid in tqdm(targets, desc="embed gt")}
     domain_of = {cid: rows.loc[cid, "domain"] for cid in targets}
     out = []
     for step, path in tqdm(snapshots(run_dir), desc="snapshots"):
         run = load(path)
         gen = generate(run.model.to(device).eval(), requests, int(sc["steps"]), sc["cfg_scale"], float(sc["sway"]),
-                       seed, batch_size=int(sc["batch_size"]), device=device, progress=False)
+                       seed, batch_size=int(sc["batch_size"]), device=device, progress=False, **guidance(cfg))
         emb = {r.id: embedding.embed(vocoder(x * std + mean), sr) for r, x in zip(requests, gen)}
         for d in DOMAINS:
             ids = [c for c in targets if domain_of[c] == d]

@@ -10,7 +10,7 @@ as in training) at every t of ``eval.heldout.t_grid``::
 
     loss_clip = mean_t  sum_{f,m} w_f (v(x_t, t) - (x1 - x0))^2 / (n_mels * sum_f w_f)
 
-with x0 ~ N(0, I) drawn per (``eval.heldout.seed``, clip id, t index) from a seeded generator, so
+with x0 ~ N(0, sigma^2 I) (sigma = ``train.noise_scale``, as in training) drawn per (``eval.heldout.seed``, clip id, t index) from a seeded generator, so
 a clip's noise depends neither on the batch nor on the checkpoint: two checkpoints are compared on
 identical inputs (paired by clip). The per-clip value is recomputed from the objective's velocity
 and checked against the objective's batch mean, so a change of the objective cannot go unnoticed.
@@ -35,7 +35,7 @@ from ..config import DOMAINS
 
 
 log = logging.getLogger(__name__)
-CONFIG_KEYS = ("eval.heldout", "train.loss_on_prompt")  # config sections this module reads
+CONFIG_KEYS = ("eval.heldout", "train.loss_on_prompt", "train.noise_scale")  # config sections this module reads
 
 HELDOUT_COLUMNS = ["step", "phase", "ckpt", "id", "domain", "loss"]
 SNAPSHOT = re.compile(r"step_(\d+)\.pt$")
@@ -83,7 +83,7 @@ def heldout_losses(model, data, cfg: dict, device="cpu") -> pd.DataFrame:
     if not t_grid or any(not 0.0 <= t <= 1.0 for t in t_grid):
         raise ValueError(f"eval.heldout.t_grid: need flow times in [0, 1], got {hc['t_grid']}")
     seed, bs = int(hc["seed"]), int(hc["batch_size"])
-    loss_on_prompt = bool(cfg["train"]["loss_on_prompt"])
+    loss_on_prompt, noise_scale = bool(cfg["train"]["loss_on_prompt"]), float(cfg["train"]["noise_scale"])
     model = model.to(device).eval()
     rows = []
     for batch in data.eval_batches(bs):
@@ -91,7 +91,7 @@ def heldout_losses(model, data, cfg: dict, device="cpu") -> pd.DataFrame:
         dev_batch = move_batch(batch, device)
         for k, t in enumerate(t_grid):
             tt = torch.full((len(batch["ids"]),), t, device=device)
-            x0 = _batch_noise(batch, seed, k).to(device)
+            x0 = _batch_noise(batch, seed, k).to(device) * noise_scale
             total += per_clip_loss(model, dev_batch, tt, x0, loss_on_prompt).double().cpu()
         for cid, d, v in zip(batch["ids"], batch["domain"].tolist(), (total / len(t_grid)).tolist()):
             rows.append({"id": cid, "domain": DOMAINS[d], "loss": v})
@@ -100,21 +100,18 @@ def heldout_losses(model, data, cfg: dict, device="cpu") -> pd.DataFrame:
 
 def heldout_data(cfg: dict, manifest, mels, tokens, semantic, acoustic, split: str = "valid"):
     """The held-out clips as :class:`~agrepa.training.dataset.TrainingData` (``eval.heldout.max_clips``)."""
-    from ..corpora.manifest import read_manifest
-    from ..training.dataset import TrainingData
+    from ..training.dataset import DataPaths, TrainingData, split_rows
 
-    df = read_manifest(manifest)
-    df = df[df["split"] == split]
+    df = split_rows(manifest, split)
     limit = cfg["eval"]["heldout"]["max_clips"]
-    if limit is not None:
-        df = pd.concat([df[df["domain"] == d].head(int(limit[d])) for d in DOMAINS])
-    return TrainingData(cfg, df, mels, tokens, semantic, acoustic, split=split)
+    ids = None if limit is None else [i for d in DOMAINS for i in df[df["domain"] == d].head(int(limit[d]))["id"]]
+    return TrainingData(cfg, DataPaths(manifest, mels, tokens, semantic, acoustic), split=split, ids=ids)
 
 
 def checkpoints(run_dir, init=None, final_only: bool = False) -> list[tuple[int, str, Path]]:
     """``(branch step, phase, path)``: the warm-up (step 0) if given, every snapshot (unless
     ``final_only``), ``final.pt``."""
-    from ..training.train import load_checkpoint
+    from ..training.checkpoint import load_run
 
     run_dir = Path(run_dir)
     out = [(0, "warmup", Path(init))] if init is not None else []
@@ -124,7 +121,7 @@ def checkpoints(run_dir, init=None, final_only: bool = False) -> list[tuple[int,
     final = run_dir / "final.pt"
     if not final.exists():
         raise FileNotFoundError(f"{final}: branch run has no final checkpoint")
-    step = load_checkpoint(final).step
+    step = load_run(final).step
     if step not in {s for s, _ in snaps}:
         out.append((step, "branch", final))
     return out
@@ -132,11 +129,11 @@ def checkpoints(run_dir, init=None, final_only: bool = False) -> list[tuple[int,
 
 def heldout_curve(cfg: dict, run_dir, data, init=None, device="cpu", final_only: bool = False) -> pd.DataFrame:
     """Per-clip held-out losses of every checkpoint of a branch run (module docstring)."""
-    from ..training.train import load_checkpoint
+    from ..training.checkpoint import load_run
 
     frames = []
     for step, phase, path in checkpoints(run_dir, init, final_only):
-        run = load_checkpoint(path)
+        run = load_run(path)
         if run.vocab_size != data.vocab_size:
             raise ValueError(f"{path}: vocab_size {run.vocab_size} differs from the token store's {data.vocab_size}")
         df = heldout_losses(run.model, data, {**cfg, "model": run.cfg["model"]}, device)

@@ -10,7 +10,8 @@ def cmd_sample(args) -> int:
     import torch
 
     from ..device import resolve_device, set_threads
-    from ..training.train import load_checkpoint
+    from ..training.checkpoint import load_run
+    from ..training.cli import data_paths
     from .sampling import sample_split  # stage modules are imported when their subcommand runs
     from .vocoder import build_vocoder
 
@@ -18,12 +19,12 @@ def cmd_sample(args) -> int:
     set_threads(args.threads)
     seed = int(cfg["sample"]["seed"] if args.seed is None else args.seed)
     torch.manual_seed(seed)
-    run = load_checkpoint(args.ckpt)
+    run = load_run(args.ckpt)
     cfg = {**cfg, "model": run.cfg["model"]}  # the architecture is the checkpoint's
     meta = {"ckpt": str(args.ckpt), "method": run.method, "phase": run.phase, "train_seed": run.seed,
             "step": run.step, "config": cfg["name"]}
     max_clips = None if args.max_clips is None else {"speech": args.max_clips, "audio": args.max_clips}
-    sample_split(run.model, cfg, args.manifest, args.mels, args.tokens, args.split, seed, args.out,
+    sample_split(run.model, cfg, data_paths(args), args.split, seed, args.out,
                  max_clips=max_clips, vocoder=build_vocoder(cfg), meta=meta, device=resolve_device(cfg))
     return 0
 

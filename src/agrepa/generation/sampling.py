@@ -1,7 +1,8 @@
 """``agrepa sample``: zero-shot generation of test clips with the Euler ODE solver.
 
-Flow (as in training): ``x_t = (1 - t) x0 + t x1`` with ``x0 ~ N(0, I)`` at t = 0 and the
-(normalised) data mel at t = 1; the model predicts the velocity ``x1 - x0``.
+Flow (as in training): ``x_t = (1 - t) x0 + t x1`` with ``x0 ~ N(0, sigma^2 I)`` at t = 0
+(sigma = ``train.noise_scale``) and the (normalised) data mel at t = 1; the model predicts
+the velocity ``x1 - x0``.
 
 Time grid (sway sampling, F5-TTS): ``u_i = i / steps`` for i = 0..steps and
 ``t_i = u_i + s (cos(pi u_i / 2) - 1 + u_i)`` with ``s = sample.sway`` (s = 0: uniform; s < 0
@@ -9,7 +10,8 @@ spends more steps near the noise end). The endpoints stay 0 and 1.
 
 Euler steps: ``x <- x + (t_{i+1} - t_i) v(x, t_i)``. Classifier-free guidance evaluates the
 conditional and the unconditional velocity in ONE batch (the batch stacked twice; the second
-half with ``drop_tokens = drop_prompt = True``) and combines ``v = v_u + s (v_c - v_u)``
+half with ``drop_tokens = True`` and, unless ``sample.cfg_uncond_prompt`` is ``keep`` (the
+authors' code), ``drop_prompt = True``) and combines ``v = v_u + s (v_c - v_u)``
 with ``s = sample.cfg_scale``. ``cfg_scale=None`` runs the conditional model alone (the
 reference path; ``cfg_scale = 1`` gives the same result up to float round-off).
 
@@ -63,7 +65,7 @@ from ..corpora.mels import load_stats
 from ..store import Store
 from ..config import DOMAINS, PAD_ID
 
-CONFIG_KEYS = ("audio", "sample")  # config sections this module reads
+CONFIG_KEYS = ('audio', 'sample', 'train.noise_scale')  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -82,27 +84,31 @@ def sway_schedule(steps: int, sway: float) -> Tensor:
 
 
 def guided_velocity(model, x: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None,
-                    cfg_scale: float | None) -> Tensor:
-    """Velocity at (x, t); with ``cfg_scale`` the cond and uncond passes share one batch."""
+                    cfg_scale: float | None, uncond_prompt: str = "drop") -> Tensor:
+    """Velocity at (x, t); with ``cfg_scale`` the cond and uncond passes share one batch (the
+    uncond pass keeps the reference mel with ``uncond_prompt="keep"``)."""
     B = x.shape[0]
     if cfg_scale is None:
         return model(x, t, tokens, prompt, mask)
+    if uncond_prompt not in ("keep", "drop"):
+        raise ValueError(f"sample.cfg_uncond_prompt: expected keep or drop, got {uncond_prompt!r}")
     drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(x.device)
+    drop_prompt = torch.zeros_like(drop) if uncond_prompt == "keep" else drop
     v = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, tokens]), torch.cat([prompt, prompt]),
-              None if mask is None else torch.cat([mask, mask]), drop_tokens=drop, drop_prompt=drop)
+              None if mask is None else torch.cat([mask, mask]), drop_tokens=drop, drop_prompt=drop_prompt)
     v_c, v_u = v[:B], v[B:]
     return v_u + float(cfg_scale) * (v_c - v_u)
 
 
 @torch.no_grad()
 def euler_sample(model, noise: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None, steps: int,
-                 cfg_scale: float | None, sway: float) -> Tensor:
+                 cfg_scale: float | None, sway: float, uncond_prompt: str = "drop") -> Tensor:
     """Integrate the flow ODE from ``noise`` [B, T, n_mels] (t = 0) to t = 1 with Euler steps."""
     times = sway_schedule(steps, sway).to(noise.device)
     x = noise
     for i in range(steps):
         t = times[i].expand(x.shape[0])
-        v = guided_velocity(model, x, t, tokens, prompt, mask, cfg_scale)
+        v = guided_velocity(model, x, t, tokens, prompt, mask, cfg_scale, uncond_prompt)
         x = x + (times[i + 1] - times[i]) * v
     return x
 
@@ -145,10 +151,17 @@ def noise_for(seed: int, clip_id: str, n_frames: int, n_mels: int) -> Tensor:
     return torch.randn(n_frames, n_mels, generator=generator(seed, "sample", clip_id))
 
 
+def guidance(cfg: dict) -> dict:
+    """The config's initial-noise scale and unconditional-pass prompt, as :func:`generate` takes them."""
+    return {"noise_scale": float(cfg["train"]["noise_scale"]), "uncond_prompt": cfg["sample"]["cfg_uncond_prompt"]}
+
+
 @torch.no_grad()
 def generate(model, requests: Sequence[Request], steps: int, cfg_scale: float | None, sway: float, seed: int,
-             batch_size: int = 8, device: str | torch.device = "cpu", progress: bool = True) -> list[Tensor]:
-    """Generated normalised mels [L, n_mels] (target frames only), one per request."""
+             batch_size: int = 8, device: str | torch.device = "cpu", progress: bool = True,
+             noise_scale: float = 1.0, uncond_prompt: str = "drop") -> list[Tensor]:
+    """Generated normalised mels [L, n_mels] (target frames only), one per request; x0 has
+    standard deviation ``noise_scale`` (``train.noise_scale``)."""
     n_mels = model.n_mels
     out: dict[int, Tensor] = {}
     # Batches of similar length waste less compute on padding; each clip's noise is
@@ -164,12 +177,12 @@ def generate(model, requests: Sequence[Request], steps: int, cfg_scale: float | 
         mask = torch.zeros(B, T, dtype=torch.bool)
         tokens = torch.full((B, N), PAD_ID, dtype=torch.long)
         for j, (r, n) in enumerate(zip(batch, lengths)):
-            noise[j, :n] = noise_for(seed, r.id, n, n_mels)
+            noise[j, :n] = noise_for(seed, r.id, n, n_mels) * noise_scale
             prompt[j, :r.prompt.shape[0]] = r.prompt
             mask[j, :n] = True
             tokens[j, :r.tokens.shape[0]] = r.tokens
         x = euler_sample(model, noise.to(device), tokens.to(device), prompt.to(device), mask.to(device),
-                         steps, cfg_scale, sway).float().cpu()
+                         steps, cfg_scale, sway, uncond_prompt).float().cpu()
         for j, (i, r) in enumerate(zip(idx, batch)):
             p = r.prompt.shape[0]
             out[i] = x[j, p:p + r.n_frames].clone()
@@ -240,17 +253,18 @@ def build_requests(cfg: dict, targets: Sequence[str], prompts: dict[str, str], m
     return requests
 
 
-def sample_split(model, cfg: dict, manifest_path: str | os.PathLike, mels_dir: str | os.PathLike,
-                 tokens_dir: str | os.PathLike, split: str, seed: int, out_dir: str | os.PathLike,
+def sample_split(model, cfg: dict, data, split: str, seed: int, out_dir: str | os.PathLike,
                  max_clips: dict | int | None = None, vocoder=None, meta: dict | None = None,
                  device: str | torch.device = "cpu", write_audio: bool = True) -> pd.DataFrame:
-    """Generate the split's evaluation subset with ``model`` and write the outputs to ``out_dir``."""
+    """Generate the split's evaluation subset with ``model`` and write the outputs to ``out_dir``;
+    ``data``: the ``agrepa.training.dataset.DataPaths`` of the manifest, mel and token stores."""
     sc = cfg["sample"]
+    manifest_path = data.manifest
     df = read_manifest(manifest_path)
     df = df[df["split"] == split].copy()
     if df.empty:
         raise ValueError(f"{manifest_path}: no clips in split {split!r}")
-    mels, toks = Store(mels_dir), Store(tokens_dir)
+    mels, toks = Store(data.mels), Store(data.tokens)
     mean, std = load_stats(mels)
     have = [c for c in df["id"].astype(str) if c in mels and c in toks]
     missing = len(df) - len(have)
@@ -264,7 +278,7 @@ def sample_split(model, cfg: dict, manifest_path: str | os.PathLike, mels_dir: s
     requests = build_requests(cfg, targets, prompts, mels, toks, mean, std)
     model = model.to(device).eval()
     gen = generate(model, requests, int(sc["steps"]), sc["cfg_scale"], float(sc["sway"]), seed,
-                   batch_size=int(sc["batch_size"]), device=device)
+                   batch_size=int(sc["batch_size"]), device=device, **guidance(cfg))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = df.set_index(df["id"].astype(str))
@@ -284,7 +298,7 @@ def sample_split(model, cfg: dict, manifest_path: str | os.PathLike, mels_dir: s
     io.write_json(out_dir / "sample_meta.json", {
         **(meta or {}), "split": split, "sample_seed": seed, "steps": int(sc["steps"]),
         "cfg_scale": sc["cfg_scale"], "sway": float(sc["sway"]), "prompt_fraction": float(sc["prompt_fraction"]),
-        "prompt_max_seconds": float(sc["prompt_max_seconds"]), "n_clips": len(records),
+        "prompt_max_seconds": float(sc["prompt_max_seconds"]), **guidance(cfg), "n_clips": len(records),
         "vocoder": vocoder.describe() if vocoder is not None else None, "manifest": str(manifest_path)})
     config_mod.save_resolved(cfg, out_dir)
     io.write_csv(out_dir / "samples.csv", table)  # last: its presence marks a complete directory

@@ -180,6 +180,7 @@ class DiT(nn.Module):
         super().__init__()
         self.n_layers, self.dim, self.n_mels, self.vocab_size = n_layers, dim, n_mels, vocab_size
         token_dim = token_dim or dim
+        self.token_dim = token_dim
         self.token_emb = nn.Embedding(vocab_size, token_dim, padding_idx=PAD_ID)
         self.time_freq_dim = time_freq_dim
         self.time_mlp = nn.Sequential(nn.Linear(time_freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
@@ -188,20 +189,28 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList([Block(dim, n_heads, ff_mult, dropout) for _ in range(n_layers)])
         self.final = FinalLayer(dim, n_mels)
 
-    # -- the three pieces of a forward pass (used separately by the probes) --
+    # -- the pieces of a forward pass (used separately by the probes and BiT-C) --
+
+    def embed_tokens(self, tokens: Tensor, mask: Tensor | None, T: int) -> Tensor:
+        """The token embedding interpolated to the mel frames [B, T, token_dim], zero beyond each
+        sample's real frames (before CFG dropout): the input interface BiT-C aligns (Sec. 4.1)."""
+        B = tokens.shape[0]
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [B, N], got {tuple(tokens.shape)}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        n_frames = mask.sum(1) if mask is not None else torch.full((B,), T, device=tokens.device)
+        n_tokens = (tokens != PAD_ID).sum(1)
+        return interpolate_tokens(self.token_emb(tokens), n_tokens, n_frames, T)
 
     def prepare(self, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None = None,
                 drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None) -> tuple[Tensor, Context]:
         """Input interface h_0 [B, T, dim] and the shared per-forward context."""
         B, T, _ = x_t.shape
-        if tokens.dim() != 2 or tokens.shape[0] != B:
+        if tokens.shape[0] != B:
             raise ValueError(f"tokens must be [B, N] with B={B}, got {tuple(tokens.shape)}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]")
-        n_frames = mask.sum(1) if mask is not None else torch.full((B,), T, device=x_t.device)
-        n_tokens = (tokens != PAD_ID).sum(1)
-        tok = interpolate_tokens(self.token_emb(tokens), n_tokens, n_frames, T)
+        tok = self.embed_tokens(tokens, mask, T)
         if drop_tokens is not None:
             tok = tok * (~drop_tokens.bool()).to(tok.dtype)[:, None, None]
         if drop_prompt is not None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 
 from .. import config as config_mod
-from ..training.cli import add_data_arguments
+from ..training.cli import add_data_arguments, data_paths
 
-CONFIG_KEYS = ("selection.foga_t", "selection.k")  # config sections this module reads
+CONFIG_KEYS = ('selection.foga_t', 'selection.k', 'selection.mode')  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +20,7 @@ def cmd_probe(args) -> int:
 
     cfg = config_mod.from_args(args)
     set_threads(args.threads)
-    data = {k: getattr(args, k) for k in ("manifest", "mels", "tokens", "semantic", "acoustic")}
-    df = probe_checkpoint(cfg, args.ckpt, data, split=args.split, seed=args.seed, token_config=args.token_config,
+    df = probe_checkpoint(cfg, args.ckpt, data_paths(args), split=args.split, seed=args.seed, token_config=args.token_config,
                           probes=[p.strip() for p in args.probes.split(",") if p.strip()])
     io.write_csv(args.out, df)
     log.info("wrote %s (%d rows)", args.out, len(df))
@@ -36,10 +35,13 @@ def cmd_select(args) -> int:
     cfg = config_mod.from_args(args)
     k = int(args.k if args.k is not None else cfg["selection"]["k"])
     foga_t = args.foga_t if args.foga_t is not None else cfg["selection"]["foga_t"]
-    record = select(read_probes(args.probes), args.strategy, k, args.seed, foga_t, source=str(args.probes))
+    record = select(read_probes(args.probes), args.strategy, k, args.seed, foga_t, source=str(args.probes),
+                    mode=cfg["selection"]["mode"])
     io.write_json(args.out, record)
-    log.info("%s top-%d layers %s weights %s -> %s", args.strategy, k, record["layers"],
-             [round(w, 4) for w in record["weights"]], args.out)
+    for key, sel in record["sets"].items():
+        log.info("%s top-%d layers (%s) %s weights %s", args.strategy, k, key, sel["layers"],
+                 [round(w, 4) for w in sel["weights"]])
+    log.info("mode %s -> %s", record["mode"], args.out)
     return 0
 
 

@@ -1,11 +1,11 @@
 """Layer probes of a warm-up checkpoint: FoG-A, LASP (BiT-C across depth) and gradient norm.
 
 * **FoG-A** ("what a layer does", Sec. 4.3): :mod:`agrepa.probing.foga`.
-* **LASP** ("what a layer knows", Sec. 4.2, Eq. 6): every hidden state h_l,
-  l = 0..L (0 = input interface), is pooled over its valid frames and scored by
-  ONE frozen head per teacher, shared by all layers (the BiT-C interface head):
-  ``cos(head(LN(pool(h_l))), teacher embedding)``. Speech samples use the
-  semantic head and teacher (Cos-SEM), audio samples the acoustic ones (Cos-EVT).
+* **LASP** ("what a layer knows", Sec. 4.2, Eq. 6): the input interface (layer 0: the
+  token embedding BiT-C is trained on) and every block output h_l, l = 1..L, is pooled
+  over its valid frames and scored by ONE frozen head per teacher, shared by all layers
+  (the BiT-C head): ``cos(head(LN(pool(h_l))), teacher embedding)``. Speech samples use
+  the semantic head and teacher (Cos-SEM), audio samples the acoustic ones (Cos-EVT).
 * **Gradient norm** (Table 3's baseline): for block l, the L2 norm over all of
   block l's parameters of dL_FM/dtheta_l, where L_FM is the training
   flow-matching loss (``agrepa.training.objectives.flow_matching_loss``) of one probe batch
@@ -15,13 +15,15 @@
   per-batch norms over the probe batches of a domain.
 
 The probe CLI (``agrepa probe``) runs all three on real training clips (the
-paper probes on the training set): per domain, ``probe.n_batches`` batches of
-``probe.batch_size`` clips from ``TrainingData.eval_batches`` (the first clips of
-the split in manifest order, crops from frame 0, prompt = the first
-``train.eval_prompt_fraction`` of the crop; no randomness), the EMA weights of
-the warm-up model and its BiT-C heads; x_t = (1 - t) x0 + t x1 with x1 the
-normalised mel and x0 fixed Gaussian noise (``probe.seed``, one draw per batch
-shared by every t), for every t in ``probe.t_grid``; and writes a tidy CSV with columns
+paper probes on the training set): per domain, ``probe.n_clips`` clips drawn by
+:func:`probe_sample` (seeded by ``probe.seed`` and the run seed, stratified over
+speakers for speech and primary labels for audio) in batches of ``probe.batch_size``
+(``TrainingData.eval_batches``: crops from frame 0, prompt = the first
+``train.eval_prompt_fraction`` of the crop), the TRAINING weights of the warm-up model
+and its BiT-C heads (exactly the weights every branch starts from); x_t = (1 - t) x0 + t x1
+with x1 the normalised mel and x0 fixed Gaussian noise of scale ``train.noise_scale``
+(``probe.seed``, one draw per batch shared by every t), for every t in ``probe.t_grid``;
+and writes a tidy CSV with columns
 ``config, seed, domain, probe, layer, t, score, spread, n`` (``spread`` = std of
 the per-batch scores across batches, NaN with one batch; ``n`` = samples).
 """
@@ -31,22 +33,24 @@ import logging
 import math
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from ..config import DOMAINS
+from ..corpora.manifest import split_labels
 from ..device import move_batch, resolve_device
 from ..model.dit import DiT
 from ..store import Store
-from ..training.dataset import TrainingData
+from ..training.checkpoint import load_run
+from ..training.dataset import DataPaths, TrainingData, derive_seed, split_rows
 from ..training.objectives import flow_matching_loss, ot_path
-from ..training.train import load_checkpoint
 from .foga import eval_mode, foga_per_sample
 from .records import CSV_COLUMNS, PROBES
 
-CONFIG_KEYS = ("probe", "train.loss_on_prompt")  # config sections this module reads
+CONFIG_KEYS = ('probe', 'train.loss_on_prompt', 'train.noise_scale')  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,12 @@ def lasp_per_sample(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: 
     """
     with eval_mode(model):
         _, hidden = model(x_t, t, tokens, prompt, mask, return_hidden=True)
-        return lasp_from_hidden(hidden, mask, score_fn)
+        return lasp_from_hidden(with_interface(model, hidden, tokens, mask), mask, score_fn)
+
+
+def with_interface(model: DiT, hidden: Sequence[Tensor], tokens: Tensor, mask: Tensor | None) -> list[Tensor]:
+    """``[token embedding, h_1, ..., h_L]``: LASP's layer 0 is the input interface BiT-C aligns."""
+    return [model.embed_tokens(tokens, mask, hidden[0].shape[1]), *hidden[1:]]
 
 
 @torch.no_grad()
@@ -160,7 +169,7 @@ def run_probes(model: DiT, batches: dict[str, list[dict]], t_grid: Sequence[floa
                noise_seed: int, eps: float = 1e-6, scorers: dict[str, Callable[[dict], ScoreFn]] | None = None,
                probes: Iterable[str] = PROBES, config_name: str = "", seed: int = 0,
                max_streams: int | None = None, gradnorm_t_grid: Sequence[float] | None = None,
-               loss_on_prompt: bool = True) -> pd.DataFrame:
+               loss_on_prompt: bool = True, noise_scale: float = 1.0) -> pd.DataFrame:
     """Run the probes over per-domain batches -> tidy DataFrame (:data:`CSV_COLUMNS`).
 
     ``batches[domain]`` is a list of batch dicts with ``mel`` [B, T, n_mels]
@@ -171,7 +180,8 @@ def run_probes(model: DiT, batches: dict[str, list[dict]], t_grid: Sequence[floa
     batches and ``spread`` their std. ``gradnorm_t_grid`` (default ``t_grid``)
     are the flow times averaged in the gradient-norm loss; with
     ``loss_on_prompt=False`` that loss leaves out the batch's ``prompt_mask`` frames
-    (as ``train.loss_on_prompt`` does in training; needs ``prompt_mask``).
+    (as ``train.loss_on_prompt`` does in training; needs ``prompt_mask``). ``noise_scale``:
+    the standard deviation of x0 (``train.noise_scale``).
     """
     grad_grid = list(t_grid if gradnorm_t_grid is None else gradnorm_t_grid)
     probes = list(probes)
@@ -197,7 +207,7 @@ def run_probes(model: DiT, batches: dict[str, list[dict]], t_grid: Sequence[floa
         for i, batch in enumerate(blist):
             x1, mask = batch["mel"], batch.get("mask")
             tokens, prompt = batch["tokens"], batch["prompt"]
-            x0 = fixed_noise(x1, noise_seed, d_idx, i)
+            x0 = fixed_noise(x1, noise_seed, d_idx, i) * noise_scale
             if mask is not None:
                 x0 = x0 * mask.to(x0.dtype)[..., None]
             n += x1.shape[0]
@@ -210,7 +220,9 @@ def run_probes(model: DiT, batches: dict[str, list[dict]], t_grid: Sequence[floa
                                                      max_streams, return_hidden=True)
                     foga_b[t].append(scores.mean(0).cpu())
                     if "lasp" in probes:
-                        lasp_b[t].append(lasp_from_hidden(hidden, mask, score_fn).mean(0).cpu())
+                        with torch.no_grad():
+                            layers = with_interface(model, hidden, tokens, mask)
+                        lasp_b[t].append(lasp_from_hidden(layers, mask, score_fn).mean(0).cpu())
                     del hidden
                 elif "lasp" in probes:
                     lasp_b[t].append(lasp(model, x_t, tt, tokens, prompt, mask, score_fn).cpu())
@@ -243,10 +255,11 @@ def token_config_name(tokens_dir, given: str | None = None) -> str:
     return str(name) if name else store.dir.name
 
 
-def probe_checkpoint(cfg: dict, ckpt, data: dict, *, split: str = "train", probes: Sequence[str] = PROBES,
+def probe_checkpoint(cfg: dict, ckpt, data: DataPaths, *, split: str = "train", probes: Sequence[str] = PROBES,
                      seed: int | None = None, token_config: str | None = None) -> pd.DataFrame:
-    """Every probe of ``probes`` on the EMA weights of checkpoint ``ckpt`` over ``split`` clips of
-    the stores ``data`` (manifest, mels, tokens, semantic, acoustic) -> the tidy probes frame."""
+    """Every probe of ``probes`` on the training weights of checkpoint ``ckpt`` (:func:`probed_run`)
+    over ``split`` clips of the stores ``data`` (manifest, mels, tokens, semantic, acoustic)
+    -> the tidy probes frame."""
     pcfg = cfg["probe"]
     t_grid = [float(t) for t in pcfg["t_grid"]]
     if not t_grid or any(not 0.0 <= t <= 1.0 for t in t_grid) or len(set(t_grid)) != len(t_grid):
@@ -254,39 +267,73 @@ def probe_checkpoint(cfg: dict, ckpt, data: dict, *, split: str = "train", probe
     unknown = sorted(set(probes) - set(PROBES))
     if not probes or unknown:
         raise ValueError(f"--probes: unknown or no probe(s) {unknown}; choose from {list(PROBES)}")
-    run = load_checkpoint(ckpt, use_ema=True)
+    run = probed_run(ckpt)
     device = resolve_device(cfg)
     model, heads = run.model.to(device).eval(), run.bitc.to(device).eval()
     for p in heads.parameters():                              # frozen interface heads
         p.requires_grad_(False)
     if seed is not None and seed != run.seed:
         log.warning("--seed %d differs from the checkpoint's seed %d; the CSV records %d", seed, run.seed, seed)
-    batches = probe_batches(cfg, data, split, device)
+    batches = probe_batches(cfg, data, split, device, seed=run.seed)
     scorers = {
         "speech": lambda b: bitc_scorer(heads, "speech", b["emb_semantic"]),
         "audio": lambda b: bitc_scorer(heads, "audio", b["emb_acoustic"]),
     }
     df = run_probes(model, batches, t_grid, noise_seed=int(pcfg["seed"]), eps=float(pcfg["eps"]),
-                    scorers=scorers, probes=list(probes), config_name=token_config_name(data["tokens"], token_config),
+                    scorers=scorers, probes=list(probes), config_name=token_config_name(data.tokens, token_config),
                     seed=int(run.seed if seed is None else seed), max_streams=pcfg["foga_max_streams"],
-                    gradnorm_t_grid=pcfg["gradnorm_t_grid"], loss_on_prompt=bool(cfg["train"]["loss_on_prompt"]))
+                    gradnorm_t_grid=pcfg["gradnorm_t_grid"], loss_on_prompt=bool(cfg["train"]["loss_on_prompt"]),
+                    noise_scale=float(cfg["train"]["noise_scale"]))
     log.info("probed %s (step %d): %d rows", ckpt, run.step, len(df))
     return df
 
 
-def probe_batches(cfg: dict, data: dict, split: str, device: torch.device) -> dict[str, list[dict]]:
-    """``probe.n_batches`` deterministic batches of ``probe.batch_size`` clips per domain from
-    ``split`` (crops from frame 0, fixed prompt fraction: ``TrainingData.eval_batches``)."""
-    n_batches, bs = int(cfg["probe"]["n_batches"]), int(cfg["probe"]["batch_size"])
-    if n_batches < 1 or bs < 1:
-        raise ValueError(f"config keys 'probe.n_batches'/'probe.batch_size' must be >= 1, got {n_batches}/{bs}")
-    clips = TrainingData(cfg, data["manifest"], data["mels"], data["tokens"], data["semantic"], data["acoustic"],
-                         split=split)
+def probed_run(ckpt):
+    """The model the probes read: the warm-up's TRAINING weights (not its EMA), exactly the
+    weights every branch starts from (``agrepa.training.train.initial_state``)."""
+    return load_run(ckpt, use_ema=False)
+
+
+def probe_sample(rows: pd.DataFrame, n_clips: int, seed: int) -> dict[str, list[str]]:
+    """Per domain, ``n_clips`` clip ids of the manifest ``rows`` (all if fewer): strata (the
+    speaker for speech, the primary = first label for audio) in a seeded random order, and
+    one clip from each stratum in turn (seeded order within a stratum) until ``n_clips``, so
+    the sample spans min(#strata, n_clips) strata. The same seed gives the same sample."""
+    if n_clips < 1:
+        raise ValueError(f"config key 'probe.n_clips' must be >= 1, got {n_clips}")
+    rng = np.random.default_rng(int(seed))
+    out = {}
+    for domain in DOMAINS:
+        sub = rows[rows["domain"] == domain]
+        key = sub["speaker"] if domain == "speech" else sub["labels"].map(lambda s: (split_labels(s) or [""])[0])
+        strata = [list(g["id"].astype(str)) for _, g in sub.groupby(key.astype(str), sort=True)]
+        strata = [[ids[i] for i in rng.permutation(len(ids))] for ids in strata]
+        strata = [strata[i] for i in rng.permutation(len(strata))]
+        picked: list[str] = []
+        for depth in range(max((len(s) for s in strata), default=0)):
+            picked += [s[depth] for s in strata if depth < len(s)]
+            if len(picked) >= n_clips:
+                break
+        out[domain] = picked[:n_clips]
+    return out
+
+
+def probe_batches(cfg: dict, data: DataPaths, split: str, device: torch.device,
+                  seed: int = 0) -> dict[str, list[dict]]:
+    """Batches of ``probe.batch_size`` clips per domain over the :func:`probe_sample` of
+    ``split`` (seeded by ``probe.seed`` and the run ``seed``; crops from frame 0, fixed
+    prompt fraction: ``TrainingData.eval_batches``)."""
+    n_clips, bs = int(cfg["probe"]["n_clips"]), int(cfg["probe"]["batch_size"])
+    if bs < 1:
+        raise ValueError(f"config key 'probe.batch_size' must be >= 1, got {bs}")
+    sample = probe_sample(split_rows(data.manifest, split), n_clips,
+                          derive_seed(int(cfg["probe"]["seed"]), "probe-sample", int(seed)))
+    clips = TrainingData(cfg, data, split=split, ids=[i for ids in sample.values() for i in ids])
     out: dict[str, list[dict]] = {}
     for domain in DOMAINS:
-        got = clips.eval_batches(bs, domain=domain, limit=n_batches)
-        if len(got) < n_batches:
-            log.warning("%s split has only %d %s batch(es) of %d clips (probe.n_batches = %d)",
-                        split, len(got), domain, bs, n_batches)
+        got = clips.eval_batches(bs, domain=domain)
+        n = sum(len(b["ids"]) for b in got)
+        if n < n_clips:
+            log.warning("%s split: %d %s clip(s) to probe (probe.n_clips = %d)", split, n, domain, n_clips)
         out[domain] = [move_batch(b, device) for b in got]
     return out

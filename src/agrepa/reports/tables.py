@@ -35,7 +35,8 @@ import pandas as pd
 from .. import io
 from ..evaluation import metrics
 
-CONFIG_KEYS = ("eval.convergence", "methods", "name", "report", "selection", "token_configs", "train.branch_steps")  # config sections this module reads
+CONFIG_KEYS = ("eval.convergence", "methods", "name", "report", "selection", "token_configs", "train.repa_lambda",
+               "train.repa_weighting")  # config sections this module reads
 
 METRIC_COLUMNS = ["experiment", "token_config", "seed", "method", "domain", "metric", "value",
                   "ci_low", "ci_high", "n", "model", "note", "input", "source"]
@@ -145,20 +146,30 @@ def convergence_frame(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[CURVE_COLUMNS] if frames else pd.DataFrame(columns=CURVE_COLUMNS)
 
 
+SELECTION_COLUMNS = ["token_config", "seed", "strategy", "mode", "layers", "weights"]
+
+
 def read_selections(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """Selection JSONs as rows: token_config, seed, strategy, layers (list), weights (list)."""
+    """Selection JSONs (``agrepa select``) as rows: token_config, seed, strategy, mode and the
+    sets training used: ``layers`` / ``weights`` = {"speech": [...], "audio": [...]} (mode
+    per_domain) or {"merged": [...]} (mode merged)."""
     rows = []
     for p in paths:
         data = io.read_json(p)
-        for key in ("strategy", "layers"):
+        for key in ("strategy", "mode", "sets"):
             if key not in data:
                 raise ValueError(f"{p}: selection JSON has no {key!r}")
         m = re.search(r"(?P<tc>[^/\\]+)[/\\]seed(?P<seed>\d+)[/\\][^/\\]+\.json$", str(p))
         if not m:
             raise ValueError(f"{p}: expected a path ending in <token config>/seed<N>/<strategy>.json")
+        keys = ["speech", "audio"] if data["mode"] == "per_domain" else ["merged"]
+        missing = [k for k in keys if k not in data["sets"]]
+        if missing:
+            raise ValueError(f"{p}: selection JSON has no set {missing[0]!r} (mode {data['mode']})")
         rows.append({"token_config": m["tc"], "seed": int(m["seed"]), "strategy": data["strategy"],
-                     "layers": [int(x) for x in data["layers"]], "weights": data.get("weights")})
-    return pd.DataFrame(rows, columns=["token_config", "seed", "strategy", "layers", "weights"])
+                     "mode": data["mode"], "layers": {k: [int(x) for x in data["sets"][k]["layers"]] for k in keys},
+                     "weights": {k: list(data["sets"][k]["weights"]) for k in keys}})
+    return pd.DataFrame(rows, columns=SELECTION_COLUMNS)
 
 
 def paper_reference() -> pd.DataFrame:
@@ -306,6 +317,7 @@ def table2(metrics: pd.DataFrame, cfg: dict, paired_df: pd.DataFrame | None = No
                 "asr_model": _join_unique(run[run["metric"].isin(["wer", "wer_utt"])]["model"]),
                 "fad_embedding": _join_unique(run[run["metric"].isin(["fad", "fad_inf"])]["model"]),
                 "mos_model": _join_unique(run[run["metric"].isin(["mos_ovrl", "mos_p808"])]["model"]),
+                "repa_weighting": f"{cfg['train']['repa_weighting']} (lambda {cfg['train']['repa_lambda']})",
                 "notes": " | ".join(notes),
             })
             rows.append(row)
@@ -368,10 +380,17 @@ def convergence_threshold(conv: pd.DataFrame, cfg: dict, token_config: str) -> f
     return float(finals.mean())
 
 
+def _set_text(layers: dict) -> str:
+    """``L1, L9, L5`` (merged) or ``speech L1, L9, L5 / audio L1, L21, L9`` (per domain)."""
+    if list(layers) == ["merged"]:
+        return ", ".join(f"L{l}" for l in layers["merged"])
+    return " / ".join(f"{d} " + ", ".join(f"L{l}" for l in ls) for d, ls in layers.items())
+
+
 def _layers_text(sel: pd.DataFrame) -> str:
     if sel.empty:
         return "—"
-    per_seed = {int(r.seed): ", ".join(f"L{l}" for l in r.layers) for r in sel.itertuples()}
+    per_seed = {int(r.seed): _set_text(r.layers) for r in sel.itertuples()}
     values = set(per_seed.values())
     if len(values) == 1:
         return values.pop()
@@ -415,13 +434,15 @@ def table3(metrics: pd.DataFrame, convergence: pd.DataFrame, selections: pd.Data
             fm_text, fm, _ = _cell(run, {"domain": domain, "metric": "fm_loss"}, cfg)
             base_mean = mean if strategy == "baseline" else base_mean
             c_text, c_mean, c_std, c_reached = _convergence_cell(conv, tc, method, domain, curve_metric, threshold)
+            curves = convergence[(convergence["token_config"] == tc) & (convergence["method"] == method)]
+            steps = int(curves["step"].max()) if len(curves) else math.nan   # the last snapshot is the branch's end
             sel = selections[(selections["token_config"] == tc) & (selections["strategy"] == strategy)] \
                 if strategy != "baseline" else selections.iloc[0:0]
             gain = -relative_change(mean, base_mean) if strategy != "baseline" else math.nan
             row = {"Config": tc, "Selection Strategy": "Baseline (None)" if strategy == "baseline"
                    else STRATEGY_LABELS.get(strategy, strategy) + (" (AG-REPA)" if strategy == "foga" else ""),
                    "strategy": strategy, "method": method, f"Top-{k} Layers": _layers_text(sel),
-                   "Training steps": int(cfg["train"]["branch_steps"]), "FAD": fmt_mean_std(mean, std, dec),
+                   "Training steps": steps, "FAD": fmt_mean_std(mean, std, dec),
                    "Rel. Gain": "—" if strategy == "baseline" or not np.isfinite(gain) else f"{gain:+.1f}%",
                    "Convergence": c_text, "FM loss": fm_text}
             numeric = {}

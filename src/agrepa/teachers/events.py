@@ -231,15 +231,33 @@ def train_events(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, c
     model.mel_mean.fill_(float(cat.mean()))
     model.mel_std.fill_(float(cat.std()))
 
-    opt = torch.optim.AdamW(model.parameters(), lr=float(ecfg["lr"]),
-                            weight_decay=float(ecfg["weight_decay"]))
+    history = _fit(model, train_mels, torch.from_numpy(y_train), ecfg, seed)
+    train_seconds = time.time() - t0
+
+    threshold, bs = float(ecfg["threshold"]), int(ecfg["batch_size"])
+    metrics = multilabel_metrics(predict(model, valid_mels, bs), y_valid, labels, y_train, threshold)
+    train_fit = multilabel_metrics(predict(model, train_mels, bs), y_train, labels, y_train, threshold)
+    metrics.update({"split": "valid", "labels": labels, "train_loss": history,
+                    "train_exact_match": train_fit["exact_match"], "train_seconds": train_seconds,
+                    "n_train": len(train_mels)})
+    _write_teacher(Path(out_dir), model, metrics, {"arch": arch, "labels": labels, "downsample": DOWNSAMPLE,
+                                                   "audio": dict(cfg["audio"]), "seed": seed,
+                                                   "manifest_sha256": io.sha256_file(manifest_path)})
+    log.info("event teacher: valid exact match %.3f (chance %.3f), mAP %.3f (chance %.3f), %.1f s",
+             metrics["exact_match"], metrics["chance_exact_match"], metrics["mAP"], metrics["chance_mAP"],
+             train_seconds)
+    return metrics
+
+
+def _fit(model: "EventEncoder", mels: list[Tensor], targets: Tensor, ecfg: dict, seed: int) -> list[float]:
+    """Multi-label BCE training (AdamW + OneCycle, length-bucketed batches in a seeded
+    order); returns the mean train loss of every epoch."""
+    opt = torch.optim.AdamW(model.parameters(), lr=float(ecfg["lr"]), weight_decay=float(ecfg["weight_decay"]))
     epochs, bs = int(ecfg["epochs"]), int(ecfg["batch_size"])
-    steps = epochs * math.ceil(len(train_mels) / bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(ecfg["lr"]), total_steps=steps,
-                                                pct_start=0.1)
+    steps = epochs * math.ceil(len(mels) / bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(ecfg["lr"]), total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
-    yt = torch.from_numpy(y_train)
-    by_length = sorted(range(len(train_mels)), key=lambda i: (train_mels[i].shape[-1], i))
+    by_length = sorted(range(len(mels)), key=lambda i: (mels[i].shape[-1], i))
     batches = [by_length[i: i + bs] for i in range(0, len(by_length), bs)]
     history = []
     bar = tqdm(total=steps, desc="teacher train", leave=False)
@@ -248,8 +266,8 @@ def train_events(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, c
         total = 0.0
         for b in torch.randperm(len(batches), generator=gen).tolist():
             idx = batches[b]
-            x, n = pad_mels([train_mels[j] for j in idx])
-            loss = F.binary_cross_entropy_with_logits(model(x, n), yt[idx])
+            x, n = pad_mels([mels[j] for j in idx])
+            loss = F.binary_cross_entropy_with_logits(model(x, n), targets[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -257,30 +275,20 @@ def train_events(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, c
             sched.step()
             total += float(loss.detach()) * len(idx)
             bar.update(1)
-        history.append(total / len(train_mels))
+        history.append(total / len(mels))
         log.info("epoch %d/%d: train BCE %.4f", epoch + 1, epochs, history[-1])
     bar.close()
-    train_seconds = time.time() - t0
+    return history
 
-    threshold = float(ecfg["threshold"])
-    metrics = multilabel_metrics(predict(model, valid_mels, bs), y_valid, labels, y_train, threshold)
-    train_fit = multilabel_metrics(predict(model, train_mels, bs), y_train, labels, y_train, threshold)
-    metrics.update({"split": "valid", "labels": labels, "train_loss": history,
-                    "train_exact_match": train_fit["exact_match"], "train_seconds": train_seconds,
-                    "n_train": len(train_mels)})
-    out = Path(out_dir)
+
+def _write_teacher(out: Path, model: "EventEncoder", metrics: dict, config: dict) -> None:
+    """model.safetensors, config.json and metrics.json of a trained event teacher."""
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with io.atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp))
-    io.write_json(out / "config.json", {"arch": arch, "labels": labels, "downsample": DOWNSAMPLE,
-                                        "audio": dict(cfg["audio"]), "seed": seed,
-                                        "manifest_sha256": io.sha256_file(manifest_path)})
+    io.write_json(out / "config.json", config)
     io.write_json(out / "metrics.json", metrics)
-    log.info("event teacher: valid exact match %.3f (chance %.3f), mAP %.3f (chance %.3f), %.1f s",
-             metrics["exact_match"], metrics["chance_exact_match"], metrics["mAP"], metrics["chance_mAP"],
-             train_seconds)
-    return metrics
 
 
 class EventsTeacher(Teacher):

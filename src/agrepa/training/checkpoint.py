@@ -1,39 +1,67 @@
-"""Training-state helpers: exponential moving average of weights and RNG states.
+"""Training state and checkpoints: :class:`TrainState` (model, EMA, heads, optimiser,
+scheduler, sampler, step, RNG) with ``to_dict``/``from_dict``, :func:`resume` from a run
+directory's ``last.pt``, :func:`load_run` (a trained model for probes, sampling and
+evaluation), the EMA of weights and RNG states.
 
-Everything here is stored as tensors and plain Python (lists, dicts, numbers,
-strings), so a checkpoint loads with ``torch.load(path, weights_only=True)``.
+A checkpoint is a dict of tensors and plain Python (lists, dicts, numbers, strings), so it
+loads with ``torch.load(path, weights_only=True)``. Keys: ``format``, the run's identity
+(:class:`RunSpec`: phase, method, seed, total_steps, layers, weights, selection, init,
+vocab_size, teacher_dims, config), the state (model, ema, bitc, repa, optimizer,
+scheduler, sampler, step), ``rng`` (one entry per process), ``world_size`` and
+``metrics`` (the metrics.csv rows so far).
 """
 from __future__ import annotations
 
+import logging
+import os
 import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..model.dit import DiT, build_model
+from .dataset import BalancedSampler
+from .objectives import BiTCHeads, REPAHeads
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEYS = ("train.bitc_weight",)  # config sections this module reads (of a checkpoint's own config)
+FORMAT = "agrepa-train-v1"
+
 
 class EMA:
-    """Exponential moving average of parameters: ``e <- decay * e + (1 - decay) * p``.
+    """Exponential moving average of parameters: ``e <- d_n * e + (1 - d_n) * p`` at update n
+    (0-based, counted over the whole training: warm-up then Phase II), with
+    ``d_n = min(decay, (1 + n) / (10 + n))`` when ``warmup`` (so the random init does not
+    linger in the average of a short run) and ``d_n = decay`` otherwise.
 
     Tracks several named modules (``{"model": dit, "bitc": heads}``). Its state dict
     is, per module, that module's full ``state_dict`` with the parameters replaced by
     their averages, so it loads straight into a fresh module.
     """
 
-    def __init__(self, modules: dict[str, nn.Module], decay: float):
+    def __init__(self, modules: dict[str, nn.Module], decay: float, warmup: bool = False):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"train.ema_decay: must lie in [0, 1), got {decay}")
-        self.modules, self.decay = modules, float(decay)
+        self.modules, self.decay, self.warmup = modules, float(decay), bool(warmup)
         self.shadow = {k: {n: p.detach().clone() for n, p in m.named_parameters()}
                        for k, m in modules.items()}
 
+    def decay_at(self, n: int) -> float:
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, n: int) -> None:
+        """The n-th update (n = optimiser steps taken before this one, whole training)."""
+        d = self.decay_at(n)
         for k, m in self.modules.items():
             params = dict(m.named_parameters())
             shadows = list(self.shadow[k].values())
             if shadows:
-                torch._foreach_lerp_(shadows, [params[n].detach() for n in self.shadow[k]], 1.0 - self.decay)
+                torch._foreach_lerp_(shadows, [params[n].detach() for n in self.shadow[k]], 1.0 - d)
 
     def state_dict(self) -> dict:
         out = {}
@@ -82,3 +110,130 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
+
+
+# -- the state of a run --
+
+@dataclass
+class RunSpec:
+    """What identifies a run: a ``last.pt`` resumes only a run with the same identity."""
+
+    phase: str
+    method: str
+    seed: int
+    total_steps: int           # optimiser steps of this phase
+    start_step: int            # steps trained before this phase (a continued branch: the warm-up's)
+    plan: dict                 # REPA layers and weights per domain (objectives.plan_to_json)
+    selection: str | None
+    init: str | None
+    vocab_size: int
+    teacher_dims: dict
+    config: dict
+
+    IDENTITY = ("phase", "method", "seed", "total_steps", "start_step", "plan")
+
+
+@dataclass
+class TrainState:
+    """Everything a training step changes, and what a checkpoint restores."""
+
+    spec: RunSpec
+    model: DiT
+    bitc: BiTCHeads
+    repa: REPAHeads
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: BalancedSampler
+    step: int = 0
+    metrics: list[dict] = field(default_factory=list)   # metrics.csv rows so far
+
+    def modules(self) -> list[nn.Module]:
+        """The trained modules, in the optimiser's parameter order."""
+        return [self.model, self.bitc, self.repa]
+
+    def to_dict(self, rng: list[dict], world_size: int) -> dict:
+        """The checkpoint dict (``rng``: every process's :func:`rng_state`)."""
+        return {"format": FORMAT, **asdict(self.spec), "step": self.step,
+                "model": self.model.state_dict(), "ema": self.ema.state_dict(), "bitc": self.bitc.state_dict(),
+                "repa": self.repa.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                "rng": rng, "world_size": world_size, "metrics": [dict(r) for r in self.metrics]}
+
+    def from_dict(self, ck: dict, rank: int = 0, world_size: int = 1) -> "TrainState":
+        """Restore this state from a checkpoint dict of the same run (RNG of process ``rank``)."""
+        self.model.load_state_dict(ck["model"])
+        self.bitc.load_state_dict(ck["bitc"])
+        self.repa.load_state_dict(ck["repa"])
+        self.ema.load_state_dict(ck["ema"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.sampler.load_state_dict(ck["sampler"])
+        if ck["world_size"] == world_size:
+            set_rng_state(ck["rng"][rank])
+        else:
+            log.warning("checkpoint written by %d process(es), resuming with %d: dropout RNG streams "
+                        "are re-seeded", ck["world_size"], world_size)
+        self.step = int(ck["step"])
+        self.metrics = [dict(r) for r in ck.get("metrics", [])]
+        return self
+
+
+def read_checkpoint(path: str | os.PathLike, what: str = "training checkpoint") -> dict:
+    """A checkpoint dict written by ``agrepa train`` (weights only); errors name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        raise ValueError(f"{path}: not a readable training checkpoint ({err})") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an agrepa training checkpoint (format {FORMAT!r} expected)")
+    return ck
+
+
+def resume(state: TrainState, last: Path, rank: int = 0, world_size: int = 1) -> bool:
+    """Restore ``state`` from ``last`` (a run directory's ``last.pt``) if it exists; refuse a
+    ``last.pt`` of another run. True when resumed."""
+    if not last.exists():
+        return False
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    mine = {"format": FORMAT, **{k: getattr(state.spec, k) for k in RunSpec.IDENTITY}}
+    for key, want in mine.items():
+        if ck.get(key) != want:
+            raise ValueError(f"{last}: {key} is {ck.get(key)!r} but this run has {want!r}; "
+                             f"use another --out or delete the directory")
+    state.from_dict(ck, rank, world_size)
+    log.info("resuming %s from %s at step %d/%d", state.spec.method, last, state.step, state.spec.total_steps)
+    return True
+
+
+@dataclass
+class LoadedRun:
+    """A trained run for probes, sampling and evaluation (modules in eval mode)."""
+
+    model: DiT                 # EMA weights if asked
+    bitc: BiTCHeads            # EMA weights if asked
+    cfg: dict                  # the run's resolved config
+    vocab_size: int
+    step: int
+    method: str
+    phase: str = "warmup"
+    seed: int = 0
+    plan: dict | None = None       # REPA layers and alpha per domain (1-based layers)
+
+
+def load_run(path: str | os.PathLike, map_location="cpu", use_ema: bool = True) -> LoadedRun:
+    """The trained model and BiT-C heads of a checkpoint written by ``agrepa train``: the EMA
+    weights (sampling, evaluation) or, ``use_ema=False``, the training weights (the probes:
+    the weights a branch starts from)."""
+    ck = read_checkpoint(path, "checkpoint")
+    cfg = ck["config"]
+    model = build_model(cfg, ck["vocab_size"])
+    bitc = BiTCHeads(model.token_dim, ck["teacher_dims"], cfg["train"]["bitc_weight"])
+    src = ck["ema"] if use_ema else {"model": ck["model"], "bitc": ck["bitc"]}
+    model.load_state_dict(src["model"])
+    bitc.load_state_dict(src["bitc"])
+    return LoadedRun(model.to(map_location).eval(), bitc.to(map_location).eval(), cfg, int(ck["vocab_size"]),
+                     int(ck["step"]), ck["method"], ck["phase"], int(ck["seed"]), dict(ck["plan"]))

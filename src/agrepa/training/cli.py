@@ -16,15 +16,22 @@ def add_data_arguments(p) -> None:
     p.add_argument("--acoustic", required=True, metavar="DIR", help="acoustic-teacher embedding store (audio)")
 
 
+def data_paths(args):
+    """The ``DataPaths`` of the store options (``--semantic``/``--acoustic`` where the command has them)."""
+    from .dataset import DataPaths
+
+    return DataPaths(args.manifest, args.mels, args.tokens, getattr(args, "semantic", None),
+                     getattr(args, "acoustic", None))
+
+
 def cmd_train(args) -> int:
     from ..device import set_threads
     from .train import run  # stage modules are imported when their subcommand runs (start-up time)
 
     cfg = config_mod.from_args(args)
     set_threads(args.threads)
-    run(cfg, phase=args.phase, out=args.out, manifest=args.manifest, mels=args.mels, tokens=args.tokens,
-        semantic=args.semantic, acoustic=args.acoustic, seed=args.seed, method=args.method, init=args.init,
-        selection=args.selection, steps=args.steps)
+    run(cfg, phase=args.phase, out=args.out, data=data_paths(args), seed=args.seed, method=args.method,
+        init=args.init, selection=args.selection, steps=args.steps)
     return 0
 
 

@@ -43,6 +43,8 @@ import hashlib
 import logging
 import math
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import pandas as pd
@@ -93,13 +95,53 @@ def crop_frames(cfg: dict) -> int:
     return n
 
 
-class TrainingData:
-    """One split of the corpus in memory, with crop/prompt batching (see module doc)."""
+@dataclass(frozen=True)
+class DataPaths:
+    """The five stores a model-facing stage reads (train, probe, sample, evaluate); the CLIs
+    build it from ``--manifest --mels --tokens --semantic --acoustic``. Sampling and
+    evaluation read no teacher store (``semantic``/``acoustic`` None)."""
 
-    def __init__(self, cfg: dict, manifest: str | os.PathLike | pd.DataFrame,
-                 mels_dir: str | os.PathLike, tokens_dir: str | os.PathLike,
-                 semantic_dir: str | os.PathLike, acoustic_dir: str | os.PathLike,
-                 split: str = "train"):
+    manifest: Path
+    mels: Path
+    tokens: Path
+    semantic: Path | None = None
+    acoustic: Path | None = None
+
+    def __post_init__(self):
+        for name in ("manifest", "mels", "tokens", "semantic", "acoustic"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+
+    def teachers(self) -> dict[str, Path]:
+        """``{"semantic": dir, "acoustic": dir}``; an error naming the missing option otherwise."""
+        missing = [f"--{t}" for t in TEACHERS if getattr(self, t) is None]
+        if missing:
+            raise ValueError(f"teacher embedding store(s) {missing} needed here")
+        return {t: getattr(self, t) for t in TEACHERS}
+
+
+def split_rows(manifest: str | os.PathLike | pd.DataFrame, split: str) -> pd.DataFrame:
+    """The manifest rows of ``split`` (columns id, domain, split checked; errors name the file)."""
+    df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+    src = "manifest" if isinstance(manifest, pd.DataFrame) else str(manifest)
+    for col in ("id", "domain", "split"):
+        if col not in df.columns:
+            raise KeyError(f"{src}: manifest has no column {col!r}")
+    bad = sorted(set(df["domain"]) - set(DOMAINS))
+    if bad:
+        raise ValueError(f"{src}: unknown domain value(s) {bad}; expected {list(DOMAINS)}")
+    df = df[df["split"] == split]
+    if df.empty:
+        raise ValueError(f"{src}: no clips in split {split!r}")
+    return df
+
+
+class TrainingData:
+    """One split of the corpus in memory (or the clips ``ids`` of it), with crop/prompt
+    batching (see module doc)."""
+
+    def __init__(self, cfg: dict, data: DataPaths, split: str = "train", ids: Sequence[str] | None = None):
         self.cfg = cfg
         self.split = split
         self.n_mels = int(cfg["audio"]["n_mels"])
@@ -110,72 +152,68 @@ class TrainingData:
                        ("train.eval_prompt_fraction", self.eval_prompt_fraction)):
             if not 0.0 <= f < 1.0:
                 raise ValueError(f"{key}: must lie in [0, 1), got {f}")
-        max_frames = int(math.floor(float(cfg["audio"]["max_seconds"]) * frames_per_second(cfg)))
-
-        df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
-        src = "manifest" if isinstance(manifest, pd.DataFrame) else str(manifest)
-        for col in ("id", "domain", "split"):
-            if col not in df.columns:
-                raise KeyError(f"{src}: manifest has no column {col!r}")
-        bad = sorted(set(df["domain"]) - set(DOMAINS))
-        if bad:
-            raise ValueError(f"{src}: unknown domain value(s) {bad}; expected {list(DOMAINS)}")
-        df = df[df["split"] == split]
-        if df.empty:
-            raise ValueError(f"{src}: no clips in split {split!r}")
-
-        mels, toks = Store(mels_dir), Store(tokens_dir)
-        stores = {"semantic": Store(semantic_dir), "acoustic": Store(acoustic_dir)}
-        self.mean, self.std = load_stats(mels, self.n_mels)
-        if "vocab_size" not in toks.meta:
-            raise KeyError(f"{toks.dir / 'index.json'}: meta has no 'vocab_size'")
-        self.vocab_size = int(toks.meta["vocab_size"])
-        self.teacher_dims = {name: self._teacher_dim(store) for name, store in stores.items()}
+        self.max_frames = int(math.floor(float(cfg["audio"]["max_seconds"]) * frames_per_second(cfg)))
+        df = split_rows(data.manifest, split)
+        if ids is not None:                                  # a subset (the probe sample)
+            df = df[df["id"].astype(str).isin(set(ids))]
+        self.mel_store, self.token_store = Store(data.mels), Store(data.tokens)
+        self.teacher_stores = {name: Store(path) for name, path in data.teachers().items()}
+        self.mean, self.std = load_stats(self.mel_store, self.n_mels)
+        if "vocab_size" not in self.token_store.meta:
+            raise KeyError(f"{self.token_store.dir / 'index.json'}: meta has no 'vocab_size'")
+        self.vocab_size = int(self.token_store.meta["vocab_size"])
+        self.teacher_dims = {name: self._teacher_dim(store) for name, store in self.teacher_stores.items()}
 
         self.ids: list[str] = []
         self.domain: list[int] = []
         self.mels: list[Tensor] = []
         self.tokens: list[Tensor] = []
         self.emb = {name: [] for name in TEACHERS}
-        skipped: list[tuple[str, str]] = []
-        for clip_id, dom in zip(df["id"].astype(str), df["domain"]):
-            teacher = DOMAIN_TEACHER[dom]
-            missing = [name for name, s in (("mels", mels), ("tokens", toks), (teacher, stores[teacher]))
-                       if clip_id not in s]
-            if missing:
-                skipped.append((clip_id, "not in " + ", ".join(missing)))
-                continue
-            mel = mels.load("mel", [clip_id])[clip_id].float()
-            if mel.dim() != 2 or mel.shape[1] != self.n_mels:
-                raise ValueError(f"{mels.dir}: mel of {clip_id!r} has shape {tuple(mel.shape)}, "
-                                 f"expected [T, {self.n_mels}]")
-            tok = toks.load("tokens", [clip_id])[clip_id].long()
-            if tok.dim() != 1 or tok.numel() == 0 or int(tok.min()) < 1 or int(tok.max()) >= self.vocab_size:
-                skipped.append((clip_id, "empty or out-of-range token ids"))
-                continue
-            self.ids.append(clip_id)
-            self.domain.append(DOMAINS.index(dom))
-            self.mels.append(((mel[:max_frames] - self.mean) / self.std).contiguous())
-            self.tokens.append(tok)
-            for name in TEACHERS:
-                s = stores[name]
-                if clip_id in s:
-                    e = s.load("pooled", [clip_id])[clip_id].float().reshape(-1)
-                    if e.numel() != self.teacher_dims[name]:
-                        raise ValueError(f"{s.dir}: pooled embedding of {clip_id!r} has {e.numel()} "
-                                         f"entries, expected {self.teacher_dims[name]}")
-                else:
-                    e = torch.zeros(self.teacher_dims[name])
-                self.emb[name].append(e)
+        skipped = [(cid, why) for cid, dom in zip(df["id"].astype(str), df["domain"])
+                   if (why := self._add_clip(cid, dom)) is not None]
         if skipped:
             log.warning("%s split: skipped %d clip(s) (e.g. %s)", split, len(skipped),
                         "; ".join(f"{i}: {why}" for i, why in skipped[:3]))
         if not self.ids:
-            raise ValueError(f"{src}: none of the {len(df)} clips of split {split!r} is usable "
+            raise ValueError(f"{data.manifest}: none of the {len(df)} clips of split {split!r} is usable "
                              f"(first: {skipped[0][0]}: {skipped[0][1]})")
         self.emb_tensor = {name: torch.stack(v) for name, v in self.emb.items()}
         log.info("%s split: %d clips (%d speech, %d audio)", split, len(self.ids),
                  self.domain.count(0), self.domain.count(1))
+
+    def _add_clip(self, clip_id: str, dom: str) -> str | None:
+        """Load one clip (normalised mel, tokens, teacher embeddings); the reason if it is skipped."""
+        mels, toks = self.mel_store, self.token_store
+        teacher = DOMAIN_TEACHER[dom]
+        missing = [name for name, s in (("mels", mels), ("tokens", toks), (teacher, self.teacher_stores[teacher]))
+                   if clip_id not in s]
+        if missing:
+            return "not in " + ", ".join(missing)
+        mel = mels.load("mel", [clip_id])[clip_id].float()
+        if mel.dim() != 2 or mel.shape[1] != self.n_mels:
+            raise ValueError(f"{mels.dir}: mel of {clip_id!r} has shape {tuple(mel.shape)}, "
+                             f"expected [T, {self.n_mels}]")
+        tok = toks.load("tokens", [clip_id])[clip_id].long()
+        if tok.dim() != 1 or tok.numel() == 0 or int(tok.min()) < 1 or int(tok.max()) >= self.vocab_size:
+            return "empty or out-of-range token ids"
+        self.ids.append(clip_id)
+        self.domain.append(DOMAINS.index(dom))
+        self.mels.append(((mel[:self.max_frames] - self.mean) / self.std).contiguous())
+        self.tokens.append(tok)
+        for name in TEACHERS:
+            self.emb[name].append(self._embedding(name, clip_id))
+        return None
+
+    def _embedding(self, teacher: str, clip_id: str) -> Tensor:
+        """The cached pooled embedding of ``teacher`` for a clip (zeros when the store has none)."""
+        s = self.teacher_stores[teacher]
+        if clip_id not in s:
+            return torch.zeros(self.teacher_dims[teacher])
+        e = s.load("pooled", [clip_id])[clip_id].float().reshape(-1)
+        if e.numel() != self.teacher_dims[teacher]:
+            raise ValueError(f"{s.dir}: pooled embedding of {clip_id!r} has {e.numel()} "
+                             f"entries, expected {self.teacher_dims[teacher]}")
+        return e
 
     @staticmethod
     def _teacher_dim(store: Store) -> int:

@@ -97,6 +97,13 @@ def all_reduce_mean(d: Dist, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def all_reduce_mean_dict(d: Dist, values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Means over ranks of named scalar tensors (one all-reduce for all), as Python floats."""
+    names = list(values)
+    mean = all_reduce_mean(d, torch.stack([values[k] for k in names])).cpu().tolist()
+    return dict(zip(names, mean))
+
+
 def all_gather_object(d: Dist, obj) -> list:
     if not d.enabled:
         return [obj]

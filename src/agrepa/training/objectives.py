@@ -2,27 +2,34 @@
 
 Flow matching (paper Eq. 23) on the optimal-transport path::
 
-    x_t = (1 - t) x0 + t x1,   x0 ~ N(0, I),  x1 = data mel,   target u = x1 - x0
+    x_t = (1 - t) x0 + t x1,   x0 ~ N(0, sigma^2 I),  x1 = data mel,   target u = x1 - x0
     L_FM = mean_b [ sum_{f,m} w_bf (v_bfm - u_bfm)^2 / (n_mels * sum_f w_bf) ]
 
-with w_bf = 1 on real frames (and, if ``train.loss_on_prompt`` is false, 0 on the
-prompt frames). Each sample is normalised by its own frame count before the batch
-mean, so a global batch split across processes gives exactly the mean of the
-per-process losses.
+with sigma = ``train.noise_scale`` and w_bf = 1 on real frames (and, if
+``train.loss_on_prompt`` is false, 0 on the prompt frames). Each sample is normalised by
+its own frame count before the batch mean, so a global batch split across processes
+gives exactly the mean of the per-process losses.
 
-BiT-C (Eq. 3-5): pool the input-interface state h_0 over real frames, LayerNorm,
-project with a teacher-specific Linear head, cosine to the cached teacher
-embedding of the sample's domain (semantic teacher for speech, acoustic for
-audio)::
+BiT-C (Eq. 3-5) at the input interface, the token-embedding output (Sec. 4.1): pool the
+token embedding e_tok (interpolated to the mel frames, before CFG dropout) over real
+frames, LayerNorm, project with a teacher-specific Linear head, cosine to the cached
+teacher embedding of the sample's domain (semantic teacher for speech, acoustic for
+audio); samples whose tokens were CFG-dropped carry no loss (k_b = 0)::
 
-    L_BiT-C = mean_b  w_{d(b)} (1 - cos(W_{d(b)} LN(pool(h_0)_b), e_b))
+    L_BiT-C = mean_b  k_b w_{d(b)} (1 - cos(W_{d(b)} LN(pool(e_tok)_b), e_b))
 
-REPA / AG-REPA (Eq. 10-12): for every selected layer l a two-layer MLP per
-teacher on the pooled h_l::
+REPA / AG-REPA (Eq. 10-12): a plan gives each domain d its aligned layers S_d with
+weights alpha_{d,l}; for each a two-layer MLP (Linear-GELU-Linear) of the domain's
+teacher on the L2-normalised pooled h_l (as the authors' code)::
 
-    L_REPA = sum_{l in S} alpha_l  mean_b (1 - cos(MLP_{l,d(b)}(pool(h_l)_b), e_b))
+    L_REPA = mean_b  sum_{l in S_d(b)} alpha_{d(b),l} (1 - cos(MLP_{l,d(b)}(pool(h_l)_b / |.|), e_b))
 
-Baseline: S = {} — no heads exist and the term is absent (``None``).
+Per-domain selection gives S_speech != S_audio; fixed layer sets and the merged
+selection give both domains the same set. Weights (``train.repa_weighting``):
+``total`` makes sum_l alpha_{d,l} = ``train.repa_lambda`` for every method (fixed sets
+split lambda uniformly, selections by their scores); ``literal`` reads Eq. 11 as
+printed (selection alpha_l = s_l / sum s, summing to 1) and gives every fixed layer
+lambda (REPA's per-layer weight). Baseline: S = {} — no heads, no term.
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ from .. import config as config_mod
 from .. import io
 from .dataset import DOMAIN_TEACHER, DOMAINS, TEACHERS
 
-CONFIG_KEYS = ("methods.{method}", "train.repa_lambda")  # config sections this module reads
+CONFIG_KEYS = ('methods.{method}', 'train.repa_lambda', 'train.repa_weighting')  # config sections this module reads
 
 
 @dataclass
@@ -107,10 +114,11 @@ def _per_domain_cos(heads: nn.ModuleDict, pooled: Tensor, batch: dict) -> Tensor
 
 
 class BiTCHeads(nn.Module):
-    """Per teacher: LayerNorm(dim) + Linear(dim -> teacher_dim) on a pooled hidden state.
+    """Per teacher: LayerNorm(dim) + Linear(dim -> teacher_dim) on a pooled state.
 
-    Trained at the input interface (hidden index 0); frozen and shared across all
-    layers by the LASP probe (:meth:`cosine`).
+    Trained on the token embedding (the input interface, width ``model.token_dim``);
+    frozen and shared across all layers by the LASP probe (:meth:`cosine`), which needs
+    the token embedding as wide as the hidden states.
     """
 
     def __init__(self, dim: int, teacher_dims: dict[str, int], weights: dict[str, float] | None = None):
@@ -137,92 +145,144 @@ class BiTCHeads(nn.Module):
         is the cached teacher embedding (``batch["emb_semantic"]`` / ``batch["emb_acoustic"]``)."""
         if domain_name not in DOMAIN_TEACHER:
             raise ValueError(f"domain {domain_name!r}: expected one of {list(DOMAINS)}")
+        if h.shape[-1] != self.dim:
+            raise ValueError(f"the BiT-C heads take states of width {self.dim} (model.token_dim), got "
+                             f"{h.shape[-1]}: LASP shares them across layers only when model.token_dim "
+                             f"equals model.dim (set model.token_dim: null)")
         pred = self.project(h, mask, domain_name).float()
         return F.cosine_similarity(pred, target.to(pred.device).float(), dim=-1)
 
-    def loss(self, h0: Tensor, batch: dict) -> Tensor:
-        """L_BiT-C on the interface state ``h0`` (domain weights ``train.bitc_weight``)."""
-        cos = _per_domain_cos(self.heads, pool(h0, batch["mask"]), batch)
+    def loss(self, tok: Tensor, batch: dict, keep: Tensor | None = None) -> Tensor:
+        """L_BiT-C on the token embedding ``tok`` [B, T, token_dim] (domain weights
+        ``train.bitc_weight``); ``keep`` [B] bool: False for CFG-dropped samples (no loss)."""
+        cos = _per_domain_cos(self.heads, pool(tok, batch["mask"]), batch)
         w = torch.tensor([self.weights[d] for d in DOMAINS], device=cos.device)[batch["domain"]]
+        if keep is not None:
+            w = w * keep.to(device=w.device, dtype=w.dtype)
         return (w * (1 - cos)).mean()
 
 
-class REPAHeads(nn.Module):
-    """Per selected layer l (1-based hidden index) and teacher: Linear-SiLU-Linear MLP.
+Plan = dict[str, list[tuple[int, float]]]   # domain -> [(layer, alpha)], layers 1-based
 
-    ``layers=[]`` creates no parameters and :meth:`loss` returns ``None``.
+
+class REPAHeads(nn.Module):
+    """Per aligned (layer l, teacher): Linear-GELU-Linear MLP on the L2-normalised pool(h_l).
+
+    ``plan[d]`` lists the layers (1-based hidden index) samples of domain d are aligned
+    at and their alpha; a head exists for each (layer, teacher of a domain aligned
+    there). An empty plan (baseline) creates no parameters and :meth:`loss` returns ``None``.
     """
 
-    def __init__(self, layers: list[int], weights: list[float], dim: int, teacher_dims: dict[str, int],
-                 hidden: int | None = None):
+    def __init__(self, plan: Plan, dim: int, teacher_dims: dict[str, int], hidden: int | None = None):
         super().__init__()
-        if len(layers) != len(weights):
-            raise ValueError(f"REPA: {len(layers)} layers but {len(weights)} weights")
-        if len(set(layers)) != len(layers):
-            raise ValueError(f"REPA: repeated layer in {layers}")
-        self.layers = [int(l) for l in layers]
-        self.weights = [float(w) for w in weights]
-        hidden = int(hidden or dim)
+        unknown = sorted(set(plan) - set(DOMAINS))
+        if unknown:
+            raise ValueError(f"REPA plan: unknown domain(s) {unknown}; expected {list(DOMAINS)}")
+        self.plan = {d: [(int(l), float(a)) for l, a in plan.get(d, [])] for d in DOMAINS}
+        for d, pairs in self.plan.items():
+            if len({l for l, _ in pairs}) != len(pairs):
+                raise ValueError(f"REPA: repeated layer in the {d} set {[l for l, _ in pairs]}")
+        width = int(hidden or dim)
+        wanted = {(l, DOMAIN_TEACHER[d]) for d, pairs in self.plan.items() for l, _ in pairs}
         self.heads = nn.ModuleDict({
-            str(l): nn.ModuleDict({t: nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(),
-                                                    nn.Linear(hidden, int(teacher_dims[t])))
-                                   for t in TEACHERS})
+            str(l): nn.ModuleDict({t: nn.Sequential(nn.Linear(dim, width), nn.GELU(),
+                                                    nn.Linear(width, int(teacher_dims[t])))
+                                   for t in TEACHERS if (l, t) in wanted})
             for l in self.layers})
 
-    def __bool__(self) -> bool:
+    @property
+    def layers(self) -> list[int]:
+        """Every aligned layer (any domain), ascending."""
+        return sorted({l for pairs in self.plan.values() for l, _ in pairs})
+
+    @property
+    def active(self) -> bool:
+        """True when there is a REPA term (some layer is aligned); False for the baseline."""
         return bool(self.layers)
 
-    def per_layer(self, hidden: list[Tensor], batch: dict) -> dict[int, Tensor]:
-        """Mean (1 - cos) of every selected layer -> {layer: scalar}."""
-        out = {}
-        for l in self.layers:
-            if l < 1 or l >= len(hidden):
-                raise ValueError(f"REPA layer {l} outside 1..{len(hidden) - 1}")
-            cos = _per_domain_cos(self.heads[str(l)], pool(hidden[l], batch["mask"]), batch)
-            out[l] = (1 - cos).mean()
+    def per_sample(self, hidden: list[Tensor], batch: dict) -> Tensor:
+        """sum over the sample's domain's layers of alpha (1 - cos) -> [B] (float32)."""
+        domain, mask = batch["domain"], batch["mask"]
+        out = torch.zeros(domain.shape[0], device=domain.device, dtype=torch.float32)
+        for d_idx, d in enumerate(DOMAINS):
+            rows = (domain == d_idx).nonzero(as_tuple=True)[0]
+            if not self.plan[d] or rows.numel() == 0:
+                continue
+            teacher = DOMAIN_TEACHER[d]
+            target = teacher_target(batch, teacher)[rows].float()
+            for l, alpha in self.plan[d]:
+                if l < 1 or l >= len(hidden):
+                    raise ValueError(f"REPA layer {l} outside 1..{len(hidden) - 1}")
+                z = F.normalize(pool(hidden[l][rows], None if mask is None else mask[rows]), dim=-1)
+                cos = F.cosine_similarity(self.heads[str(l)][teacher](z).float(), target, dim=-1)
+                out = out.index_add(0, rows, alpha * (1 - cos))
         return out
 
     def loss(self, hidden: list[Tensor], batch: dict) -> Tensor | None:
-        if not self.layers:
+        if not self.active:
             return None
-        per = self.per_layer(hidden, batch)
-        return sum(w * per[l] for l, w in zip(self.layers, self.weights))
+        return self.per_sample(hidden, batch).mean()
 
 
-def read_selection(path: str | os.PathLike, n_layers: int) -> tuple[list[int], list[float]]:
-    """``(layers, weights)`` from a selection JSON ``{"layers": [...], "weights": [...]}``."""
+def plan_to_json(plan: Plan) -> dict:
+    """``{domain: {"layers": [...], "weights": [...]}}`` (checkpoints, logs)."""
+    return {d: {"layers": [l for l, _ in plan.get(d, [])], "weights": [a for _, a in plan.get(d, [])]}
+            for d in DOMAINS}
+
+
+def plan_from_json(data: dict) -> Plan:
+    return {d: list(zip((int(l) for l in data[d]["layers"]), (float(a) for a in data[d]["weights"])))
+            for d in DOMAINS}
+
+
+def read_selection(path: str | os.PathLike, n_layers: int) -> dict[str, tuple[list[int], list[float]]]:
+    """The layer sets training uses from a selection JSON (``agrepa select``): per domain
+    ``(layers, weights)`` with weights summing to 1 — each domain's own set
+    (``"mode": "per_domain"``) or the merged set for both (``"merged"``)."""
     sel = io.read_json(path)
-    if not isinstance(sel, dict) or "layers" not in sel or "weights" not in sel:
-        raise KeyError(f"{path}: selection needs 'layers' and 'weights'")
-    layers, weights = [int(l) for l in sel["layers"]], [float(w) for w in sel["weights"]]
-    if len(layers) != len(weights) or not layers:
-        raise ValueError(f"{path}: 'layers' and 'weights' must be non-empty and of equal length")
-    if any(not 1 <= l <= n_layers for l in layers):
-        raise ValueError(f"{path}: layers {layers} outside 1..{n_layers}")
-    if any(w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-4:
-        raise ValueError(f"{path}: weights {weights} must be non-negative and sum to 1")
-    return layers, weights
+    if not isinstance(sel, dict) or not {"mode", "sets"} <= set(sel):
+        raise KeyError(f"{path}: a selection JSON needs 'mode' and 'sets' (written by `agrepa select`)")
+    if sel["mode"] not in ("per_domain", "merged"):
+        raise ValueError(f"{path}: mode {sel['mode']!r}: expected per_domain or merged")
+    out = {}
+    for d in DOMAINS:
+        key = d if sel["mode"] == "per_domain" else "merged"
+        if key not in sel["sets"]:
+            raise KeyError(f"{path}: sets has no {key!r} entry")
+        layers = [int(l) for l in sel["sets"][key]["layers"]]
+        weights = [float(w) for w in sel["sets"][key]["weights"]]
+        if len(layers) != len(weights) or not layers:
+            raise ValueError(f"{path}: sets.{key}: 'layers' and 'weights' must be non-empty and of equal length")
+        if any(not 1 <= l <= n_layers for l in layers):
+            raise ValueError(f"{path}: sets.{key}: layers {layers} outside 1..{n_layers}")
+        if any(w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-4:
+            raise ValueError(f"{path}: sets.{key}: weights {weights} must be non-negative and sum to 1")
+        out[d] = (layers, weights)
+    return out
 
 
-def method_layers(cfg: dict, method: str, selection: str | os.PathLike | None,
-                  n_layers: int) -> tuple[list[int], list[float]]:
-    """(S, alpha) of a method of the ``methods:`` grid.
+def method_plan(cfg: dict, method: str, selection: str | os.PathLike | None, n_layers: int) -> Plan:
+    """The REPA plan of a method of the ``methods:`` grid (see the module doc for the weights).
 
-    ``{layers: [...]}``: fixed-layer REPA, alpha_l = ``train.repa_lambda`` (empty = baseline);
-    ``{selection: <strategy>}``: S and alpha from the selection JSON (required).
+    ``{layers: [...]}``: fixed-layer REPA, the same set for both domains (empty = baseline);
+    ``{selection: <strategy>}``: per-domain (or merged) sets and weights from the selection JSON.
     """
     try:
         spec = cfg["methods"][method]
     except KeyError:
         raise KeyError(f"methods.{method}: unknown method (not in the config's methods:)") from None
+    lam, weighting = float(cfg["train"]["repa_lambda"]), cfg["train"]["repa_weighting"]
+    if weighting not in ("total", "literal"):
+        raise ValueError(f"train.repa_weighting: expected total or literal, got {weighting!r}")
     if "selection" in spec:
         if selection is None:
             raise ValueError(f"methods.{method}: uses selection {spec['selection']!r}; pass --selection JSON")
-        return read_selection(selection, n_layers)
+        scale = lam if weighting == "total" else 1.0
+        return {d: [(l, scale * w) for l, w in zip(*lw)] for d, lw in read_selection(selection, n_layers).items()}
     if "layers" not in spec:
         raise KeyError(f"methods.{method}: needs 'layers' or 'selection'")
     layers = config_mod.check_layers(spec["layers"], n_layers, f"methods.{method}.layers")
     if selection is not None:
         raise ValueError(f"methods.{method}: fixed layers {layers}; --selection is not used by this method")
-    lam = float(cfg["train"]["repa_lambda"])
-    return layers, [lam] * len(layers)
+    alpha = (lam / len(layers) if weighting == "total" else lam) if layers else 0.0
+    return {d: [(l, alpha) for l in layers] for d in DOMAINS}

@@ -1,30 +1,36 @@
 """``agrepa train``: the two-phase probe-then-intervene protocol (paper, App. A.5).
 
 Phase I (``--phase warmup``): flow matching + BiT-C at the input interface for
-``train.warmup_steps`` steps; writes ``OUT/final.pt`` (the probes read it).
+``train.warmup_epochs``; writes ``OUT/final.pt`` (the probes read its training weights).
 
-Phase II (``--phase branch --method M --init WARMUP/final.pt [--selection J]``):
-model, EMA and BiT-C heads from the warm-up checkpoint, a fresh optimiser and
-schedule, ``train.branch_steps`` steps. The data order, crops, prompts, noise,
-flow times and CFG drops depend only on (seed, phase, step), so every method of
-a seed sees identical batches; only the REPA term (:mod:`agrepa.training.objectives`) differs.
+Phase II (``--phase branch --method M --init WARMUP/final.pt [--selection J]``): from the
+warm-up's training weights, EMA and BiT-C heads, ``train.branch_epochs`` more. With
+``train.branch_start: continue`` (default) a branch also continues the warm-up's AdamW
+state, its data stream, its RNG and ONE learning-rate schedule spanning both phases
+(:mod:`agrepa.training.schedule`), so the baseline branch is literally the warm-up
+continued; ``restart`` gives each branch a fresh optimiser and schedule. The data order,
+crops, prompts, noise, flow times and CFG drops depend only on (seed, stream, step), so
+every method of a seed sees identical batches; only the REPA term
+(:mod:`agrepa.training.objectives`) differs.
 
 Loss per step: ``L = L_FM + L_BiT-C + L_REPA`` (L_REPA absent for the baseline).
 AdamW (weight decay on matrices only), OneCycle or warm-up-constant schedule,
-gradient clipping, EMA of model and BiT-C weights, bf16 autocast on GPU (fp32 on
-CPU), optional ``torch.compile``, CFG dropout of tokens and prompt.
+gradient clipping, EMA of model and BiT-C weights (with warm-up), bf16 autocast on GPU
+(fp32 on CPU), optional ``torch.compile``, CFG dropout of tokens and prompt.
 
 Outputs in OUT: ``last.pt`` (rolling, every ``train.checkpoint_every`` steps),
-``snapshots/step_XXXXXX.pt`` (branch, at ``train.snapshot_steps``), ``final.pt``,
-``metrics.csv`` (step, loss, fm, bitc, repa, grad_norm, lr, samples_per_s; means
-over the logging interval; repa empty for the baseline), ``config.resolved.yaml``.
-A run started in a directory holding ``last.pt`` resumes from it exactly.
-Checkpoints hold only tensors and plain Python (``torch.load(weights_only=True)``).
+``snapshots/step_XXXXXX.pt`` (branch, at ``train.snapshot_fractions`` of Phase II and its
+end), ``final.pt``, ``metrics.csv`` (step, epoch, loss, fm, bitc, repa, grad_norm, lr,
+samples_per_s; means over the logging interval; repa empty for the baseline; epoch counts
+from the start of the warm-up), ``length.json`` (epochs -> steps: train clips, global
+batch, steps of both phases, where this phase starts), ``config.resolved.yaml``.
+A run started in a directory holding ``last.pt`` resumes from it exactly
+(:func:`agrepa.training.checkpoint.resume`).
 
 Multi-process: ``torchrun --nproc_per_node N -m agrepa.cli train ...``.
 ``train.batch_size`` is the GLOBAL batch; rank r trains on the r-th contiguous shard of
 the same global batch (:func:`agrepa.training.dataset.shard`), gradients are averaged, only
-rank 0 writes. Every per-sample random draw depends on (seed, phase, step) and the
+rank 0 writes. Every per-sample random draw depends on (seed, stream, step) and the
 sample's position in the global batch, so N processes reproduce one process up to
 floating-point reduction order.
 """
@@ -45,60 +51,25 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import config as config_mod
-from . import distributed as dist_mod
 from .. import io
 from ..device import move_batch, resolve_device
-from .objectives import BiTCHeads, REPAHeads, flow_matching_loss, method_layers
-from .checkpoint import EMA, rng_state, seed_everything, set_rng_state
-from .dataset import BalancedSampler, TrainingData, crop_frames, derive_seed, generator, shard
-from ..model.dit import DiT, build_model
+from ..model.dit import build_model
+from . import distributed as dist_mod
+from .checkpoint import EMA, RunSpec, TrainState, read_checkpoint, resume, rng_state, seed_everything, set_rng_state
+from .dataset import BalancedSampler, DataPaths, TrainingData, crop_frames, derive_seed, generator, shard
+from .objectives import BiTCHeads, REPAHeads, flow_matching_loss, method_plan, plan_to_json
+from .schedule import Lengths, Schedule, continue_optimizer, lr_factor, make_optimizer  # noqa: F401 (lr_factor re-exported)
 
 CONFIG_KEYS = ("audio", "device", "train")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
-FORMAT = "agrepa-train-v1"
-METRIC_COLUMNS = ["step", "loss", "fm", "bitc", "repa", "grad_norm", "lr", "samples_per_s"]
+METRIC_COLUMNS = ["step", "epoch", "loss", "fm", "bitc", "repa", "grad_norm", "lr", "samples_per_s"]
+LOSS_TERMS = ("fm", "bitc", "repa", "loss")   # the order non-finite terms are reported in
 
 
 class NonFiniteLoss(ValueError):
     """A loss term became NaN/inf; the run stops, the last good checkpoint stays."""
-
-
-@dataclass
-class LoadedRun:
-    model: DiT                 # eval mode; EMA weights if asked
-    bitc: BiTCHeads            # eval mode; EMA weights if asked
-    cfg: dict                  # the run's resolved config
-    vocab_size: int
-    step: int
-    method: str
-    phase: str = "warmup"
-    seed: int = 0
-    layers: list | None = None     # REPA layer set (1-based) of the run
-    weights: list | None = None    # its alpha_l
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu", use_ema: bool = True) -> LoadedRun:
-    """A trained run from a checkpoint written by ``agrepa train`` (weights only)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"{path}: not a readable training checkpoint ({err})") from None
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an agrepa training checkpoint (format {FORMAT!r} expected)")
-    cfg = ck["config"]
-    model = build_model(cfg, ck["vocab_size"])
-    bitc = BiTCHeads(model.dim, ck["teacher_dims"], cfg["train"]["bitc_weight"])
-    src = ck["ema"] if use_ema else {"model": ck["model"], "bitc": ck["bitc"]}
-    model.load_state_dict(src["model"])
-    bitc.load_state_dict(src["bitc"])
-    return LoadedRun(model.to(map_location).eval(), bitc.to(map_location).eval(), cfg, int(ck["vocab_size"]),
-                     int(ck["step"]), ck["method"], ck["phase"], int(ck["seed"]),
-                     list(ck["layers"]), list(ck["weights"]))
 
 
 # -- pieces of the run --
@@ -115,51 +86,9 @@ def autocast_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"train.precision: expected auto, bf16 or fp32, got {p!r}")
 
 
-def make_optimizer(cfg: dict, modules: list[nn.Module]) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices (dim >= 2), none on biases, norms and gains."""
-    params = [p for m in modules for p in m.parameters()]
-    decay = [p for p in params if p.dim() >= 2]
-    other = [p for p in params if p.dim() < 2]
-    tc = cfg["train"]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": float(tc["weight_decay"])},
-                              {"params": other, "weight_decay": 0.0}],
-                             lr=float(tc["lr"]), betas=tuple(float(b) for b in tc["betas"]))
-
-
-def _cos(a: float, b: float, p: float) -> float:
-    """Cosine interpolation from ``a`` (p = 0) to ``b`` (p = 1)."""
-    return b + (a - b) * (1 + math.cos(math.pi * min(max(p, 0.0), 1.0))) / 2
-
-
-def lr_factor(step: int, total: int, kind: str, warmup_fraction: float, div: float, final_div: float) -> float:
-    """Learning-rate multiplier of step ``step`` (0-based) of ``total``.
-
-    ``onecycle`` (OneCycle, cosine): lr/div -> lr over the first ``warmup_fraction`` of the
-    steps, then lr -> lr/(div*final_div) by the last step. ``warmup_constant``: linear
-    warm-up to lr over the same fraction, then constant.
-    """
-    warm = max(1, int(round(warmup_fraction * total)))
-    if kind == "warmup_constant":
-        return min(1.0, (step + 1) / warm)
-    if kind == "onecycle":
-        if step < warm:
-            return _cos(1.0 / div, 1.0, step / warm)
-        return _cos(1.0, 1.0 / (div * final_div), (step - warm) / max(1, total - 1 - warm))
-    raise ValueError(f"train.schedule: expected onecycle or warmup_constant, got {kind!r}")
-
-
-def make_scheduler(cfg: dict, opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """The ``train.schedule`` (:func:`lr_factor`) as a LambdaLR over ``total`` steps."""
-    tc = cfg["train"]
-    kind, frac = tc["schedule"], float(tc["warmup_fraction"])
-    div, final_div = float(tc["onecycle_div_factor"]), float(tc["onecycle_final_div_factor"])
-    lr_factor(0, total, kind, frac, div, final_div)  # validates the kind
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, kind, frac, div, final_div))
-
-
 @dataclass
 class StepDraw:
-    """Everything random about one global batch, drawn from (seed, phase, step) alone."""
+    """Everything random about one global batch, drawn from (seed, stream, global step) alone."""
 
     crop: torch.Tensor         # [G] crop position uniforms
     prompt: torch.Tensor       # [G] prompt length uniforms
@@ -169,8 +98,8 @@ class StepDraw:
     x0: torch.Tensor           # [G, crop, n_mels] noise
 
 
-def draw_step(cfg: dict, seed: int, phase: str, step: int, G: int) -> StepDraw:
-    g = generator(seed, phase, "batch", step)
+def draw_step(cfg: dict, seed: int, stream: str, step: int, G: int) -> StepDraw:
+    g = generator(seed, stream, "batch", step)
     tc = cfg["train"]
     return StepDraw(crop=torch.rand(G, generator=g), prompt=torch.rand(G, generator=g),
                     t=torch.rand(G, generator=g),
@@ -179,13 +108,38 @@ def draw_step(cfg: dict, seed: int, phase: str, step: int, G: int) -> StepDraw:
                     x0=torch.randn(G, crop_frames(cfg), int(cfg["audio"]["n_mels"]), generator=g))
 
 
-class MetricsLog:
-    """metrics.csv rows, rewritten atomically. The rows also travel in every checkpoint,
-    so a resumed run restores them even if the workflow deleted metrics.csv."""
+class Meter:
+    """Running means of named scalars over a logging interval (and the samples/s rate)."""
 
-    def __init__(self, path: Path, rows: list[dict] | None = None):
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.n = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.n += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.n for k, v in self.sums.items()}
+
+    def rate(self, per_step: int) -> float:
+        """Items per second since the last reset, ``per_step`` items a step."""
+        return per_step * self.n / max(time.perf_counter() - self.t0, 1e-9)
+
+    def reset(self) -> None:
+        self.sums, self.n, self.t0 = {}, 0, time.perf_counter()
+
+
+class MetricsLog:
+    """metrics.csv rows, rewritten atomically. The rows are the train state's own list, so
+    they travel in every checkpoint and a resumed run restores them even if the workflow
+    deleted metrics.csv."""
+
+    def __init__(self, path: Path, rows: list[dict]):
         self.path = path
-        self.rows: list[dict] = [dict(r) for r in rows or []]
+        self.rows = rows
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
@@ -194,199 +148,291 @@ class MetricsLog:
         io.write_csv(self.path, pd.DataFrame(self.rows, columns=METRIC_COLUMNS))
 
 
+@dataclass
+class Loop:
+    """The fixed settings the training loop reads (never changed by a step)."""
+
+    cfg: dict
+    phase: str
+    seed: int
+    out: Path
+    dist: dist_mod.Dist
+    device: torch.device
+    amp: torch.dtype | None
+    batch_size: int            # global
+    local: slice               # this process's shard of the global batch
+    clip: float
+    loss_on_prompt: bool
+    noise_scale: float
+    every: int                 # rolling last.pt
+    log_every: int
+    lengths: Lengths
+    total: int                 # optimiser steps of this phase
+    start: int                 # steps trained before it (a branch: the warm-up's)
+    continues: bool            # train.branch_start: continue
+    stream: str                # data order / draws: "train" (one stream over both phases) or the phase
+    snapshots: set[int]
+
+    @classmethod
+    def build(cls, cfg: dict, phase: str, seed: int, out: Path, d: dist_mod.Dist, lengths: Lengths,
+              init_ck: dict | None, steps: int | None) -> "Loop":
+        tc = cfg["train"]
+        every, log_every = int(tc["checkpoint_every"]), int(tc["log_every"])
+        if every < 1 or log_every < 1:
+            raise ValueError(f"train.checkpoint_every / train.log_every: must be >= 1, got {every} / {log_every}")
+        if tc["branch_start"] not in ("continue", "restart"):
+            raise ValueError(f"train.branch_start: expected continue or restart, got {tc['branch_start']!r}")
+        continues = tc["branch_start"] == "continue"
+        if init_ck is not None and continues and init_ck["config"]["train"]["branch_start"] != "continue":
+            raise ValueError("train.branch_start is continue but the warm-up (--init) was trained with restart: "
+                             "its schedule does not span Phase II")
+        total = int(steps if steps is not None else lengths.steps(phase))
+        if total < 1:
+            raise ValueError(f"--steps: must be >= 1, got {total}")
+        start = 0 if init_ck is None else int(init_ck["start_step"]) + int(init_ck["step"])
+        device, G = resolve_device(cfg, d.local_rank), int(tc["batch_size"])
+        return cls(cfg, phase, seed, out, d, device, autocast_dtype(cfg, device), G, shard(G, d.rank, d.world_size),
+                   float(tc["grad_clip"]) if tc["grad_clip"] else math.inf, bool(tc["loss_on_prompt"]),
+                   float(tc["noise_scale"]), every, log_every, lengths, total, start, continues,
+                   "train" if continues else phase, snapshot_steps(cfg, total) if phase == "branch" else set())
+
+    def schedule(self, opt: torch.optim.Optimizer, init_ck: dict | None) -> Schedule:
+        """One schedule over warm-up + Phase II (continue; a branch continues the warm-up's),
+        or this phase's own (restart)."""
+        if not self.continues:
+            return Schedule(self.cfg, opt, self.total)
+        span = self.lengths.warmup_steps + self.lengths.branch_steps if init_ck is None \
+            else int(init_ck["scheduler"]["span"])
+        return Schedule(self.cfg, opt, span, self.start)
+
+    def global_step(self, step: int) -> int:
+        """Steps since training began (warm-up included) at this phase's step ``step``."""
+        return self.start + step
+
+    def draw_step(self, step: int) -> int:
+        """The step number the draws of this phase's step ``step`` are keyed by."""
+        return self.global_step(step) if self.continues else step
+
+
+def snapshot_steps(cfg: dict, total: int) -> set[int]:
+    """Branch steps kept for convergence curves: ``train.snapshot_fractions`` of the phase, and its end."""
+    fractions = [float(f) for f in cfg["train"]["snapshot_fractions"] or []]
+    if any(not 0 < f <= 1 for f in fractions):
+        raise ValueError(f"train.snapshot_fractions: each must lie in (0, 1], got {fractions}")
+    return {max(1, int(round(f * total))) for f in fractions} | {total}
+
+
 # -- the run --
 
-def run(cfg: dict, *, phase: str, out: str | os.PathLike, manifest, mels, tokens, semantic, acoustic,
-        seed: int = 0, method: str | None = None, init: str | os.PathLike | None = None,
+def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed: int = 0,
+        method: str | None = None, init: str | os.PathLike | None = None,
         selection: str | os.PathLike | None = None, steps: int | None = None) -> Path:
     """Train one phase into ``out``; returns the path of ``final.pt``."""
-    if phase not in ("warmup", "branch"):
-        raise ValueError(f"--phase: expected warmup or branch, got {phase!r}")
-    if phase == "warmup":
-        method = method or "warmup"
-        if init is not None or selection is not None:
-            raise ValueError("--phase warmup takes neither --init nor --selection")
-    elif method is None or init is None:
-        raise ValueError("--phase branch needs --method and --init WARMUP/final.pt")
-    out = Path(out)
-    tc = cfg["train"]
-    total = int(steps if steps is not None else tc["warmup_steps" if phase == "warmup" else "branch_steps"])
-    if total < 1:
-        raise ValueError(f"train.{phase}_steps / --steps: must be >= 1, got {total}")
-
+    method = check_phase(phase, method, init, selection)
     d = dist_mod.setup("cuda" if (cfg["device"] != "cpu" and torch.cuda.is_available()) else "cpu")
     try:
-        return _run(cfg, d, phase=phase, out=out, manifest=manifest, mels=mels, tokens=tokens,
-                    semantic=semantic, acoustic=acoustic, seed=int(seed), method=method, init=init,
-                    selection=selection, total=total)
+        # set up
+        clips = TrainingData(cfg, data, split="train")
+        init_ck = read_init(Path(init), clips) if phase == "branch" else None
+        loop = Loop.build(cfg, phase, int(seed), Path(out), d, Lengths.of(cfg, clips.domain), init_ck, steps)
+        state = initial_state(loop, clips, method, init_ck, selection)
+        forward = torch.compile(state.model) if cfg["train"]["compile"] else state.model
+        # resume
+        last = loop.out / "last.pt"
+        resume(state, last, d.rank, d.world_size)
+        if d.is_main:
+            loop.out.mkdir(parents=True, exist_ok=True)
+            config_mod.save_resolved(cfg, loop.out)
+            io.write_json(loop.out / "length.json", length_record(loop))
+        metrics, meter = MetricsLog(loop.out / "metrics.csv", state.metrics), Meter()
+        tb = _tensorboard(loop.out) if d.is_main else None
+        for m in state.modules():
+            m.train()
+        start, total = state.step, loop.total
+        bar = tqdm(range(start, total), initial=start, total=total, desc=f"{phase}:{method}",
+                   disable=not d.is_main, dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        # loop: draw batch, forward, losses, step, log, checkpoint
+        for step in bar:
+            batch, draw = draw_batch(loop, clips, state.sampler, step)
+            loss, terms = losses(loop, forward, state, batch, draw)
+            check_finite(terms, step, last)
+            grad_norm, lr = optimise(loop, state, loss)
+            state.step = done = step + 1
+            meter.add({**terms, "grad_norm": grad_norm})
+            if d.is_main and (done % loop.log_every == 0 or done == total):
+                row = log_row(loop, state, meter, done, lr)
+                metrics.add(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", fm=f"{row['fm']:.4f}")
+                _to_tensorboard(tb, phase, row)
+                metrics.write()
+                meter.reset()
+            if done in loop.snapshots or done % loop.every == 0 or done == total:
+                write_checkpoints(loop, state, metrics, done)
+        # finish
+        if start >= total:   # resumed at the end: complete the outputs
+            write_checkpoints(loop, state, metrics, total, only_missing=True)
+        if tb is not None:
+            tb.close()
+        log.info("%s %s: %d steps done -> %s", phase, method, total, loop.out / "final.pt")
+        return loop.out / "final.pt"
     finally:
         dist_mod.teardown(d)
 
 
-def _run(cfg, d, *, phase, out, manifest, mels, tokens, semantic, acoustic, seed, method, init, selection,
-         total) -> Path:
-    tc = cfg["train"]
-    device = resolve_device(cfg, d.local_rank)
-    amp = autocast_dtype(cfg, device)
-    G = int(tc["batch_size"])
-    local = shard(G, d.rank, d.world_size)
+def check_phase(phase: str, method: str | None, init, selection) -> str:
+    """The method name of a phase (``warmup`` for Phase I); errors for inconsistent options."""
+    if phase not in ("warmup", "branch"):
+        raise ValueError(f"--phase: expected warmup or branch, got {phase!r}")
+    if phase == "warmup":
+        if init is not None or selection is not None:
+            raise ValueError("--phase warmup takes neither --init nor --selection")
+        return method or "warmup"
+    if method is None or init is None:
+        raise ValueError("--phase branch needs --method and --init WARMUP/final.pt")
+    return method
 
-    data = TrainingData(cfg, manifest, mels, tokens, semantic, acoustic, split="train")
+
+def length_record(loop: Loop) -> dict:
+    """``OUT/length.json``: epochs -> steps of both phases, and where this phase sits."""
+    return {**loop.lengths.to_json(), "phase": loop.phase, "phase_steps": loop.total, "start_step": loop.start,
+            "branch_start": loop.cfg["train"]["branch_start"]}
+
+
+def check_bitc_width(cfg: dict, model) -> None:
+    """BiT-C aligns the token embedding and LASP applies its heads to every layer: the two
+    widths must agree whenever BiT-C is on."""
+    if model.token_dim != model.dim and any(float(w) > 0 for w in cfg["train"]["bitc_weight"].values()):
+        raise ValueError(f"model.token_dim {model.token_dim} differs from model.dim {model.dim}: BiT-C trains its "
+                         f"heads on the token embedding and LASP applies them to every layer, so the widths must "
+                         f"agree (set model.token_dim: null, or train.bitc_weight to 0)")
+
+
+def initial_state(loop: Loop, clips: TrainingData, method: str, init_ck: dict | None, selection) -> TrainState:
+    """Step-0 state: fresh (warm-up) or the warm-up checkpoint's training weights and EMA
+    (branch) and, with ``train.branch_start: continue``, its optimiser, data stream and RNG."""
+    cfg, tc, seed = loop.cfg, loop.cfg["train"], loop.seed
     seed_everything(derive_seed(seed, "init"))
-    model = build_model(cfg, data.vocab_size)
-    bitc = BiTCHeads(model.dim, data.teacher_dims, tc["bitc_weight"])
-    init_ck = None
-    if phase == "branch":
-        init_ck = _read_init(Path(init), data)
+    model = build_model(cfg, clips.vocab_size)
+    check_bitc_width(cfg, model)
+    bitc = BiTCHeads(model.token_dim, clips.teacher_dims, tc["bitc_weight"])
+    plan = {}
+    if init_ck is not None:
         model.load_state_dict(init_ck["model"])
         bitc.load_state_dict(init_ck["bitc"])
-        layers, weights = method_layers(cfg, method, selection, model.n_layers)
-    else:
-        layers, weights = [], []
+        plan = method_plan(cfg, method, selection, model.n_layers)
     seed_everything(derive_seed(seed, "repa", method))
-    repa = REPAHeads(layers, weights, model.dim, data.teacher_dims, tc["repa_hidden"])
-    model.to(device), bitc.to(device), repa.to(device)
-    modules = [model, bitc, repa]
-    dist_mod.broadcast_parameters(d, modules)
-    params = [p for m in modules for p in m.parameters()]
-    ema = EMA({"model": model, "bitc": bitc}, float(tc["ema_decay"]))
+    repa = REPAHeads(plan, model.dim, clips.teacher_dims, tc["repa_hidden"])
+    for m in (model, bitc, repa):
+        m.to(loop.device)
+    dist_mod.broadcast_parameters(loop.dist, [model, bitc, repa])
+    ema = EMA({"model": model, "bitc": bitc}, float(tc["ema_decay"]), bool(tc["ema_warmup"]))
+    opt = make_optimizer(cfg, [model, bitc, repa])
+    sampler = BalancedSampler(clips.domain, loop.batch_size, seed, tag=loop.stream)
     if init_ck is not None:
         ema.load_state_dict(init_ck["ema"])
-    opt = make_optimizer(cfg, modules)
-    sched = make_scheduler(cfg, opt, total)
-    sampler = BalancedSampler(data.domain, G, seed, tag=phase)
-    seed_everything(derive_seed(seed, phase, "train", d.rank))
-    forward = torch.compile(model) if tc["compile"] else model
+        if loop.continues:
+            continue_optimizer(opt, init_ck["optimizer"])
+            sampler.load_state_dict(init_ck["sampler"])
+    spec = RunSpec(loop.phase, method, seed, loop.total, loop.start, plan_to_json(plan),
+                   None if selection is None else str(selection),
+                   None if init_ck is None else str(init_ck["path"]), clips.vocab_size, dict(clips.teacher_dims), cfg)
+    state = TrainState(spec, model, bitc, repa, ema, opt, loop.schedule(opt, init_ck), sampler)
+    if loop.continues and init_ck is not None and init_ck["world_size"] == loop.dist.world_size:
+        set_rng_state(init_ck["rng"][loop.dist.rank])     # dropout continues the warm-up's stream
+    else:
+        seed_everything(derive_seed(seed, loop.phase, "train", loop.dist.rank))
+    return state
 
-    start, rows = 0, []
-    last = out / "last.pt"
-    if last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=True)
-        for key, want in (("format", FORMAT), ("phase", phase), ("method", method), ("seed", seed),
-                          ("total_steps", total), ("layers", layers), ("weights", weights)):
-            if ck.get(key) != want:
-                raise ValueError(f"{last}: {key} is {ck.get(key)!r} but this run has {want!r}; "
-                                 f"use another --out or delete the directory")
-        model.load_state_dict(ck["model"])
-        bitc.load_state_dict(ck["bitc"])
-        repa.load_state_dict(ck["repa"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        sampler.load_state_dict(ck["sampler"])
-        if ck["world_size"] == d.world_size:
-            set_rng_state(ck["rng"][d.rank])
-        else:
-            log.warning("%s: written by %d process(es), resuming with %d: dropout RNG streams are re-seeded",
-                        last, ck["world_size"], d.world_size)
-        start = int(ck["step"])
-        rows = ck.get("metrics", [])
-        log.info("resuming %s from %s at step %d/%d", method, last, start, total)
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        config_mod.save_resolved(cfg, out)
-    metrics = MetricsLog(out / "metrics.csv", rows)
-    tb = _tensorboard(out) if d.is_main else None
 
-    def checkpoint(step: int) -> dict | None:
-        states = dist_mod.all_gather_object(d, rng_state())
-        if not d.is_main:
-            return None
-        return {"format": FORMAT, "phase": phase, "method": method, "seed": seed, "step": step,
-                "total_steps": total, "layers": layers, "weights": weights,
-                "selection": None if selection is None else str(selection),
-                "init": None if init is None else str(init),
-                "vocab_size": data.vocab_size, "teacher_dims": dict(data.teacher_dims),
-                "model": model.state_dict(), "ema": ema.state_dict(), "bitc": bitc.state_dict(),
-                "repa": repa.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "sampler": sampler.state_dict(), "rng": states, "world_size": d.world_size, "config": cfg,
-                "metrics": [dict(r) for r in metrics.rows]}
+def draw_batch(loop: Loop, clips: TrainingData, sampler: BalancedSampler, step: int) -> tuple[dict, StepDraw]:
+    """This process's shard of the global batch of ``step`` on the device, and the step's draws."""
+    idx = sampler.next_batch()
+    draw = draw_step(loop.cfg, loop.seed, loop.stream, loop.draw_step(step), loop.batch_size)
+    j = loop.local
+    return move_batch(clips.collate(idx[j], draw.crop[j], draw.prompt[j]), loop.device), draw
 
-    snapshots = {int(s) for s in tc["snapshot_steps"] or []} if phase == "branch" else set()
-    every, log_every = int(tc["checkpoint_every"]), int(tc["log_every"])
-    if every < 1 or log_every < 1:
-        raise ValueError(f"train.checkpoint_every / train.log_every: must be >= 1, got {every} / {log_every}")
-    clip = float(tc["grad_clip"]) if tc["grad_clip"] else math.inf
-    loss_on_prompt = bool(tc["loss_on_prompt"])
-    acc, acc_n, t_log = torch.zeros(5, dtype=torch.float64), 0, time.perf_counter()
-    model.train(), bitc.train(), repa.train()
-    bar = tqdm(range(start, total), initial=start, total=total, desc=f"{phase}:{method}",
-               disable=not d.is_main, dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
-    for step in bar:
-        idx = sampler.next_batch()
-        draw = draw_step(cfg, seed, phase, step, G)
-        batch = move_batch(data.collate(idx[local], draw.crop[local], draw.prompt[local]), device)
-        T = batch["mel"].shape[1]
-        x0 = draw.x0[local, :T].to(device)
-        with (torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()):
-            fm = flow_matching_loss(forward, batch, draw.t[local].to(device), x0, loss_on_prompt=loss_on_prompt,
-                                    drop_tokens=draw.drop_tokens[local].to(device),
-                                    drop_prompt=draw.drop_prompt[local].to(device), return_hidden=True)
-            l_bitc = bitc.loss(fm.hidden[0], batch)
-            l_repa = repa.loss(fm.hidden, batch)
-        loss = fm.loss + l_bitc + (l_repa if l_repa is not None else 0.0)
-        terms = torch.stack([loss.detach().float(), fm.loss.detach().float(), l_bitc.detach().float(),
-                             (l_repa.detach().float() if l_repa is not None else torch.zeros((), device=device))])
-        terms = dist_mod.all_reduce_mean(d, terms).cpu()
-        for name, v in sorted(zip(("loss", "fm", "bitc", "repa"), terms.tolist()), key=lambda x: x[0] == "loss"):
-            if not math.isfinite(v):
-                raise NonFiniteLoss(f"step {step + 1}: loss term {name!r} is {v}; stopped, last good "
-                                    f"checkpoint kept ({last if last.exists() else 'none written yet'})")
-        opt.zero_grad(set_to_none=False)
-        loss.backward()
-        for p in params:  # parameters unused by this batch (a domain absent): explicit zero gradient
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        dist_mod.all_reduce_grads(d, params)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        lr = opt.param_groups[0]["lr"]  # the rate this step uses
-        opt.step()
-        sched.step()
-        ema.update()
-        done = step + 1
 
-        acc += torch.tensor(terms.tolist() + [grad_norm], dtype=torch.float64)
-        acc_n += 1
-        if d.is_main and (done % log_every == 0 or done == total):
-            now = time.perf_counter()
-            m = (acc / acc_n).tolist()
-            metrics.add({"step": done, "loss": m[0], "fm": m[1], "bitc": m[2],
-                         "repa": m[3] if repa else float("nan"), "grad_norm": m[4],
-                         "lr": lr, "samples_per_s": G * acc_n / max(now - t_log, 1e-9)})
-            bar.set_postfix(loss=f"{m[0]:.4f}", fm=f"{m[1]:.4f}")
-            if tb is not None:
-                for key, val in metrics.rows[-1].items():
-                    if key != "step" and math.isfinite(val):
-                        tb.add_scalar(f"{phase}/{key}", val, done)
-            log.debug("step %d: %s", done, metrics.rows[-1])
-            acc.zero_()
-            acc_n, t_log = 0, now
+def losses(loop: Loop, forward: nn.Module, state: TrainState, batch: dict,
+           draw: StepDraw) -> tuple[torch.Tensor, dict[str, float]]:
+    """The total loss of one batch (with its graph) and the process-averaged values of the
+    terms ``loss``, ``fm``, ``bitc`` and ``repa`` (0 without REPA heads)."""
+    j, dev, T = loop.local, loop.device, batch["mel"].shape[1]
+    x0 = draw.x0[j, :T].to(dev) * loop.noise_scale
+    drop_tokens = draw.drop_tokens[j].to(dev)
+    with (torch.autocast(dev.type, dtype=loop.amp) if loop.amp is not None else contextlib.nullcontext()):
+        fm = flow_matching_loss(forward, batch, draw.t[j].to(dev), x0, loss_on_prompt=loop.loss_on_prompt,
+                                drop_tokens=drop_tokens, drop_prompt=draw.drop_prompt[j].to(dev), return_hidden=True)
+        tok = state.model.embed_tokens(batch["tokens"], batch["mask"], T)   # BiT-C: the token embedding
+        l_bitc = state.bitc.loss(tok, batch, keep=~drop_tokens)
+        l_repa = state.repa.loss(fm.hidden, batch) if state.repa.active else torch.zeros((), device=dev)
+    loss = fm.loss + l_bitc + (l_repa if state.repa.active else 0.0)
+    values = {"loss": loss, "fm": fm.loss, "bitc": l_bitc, "repa": l_repa}
+    return loss, dist_mod.all_reduce_mean_dict(loop.dist, {k: v.detach().float() for k, v in values.items()})
+
+
+def check_finite(terms: dict, step: int, last: Path) -> None:
+    for name in LOSS_TERMS:
+        v = terms[name]
+        if not math.isfinite(v):
+            raise NonFiniteLoss(f"step {step + 1}: loss term {name!r} is {v}; stopped, last good "
+                                f"checkpoint kept ({last if last.exists() else 'none written yet'})")
+
+
+def optimise(loop: Loop, state: TrainState, loss: torch.Tensor) -> tuple[float, float]:
+    """Backward, averaged gradients, clipping, optimiser and scheduler step, EMA update;
+    returns (gradient norm before clipping, the learning rate this step used)."""
+    opt = state.optimizer
+    params = [p for m in state.modules() for p in m.parameters()]
+    opt.zero_grad(set_to_none=False)
+    loss.backward()
+    for p in params:  # parameters unused by this batch (a domain absent): explicit zero gradient
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    dist_mod.all_reduce_grads(loop.dist, params)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, loop.clip))
+    lr = opt.param_groups[0]["lr"]
+    opt.step()
+    state.scheduler.step()
+    state.ema.update(loop.global_step(state.step))
+    return grad_norm, lr
+
+
+def log_row(loop: Loop, state: TrainState, meter: Meter, done: int, lr: float) -> dict:
+    """One metrics.csv row: means over the logging interval."""
+    m = meter.means()
+    row = {"step": done, "epoch": loop.lengths.epoch_of(loop.global_step(done)), "loss": m["loss"], "fm": m["fm"], "bitc": m["bitc"],
+           "repa": m["repa"] if state.repa.active else float("nan"), "grad_norm": m["grad_norm"],
+           "lr": lr, "samples_per_s": meter.rate(loop.batch_size)}
+    log.debug("step %d: %s", done, row)
+    return row
+
+
+def write_checkpoints(loop: Loop, state: TrainState, metrics: MetricsLog, done: int,
+                      only_missing: bool = False) -> None:
+    """The checkpoints due at step ``done`` (snapshot, final, rolling last), by rank 0.
+    ``only_missing``: a run resumed at its end writes only what is missing."""
+    ck_rng = dist_mod.all_gather_object(loop.dist, rng_state())
+    if loop.dist.is_main:
+        ck = state.to_dict(ck_rng, loop.dist.world_size)
+        total = state.spec.total_steps
+        if only_missing:
+            if not (loop.out / "final.pt").exists():
+                io.torch_save(loop.out / "final.pt", ck)
             metrics.write()
-        if done in snapshots or done % every == 0 or done == total:
-            ck = checkpoint(done)
-            if ck is not None:
-                if done in snapshots:
-                    io.torch_save(out / "snapshots" / f"step_{done:06d}.pt", ck)
-                if done == total:
-                    io.torch_save(out / "final.pt", ck)
-                if done % every == 0:
-                    io.torch_save(last, ck)
-                metrics.write()
-                if metrics.rows:
-                    r = metrics.rows[-1]
-                    log.info("step %d/%d: loss %.4f fm %.4f bitc %.4f repa %s, checkpoint written", done, total,
-                             r["loss"], r["fm"], r["bitc"], "-" if not repa else f"{r['repa']:.4f}")
-            dist_mod.barrier(d)
-    if start >= total:  # resumed at the end: (re)write whatever a finished run leaves
-        ck = checkpoint(total)
-        if ck is not None:
-            if not (out / "final.pt").exists():
-                io.torch_save(out / "final.pt", ck)
-            metrics.write()
-    if tb is not None:
-        tb.close()
-    log.info("%s %s: %d steps done -> %s", phase, method, total, out / "final.pt")
-    return out / "final.pt"
+            return
+        if done in loop.snapshots:
+            io.torch_save(loop.out / "snapshots" / f"step_{done:06d}.pt", ck)
+        if done == total:
+            io.torch_save(loop.out / "final.pt", ck)
+        if done % loop.every == 0:
+            io.torch_save(loop.out / "last.pt", ck)
+        metrics.write()
+        if metrics.rows:
+            r = metrics.rows[-1]
+            log.info("step %d/%d: loss %.4f fm %.4f bitc %.4f repa %s, checkpoint written", done, total,
+                     r["loss"], r["fm"], r["bitc"], "-" if not state.repa.active else f"{r['repa']:.4f}")
+    if not only_missing:
+        dist_mod.barrier(loop.dist)
 
 
 def _tensorboard(out: Path):
@@ -398,14 +444,21 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _read_init(path: Path, data: TrainingData) -> dict:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: warm-up checkpoint (--init) not found")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an agrepa training checkpoint")
-    if ck["vocab_size"] != data.vocab_size:
-        raise ValueError(f"{path}: vocab_size {ck['vocab_size']} differs from the token store's {data.vocab_size}")
-    if dict(ck["teacher_dims"]) != dict(data.teacher_dims):
-        raise ValueError(f"{path}: teacher dims {ck['teacher_dims']} differ from the stores' {data.teacher_dims}")
+def _to_tensorboard(tb, phase: str, row: dict) -> None:
+    if tb is not None:
+        for key, val in row.items():
+            if key != "step" and math.isfinite(val):
+                tb.add_scalar(f"{phase}/{key}", val, row["step"])
+
+
+def read_init(path: Path, clips: TrainingData) -> dict:
+    """The warm-up checkpoint a branch starts from, checked against this run's stores
+    (``path`` added: the run records where it started)."""
+    ck = dict(read_checkpoint(path, "warm-up checkpoint (--init)"), path=str(path))
+    if ck["phase"] != "warmup":
+        raise ValueError(f"{path}: a {ck['phase']} checkpoint; --init takes the warm-up's final.pt")
+    if ck["vocab_size"] != clips.vocab_size:
+        raise ValueError(f"{path}: vocab_size {ck['vocab_size']} differs from the token store's {clips.vocab_size}")
+    if dict(ck["teacher_dims"]) != dict(clips.teacher_dims):
+        raise ValueError(f"{path}: teacher dims {ck['teacher_dims']} differ from the stores' {clips.teacher_dims}")
     return ck
