@@ -80,6 +80,33 @@ def definitions(pattern: str) -> list[str]:
     return sorted(str(f.relative_to(REPO)) for f in files if rx.search(f.read_text()))
 
 
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(root: Path) -> list[str]:
+    """`file:function (n lines)` for every function or method over MAX_FUNCTION_LINES."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    found.append(f"{path.relative_to(root.parent)}:{node.name} ({n} lines)")
+    return found
+
+
+def test_no_function_is_over_80_lines():
+    assert long_functions(PKG) == []
+
+
+def test_a_long_function_would_be_listed(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (pkg / "m.py").write_text(f"def short():\n    return 1\n\n\ndef run():\n{body}\n")
+    assert long_functions(pkg) == [f"pkg/m.py:run ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
 @pytest.mark.parametrize("name,home", [
     ("resolve_device", "src/agrepa/device.py"),
     ("move_batch", "src/agrepa/device.py"),
