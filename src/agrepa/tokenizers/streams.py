@@ -37,6 +37,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .. import config as C
+from ..config import DOMAINS
 from .. import io
 from ..device import cpu_threads
 from ..store import Store, StoreWriter
@@ -245,7 +246,7 @@ def store_timing(toks: dict[str, "Tokenizer"], token_config: str, cfg_audio: dic
     rate = {s: t.frame_rate for s, t in toks.items()}
     gran = {s: t.granularity for s, t in toks.items()}
     position_rate, granularity, columns = {}, {}, {}
-    for domain in ("speech", "audio"):
+    for domain in DOMAINS:
         streams = [domain, "beats"] if token_config == "B" else [domain]
         r = max(rate[s] for s in streams)
         position_rate[domain] = r
