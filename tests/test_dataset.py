@@ -192,8 +192,8 @@ def test_config_b_rows_and_rejects(tmp_path):
     for cid, t in paths["raw_tokens"].items():
         w.add(cid, {"tokens": torch.cat([t[:, 0]] * (2 if cid == "speech_001" else 1))})
     w.close()
-    data = TrainingData(cfg, paths["manifest"], paths["mels"], tmp_path / "bad_tokens", paths["semantic"],
-                        paths["acoustic"])
+    data = TrainingData(cfg, DataPaths(paths["manifest"], paths["mels"], tmp_path / "bad_tokens", paths["semantic"],
+                                       paths["acoustic"]))
     assert "speech_001" not in data.ids and len(data) == 5
     assert dict(data.rejected)["speech_001"].startswith(f"{2 * paths['raw_tokens']['speech_001'].shape[0]} tokens")
 

@@ -27,7 +27,7 @@ from agrepa.teachers.beats import BEATs, save_checkpoint
 from agrepa.tokenizers.beats_tokenizer import BeatsTokenizerModel, load_checkpoint as load_beats_tokenizer
 from agrepa.tokenizers.beats_tokenizer import save_checkpoint as save_beats_tokenizer
 from agrepa.tokenizers.streams import load_tokenizer
-from agrepa.training.dataset import BalancedSampler, TrainingData
+from agrepa.training.dataset import BalancedSampler, DataPaths, TrainingData
 from agrepa.training.train import draw_step
 from test_teachers import tiny_beats_cfg
 from test_workflow_support import DEFAULT_CONFIG
@@ -98,7 +98,7 @@ def stores(tmp_path_factory):
     tok = ["tokens.speech.k=8", "tokens.audio.k=16", "tokens.audio.dim=16", "tokens.audio.hidden=16",
            "tokens.audio.steps=20", "tokens.audio.window=64", "tokens.beats.k=8"]
     for frames in ("patches", "time"):            # BEATs' patch sequence (50 /s) / time frames (6.25 /s)
-        beats = [f"teachers.acoustic.name=beats", f"teachers.acoustic.checkpoint={root / 'beats.pt'}",
+        beats = ["teachers.acoustic.name=beats", f"teachers.acoustic.checkpoint={root / 'beats.pt'}",
                  f"teachers.acoustic.beats_frames={frames}"]
         if frames == "patches":                   # Config B's BEATs stream: BEATs' own tokenizer
             beats += ["tokens.beats.kind=beats-tokenizer", "tokens.beats.k=32",
@@ -152,8 +152,8 @@ def test_batches_hold_the_tokens_of_the_cropped_mel(stores, frames, token_config
     cfg = C.load(DEFAULT_CONFIG, overrides=stores[frames]["sets"] + ["train.batch_size=4", "train.crop_seconds=1.5"])
     root = stores["root"]
     tokens_dir = root / f"tokens_{token_config}_{frames}"
-    data = TrainingData(cfg, stores["manifest"], root / "mels", tokens_dir, root / "semantic",
-                        stores[frames]["acoustic"])
+    data = TrainingData(cfg, DataPaths(stores["manifest"], root / "mels", tokens_dir, root / "semantic",
+                                       stores[frames]["acoustic"]))
     assert data.rejected == [] and len(data) == 11
     i_long = data.ids.index(LONG)
     mel_store, tok_store = Store(root / "mels"), Store(tokens_dir)
@@ -206,8 +206,8 @@ def test_rejects_a_clip_whose_tokens_do_not_match_its_audio(stores, tmp_path):
         w.add(cid, {"tokens": t[: t.shape[0] // 2] if cid == LONG else t})
     w.close()
     cfg = C.load(DEFAULT_CONFIG, overrides=stores["time"]["sets"])
-    data = TrainingData(cfg, stores["manifest"], root / "mels", tmp_path / "tokens", root / "semantic",
-                        stores["time"]["acoustic"])
+    data = TrainingData(cfg, DataPaths(stores["manifest"], root / "mels", tmp_path / "tokens", root / "semantic",
+                                       stores["time"]["acoustic"]))
     assert LONG not in data.ids and [i for i, _ in data.rejected] == [LONG]
     assert "500 tokens at 50/s (10.000 s) but 1876 mel frames (20.011 s)" in dict(data.rejected)[LONG]
 
@@ -241,13 +241,14 @@ def test_config_b_trains_checkpoints_and_samples(tmp_path):
     loader and the sampler; a Config A warm-up cannot seed a Config B branch."""
     from agrepa.generation import sampling
     from agrepa.training import train
-    from test_dataset import make_corpus, tiny_cfg
+    from agrepa.training.checkpoint import load_run
+    from test_dataset import data_paths, make_corpus, tiny_cfg
 
     cfg, _ = tiny_cfg(tmp_path)
-    kw = lambda p: {k: p[k] for k in ("manifest", "mels", "tokens", "semantic", "acoustic")}
+    kw = lambda p: {"data": data_paths(p)}
     b = make_corpus(tmp_path / "b", 3, 3, paired=True)
     warm = train.run(cfg, phase="warmup", out=tmp_path / "wb", seed=0, steps=2, **kw(b))
-    run = train.load_checkpoint(warm)
+    run = load_run(warm)
     assert run.model.token_emb.paired and torch.load(warm, weights_only=True)["token_layout"]["paired"]
     tok = b["raw_tokens"]["speech_000"]
     ref = torch.randn(12, 16)

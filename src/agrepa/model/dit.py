@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import PAD_ID  # noqa: F401  (re-exported for the model's users)
+
 from .tokens import CONFIG_A_LAYOUT, TokenEmbedding
 
 CONFIG_KEYS = ("audio.n_mels", "model")  # config sections this module reads

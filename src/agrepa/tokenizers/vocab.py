@@ -2,7 +2,7 @@
 
 Vocabulary layout (ids the DiT's embedding table sees)::
 
-    0                               padding (agrepa.model.dit.PAD_ID)
+    0                               padding (agrepa.config.PAD_ID)
     1 .. K_s                        speech codebook   (offset_speech = 1)
     1 + K_s .. K_s + K_a            audio codebook    (offset_audio  = 1 + K_s)
     1 + K_s + K_a .. + K_b          "BEATs" codebook  (offset_beats  = 1 + K_s + K_a; Config B only)
