@@ -62,3 +62,22 @@ def test_load_audio_bad_files_name_the_path(tmp_path):
     sf.write(nan, np.full(1000, np.nan, dtype=np.float32), 24000, subtype="FLOAT")
     with pytest.raises(ValueError, match=r"nan\.wav: .*NaN"):
         audio.load_audio(nan)
+
+
+def test_mel_path_resampler_is_the_authors_kaiser_sinc():
+    """audio.resample (Kaiser window, width 6, rolloff 0.99) is what the mel path uses; it is not
+    torchaudio's default Hann window, and it changes the top mel bands of 16 kHz speech."""
+    import torchaudio
+
+    cfg = config.load(DEFAULT_CONFIG)["audio"]
+    assert cfg["resample"] == {"method": "sinc_interp_kaiser", "lowpass_filter_width": 6, "rolloff": 0.99}
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(16000).astype(np.float32) * 0.1
+    got = audio.resample(x, 16000, 24000, cfg["resample"])
+    ref = torchaudio.functional.resample(torch.from_numpy(x), 16000, 24000, resampling_method="sinc_interp_kaiser",
+                                         lowpass_filter_width=6, rolloff=0.99).numpy()
+    assert np.array_equal(got, ref)
+    hann = audio.resample(x, 16000, 24000)
+    assert not np.allclose(got, hann, atol=1e-4)
+    top = lambda w: audio.log_mel(torch.from_numpy(w), cfg)[80:].mean()   # bands above ~8.5 kHz
+    assert abs(float(top(got) - top(hann))) > 0.1

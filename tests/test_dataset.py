@@ -45,12 +45,22 @@ def tiny_cfg(tmp_path: Path, extra: dict | None = None) -> tuple[dict, Path]:
     return config_mod.load([DEFAULT_CONFIG, path]), path
 
 
-def make_corpus(root: Path, n_speech: int = 6, n_audio: int = 6, seed: int = 0) -> dict:
+TOKEN_RATE = 93.75 / 4     # make_corpus: one token per 4 mel frames
+
+
+def token_store_meta(vocab: int = VOCAB, rate: float = TOKEN_RATE, paired: bool = False) -> dict:
+    """The time/vocabulary meta ``agrepa tokens encode`` writes (same rate for both domains)."""
+    return {"vocab_size": vocab, "offsets": {"speech": 1, "audio": 1 + (vocab - 1) // 2}, "paired": paired,
+            "position_rate": {"speech": rate, "audio": rate}, "granularity": {"speech": 1, "audio": 1}}
+
+
+def make_corpus(root: Path, n_speech: int = 6, n_audio: int = 6, seed: int = 0, paired: bool = False) -> dict:
     """Manifest + mel/token/semantic/acoustic stores of random clips; returns their paths.
 
     Each clip's mel is a smooth random curve per bin plus noise, 30-80 frames; its
-    tokens are one id per 4 frames; speech clips have a semantic embedding only,
-    audio clips an acoustic one (as the teacher stage writes them).
+    tokens are one id per 4 frames, covering every frame (``[N, 2]`` with ``paired``, Config B); speech clips
+    have a semantic embedding only, audio clips an acoustic one (as the teacher stage
+    writes them).
     """
     g = torch.Generator().manual_seed(seed)
     rows, mels, toks, sem, ac = [], {}, {}, {}, {}
@@ -61,7 +71,9 @@ def make_corpus(root: Path, n_speech: int = 6, n_audio: int = 6, seed: int = 0) 
         base = torch.randn(N_MELS, generator=g) * 2 - 4
         wave = torch.sin(torch.linspace(0, 6.28 * (1 + k % 3), T))[:, None] * torch.randn(N_MELS, generator=g)
         mels[cid] = base + wave + 0.1 * torch.randn(T, N_MELS, generator=g)
-        toks[cid] = torch.randint(1, VOCAB, (max(1, T // 4),), generator=g)
+        n_tok = -(-T // 4)   # ceil: the tokens cover every frame
+        lo, hi = (1, 1 + (VOCAB - 1) // 2) if dom == "speech" else (1 + (VOCAB - 1) // 2, VOCAB)
+        toks[cid] = torch.randint(lo, hi, (n_tok, 2) if paired else (n_tok,), generator=g)
         if dom == "speech":
             sem[cid] = torch.randn(DIM_SEM, generator=g)
         else:
@@ -77,7 +89,7 @@ def make_corpus(root: Path, n_speech: int = 6, n_audio: int = 6, seed: int = 0) 
     paths = {"manifest": manifest}
     for name, data, meta, key in (
             ("mels", mels, {"stats": {"mean": allmel.mean(0).tolist(), "std": allmel.std(0).tolist()}}, "mel"),
-            ("tokens", toks, {"vocab_size": VOCAB}, "tokens"),
+            ("tokens", toks, token_store_meta(paired=paired), "tokens"),
             ("semantic", sem, {"dim": DIM_SEM}, "pooled"),
             ("acoustic", ac, {"dim": DIM_AC}, "pooled")):
         w = StoreWriter(root / name, meta=meta, shard_size=5)
@@ -124,7 +136,8 @@ def test_collate_crop_tokens_prompt(corpus):
     cfg, paths = corpus
     data = load_data(cfg, paths)
     L = crop_frames(cfg)
-    assert L == round(0.4 * 24000 / 256)
+    assert L == math.ceil(0.4 * 24000 / 256)
+    n_crop = math.floor(0.4 * TOKEN_RATE)                                    # whole tokens within crop_seconds
     idx = list(range(len(data)))
     u = torch.linspace(0, 0.999, len(idx))
     v = torch.linspace(0.999, 0, len(idx))
@@ -132,17 +145,22 @@ def test_collate_crop_tokens_prompt(corpus):
     B, T, M = b["mel"].shape
     assert (B, M) == (12, N_MELS) and T <= L
     for j, i in enumerate(idx):
-        full = data.mels[i]
+        full, tok = data.mels[i], data.tokens[i]
         n = int(b["mask"][j].sum())
-        assert n == min(L, full.shape[0])
-        start = min(int(float(u[j]) * (full.shape[0] - n + 1)), full.shape[0] - n)
-        assert torch.equal(b["mel"][j, :n], full[start:start + n])          # the crop
+        f0, f1 = b["crop"][j].tolist()
+        a, e = b["token_span"][j].tolist()
+        n_starts = min(tok.shape[0], math.floor(full.shape[0] / 4)) - n_crop + 1
+        if n_starts < 1:                                                     # shorter than a crop: whole
+            assert (a, e, f0, f1) == (0, tok.shape[0], 0, full.shape[0])
+        else:
+            assert e - a == n_crop                                           # n_crop tokens
+            assert a == min(int(float(u[j]) * n_starts), n_starts - 1)
+            assert (f0, f1) == (round(a * 4), round(e * 4))                 # the same time span
+        assert n == f1 - f0 <= L
+        assert torch.equal(b["mel"][j, :n], full[f0:f1])                    # the crop
         assert b["mel"][j, n:].abs().sum() == 0 and not b["mask"][j, n:].any()
-        N = data.tokens[i].shape[0]
-        a = math.floor(start * N / full.shape[0])
         span = b["tokens"][j][b["tokens"][j] != 0]
-        assert torch.equal(span, data.tokens[i][a:a + span.numel()])        # tokens cropped by time
-        assert abs(span.numel() - n * N / full.shape[0]) <= 2
+        assert torch.equal(span, tok[a:e])                                   # tokens cropped by time
         p = int(b["prompt_mask"][j].sum())
         assert p <= 0.3 * n                                                # prefix <= 30 % of the crop
         assert torch.equal(b["prompt"][j, :p], b["mel"][j, :p]) and b["prompt"][j, p:].abs().sum() == 0
@@ -151,9 +169,52 @@ def test_collate_crop_tokens_prompt(corpus):
     assert len(e1) == 3 and all(torch.equal(x["mel"], y["mel"]) for x, y in zip(e1, e2))
     j = e1[0]["ids"].index("speech_000")
     n = int(e1[0]["mask"][j].sum())
+    assert e1[0]["crop"][j, 0] == 0 and e1[0]["token_span"][j, 0] == 0
     assert torch.equal(e1[0]["mel"][j, :n], data.mels[data.ids.index("speech_000")][:n])
     assert int(e1[0]["prompt_mask"][j].sum()) == math.floor(0.3 * n)
     assert all(int(d) == 1 for b in data.eval_batches(3, domain="audio") for d in b["domain"])
+
+
+def test_config_b_rows_and_rejects(tmp_path):
+    """Config B rows ([N, 2]) are cropped as one; a clip whose tokens and mel disagree is rejected."""
+    cfg, _ = tiny_cfg(tmp_path)
+    paths = make_corpus(tmp_path / "b", 3, 3, paired=True)
+    data = load_data(cfg, paths)
+    assert data.token_layout == {"paired": True, "audio_offset": 1 + (VOCAB - 1) // 2}
+    b = data.collate(list(range(len(data))), torch.full((6,), 0.5), torch.zeros(6))
+    assert b["tokens"].shape[2] == 2
+    for j in range(6):
+        a, e = b["token_span"][j].tolist()
+        n = int((b["tokens"][j, :, 0] != 0).sum())
+        assert n == e - a and torch.equal(b["tokens"][j, :n], data.tokens[j][a:e])
+    # too many tokens for the audio: rejected with the reason
+    w = StoreWriter(tmp_path / "bad_tokens", meta=token_store_meta(), shard_size=5)
+    for cid, t in paths["raw_tokens"].items():
+        w.add(cid, {"tokens": torch.cat([t[:, 0]] * (2 if cid == "speech_001" else 1))})
+    w.close()
+    data = TrainingData(cfg, DataPaths(paths["manifest"], paths["mels"], tmp_path / "bad_tokens", paths["semantic"],
+                                       paths["acoustic"]))
+    assert "speech_001" not in data.ids and len(data) == 5
+    assert dict(data.rejected)["speech_001"].startswith(f"{2 * paths['raw_tokens']['speech_001'].shape[0]} tokens")
+
+
+def test_long_clip_cut_to_max_seconds_with_its_tokens(tmp_path):
+    """A clip longer than audio.max_seconds keeps the first whole tokens within it and their mel."""
+    cfg, _ = tiny_cfg(tmp_path)   # max_seconds 1.0: 23 tokens, 92 frames
+    paths = make_corpus(tmp_path / "c", 1, 1)
+    long_mel = torch.randn(400, N_MELS)
+    long_tok = torch.randint(1, 20, (100,))
+    for name, key, x in (("mels", "mel", long_mel), ("tokens", "tokens", long_tok)):
+        store = paths[name]
+        meta = json.loads((store / "index.json").read_text())["meta"]
+        w = StoreWriter(store, meta=meta, shard_size=5)
+        w.add("speech_000", {key: x})
+        w.add("audio_001", {key: paths["raw_mels" if name == "mels" else "raw_tokens"]["audio_001"]})
+        w.close()
+    data = load_data(cfg, paths)
+    i = data.ids.index("speech_000")
+    assert data.tokens[i].shape[0] == 23 and data.mels[i].shape[0] == round(23 * 4) == 92
+    assert torch.equal(data.tokens[i], long_tok[:23])
 
 
 def test_sampler_balanced_and_resumable():

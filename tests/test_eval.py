@@ -133,7 +133,8 @@ def _checkpoint(path, cfg, step, seed):
 
     model = tiny_model(seed)
     bitc = BiTCHeads(model.dim, {"semantic": 8, "acoustic": 8})
-    ck = {"format": FORMAT, "config": cfg, "vocab_size": VOCAB, "teacher_dims": {"semantic": 8, "acoustic": 8},
+    ck = {"format": FORMAT, "config": cfg, "vocab_size": VOCAB, "token_layout": {"paired": False, "audio_offset": None},
+          "teacher_dims": {"semantic": 8, "acoustic": 8},
           "ema": {"model": model.state_dict(), "bitc": bitc.state_dict()},
           "model": model.state_dict(), "bitc": bitc.state_dict(), "step": step, "method": "baseline",
           "phase": "branch", "seed": 0, "plan": {"speech": {"layers": [], "weights": []},

@@ -37,7 +37,8 @@ def test_mel_store_and_train_only_stats(tmp_path):
     assert sorted(store.keys()) == [f"c{i}" for i in range(6)]
     mels = {}
     for row in mf.read_manifest(man).itertuples():
-        wave = audio.load_audio(tmp_path / row.path, 24000, peak=cfg["audio"]["peak_normalize"])
+        wave = audio.load_audio(tmp_path / row.path, 24000, peak=cfg["audio"]["peak_normalize"],
+                                resampler=cfg["audio"]["resample"])
         expected = audio.log_mel(torch.from_numpy(wave), cfg["audio"]).T
         got = store.get(row.id)["mel"]
         assert got.dtype == torch.float32 and got.shape == (audio.frames_for(len(wave), cfg["audio"]), 100)
@@ -45,8 +46,16 @@ def test_mel_store_and_train_only_stats(tmp_path):
         mels[row.id] = (row.split, got.double())
     train = torch.cat([m for s, m in mels.values() if s == "train"])
     every = torch.cat([m for _, m in mels.values()])
-    mean, std = load_stats(out)
+    mean, std = load_stats(out)   # the default: global scalars, as the authors' mel_mean / mel_std
     assert mean.shape == std.shape == (100,) and mean.dtype == torch.float32
+    assert store.meta["stats"]["normalization"] == "global"
+    assert torch.allclose(mean.double(), train.mean().expand(100), atol=1e-4)
+    assert torch.allclose(std.double(), train.std(unbiased=False).expand(100), atol=1e-4)
+    assert abs(float(mean[0]) - float(every.mean())) > 1e-3  # valid/test did not leak in
+    per_bin = tmp_path / "mels_per_bin"
+    assert cli.main(["data", "mels", "--config", str(DEFAULT_CONFIG), "--manifest", str(man), "--out", str(per_bin),
+                     "--set", "data.mels.normalization=per_bin"]) == 0
+    mean, std = load_stats(per_bin)
     assert torch.allclose(mean.double(), train.mean(0), atol=1e-4)
     assert torch.allclose(std.double(), train.std(0, unbiased=False).clamp_min(1e-3), atol=1e-4)
     assert not torch.allclose(mean.double(), every.mean(0), atol=1e-2)  # valid/test did not leak in

@@ -78,6 +78,59 @@ def test_per_sample_gates_and_build_model():
         m(x, t, tokens, prompt, gates=torch.ones(5))
     with pytest.raises(ValueError, match="token ids"):
         m(x, t, tokens + 100, prompt)
-    cfg = {"model": {"n_layers": 3, "dim": 16, "n_heads": 2, "ff_mult": 4, "dropout": 0.0, "token_dim": None},
+    cfg = {"model": {"n_layers": 3, "dim": 16, "n_heads": 2, "ff_mult": 4, "dropout": 0.0, "token_dim": None,
+                     "token_l2_normalize": True},
            "audio": {"n_mels": 8}}
     assert build_model(cfg, 11).n_layers == 3
+
+
+def test_token_front_end_config_a_and_b():
+    """Config A: E[id]; Config B: the authors' per-domain W_d [E[p]; E[b]] at each position.
+    Then linear interpolation to the real mel frames and unit length per frame."""
+    from agrepa.model.tokens import TokenEmbedding, interpolate_tokens
+
+    torch.manual_seed(0)
+    V, D, audio_offset = 30, 8, 12                      # speech ids 1..11, audio 12..19, beats 20..29
+    single = TokenEmbedding(V, D, l2_normalize=True)
+    tok = torch.tensor([[3, 5, 7, 0], [14, 15, 0, 0]])
+    n_frames = torch.tensor([10, 6])
+    out = single(tok, n_frames, 12)
+    ref = interpolate_tokens(single.table(tok), torch.tensor([3, 2]), n_frames, 12)
+    assert torch.allclose(out, torch.nn.functional.normalize(ref, dim=-1))
+    norms = out.norm(dim=-1)
+    assert torch.allclose(norms[0, :10], torch.ones(10)) and torch.allclose(norms[1, :6], torch.ones(6))
+    assert norms[0, 10:].abs().sum() == 0 and norms[1, 6:].abs().sum() == 0    # padding frames stay zero
+
+    paired = TokenEmbedding(V, D, paired=True, audio_offset=audio_offset)
+    pairs = torch.tensor([[[3, 21], [5, 21], [7, 22]], [[14, 25], [15, 26], [0, 0]]])
+    out = paired(pairs, n_frames, 12)
+    E = paired.table.weight
+    fused = torch.stack([paired.fuse["speech"](torch.cat([E[pairs[0, :, 0]], E[pairs[0, :, 1]]], -1)),
+                         paired.fuse["audio"](torch.cat([E[pairs[1, :, 0]], E[pairs[1, :, 1]]], -1))])
+    ref = interpolate_tokens(fused, torch.tensor([3, 2]), n_frames, 12)
+    assert torch.allclose(out, ref, atol=1e-6)
+    # a speech sample's conditioning depends on the speech projection only, an audio sample's on the audio one
+    out[0].sum().backward(retain_graph=True)
+    assert paired.fuse["speech"].weight.grad.abs().sum() > 0 and paired.fuse["audio"].weight.grad.abs().sum() == 0
+    assert paired.fuse["speech"].weight.shape == (D, 2 * D) and paired.fuse["speech"].bias is None
+    with pytest.raises(ValueError, match=r"\[B, N, 2\]"):
+        paired(tok, n_frames, 12)
+    with pytest.raises(ValueError, match=r"\[B, N\] \(Config A\)"):
+        single(pairs, n_frames, 12)
+    with pytest.raises(ValueError, match="audio id"):
+        TokenEmbedding(V, D, paired=True)
+
+
+def test_dit_takes_config_b_rows():
+    from agrepa.model.dit import build_model
+
+    cfg = {"model": {"n_layers": 2, "dim": 16, "n_heads": 2, "ff_mult": 2, "dropout": 0.0, "token_dim": None,
+                     "token_l2_normalize": True}, "audio": {"n_mels": 8}}
+    m = build_model(cfg, 30, {"paired": True, "audio_offset": 12}).eval()
+    x, t, _, prompt, mask = _inputs(B=2)
+    pairs = torch.randint(1, 12, (2, 5, 2))
+    pairs[:, :, 1] += 18                                  # BEATs ids
+    v = m(x, t, pairs, prompt, mask)
+    assert v.shape == x.shape and torch.isfinite(v).all()
+    h0 = m.prepare(x, t, pairs, prompt, mask)[0]
+    assert not torch.allclose(h0, m.prepare(x, t, pairs.flip(1), prompt, mask)[0])   # the token order matters

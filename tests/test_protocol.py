@@ -171,7 +171,7 @@ def test_bitc_reads_the_token_embedding_and_skips_dropped_samples(warm):
     # its gradient reaches the token embedding and the heads, not the input projection
     loss = state.bitc.loss(state.model.embed_tokens(batch["tokens"], batch["mask"], batch["mel"].shape[1]), batch)
     loss.backward()
-    assert state.model.token_emb.weight.grad.abs().sum() > 0 and state.model.input_proj.weight.grad is None
+    assert state.model.token_emb.table.weight.grad.abs().sum() > 0 and state.model.input_proj.weight.grad is None
     # the token embedding must be as wide as the layers LASP applies the heads to
     wide = config_mod.deep_merge(cfg, {"model": {"token_dim": 16}})
     with pytest.raises(ValueError, match="model.token_dim 16 differs from model.dim 32"):

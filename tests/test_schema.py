@@ -75,22 +75,25 @@ def test_missing_paths_are_named_and_fake_trees_pass(wf, tmp_path):
     assert r.returncode != 0
     out = r.stdout + r.stderr
     for key in ("data.librispeech.root", "data.audioset.root", "teachers.acoustic.checkpoint",
-                "tokens.speech.onnx_path", "eval.fad.vggish_checkpoint", "eval.mos.utmos_checkpoint",
-                "eval.mos.aesthetics_checkpoint", "eval.events.checkpoint", "eval.events.labels_csv"):
+                "tokens.speech.onnx_path", "tokens.beats.checkpoint", "eval.fad.vggish_checkpoint",
+                "eval.mos.utmos_checkpoint", "eval.mos.aesthetics_checkpoint", "eval.events.checkpoint",
+                "eval.events.labels_csv"):
         assert key in out
     assert "AGREPA_SKIP_PATH_CHECK" in out
     # the same config pointed at small fake trees plans fine
     fake = tmp_path / "fake"
     for d in ("LibriSpeech/train-clean-100", "audioset/audio", "whisper-large-v3", "vocos"):
         (fake / d).mkdir(parents=True)
-    for f in ("beats.pt", "s3.onnx", "vggish.pth", "utmos.pt", "aes.pt", "beats_ft.pt", "labels.csv"):
+    for f in ("beats.pt", "beats_tokenizer.pt", "s3.onnx", "vggish.pth", "utmos.pt", "aes.pt", "beats_ft.pt",
+              "labels.csv"):
         (fake / f).write_bytes(b"x")
     overlay = tmp_path / "fake_paths.yaml"
     overlay.write_text(yaml.safe_dump({
         "data": {"librispeech": {"root": str(fake / "LibriSpeech")}, "audioset": {"root": str(fake / "audioset")}},
         "teachers": {"semantic": {"model": str(fake / "whisper-large-v3")},
                      "acoustic": {"checkpoint": str(fake / "beats.pt")}},
-        "tokens": {"speech": {"onnx_path": str(fake / "s3.onnx")}},
+        "tokens": {"speech": {"onnx_path": str(fake / "s3.onnx")},
+                   "beats": {"checkpoint": str(fake / "beats_tokenizer.pt")}},
         "sample": {"vocos_model": str(fake / "vocos")},
         "eval": {"asr": {"model": str(fake / "whisper-large-v3")}, "fad": {"vggish_checkpoint": str(fake / "vggish.pth")},
                  "mos": {"utmos_checkpoint": str(fake / "utmos.pt"), "aesthetics_checkpoint": str(fake / "aes.pt")},

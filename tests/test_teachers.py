@@ -164,14 +164,24 @@ def test_beats_checkpoint_round_trip(tmp_path):
     assert set(raw) == {"cfg", "model"} and raw["cfg"]["gru_rel_pos"] is True
     assert "encoder.pos_conv.0.weight_g" in raw["model"]
     assert "encoder.layers.1.self_attn.relative_attention_bias.weight" in raw["model"]
-    teacher = BeatsTeacher.from_checkpoint(path)
+    teacher = BeatsTeacher.from_checkpoint(path, frames="time")
     wave = speechlike(1.5, seed=3)
     with torch.no_grad():
         ref = model.time_frames(wave)
+        patches = model.patch_frames(wave)
     frames, pooled = teacher.embed(wave, 16000)
     assert torch.equal(frames, ref)
-    assert frames.shape == (150 // 16, 48) and teacher.frame_rate == 100 / 16
+    assert frames.shape == (150 // 16, 48) and teacher.frame_rate == 100 / 16 and teacher.granularity == 1
     assert torch.equal(pooled, pool_frames(ref))
+    # the authors' tokenizer input: the whole patch sequence, 8 frequency patches per 160 ms step
+    by_patch = BeatsTeacher.from_checkpoint(path)
+    p_frames, p_pooled = by_patch.embed(wave, 16000)
+    assert torch.equal(p_frames, patches) and p_frames.shape == (150 // 16 * 8, 48)
+    assert by_patch.frame_rate == 50.0 and by_patch.granularity == 8
+    assert torch.equal(p_frames.view(-1, 8, 48).mean(1), ref) and torch.allclose(p_pooled, pooled, atol=1e-6)
+    assert by_patch.fingerprint() != teacher.fingerprint()
+    with pytest.raises(ValueError, match="beats_frames"):
+        BeatsTeacher.from_checkpoint(path, frames="bins")
     # the relative position bias matters: zeroing it changes the output
     with torch.no_grad():
         teacher.model.encoder.layers[0].self_attn.relative_attention_bias.weight.mul_(0)
@@ -245,10 +255,11 @@ def test_embedding_cache_hit_and_miss(tmp_path, monkeypatch):
     store = Store(out)
     assert sorted(store.keys()) == ["c0", "c1", "c2"]
     assert store.meta["teacher"] == "beats" and store.meta["dim"] == 48
-    assert store.meta["frame_rate"] == 6.25 and store.meta["cache_key"] == meta["cache_key"]
+    assert store.meta["frame_rate"] == 50.0 and store.meta["granularity"] == 8   # BEATs' patch sequence
+    assert store.meta["cache_key"] == meta["cache_key"]
     c2 = store.get("c2")
     n_fbank = 1 + (int(1.0 * 16000) - 400) // 160
-    assert c2["frames"].shape == (n_fbank // 16, 48)
+    assert c2["frames"].shape == (n_fbank // 16 * 8, 48)
     assert torch.allclose(c2["pooled"], c2["frames"].mean(0))
 
     embed_manifest(cfg, "acoustic", manifest, out)  # same teacher, same manifest: no forward

@@ -17,8 +17,8 @@ from agrepa.store import Store, StoreWriter
 from agrepa.tokenizers.streams import load_tokenizer
 from agrepa.tokenizers.kmeans import KMeans, perplexity
 from agrepa.tokenizers.s3onnx import S3OnnxTokenizer, s3_features
-from agrepa.tokenizers.vocab import (Vocab, align_lengths, deinterleave, interleave, rate_summary,
-                                     stretch)
+from agrepa.tokenizers.timing import Grid, duration_mismatch, pair_by_time, token_window
+from agrepa.tokenizers.vocab import Vocab, rate_summary
 from test_workflow_support import DEFAULT_CONFIG
 
 torch.set_num_threads(1)
@@ -52,7 +52,8 @@ def corpus(tmp_path_factory):
     write_manifest(make_manifest(rows), root / "manifest.csv")
     for name, feats, rate in (("semantic", sem, 50.0), ("acoustic", aco, 93.75 / 4)):
         w = StoreWriter(root / name, meta={"role": name, "teacher": "synthetic", "fingerprint": f"fp-{name}",
-                                           "frame_rate": rate, "dim": next(iter(feats.values())).shape[1]})
+                                           "frame_rate": rate, "granularity": 1,
+                                           "dim": next(iter(feats.values())).shape[1]})
         for cid, f in feats.items():
             w.add(cid, {"frames": f, "pooled": f.mean(0)})
         w.close()
@@ -127,7 +128,7 @@ def test_encode_config_a(corpus, fitted, tmp_path):
     assert torch.equal(store.get(cid)["tokens"], km.encode_frames(corpus["sem"][cid]) + 1)
 
 
-def test_encode_config_b_interleaves(corpus, fitted, tmp_path):
+def test_encode_config_b_pairs_streams_by_time(corpus, fitted, tmp_path):
     out = tmp_path / "B"
     common = ["--speech-model", str(fitted / "speech"), "--audio-model", str(fitted / "audio"),
               "--semantic", str(corpus["semantic"]), "--acoustic", str(corpus["acoustic"]),
@@ -138,18 +139,22 @@ def test_encode_config_b_interleaves(corpus, fitted, tmp_path):
     assert run("tokens", "encode", "--token-config", "A", "--out", str(tmp_path / "A"), *common) == 0
     b, a = Store(out), Store(tmp_path / "A")
     assert b.meta["offsets"] == {"speech": 1, "audio": 9, "beats": 17} and b.meta["vocab_size"] == 21
-    assert b.meta["sequence_rate"]["speech"] == 100.0 and b.meta["interleaved"] is True
-    vocab = Vocab.from_meta(b.meta)
+    assert b.meta["paired"] is True and a.meta["paired"] is False
+    assert b.meta["position_rate"] == {"speech": 50.0, "audio": 93.75 / 4}     # the faster stream's grid
+    assert b.meta["columns"] == {"speech": ["speech", "beats"], "audio": ["audio", "beats"]}
+    assert b.meta["granularity"] == {"speech": 2, "audio": 1}   # a 23.4 /s BEATs step spans ~2 speech tokens
+    beats = load_tokenizer(fitted / "beats")
     for row in corpus["rows"]:
         x = b.get(row["id"])["tokens"]
-        prim, beats = deinterleave(x)
-        names, _ = vocab.to_local(beats)
+        prim = a.get(row["id"])["tokens"]
+        assert x.dim() == 2 and x.shape[1] == 2
+        assert torch.equal(x[:, 0], prim)                                       # primary column = Config A
+        names, _ = Vocab.from_meta(b.meta).to_local(x[:, 1])
         assert set(names) == {"beats"}
-        n_prim = a.get(row["id"])["tokens"].numel()
-        n_beats = corpus["aco"][row["id"]].shape[0]
-        assert x.numel() == 2 * max(n_prim, n_beats)
-        if n_prim >= n_beats:  # the primary stream is the longer one: kept as is
-            assert torch.equal(prim, a.get(row["id"])["tokens"])
+        own = beats.encode_frames(corpus["aco"][row["id"]]) + 17
+        r = 50.0 if row["domain"] == "speech" else 93.75 / 4
+        want = own[((torch.arange(x.shape[0]) + 0.5) * (93.75 / 4) / r).floor().long().clamp(max=own.numel() - 1)]
+        assert torch.equal(x[:, 1], want)                                      # the BEATs token under each row
 
 
 def test_encode_rejects_mismatched_features(corpus, fitted, tmp_path):
@@ -167,28 +172,45 @@ def test_encode_rejects_mismatched_features(corpus, fitted, tmp_path):
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.integers(1, 99), min_size=1, max_size=40), st.lists(st.integers(1, 99), min_size=1, max_size=40))
-def test_interleave_round_trip(a, b):
+@given(st.lists(st.integers(1, 99), min_size=1, max_size=40), st.lists(st.integers(1, 99), min_size=1, max_size=40),
+       st.sampled_from([(50.0, 50.0), (50.0, 6.25), (6.25, 50.0), (50.0, 93.75 / 4)]))
+def test_pair_by_time(a, b, rates):
     a, b = torch.tensor(a), torch.tensor(b)
-    a2, b2 = align_lengths(a, b)
-    assert a2.numel() == b2.numel() == max(a.numel(), b.numel())
-    x = interleave(a2, b2)
-    assert torch.equal(x[0::2], a2) and torch.equal(x[1::2], b2)
-    ra, rb = deinterleave(x)
-    assert torch.equal(ra, a2) and torch.equal(rb, b2)
-    longer = a if a.numel() >= b.numel() else b
-    assert torch.equal(a2 if longer is a else b2, longer)  # the longer stream is untouched
+    ra, rb = rates
+    pairs, grid = pair_by_time(a, b, ra, rb)
+    fast = a if ra >= rb else b
+    assert grid == max(ra, rb) and pairs.shape == (fast.numel(), 2)
+    assert torch.equal(pairs[:, 0 if ra >= rb else 1], fast)                  # the faster stream is untouched
+    for i in range(pairs.shape[0]):                                          # each row: the tokens under its centre
+        t = (i + 0.5) / grid
+        assert pairs[i, 0] == a[min(int(t * ra), a.numel() - 1)] and pairs[i, 1] == b[min(int(t * rb), b.numel() - 1)]
+    if ra == rb:
+        n = min(a.numel(), b.numel())                                        # the authors' 1:1 [p1, b1, p2, b2, ...]
+        assert torch.equal(pairs[:n].reshape(-1)[0::2], a[:n]) and torch.equal(pairs[:n].reshape(-1)[1::2], b[:n])
 
 
-def test_stretch_nearest_and_errors():
-    assert stretch(torch.tensor([1, 2]), 4).tolist() == [1, 1, 2, 2]
-    assert stretch(torch.tensor([1, 2, 3]), 6).tolist() == [1, 1, 2, 2, 3, 3]
-    assert stretch(torch.tensor([5, 6, 7, 8]), 2).tolist() == [6, 8]
-    assert torch.equal(stretch(torch.arange(7), 7), torch.arange(7))
-    with pytest.raises(ValueError, match="equal length"):
-        interleave(torch.arange(3), torch.arange(4))
-    with pytest.raises(ValueError, match="even length"):
-        deinterleave(torch.arange(5))
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 2000), st.sampled_from([(50.0, 1), (6.25, 1), (50.0, 8), (93.75 / 4, 1)]),
+       st.floats(0.1, 10.0), st.floats(0.0, 0.999), st.integers(-1, 1))
+def test_token_window_same_span(T, rate_g, seconds, u, drift):
+    """Tokens [a, b) and mel frames [f0, f1) of a window cover the same time to half a mel frame."""
+    rate, g = rate_g
+    seconds = max(seconds, g / rate)                                         # at least one step (TrainingData checks)
+    grid = Grid(rate, g, 93.75)
+    N = max(1, round(T * rate / 93.75) + drift * g)                          # within the duration tolerance
+    assert duration_mismatch(N, T, grid) is None
+    length = grid.positions(seconds)
+    a, b, f0, f1 = token_window(N, T, grid, length, u)
+    assert 0 <= a < b <= N and 0 <= f0 < f1 <= T and a % g == 0
+    assert f1 - f0 <= int(np.ceil(seconds * 93.75 - 1e-9)) or length > min(N, T * rate / 93.75)
+    if length <= min(N, np.floor(T * rate / 93.75 + 1e-9)) and grid.frame_at(length) <= T:
+        assert b - a == length                                               # a crop: spans agree
+        assert abs(f0 / 93.75 - a / rate) <= 0.5 / 93.75 + 1e-9
+        assert abs(f1 / 93.75 - b / rate) <= 0.5 / 93.75 + 1e-9
+    else:                                                                    # shorter than a crop: whole
+        assert (a, b, f0) == (0, N, 0) and f1 == min(T, grid.frame_at(N))
+    assert duration_mismatch(round(T * rate / 93.75) + 2 * g + 1, T, grid) is not None
+    assert duration_mismatch(round(T * rate / 93.75) - 2 * g - 1, T, grid) is not None
 
 
 def test_vocab_layout():

@@ -10,6 +10,9 @@ by it and mels a model generates are in the space Vocos expects:
 * 100 HTK mel bands from 0 Hz to Nyquist, no filter normalisation, magnitude (power 1);
 * ``log(clamp(mel, 1e-7))``.
 
+Audio at another rate (LibriSpeech: 16 kHz) is brought to 24 kHz for its mel with
+``audio.resample`` (the authors' Kaiser-windowed sinc, width 6, rolloff 0.99).
+
 All numbers come from the ``audio:`` section of the config.
 """
 from __future__ import annotations
@@ -22,11 +25,20 @@ import soundfile as sf
 import torch
 import torchaudio
 
-def resample(wave: np.ndarray | torch.Tensor, orig_sr: int, new_sr: int) -> np.ndarray:
-    """Band-limited (windowed-sinc) resampling along the last axis, float32 out."""
+def resample(wave: np.ndarray | torch.Tensor, orig_sr: int, new_sr: int,
+             resampler: dict | None = None) -> np.ndarray:
+    """Band-limited (windowed-sinc) resampling along the last axis, float32 out.
+
+    ``resampler``: ``{method, lowpass_filter_width, rolloff}`` for
+    ``torchaudio.functional.resample`` (``audio.resample``, the mel path); None:
+    torchaudio's default (Hann window, width 6, rolloff 0.99).
+    """
     x = torch.as_tensor(np.asarray(wave, dtype=np.float32))
     if int(orig_sr) != int(new_sr):
-        x = torchaudio.functional.resample(x, int(orig_sr), int(new_sr))
+        kw = {} if resampler is None else {"resampling_method": str(resampler["method"]),
+                                           "lowpass_filter_width": int(resampler["lowpass_filter_width"]),
+                                           "rolloff": float(resampler["rolloff"])}
+        x = torchaudio.functional.resample(x, int(orig_sr), int(new_sr), **kw)
     return x.numpy().astype(np.float32, copy=False)
 
 
@@ -57,11 +69,12 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = 24000,
-               peak: float | None = 0.95) -> np.ndarray:
+               peak: float | None = 0.95, resampler: dict | None = None) -> np.ndarray:
     """Load a wav/flac/ogg file as mono float32 ``[N]`` at ``sample_rate``.
 
     Channels are averaged, the signal is resampled with
-    ``torchaudio.functional.resample`` and peak-normalised to ``peak``
+    ``torchaudio.functional.resample`` (``resampler``, see :func:`resample`) and
+    peak-normalised to ``peak``
     (the config's ``audio.peak_normalize``; ``None`` keeps the level).
     Raises ``ValueError("<path>: ...")`` for unreadable/corrupt files, empty
     files and files with NaN/inf samples; ``FileNotFoundError`` if it is absent.
@@ -72,7 +85,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 24000,
     if not np.all(np.isfinite(data)):
         raise ValueError(f"{path}: audio contains NaN or infinite samples")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    mono = resample(mono, sr, sample_rate)
+    mono = resample(mono, sr, sample_rate, resampler)
     return peak_normalize(mono, peak)
 
 

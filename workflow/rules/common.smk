@@ -167,6 +167,8 @@ def configured_paths(cfg):
         out.append(("teachers.semantic.model", teachers["semantic"]["model"]))
     if cfg["tokens"]["speech"]["kind"] == "s3-onnx":
         out.append(("tokens.speech.onnx_path", cfg["tokens"]["speech"]["onnx_path"]))
+    if "B" in cfg["token_configs"] and cfg["tokens"]["beats"]["kind"] == "beats-tokenizer":
+        out.append(("tokens.beats.checkpoint", cfg["tokens"]["beats"]["checkpoint"]))
     if cfg["sample"]["vocoder"] == "vocos" and _is_local_path(cfg["sample"]["vocos_model"]):
         out.append(("sample.vocos_model", cfg["sample"]["vocos_model"]))
     if _is_local_path(cfg["eval"]["asr"]["model"]):

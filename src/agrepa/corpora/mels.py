@@ -9,10 +9,16 @@ un-normalised Vocos log-mel, :func:`agrepa.audio.log_mel`) and the meta::
      "manifest_sha256": sha256 of manifest.csv, "audio": the config's audio section,
      "frame_rate": 93.75, "n_mels": 100}
 
-``mean``/``std`` are per mel bin over all frames of the **train** clips only
-(valid/test never leak into the normalisation): ``mean_b = sum_t x_tb / N``,
-``std_b = max(sqrt(sum_t x_tb^2 / N - mean_b^2), data.mels.std_floor)``.
-Normalise with ``(mel - mean) / std``.
+``mean``/``std`` come from all frames of the **train** clips only (valid/test
+never leak into the normalisation), by ``data.mels.normalization``:
+
+* ``global`` (the authors' ``mel_mean`` / ``mel_std``): one mean and one std over
+  every bin of every frame, ``mean = sum_tb x_tb / (N M)``, ``std =
+  max(sqrt(sum_tb x_tb^2 / (N M) - mean^2), std_floor)``, repeated for each bin;
+* ``per_bin``: ``mean_b = sum_t x_tb / N``, ``std_b = max(sqrt(sum_t x_tb^2 / N -
+  mean_b^2), std_floor)``.
+
+Normalise with ``(mel - mean) / std`` (either way a vector of ``n_mels`` entries).
 """
 from __future__ import annotations
 
@@ -52,7 +58,8 @@ def build_mels(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
     (Path(out_dir) / "index.json").unlink(missing_ok=True)
     writer = StoreWriter(out_dir, shard_size=int(cfg["data"]["mels"]["shard_size"]))
     for row in tqdm(df.itertuples(index=False), total=len(df), desc="mels", unit="clip"):
-        wave = audio_mod.load_audio(mf.resolve_path(manifest_path, row.path), sr, peak=peak)
+        wave = audio_mod.load_audio(mf.resolve_path(manifest_path, row.path), sr, peak=peak,
+                                    resampler=cfg_audio["resample"])
         mel = audio_mod.log_mel(torch.from_numpy(wave), cfg_audio).T.contiguous()  # [T, n_mels]
         writer.add(row.id, {"mel": mel})
         if row.split == "train":
@@ -61,11 +68,11 @@ def build_mels(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
             total_sq += (m * m).sum(axis=0)
             n_frames += m.shape[0]
             n_train += 1
-    mean = total / n_frames
-    std = np.maximum(np.sqrt(np.maximum(total_sq / n_frames - mean**2, 0.0)), floor)
+    mean, std = normalisation_stats(total, total_sq, n_frames, cfg["data"]["mels"]["normalization"], floor)
     writer.meta = {
         "stats": {"mean": mean.tolist(), "std": std.tolist(), "n_frames": int(n_frames),
-                  "n_clips": int(n_train), "split": "train"},
+                  "n_clips": int(n_train), "split": "train",
+                  "normalization": cfg["data"]["mels"]["normalization"]},
         "manifest_sha256": io.sha256_file(manifest_path),
         "audio": cfg_audio,
         "frame_rate": audio_mod.frame_rate(cfg_audio),
@@ -75,6 +82,20 @@ def build_mels(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
     log.info("mels: %d clips -> %s (stats from %d train clips, %d frames)", len(df), index,
              n_train, n_frames)
     return index
+
+
+def normalisation_stats(total: np.ndarray, total_sq: np.ndarray, n_frames: int, kind: str,
+                        floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` [n_mels] from per-bin sums of x and x^2 over ``n_frames`` frames (module doc)."""
+    if kind == "global":
+        n = n_frames * total.shape[0]
+        m = total.sum() / n
+        sd = max(float(np.sqrt(max(total_sq.sum() / n - m * m, 0.0))), floor)
+        return np.full_like(total, m), np.full_like(total, sd)
+    if kind == "per_bin":
+        mean = total / n_frames
+        return mean, np.maximum(np.sqrt(np.maximum(total_sq / n_frames - mean**2, 0.0)), floor)
+    raise ValueError(f"data.mels.normalization: {kind!r}, expected 'global' or 'per_bin'")
 
 
 def load_stats(store: Store | str | os.PathLike, n_mels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -444,7 +444,7 @@ def _gt_wave(manifest, rows: pd.DataFrame, cid: str, cfg: dict) -> np.ndarray:
     from ..audio import load_audio
 
     return load_audio(_gt_path(manifest, rows, cid), int(cfg["audio"]["sample_rate"]),
-                      peak=cfg["audio"]["peak_normalize"])
+                      peak=cfg["audio"]["peak_normalize"], resampler=cfg["audio"]["resample"])
 
 
 def _read_wave(path: Path, sample_rate: int) -> np.ndarray:

@@ -6,9 +6,9 @@ workflow's ``teacher embed`` + ``tokens encode`` did (audio resampled to the tea
 peak-normalised to ``audio.peak_normalize``, as :func:`agrepa.audio.load_audio` does; the S3 ONNX
 tokenizer reads 16 kHz audio): the speech stream on the semantic teacher's frames, the audio and
 BEATs streams on the acoustic teacher's. The reference sequence is the clip's conditioning tokens
-from the token store (Config A: the primary stream; Config B: the interleaved sequence,
-de-interleaved), and the re-tokenised streams go through the same length alignment
-(:func:`agrepa.tokenizers.vocab.align_lengths`) before comparison. Per stream::
+from the token store (Config A: the primary stream ``[N]``; Config B: the two columns of its
+``[N, 2]`` rows), and the re-tokenised streams are paired on the same time grid as the store's
+(:func:`agrepa.tokenizers.timing.pair_by_time`) before comparison. Per stream::
 
     TER = Levenshtein(ref, hyp) / len(ref)        pooled over clips: sum(edits) / sum(len(ref))
 
@@ -72,17 +72,18 @@ class TokenScorer:
         return tok.encode_frames(cache[role]).long()
 
     def _streams(self, load, domain: str) -> dict[str, np.ndarray]:
-        from ..tokenizers.vocab import align_lengths
+        from ..tokenizers.timing import pair_by_time
 
         cache: dict = {}
         primary = self._codes(domain, load, cache)
         if not self.interleaved:
             return {"primary": primary.numpy()}
-        a, b = align_lengths(primary, self._codes("beats", load, cache))
-        return {"primary": a.numpy(), "beats": b.numpy()}
+        rows, _ = pair_by_time(primary, self._codes("beats", load, cache), self.tokenizers[domain].frame_rate,
+                               self.tokenizers["beats"].frame_rate)
+        return {"primary": rows[:, 0].numpy(), "beats": rows[:, 1].numpy()}
 
     def streams(self, wave: np.ndarray, sample_rate: int, domain: str) -> dict[str, np.ndarray]:
-        """Local codes of a waveform's streams: ``{"primary": ...}`` (+ ``"beats"``, length-aligned)."""
+        """Local codes of a waveform's streams: ``{"primary": ...}`` (+ ``"beats"``, paired by time)."""
         from ..audio import peak_normalize, resample
 
         return self._streams(lambda sr: peak_normalize(resample(wave, sample_rate, sr), self.peak), domain)
@@ -95,12 +96,13 @@ class TokenScorer:
 
     def conditioning(self, tokens: torch.Tensor, domain: str, store_vocab) -> dict[str, np.ndarray]:
         """Local codes of a clip's stored conditioning tokens (global ids of ``store_vocab``)."""
-        from ..tokenizers.vocab import deinterleave
-
         ids = tokens.long()
+        want = 2 if self.interleaved else 1
+        if ids.dim() != want or (want == 2 and ids.shape[1] != 2):
+            raise ValueError(f"conditioning tokens of shape {tuple(ids.shape)}, expected "
+                             f"{'[N, 2] (Config B)' if self.interleaved else '[N] (Config A)'} for these tokenizers")
         if self.interleaved:
-            a, b = deinterleave(ids)
-            parts = {"primary": (domain, a), "beats": ("beats", b)}
+            parts = {"primary": (domain, ids[:, 0]), "beats": ("beats", ids[:, 1])}
         else:
             parts = {"primary": (domain, ids)}
         out = {}

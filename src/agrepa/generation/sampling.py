@@ -117,7 +117,8 @@ def euler_sample(model, noise: Tensor, tokens: Tensor, prompt: Tensor, mask: Ten
 
 @dataclass
 class Request:
-    """One clip to generate: normalised reference mel [P, n_mels], tokens (reference span ++ target)."""
+    """One clip to generate: normalised reference mel [P, n_mels], tokens (reference span ++ target;
+    [N] or, Config B, [N, 2] rows)."""
 
     id: str
     prompt: Tensor
@@ -175,7 +176,7 @@ def generate(model, requests: Sequence[Request], steps: int, cfg_scale: float | 
         noise = torch.zeros(B, T, n_mels)
         prompt = torch.zeros(B, T, n_mels)
         mask = torch.zeros(B, T, dtype=torch.bool)
-        tokens = torch.full((B, N), PAD_ID, dtype=torch.long)
+        tokens = torch.full((B, N, *batch[0].tokens.shape[1:]), PAD_ID, dtype=torch.long)  # [B, N(, 2)]
         for j, (r, n) in enumerate(zip(batch, lengths)):
             noise[j, :n] = noise_for(seed, r.id, n, n_mels) * noise_scale
             prompt[j, :r.prompt.shape[0]] = r.prompt

@@ -21,9 +21,10 @@ residual stream free of an additive position signal, so the pooled hidden
 states the probes read carry no position bias.
 
 Token ids: 0 is padding (``PAD_ID``); sequences are left-aligned (real tokens
-first). Each sample's real tokens are linearly interpolated to its real mel
-length inside the model (``F.interpolate(mode="linear", align_corners=False)``
-semantics), so token rate and mel rate are independent.
+first), ``[B, N]`` (Config A) or ``[B, N, 2]`` (Config B: primary and BEATs token
+per position, fused as the authors do). :class:`agrepa.model.tokens.TokenEmbedding`
+embeds them and linearly interpolates each sample's real tokens to its real mel
+length, so token rate and mel rate are independent.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import PAD_ID
+
+from .tokens import CONFIG_A_LAYOUT, TokenEmbedding
 
 CONFIG_KEYS = ("audio.n_mels", "model")  # config sections this module reads
 
@@ -49,25 +51,6 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, scale: 
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
-
-
-def interpolate_tokens(emb: Tensor, n_tokens: Tensor, n_frames: Tensor, T: int) -> Tensor:
-    """Linearly resample each sample's first ``n_tokens[b]`` rows of ``emb`` [B, N, D]
-    to ``n_frames[b]`` frames, zero beyond, -> [B, T, D]."""
-    B, N, D = emb.shape
-    n = n_tokens.clamp(min=1).to(emb.dtype)[:, None]
-    nf = n_frames.clamp(min=1).to(emb.dtype)[:, None]
-    i = torch.arange(T, device=emb.device, dtype=emb.dtype)[None]
-    pos = ((i + 0.5) * n / nf - 0.5).clamp(min=0)
-    pos = torch.minimum(pos, n - 1)
-    lo = pos.floor().long()
-    hi = torch.minimum(lo + 1, (n - 1).long())
-    w = (pos - lo.to(emb.dtype))[..., None]
-    e_lo = torch.gather(emb, 1, lo[..., None].expand(B, T, D))
-    e_hi = torch.gather(emb, 1, hi[..., None].expand(B, T, D))
-    out = e_lo * (1 - w) + e_hi * w
-    valid = i < n_frames[:, None]
-    return out * valid[..., None].to(emb.dtype)
 
 
 class Rotary(nn.Module):
@@ -176,12 +159,13 @@ class DiT(nn.Module):
 
     def __init__(self, n_layers: int = 12, dim: int = 192, n_heads: int = 4, n_mels: int = 100,
                  vocab_size: int = 1024, ff_mult: int = 4, dropout: float = 0.0,
-                 token_dim: int | None = None, time_freq_dim: int = 256):
+                 token_dim: int | None = None, time_freq_dim: int = 256, paired_tokens: bool = False,
+                 audio_offset: int | None = None, token_l2_normalize: bool = False):
         super().__init__()
         self.n_layers, self.dim, self.n_mels, self.vocab_size = n_layers, dim, n_mels, vocab_size
         token_dim = token_dim or dim
         self.token_dim = token_dim
-        self.token_emb = nn.Embedding(vocab_size, token_dim, padding_idx=PAD_ID)
+        self.token_emb = TokenEmbedding(vocab_size, token_dim, paired_tokens, audio_offset, token_l2_normalize)
         self.time_freq_dim = time_freq_dim
         self.time_mlp = nn.Sequential(nn.Linear(time_freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.input_proj = nn.Linear(2 * n_mels + token_dim, dim)
@@ -195,21 +179,15 @@ class DiT(nn.Module):
         """The token embedding interpolated to the mel frames [B, T, token_dim], zero beyond each
         sample's real frames (before CFG dropout): the input interface BiT-C aligns (Sec. 4.1)."""
         B = tokens.shape[0]
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens must be [B, N], got {tuple(tokens.shape)}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]")
         n_frames = mask.sum(1) if mask is not None else torch.full((B,), T, device=tokens.device)
-        n_tokens = (tokens != PAD_ID).sum(1)
-        return interpolate_tokens(self.token_emb(tokens), n_tokens, n_frames, T)
+        return self.token_emb(tokens, n_frames, T)   # shape and id range checked there
 
     def prepare(self, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None = None,
                 drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None) -> tuple[Tensor, Context]:
         """Input interface h_0 [B, T, dim] and the shared per-forward context."""
         B, T, _ = x_t.shape
         if tokens.shape[0] != B:
-            raise ValueError(f"tokens must be [B, N] with B={B}, got {tuple(tokens.shape)}")
+            raise ValueError(f"tokens must be [B, N] or [B, N, 2] with B={B}, got {tuple(tokens.shape)}")
         tok = self.embed_tokens(tokens, mask, T)
         if drop_tokens is not None:
             tok = tok * (~drop_tokens.bool()).to(tok.dtype)[:, None, None]
@@ -250,9 +228,12 @@ class DiT(nn.Module):
         return (v, hidden) if return_hidden else v
 
 
-def build_model(cfg: dict, vocab_size: int) -> DiT:
-    """A DiT from the config's ``model`` section."""
+def build_model(cfg: dict, vocab_size: int, token_layout: dict | None = None) -> DiT:
+    """A DiT from the config's ``model`` section; ``token_layout`` = ``{"paired": bool,
+    "audio_offset": int}`` of the token store (None: Config A)."""
     m = cfg["model"]
+    layout = token_layout or CONFIG_A_LAYOUT
     return DiT(n_layers=m["n_layers"], dim=m["dim"], n_heads=m["n_heads"], n_mels=cfg["audio"]["n_mels"],
                vocab_size=vocab_size, ff_mult=m["ff_mult"], dropout=m["dropout"],
-               token_dim=m["token_dim"])
+               token_dim=m["token_dim"], paired_tokens=bool(layout["paired"]),
+               audio_offset=layout["audio_offset"], token_l2_normalize=bool(m["token_l2_normalize"]))

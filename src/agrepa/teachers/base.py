@@ -10,8 +10,9 @@ batch's zero tail, or Whisper's 30 s window) never enters the mean: every
 teacher crops its input to the real length first and returns real frames only.
 
 Each teacher exposes ``name``, ``dim``, ``frame_rate`` (frames per second),
-``sample_rate`` and ``fingerprint()`` (a hash of its weights and settings, the
-embedding cache's invalidation key); :mod:`.registry` builds them by name.
+``granularity`` (frames per indivisible time step), ``sample_rate`` and
+``fingerprint()`` (a hash of its weights and settings, the embedding cache's
+invalidation key); :mod:`.registry` builds them by name.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class Teacher:
     name: str = "teacher"
     dim: int = 0
     frame_rate: float = 0.0
+    granularity: int = 1      # frames per indivisible time step (BEATs patches: 8 per 160 ms)
     sample_rate: int = 16000
     device: str = "cpu"
 
@@ -59,7 +61,8 @@ class Teacher:
         teacher's output could change."""
         return io.sha256_json({"name": self.name, "weights": self.weights_sha256(),
                                "settings": self.settings(), "dim": self.dim,
-                               "frame_rate": self.frame_rate, "sample_rate": self.sample_rate})
+                               "frame_rate": self.frame_rate, "granularity": self.granularity,
+                               "sample_rate": self.sample_rate})
 
     def resample(self, wave: Tensor | np.ndarray, sample_rate: int) -> Tensor:
         wave = torch.as_tensor(np.asarray(wave, dtype=np.float32) if not torch.is_tensor(wave) else wave)
@@ -94,7 +97,7 @@ class Teacher:
 
     def describe(self) -> dict:
         return {"teacher": self.name, "dim": self.dim, "frame_rate": self.frame_rate,
-                "sample_rate": self.sample_rate, "fingerprint": self.fingerprint()}
+                "granularity": self.granularity, "sample_rate": self.sample_rate, "fingerprint": self.fingerprint()}
 
 
 def pool_frames(frames: Tensor, n_real: int | None = None) -> Tensor:

@@ -19,8 +19,14 @@ position bias, "gru_rel_pos")::
     gate   = a * (b * grep_a - 1) + 2
     logits = q k^T / sqrt(d_h) + gate * bias[bucket(j - i)]
 
-Frame features for the teacher: the encoder output averaged over the frequency
-patches of each time step, i.e. one frame per 16 fbank frames (6.25 frames/s).
+Frame features for the teacher (``teachers.acoustic.beats_frames``):
+
+* ``patches`` -- the encoder's output sequence as it is, 8 frequency patches per
+  16-fbank-frame (160 ms) time step in (time, freq) order: 50 positions/s with a
+  granularity of 8 (the authors' AudioSet-tokenizer input, ``extract_features``);
+* ``time`` -- the mean over the 8 frequency patches of each time step (6.25 /s).
+
+The pooled embedding is the same either way (mean over all patches).
 
 Checkpoint format (the official one): a ``torch.save``-d dict with ``cfg`` (a
 dict of :class:`BEATsConfig` fields) and ``model`` (the state dict); fine-tuned
@@ -51,6 +57,7 @@ FBANK_MEAN = 15.41663
 FBANK_STD = 6.55582
 SAMPLE_RATE = 16000
 FBANK_RATE = 100.0  # fbank frames per second (10 ms shift)
+FRAME_KINDS = ("patches", "time")
 
 
 @dataclass
@@ -294,13 +301,17 @@ class BEATs(nn.Module):
             x = self.post_extract_proj(x)
         return self.encoder(self.dropout_input(x))
 
-    def time_frames(self, wave: Tensor) -> Tensor:
-        """Frame features [T // p, D] of one 16 kHz waveform: mean over frequency patches."""
+    def patch_frames(self, wave: Tensor) -> Tensor:
+        """Encoder output [(T // p) * (128 // p), D] of one 16 kHz waveform, (time, freq) order."""
         fb = self.fbank(wave)
         p = self.cfg.input_patch_size
         if fb.shape[0] < p:  # shorter than one patch: pad with the normalised zero level
             fb = F.pad(fb, (0, 0, 0, p - fb.shape[0]))
-        x = self.extract_features(fb[None])[0]
+        return self.extract_features(fb[None])[0]
+
+    def time_frames(self, wave: Tensor) -> Tensor:
+        """Frame features [T // p, D] of one 16 kHz waveform: mean over frequency patches."""
+        x = self.patch_frames(wave)
         return x.view(-1, self.n_freq_patches, x.shape[-1]).mean(1)
 
 
@@ -345,23 +356,29 @@ class BeatsTeacher(Teacher):
     name = "beats"
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, model: BEATs, weights_sha256: str, device: str = "cpu"):
+    def __init__(self, model: BEATs, weights_sha256: str, device: str = "cpu", frames: str = "patches"):
+        if frames not in FRAME_KINDS:
+            raise ValueError(f"teachers.acoustic.beats_frames: {frames!r}, expected one of {FRAME_KINDS}")
         self.device = device
         self.model = model.to(device).eval()
         self.dim = model.cfg.encoder_embed_dim
-        self.frame_rate = FBANK_RATE / model.cfg.input_patch_size
+        self.frame_kind = frames
+        self.granularity = model.n_freq_patches if frames == "patches" else 1
+        self.frame_rate = FBANK_RATE / model.cfg.input_patch_size * self.granularity
         self._sha = weights_sha256
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> "BeatsTeacher":
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", frames: str = "patches") -> "BeatsTeacher":
         model = load_checkpoint(path)
-        return cls(model, io.sha256_file(path), device=device)
+        return cls(model, io.sha256_file(path), device=device, frames=frames)
 
     def weights_sha256(self) -> str:
         return self._sha
 
     def settings(self) -> dict:
-        return {"cfg": self.model.cfg.to_dict(), "fbank": [FBANK_MEAN, FBANK_STD]}
+        return {"cfg": self.model.cfg.to_dict(), "fbank": [FBANK_MEAN, FBANK_STD], "frames": self.frame_kind}
 
     def frames(self, wave: Tensor) -> Tensor:
+        if self.frame_kind == "patches":
+            return self.model.patch_frames(wave.to(self.device)).cpu()
         return self.model.time_frames(wave.to(self.device)).cpu()

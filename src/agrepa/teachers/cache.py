@@ -3,7 +3,7 @@
 Output: an :mod:`agrepa.store` with, per clip id, ``pooled`` [D] (mean over real
 frames) and ``frames`` [T', D] (float32). ``index.json`` meta::
 
-    role, teacher, fingerprint, dim, frame_rate, sample_rate,
+    role, teacher, fingerprint, dim, frame_rate, granularity, sample_rate,
     manifest_sha256, cache_key = sha256(role, fingerprint, manifest_sha256), n_clips
 
 A second run with the same teacher (same fingerprint: weights + settings) and
@@ -74,7 +74,8 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
     if stale.exists():  # never leave an old index pointing at shards being rewritten
         stale.unlink()
     meta = {"role": role, "teacher": teacher.name, "fingerprint": fingerprint, "dim": teacher.dim,
-            "frame_rate": teacher.frame_rate, "sample_rate": teacher.sample_rate,
+            "frame_rate": teacher.frame_rate, "granularity": int(teacher.granularity),
+            "sample_rate": teacher.sample_rate,
             "manifest_sha256": manifest_sha, "cache_key": key, "n_clips": len(ids)}
     peak = cfg["audio"]["peak_normalize"]
     writer = StoreWriter(out, meta=meta, shard_size=int(cfg["teachers"]["shard_size"]))

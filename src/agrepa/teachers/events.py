@@ -163,7 +163,8 @@ def _clip_mels(manifest_path, rows, cfg: dict) -> list[Tensor]:
     max_samples = int(float(cfg["audio"]["max_seconds"]) * sr)
     mels = []
     for _, row in tqdm(rows.iterrows(), total=len(rows), desc="mels", leave=False):
-        wave = A.load_audio(resolve_path(manifest_path, row["path"]), sample_rate=sr, peak=peak)
+        wave = A.load_audio(resolve_path(manifest_path, row["path"]), sample_rate=sr, peak=peak,
+                            resampler=cfg["audio"]["resample"])
         mels.append(A.log_mel(torch.from_numpy(wave[:max_samples]), cfg["audio"]))
     return mels
 

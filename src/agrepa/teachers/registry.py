@@ -31,7 +31,7 @@ def _build_beats(cfg: dict, tcfg: dict, teacher_dir: str | os.PathLike | None) -
     ckpt = tcfg["checkpoint"] or teacher_dir
     if not ckpt:
         raise KeyError("teachers.<role>.checkpoint: the beats teacher needs a checkpoint path")
-    return BeatsTeacher.from_checkpoint(ckpt, device=str(resolve_device(cfg)))
+    return BeatsTeacher.from_checkpoint(ckpt, device=str(resolve_device(cfg)), frames=tcfg["beats_frames"])
 
 
 def _build_events(cfg: dict, tcfg: dict, teacher_dir: str | os.PathLike | None) -> Teacher:

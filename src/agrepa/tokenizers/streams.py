@@ -5,20 +5,25 @@ Streams and their tokenizers (``tokens.<stream>.kind``):
 * ``speech`` -- "S3-like": k-means on the semantic teacher's frames of the speech
   train clips (``kmeans``), or CosyVoice's S3 tokenizer from its ONNX file
   (``s3-onnx``, reads 16 kHz audio);
-* ``audio``  -- "AudioSet tokenizer": RepCodec-style VQ on the acoustic teacher's
-  frames of the audio train clips (``repcodec``);
-* ``beats``  -- Config B's extra stream: k-means on the acoustic teacher's frames
-  of the train clips of ``tokens.beats.domains``.
+* ``audio``  -- "AudioSet tokenizer": a RepCodec VQ-VAE on the acoustic teacher's
+  frames of the audio train clips (``repcodec``; on BEATs these are its patch
+  sequence, 50 /s, as the authors feed their tokenizer);
+* ``beats``  -- Config B's extra stream: BEATs' own acoustic tokenizer from its
+  official checkpoint (``beats-tokenizer``, reads 16 kHz audio; the authors'
+  choice, paper scale), or a stand-in: k-means on the acoustic teacher's frames of
+  the train clips of ``tokens.beats.domains`` (``kmeans``, the embedded default).
 
 A fitted tokenizer is a directory: ``config.json`` (kind, stream, k, dim,
-frame_rate, the feature store's teacher and fingerprint), the weights
-(``kmeans.safetensors`` or ``model.safetensors``; none for s3-onnx) and
-``metrics.json`` (codebook usage perplexity on the train frames).
+frame_rate, granularity, the feature store's teacher and fingerprint, or the
+pretrained model's path and sha256), the weights (``kmeans.safetensors`` or
+``model.safetensors``; none for the pretrained kinds) and ``metrics.json``
+(codebook usage perplexity on the train frames).
 
 Encoding (:func:`encode_manifest`) writes a store with tensor ``tokens`` (int64
-[N], ids of the unified vocabulary, :mod:`agrepa.tokenizers.vocab`) per clip;
+[N] or [N, 2], ids of the unified vocabulary, :mod:`agrepa.tokenizers.vocab`) per clip;
 Config A: speech clips -> speech tokens, audio clips -> audio tokens; Config B:
-each clip's primary tokens interleaved 1:1 with its BEATs tokens.
+each clip's primary tokens and its BEATs tokens side by side on one time grid
+([N, 2], the paper's 1:1 interleaving row by row; :mod:`agrepa.tokenizers.timing`).
 """
 from __future__ import annotations
 
@@ -32,30 +37,36 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .. import config as C
+from ..config import DOMAINS
 from .. import io
 from ..device import cpu_threads
 from ..store import Store, StoreWriter
 from .kmeans import KMeans, usage_stats
-from .repcodec import RepCodec, fit_repcodec
-from .vocab import STREAMS, Vocab, align_lengths, interleave, rate_summary
+from .repcodec import RepCodec, fit_repcodec, repcodec_settings
+from .timing import grid_granularity, pair_by_time
+from .vocab import STREAMS, Vocab, rate_summary
 
 CONFIG_KEYS = ("audio", "tokens")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
 FEATURE_ROLE = {"speech": "semantic", "audio": "acoustic", "beats": "acoustic"}
+AUDIO_KINDS = ("s3-onnx", "beats-tokenizer")   # pretrained tokenizers that read 16 kHz audio
 TOKEN_CONFIGS = ("A", "B")
 
 
 class Tokenizer:
     """A fitted tokenizer directory, loaded: ``encode_frames`` (teacher frames
-    [T, D] -> local codes [T]) or, for s3-onnx, ``encode_wave`` (16 kHz audio)."""
+    [T, D] -> local codes [T]) or, for s3-onnx / beats-tokenizer, ``encode_wave``
+    (16 kHz audio). ``frame_rate``: tokens per second; ``granularity``: tokens per
+    indivisible time step (:mod:`agrepa.tokenizers.timing`)."""
 
     def __init__(self, directory: Path, conf: dict, impl):
         self.directory, self.conf, self.impl = directory, conf, impl
         self.kind, self.stream = conf["kind"], conf["stream"]
         self.k, self.frame_rate = int(conf["k"]), float(conf["frame_rate"])
-        self.input = "audio" if self.kind == "s3-onnx" else "frames"
+        self.granularity = int(conf["granularity"])
+        self.input = "audio" if self.kind in AUDIO_KINDS else "frames"
 
     def encode_frames(self, frames: Tensor) -> Tensor:
         if self.input != "frames":
@@ -71,12 +82,12 @@ class Tokenizer:
         return io.sha256_json({p.name: io.sha256_file(p) for p in files})
 
 
-def load_tokenizer(directory: str | os.PathLike, threads: int = 1) -> Tokenizer:
+def load_tokenizer(directory: str | os.PathLike, threads: int = 1, device: str = "cpu") -> Tokenizer:
     directory = Path(directory)
     conf_path = directory / "config.json"
     if not conf_path.exists():
         raise FileNotFoundError(f"{conf_path}: tokenizer config missing (run `agrepa tokens fit`)")
-    conf = io.read_json(conf_path, required=("kind", "stream", "k", "frame_rate"))
+    conf = io.read_json(conf_path, required=("kind", "stream", "k", "frame_rate", "granularity"))
     kind = conf["kind"]
     if kind == "kmeans":
         impl = KMeans.load(directory)
@@ -85,8 +96,13 @@ def load_tokenizer(directory: str | os.PathLike, threads: int = 1) -> Tokenizer:
     elif kind == "s3-onnx":
         from .s3onnx import S3OnnxTokenizer
         impl = S3OnnxTokenizer(conf["onnx_path"], threads=threads, k=conf["k"])
-        if impl.sha256 != conf.get("sha256", impl.sha256):
+        if impl.sha256 != conf["sha256"]:
             raise ValueError(f"{conf['onnx_path']}: sha256 changed since `tokens fit` ({conf_path})")
+    elif kind == "beats-tokenizer":
+        from .beats_tokenizer import BeatsTokenizer
+        impl = BeatsTokenizer(conf["checkpoint"], device=device)
+        if impl.sha256 != conf["sha256"]:
+            raise ValueError(f"{conf['checkpoint']}: sha256 changed since `tokens fit` ({conf_path})")
     else:
         raise ValueError(f"{conf_path}: unknown tokenizer kind {kind!r}")
     return Tokenizer(directory, conf, impl)
@@ -112,12 +128,11 @@ def _load_frames(store: Store, ids: list[str]) -> list[Tensor]:
 def fit_stream(cfg: dict, stream: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
                features: str | os.PathLike | None = None) -> dict:
     """Fit the ``stream`` tokenizer; write ``out_dir``/{config.json, weights, metrics.json}."""
-    from ..corpora.manifest import read_manifest, resolve_path
+    from ..corpora.manifest import read_manifest
 
     if stream not in STREAMS:
         raise ValueError(f"--stream {stream!r}: expected one of {STREAMS}")
     scfg = cfg["tokens"][stream]
-    seed = int(cfg["tokens"]["seed"])
     kind, k = scfg["kind"], int(scfg["k"])
     manifest = read_manifest(manifest_path)
     ids = train_ids(manifest, stream, cfg)
@@ -125,54 +140,14 @@ def fit_stream(cfg: dict, stream: str, manifest_path: str | os.PathLike, out_dir
         raise ValueError(f"{manifest_path}: no train clips for the {stream} stream")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    conf = {"kind": kind, "stream": stream, "k": k, "seed": seed, "n_clips": len(ids),
+    conf = {"kind": kind, "stream": stream, "k": k, "seed": int(cfg["tokens"]["seed"]), "n_clips": len(ids),
             "manifest_sha256": io.sha256_file(manifest_path)}
-
-    if kind == "s3-onnx":
-        if stream != "speech":
-            raise ValueError(f"tokens.{stream}.kind: s3-onnx is a speech tokenizer")
-        from .s3onnx import SAMPLE_RATE, S3OnnxTokenizer
-        from .. import audio as A
-        tok = S3OnnxTokenizer(scfg["onnx_path"], threads=cpu_threads(), k=k)
-        peak = cfg["audio"]["peak_normalize"]
-        rows = manifest.set_index("id").loc[ids]
-        codes = torch.cat([torch.from_numpy(tok.encode_wave(A.load_audio(resolve_path(manifest_path, p),
-                                                                          SAMPLE_RATE, peak=peak)))
-                           for p in tqdm(rows["path"], desc="s3 tokens", leave=False)])
-        conf.update({"onnx_path": str(tok.path.resolve()), "sha256": tok.sha256,
-                     "frame_rate": float(scfg["onnx_token_rate"]), "dim": None, "features": None})
-        metrics = usage_stats(codes, k)
+    if kind in AUDIO_KINDS:
+        metrics = _fit_pretrained(cfg, stream, manifest_path, manifest, ids, conf)
     else:
         if features is None:
             raise ValueError(f"tokens fit --stream {stream}: --features STORE is required for {kind}")
-        store = Store(features)
-        want = FEATURE_ROLE[stream]
-        if store.meta.get("role") not in (None, want):
-            raise ValueError(f"{store.dir}: holds {store.meta.get('role')} features; the {stream} "
-                             f"stream is fitted on {want} features")
-        frames = _load_frames(store, ids)
-        conf.update({"frame_rate": float(store.meta["frame_rate"]), "dim": int(frames[0].shape[1]),
-                     "features": {k_: store.meta.get(k_) for k_ in ("teacher", "fingerprint", "cache_key")}})
-        if kind == "kmeans":
-            x = torch.cat(frames)
-            cap = int(scfg["max_frames"] or 0)
-            if cap and x.shape[0] > cap:
-                x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:cap]]
-            model, fit_info = KMeans.fit(x, k, seed=seed, iters=int(scfg["iters"]))
-            model.save(out)
-            metrics = usage_stats(torch.cat([model.encode(f) for f in frames]), k)
-            metrics.update(fit_info)
-        elif kind == "repcodec":
-            model, metrics = fit_repcodec(frames, k=k, code_dim=int(scfg["dim"]),
-                                          hidden=int(scfg["hidden"]), steps=int(scfg["steps"]),
-                                          lr=float(scfg["lr"]), commitment=float(scfg["commitment"]),
-                                          seed=seed, batch_size=int(scfg["batch_size"]),
-                                          window=int(scfg["window"]),
-                                          restart_every=int(scfg["restart_every"]))
-            model.save(out)
-            conf["arch"] = model.arch
-        else:
-            raise ValueError(f"tokens.{stream}.kind: unknown tokenizer kind {kind!r}")
+        metrics = _fit_on_frames(cfg, stream, Store(features), ids, conf, out)
     metrics.update({"stream": stream, "kind": kind, **rate_summary(conf["frame_rate"], cfg["audio"])})
     io.write_json(out / "config.json", conf)
     io.write_json(out / "metrics.json", metrics)
@@ -182,7 +157,106 @@ def fit_stream(cfg: dict, stream: str, manifest_path: str | os.PathLike, out_dir
     return metrics
 
 
+def _audio_tokenizer(cfg: dict, stream: str, threads: int):
+    """The pretrained tokenizer ``tokens.<stream>`` names (it reads 16 kHz audio)."""
+    scfg = cfg["tokens"][stream]
+    kind = scfg["kind"]
+    if kind == "s3-onnx":
+        if stream != "speech":
+            raise ValueError(f"tokens.{stream}.kind: s3-onnx is a speech tokenizer")
+        from .s3onnx import S3OnnxTokenizer
+        return S3OnnxTokenizer(scfg["onnx_path"], threads=threads, k=int(scfg["k"]))
+    if stream != "beats":
+        raise ValueError(f"tokens.{stream}.kind: beats-tokenizer is Config B's BEATs stream")
+    from ..device import resolve_device
+    from .beats_tokenizer import BeatsTokenizer
+    return BeatsTokenizer(scfg["checkpoint"], device=str(resolve_device(cfg)))
+
+
+def _fit_pretrained(cfg: dict, stream: str, manifest_path, manifest, ids: list[str], conf: dict) -> dict:
+    """Nothing to fit: record the model file, its rate, and its codebook usage on the train clips
+    (a seeded sample of at most ``tokens.usage_max_clips``)."""
+    from .. import audio as A
+    from ..corpora.manifest import resolve_path
+
+    scfg = cfg["tokens"][stream]
+    tok = _audio_tokenizer(cfg, stream, cpu_threads())
+    if tok.kind == "s3-onnx":
+        rate, granularity = float(scfg["onnx_token_rate"]), 1
+        conf.update({"onnx_path": str(tok.path.resolve())})
+    else:
+        if tok.k != conf["k"]:
+            raise ValueError(f"tokens.beats.k = {conf['k']}, but {tok.path} has {tok.k} codes")
+        rate, granularity = tok.frame_rate, tok.granularity
+        conf.update({"checkpoint": str(tok.path.resolve())})
+    conf.update({"sha256": tok.sha256, "frame_rate": rate, "granularity": granularity, "dim": None,
+                 "features": None})
+    cap = cfg["tokens"]["usage_max_clips"]
+    if cap is not None and len(ids) > int(cap):
+        pick = torch.randperm(len(ids), generator=torch.Generator().manual_seed(conf["seed"]))[:int(cap)]
+        ids = [ids[i] for i in sorted(pick.tolist())]
+    rows = manifest.set_index("id").loc[ids]
+    peak = cfg["audio"]["peak_normalize"]
+    codes = torch.cat([torch.from_numpy(tok.encode_wave(A.load_audio(resolve_path(manifest_path, p), 16000,
+                                                                     peak=peak)))
+                       for p in tqdm(rows["path"], desc=f"{tok.kind} usage", leave=False)])
+    return {**usage_stats(codes, conf["k"]), "usage_clips": len(ids)}
+
+
+def _fit_on_frames(cfg: dict, stream: str, store: Store, ids: list[str], conf: dict, out: Path) -> dict:
+    """Fit k-means or the RepCodec VQ on the train clips' teacher frames."""
+    scfg = cfg["tokens"][stream]
+    kind, k, seed = scfg["kind"], conf["k"], conf["seed"]
+    want = FEATURE_ROLE[stream]
+    if store.meta.get("role") not in (None, want):
+        raise ValueError(f"{store.dir}: holds {store.meta.get('role')} features; the {stream} "
+                         f"stream is fitted on {want} features")
+    for key in ("frame_rate", "granularity"):
+        if key not in store.meta:
+            raise KeyError(f"{store.dir / 'index.json'}: meta has no {key!r} (re-run `agrepa teacher embed`)")
+    frames = _load_frames(store, ids)
+    conf.update({"frame_rate": float(store.meta["frame_rate"]), "granularity": int(store.meta["granularity"]),
+                 "dim": int(frames[0].shape[1]),
+                 "features": {k_: store.meta.get(k_) for k_ in ("teacher", "fingerprint", "cache_key")}})
+    if kind == "kmeans":
+        x = torch.cat(frames)
+        cap = int(scfg["max_frames"] or 0)
+        if cap and x.shape[0] > cap:
+            x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:cap]]
+        model, fit_info = KMeans.fit(x, k, seed=seed, iters=int(scfg["iters"]))
+        model.save(out)
+        metrics = usage_stats(torch.cat([model.encode(f) for f in frames]), k)
+        metrics.update(fit_info)
+    elif kind == "repcodec":
+        from ..device import resolve_device
+        model, metrics = fit_repcodec(frames, k=k, seed=seed, granularity=conf["granularity"],
+                                      device=resolve_device(cfg), **repcodec_settings(scfg))
+        model.save(out)
+        conf["arch"] = model.arch
+    else:
+        raise ValueError(f"tokens.{stream}.kind: unknown tokenizer kind {kind!r}")
+    return metrics
+
+
 # ----------------------------------------------------------------------------- encode
+def store_timing(toks: dict[str, "Tokenizer"], token_config: str, cfg_audio: dict) -> dict:
+    """The token store's time meta (:mod:`agrepa.tokenizers.timing`): each stream's
+    own ``token_rate`` and ``granularity``, and per domain the rows of ``tokens``
+    per second (``position_rate``), their ``granularity`` and ``columns`` (streams)."""
+    rate = {s: t.frame_rate for s, t in toks.items()}
+    gran = {s: t.granularity for s, t in toks.items()}
+    position_rate, granularity, columns = {}, {}, {}
+    for domain in DOMAINS:
+        streams = [domain, "beats"] if token_config == "B" else [domain]
+        r = max(rate[s] for s in streams)
+        position_rate[domain] = r
+        granularity[domain] = grid_granularity({s: rate[s] for s in streams}, gran, r)
+        columns[domain] = streams
+    return {"token_rate": rate, "token_granularity": gran, "position_rate": position_rate,
+            "granularity": granularity, "columns": columns, "paired": token_config == "B",
+            "mel_rate": rate_summary(1.0, cfg_audio)["mel_rate"]}
+
+
 def _check_features(tok: Tokenizer, store: Store) -> None:
     want = (tok.conf.get("features") or {}).get("fingerprint")
     have = store.meta.get("fingerprint")
@@ -202,10 +276,13 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
         raise ValueError(f"--token-config {token_config!r}: expected A or B")
     if token_config == "B" and beats_model is None:
         raise ValueError("--token-config B needs --beats-model")
-    threads = cpu_threads()
-    toks = {"speech": load_tokenizer(speech_model, threads), "audio": load_tokenizer(audio_model, threads)}
+    from ..device import resolve_device
+
+    threads, device = cpu_threads(), str(resolve_device(cfg))
+    toks = {"speech": load_tokenizer(speech_model, threads, device),
+            "audio": load_tokenizer(audio_model, threads, device)}
     if token_config == "B":
-        toks["beats"] = load_tokenizer(beats_model, threads)
+        toks["beats"] = load_tokenizer(beats_model, threads, device)
     for stream, tok in toks.items():
         if tok.stream != stream:
             raise ValueError(f"{tok.directory}: a {tok.stream} tokenizer given as the {stream} model")
@@ -231,14 +308,8 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
             raise KeyError(f"{store.dir}: no features for clip id {row['id']!r}")
         return tok.encode_frames(store.load("frames", [row["id"]])[row["id"]])
 
-    token_rate = {s: t.frame_rate for s, t in toks.items()}
-    sequence_rate = {}
-    for domain, primary in (("speech", "speech"), ("audio", "audio")):
-        r = token_rate[primary]
-        sequence_rate[domain] = 2 * max(r, token_rate["beats"]) if token_config == "B" else r
-    meta = {"token_config": token_config, **vocab.to_meta(), "token_rate": token_rate,
-            "sequence_rate": sequence_rate, "mel_rate": rate_summary(1.0, cfg["audio"])["mel_rate"],
-            "interleaved": token_config == "B",
+    timing = store_timing(toks, token_config, cfg["audio"])
+    meta = {"token_config": token_config, **vocab.to_meta(), **timing,
             "tokenizers": {s: {"dir": str(t.directory), "kind": t.kind, "fingerprint": t.fingerprint()}
                            for s, t in toks.items()},
             "manifest_sha256": io.sha256_file(manifest_path)}
@@ -252,10 +323,10 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
         primary = row["domain"]  # speech -> speech stream, audio -> audio stream
         ids = vocab.to_global(primary, codes(primary, row))
         if token_config == "B":
-            a, b = align_lengths(ids, vocab.to_global("beats", codes("beats", row)))
-            ids = interleave(a, b)
+            ids, _ = pair_by_time(ids, vocab.to_global("beats", codes("beats", row)),
+                                  toks[primary].frame_rate, toks["beats"].frame_rate)
         writer.add(row["id"], {"tokens": ids.to(torch.int64)})
-        lengths.append(int(ids.numel()))
+        lengths.append(int(ids.shape[0]))
     writer.close()
     C.save_resolved(cfg, out)
     log.info("tokens %s: %d clips, vocab %d, mean length %.1f", token_config, len(lengths), vocab.vocab_size,

@@ -2,7 +2,7 @@
 
 Vocabulary layout (ids the DiT's embedding table sees)::
 
-    0                               padding (agrepa.model.dit.PAD_ID)
+    0                               padding (agrepa.config.PAD_ID)
     1 .. K_s                        speech codebook   (offset_speech = 1)
     1 + K_s .. K_s + K_a            audio codebook    (offset_audio  = 1 + K_s)
     1 + K_s + K_a .. + K_b          "BEATs" codebook  (offset_beats  = 1 + K_s + K_a; Config B only)
@@ -11,21 +11,20 @@ Vocabulary layout (ids the DiT's embedding table sees)::
 
 A stream's local code c becomes the global id ``offset_stream + c``.
 
-Config B: a clip's primary tokens p (speech or audio stream) and its BEATs
-tokens b are first brought to the same length -- the shorter sequence is
-stretched to the longer by nearest-index interpolation,
-``short[floor((i + 0.5) * n_short / n_long)]`` for i < n_long -- and then
-interleaved 1:1 as ``[p_1, b_1, p_2, b_2, ...]`` (:func:`interleave`;
-:func:`deinterleave` inverts it exactly).
+Config B: a clip's primary tokens and its BEATs tokens are placed on one time
+grid (:func:`agrepa.tokenizers.timing.pair_by_time`) and stored side by side as
+``[N, 2]`` rows ``[primary_i, beats_i]``; the paper's 1:1 interleaved sequence
+``[p_1, b_1, p_2, b_2, ...]`` is that tensor flattened row by row. The model
+embeds both columns and fuses them position by position (the authors'
+dual-codebook front end, :mod:`agrepa.model.tokens`).
 
-Frame rates: tokens are stored at their own rate (the teacher's frame rate:
-50 /s for Whisper, 23.4375 /s for the event teacher, 6.25 /s for BEATs;
-an interleaved Config B sequence runs at twice the rate of its longer stream).
-The mel spectrogram runs at ``audio.sample_rate / audio.hop_length`` = 24000 /
-256 = 93.75 frames/s. Tokens are NOT resampled here: the model linearly
-interpolates each clip's tokens to its mel length (``agrepa.model.dit.interpolate_tokens``),
-so the ratio ``mel_rate / token_rate`` only needs to be recorded
-(:func:`rate_summary`), never enforced.
+Frame rates: a stream's tokens run at its tokenizer's rate (the teacher's frame
+rate: 50 /s for Whisper, 23.4375 /s for the event teacher, 6.25 /s for BEATs
+time frames or 50 /s for its patch sequence, 50 /s for S3). The mel spectrogram
+runs at ``audio.sample_rate / audio.hop_length`` = 24000 / 256 = 93.75 frames/s.
+Tokens are NOT resampled here: the model linearly interpolates each crop's tokens
+to its mel frames, and :mod:`agrepa.tokenizers.timing` cuts tokens and mel to the
+same time span (:func:`rate_summary` records the ratio).
 """
 from __future__ import annotations
 
@@ -101,36 +100,6 @@ class Vocab:
         if "vocab_size" in meta and int(meta["vocab_size"]) != v.vocab_size:
             raise ValueError(f"token store meta: vocab_size {meta['vocab_size']} != {v.vocab_size} from sizes")
         return v
-
-
-def stretch(x: Tensor, n: int) -> Tensor:
-    """Nearest-index interpolation of a 1-D sequence to length ``n``:
-    ``out[i] = x[floor((i + 0.5) * len(x) / n)]``."""
-    if x.numel() == 0:
-        raise ValueError("stretch: empty sequence")
-    idx = torch.div((torch.arange(n) * 2 + 1) * x.numel(), 2 * n, rounding_mode="floor")
-    return x[idx.clamp(max=x.numel() - 1)]
-
-
-def align_lengths(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Stretch the shorter of two 1-D sequences to the longer one's length."""
-    n = max(a.numel(), b.numel())
-    return (a if a.numel() == n else stretch(a, n)), (b if b.numel() == n else stretch(b, n))
-
-
-def interleave(a: Tensor, b: Tensor) -> Tensor:
-    """``[a_1, b_1, a_2, b_2, ...]`` of two equal-length 1-D sequences."""
-    if a.shape != b.shape or a.dim() != 1:
-        raise ValueError(f"interleave: need two 1-D sequences of equal length, got {tuple(a.shape)} "
-                         f"and {tuple(b.shape)} (align_lengths first)")
-    return torch.stack([a, b], dim=1).reshape(-1)
-
-
-def deinterleave(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Inverse of :func:`interleave`: the even and the odd positions."""
-    if x.dim() != 1 or x.numel() % 2:
-        raise ValueError(f"deinterleave: need a 1-D sequence of even length, got {tuple(x.shape)}")
-    return x[0::2].clone(), x[1::2].clone()
 
 
 def rate_summary(token_rate: float, cfg_audio: dict | None = None) -> dict:

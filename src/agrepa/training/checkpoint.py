@@ -6,7 +6,7 @@ evaluation), the EMA of weights and RNG states.
 A checkpoint is a dict of tensors and plain Python (lists, dicts, numbers, strings), so it
 loads with ``torch.load(path, weights_only=True)``. Keys: ``format``, the run's identity
 (:class:`RunSpec`: phase, method, seed, total_steps, layers, weights, selection, init,
-vocab_size, teacher_dims, config), the state (model, ema, bitc, repa, optimizer,
+vocab_size, token_layout, teacher_dims, config), the state (model, ema, bitc, repa, optimizer,
 scheduler, sampler, step), ``rng`` (one entry per process), ``world_size`` and
 ``metrics`` (the metrics.csv rows so far).
 """
@@ -127,6 +127,7 @@ class RunSpec:
     selection: str | None
     init: str | None
     vocab_size: int
+    token_layout: dict         # {"paired", "audio_offset"} of the token store (Config A / B)
     teacher_dims: dict
     config: dict
 
@@ -230,7 +231,7 @@ def load_run(path: str | os.PathLike, map_location="cpu", use_ema: bool = True) 
     the weights a branch starts from)."""
     ck = read_checkpoint(path, "checkpoint")
     cfg = ck["config"]
-    model = build_model(cfg, ck["vocab_size"])
+    model = build_model(cfg, ck["vocab_size"], ck.get("token_layout"))  # absent: an older Config A checkpoint
     bitc = BiTCHeads(model.token_dim, ck["teacher_dims"], cfg["train"]["bitc_weight"])
     src = ck["ema"] if use_ema else {"model": ck["model"], "bitc": ck["bitc"]}
     model.load_state_dict(src["model"])

@@ -11,7 +11,10 @@ key                shape / type        meaning
 =================  ==================  =============================================
 ``mel``            [B, T, n_mels]      normalised mel crop (x1 of the flow), 0-padded
 ``mask``           [B, T] bool         True on real frames
-``tokens``         [B, N] int64        the crop's token span, left-aligned, 0-padded
+``tokens``         [B, N(, 2)] int64   the crop's token span, left-aligned, 0-padded
+                                       ([B, N, 2] for Config B: primary, BEATs)
+``crop``           [B, 2] int64        the crop's mel frames [f0, f1) in the (cut) clip
+``token_span``     [B, 2] int64        its token rows [a, b)
 ``prompt``         [B, T, n_mels]      reference mel: the crop's first p frames, 0 beyond
 ``prompt_mask``    [B, T] bool         True on the p prompt frames
 ``domain``         [B] int64           0 speech, 1 audio (:data:`DOMAINS`)
@@ -20,11 +23,18 @@ key                shape / type        meaning
 ``ids``            list[str]           clip ids
 =================  ==================  =============================================
 
-Crop: a window of ``L = min(T_clip, round(train.crop_seconds * sr / hop))`` frames
-starting at ``floor(u * (T_clip - L + 1))`` for ``u`` in [0, 1). Tokens are cropped
-by time with the clip's own token/frame ratio ``r = N / T_clip``: token span
-``[floor(start * r), ceil((start + L) * r))`` (at least one token), which the model
-then interpolates to the L mel frames.
+Tokens and mel share one time axis (:mod:`agrepa.tokenizers.timing`): the token
+store's ``position_rate`` / ``granularity`` per domain give each clip's token grid.
+On loading, a clip whose token and mel durations disagree by more than one token
+is rejected with the reason (``rejected``), and a clip longer than
+``audio.max_seconds`` is cut to its first whole token steps within that length --
+tokens and mel to the same span. Crop: ``n = floor(train.crop_seconds * r)``
+tokens (whole steps) starting at step ``floor(u * n_starts)``, ``u`` in [0, 1),
+and the mel frames of exactly that span (``timing.token_window``); a clip no
+longer than the crop is taken whole. Config B's rows hold both streams (primary,
+BEATs) placed on the grid by time, so one window cuts both at their own rates.
+The model interpolates the window's tokens onto its frames. ``crop`` / ``token_span``
+record each item's mel frames ``[f0, f1)`` and token rows ``[a, b)``.
 
 Prompt (as the paper's code): a prefix of ``p = floor(v * (floor(f * L) + 1))``
 frames of the crop, ``v`` in [0, 1), ``f = train.prompt_max_fraction`` (so
@@ -54,6 +64,7 @@ from torch import Tensor
 from ..config import DOMAINS
 from ..corpora.mels import load_stats
 from ..store import Store
+from ..tokenizers.timing import Grid, duration_mismatch, token_window
 
 CONFIG_KEYS = ("audio", "train")  # config sections this module reads
 
@@ -87,9 +98,28 @@ def frames_per_second(cfg: dict) -> float:
     return cfg["audio"]["sample_rate"] / cfg["audio"]["hop_length"]
 
 
+def token_meta(toks: Store, mel_rate: float, crop_seconds: float) -> tuple[int, dict, dict[int, Grid]]:
+    """``(vocab_size, token_layout, {domain id: Grid})`` from a token store's meta
+    (:func:`agrepa.tokenizers.streams.store_timing`); a missing key is named, and a crop
+    shorter than one token step is refused."""
+    for key in ("vocab_size", "offsets", "paired", "position_rate", "granularity"):
+        if key not in toks.meta:
+            raise KeyError(f"{toks.dir / 'index.json'}: meta has no {key!r} (re-run `agrepa tokens encode`)")
+    meta = toks.meta
+    layout = {"paired": bool(meta["paired"]), "audio_offset": int(meta["offsets"]["audio"]) if meta["paired"] else None}
+    grids = {DOMAINS.index(d): Grid(float(meta["position_rate"][d]), int(meta["granularity"][d]), mel_rate)
+             for d in DOMAINS}
+    for d, grid in grids.items():
+        if crop_seconds < grid.granularity / grid.rate - 1e-9:
+            raise ValueError(f"train.crop_seconds: {crop_seconds} s is shorter than one {DOMAINS[d]} token step "
+                             f"({grid.granularity / grid.rate:.4g} s, {toks.dir})")
+    return int(meta["vocab_size"]), layout, grids
+
+
 def crop_frames(cfg: dict) -> int:
-    """Training crop length in mel frames (``train.crop_seconds`` at the mel rate)."""
-    n = int(round(float(cfg["train"]["crop_seconds"]) * frames_per_second(cfg)))
+    """Longest training crop in mel frames: ``ceil(train.crop_seconds * mel rate)`` (a crop
+    is whole token steps within ``crop_seconds``, :mod:`agrepa.tokenizers.timing`)."""
+    n = int(math.ceil(float(cfg["train"]["crop_seconds"]) * frames_per_second(cfg) - 1e-9))
     if n < 1:
         raise ValueError(f"train.crop_seconds: gives {n} frames; must give at least 1")
     return n
@@ -152,16 +182,16 @@ class TrainingData:
                        ("train.eval_prompt_fraction", self.eval_prompt_fraction)):
             if not 0.0 <= f < 1.0:
                 raise ValueError(f"{key}: must lie in [0, 1), got {f}")
-        self.max_frames = int(math.floor(float(cfg["audio"]["max_seconds"]) * frames_per_second(cfg)))
+        self.max_seconds = float(cfg["audio"]["max_seconds"])
+        self.crop_seconds = float(cfg["train"]["crop_seconds"])
         df = split_rows(data.manifest, split)
         if ids is not None:                                  # a subset (the probe sample)
             df = df[df["id"].astype(str).isin(set(ids))]
         self.mel_store, self.token_store = Store(data.mels), Store(data.tokens)
         self.teacher_stores = {name: Store(path) for name, path in data.teachers().items()}
         self.mean, self.std = load_stats(self.mel_store, self.n_mels)
-        if "vocab_size" not in self.token_store.meta:
-            raise KeyError(f"{self.token_store.dir / 'index.json'}: meta has no 'vocab_size'")
-        self.vocab_size = int(self.token_store.meta["vocab_size"])
+        self.vocab_size, self.token_layout, self.grids = token_meta(self.token_store, frames_per_second(cfg),
+                                                                    self.crop_seconds)
         self.teacher_dims = {name: self._teacher_dim(store) for name, store in self.teacher_stores.items()}
 
         self.ids: list[str] = []
@@ -171,6 +201,7 @@ class TrainingData:
         self.emb = {name: [] for name in TEACHERS}
         skipped = [(cid, why) for cid, dom in zip(df["id"].astype(str), df["domain"])
                    if (why := self._add_clip(cid, dom)) is not None]
+        self.rejected = skipped   # (clip id, why)
         if skipped:
             log.warning("%s split: skipped %d clip(s) (e.g. %s)", split, len(skipped),
                         "; ".join(f"{i}: {why}" for i, why in skipped[:3]))
@@ -182,7 +213,8 @@ class TrainingData:
                  self.domain.count(0), self.domain.count(1))
 
     def _add_clip(self, clip_id: str, dom: str) -> str | None:
-        """Load one clip (normalised mel, tokens, teacher embeddings); the reason if it is skipped."""
+        """Load one clip (normalised mel and tokens cut to the same span within
+        ``audio.max_seconds``, teacher embeddings); the reason if it is skipped."""
         mels, toks = self.mel_store, self.token_store
         teacher = DOMAIN_TEACHER[dom]
         missing = [name for name, s in (("mels", mels), ("tokens", toks), (teacher, self.teacher_stores[teacher]))
@@ -194,14 +226,26 @@ class TrainingData:
             raise ValueError(f"{mels.dir}: mel of {clip_id!r} has shape {tuple(mel.shape)}, "
                              f"expected [T, {self.n_mels}]")
         tok = toks.load("tokens", [clip_id])[clip_id].long()
-        if tok.dim() != 1 or tok.numel() == 0 or int(tok.min()) < 1 or int(tok.max()) >= self.vocab_size:
-            return "empty or out-of-range token ids"
+        grid = self.grids[DOMAINS.index(dom)]
+        why = self._token_problem(tok) or duration_mismatch(tok.shape[0], mel.shape[0], grid)
+        if why:
+            return why
+        _, b, _, f1 = token_window(tok.shape[0], mel.shape[0], grid, grid.positions(self.max_seconds))
         self.ids.append(clip_id)
         self.domain.append(DOMAINS.index(dom))
-        self.mels.append(((mel[:self.max_frames] - self.mean) / self.std).contiguous())
-        self.tokens.append(tok)
+        self.mels.append(((mel[:f1] - self.mean) / self.std).contiguous())
+        self.tokens.append(tok[:b].contiguous())
         for name in TEACHERS:
             self.emb[name].append(self._embedding(name, clip_id))
+        return None
+
+    def _token_problem(self, tok: Tensor) -> str | None:
+        shape = "[N, 2]" if self.token_layout["paired"] else "[N]"
+        if tok.dim() != (2 if self.token_layout["paired"] else 1) or (tok.dim() == 2 and tok.shape[1] != 2) \
+                or tok.shape[0] == 0:
+            return f"tokens of shape {tuple(tok.shape)}, expected {shape}"
+        if int(tok.min()) < 1 or int(tok.max()) >= self.vocab_size:
+            return f"token ids outside [1, {self.vocab_size})"
         return None
 
     def _embedding(self, teacher: str, clip_id: str) -> Tensor:
@@ -248,15 +292,15 @@ class TrainingData:
         B = len(indices)
         if B == 0:
             raise ValueError("collate: empty list of clips")
-        crops, spans, plens = [], [], []
+        crops, spans, plens, windows = [], [], [], []
         for j, i in enumerate(indices):
             mel, tok = self.mels[i], self.tokens[i]
-            T, N = mel.shape[0], tok.shape[0]
-            L = min(T, self.crop)
-            start = 0 if crop_pos is None else min(int(float(crop_pos[j]) * (T - L + 1)), T - L)
-            a = int(math.floor(start * N / T))
-            b = max(a + 1, min(N, int(math.ceil((start + L) * N / T))))
-            crops.append(mel[start:start + L])
+            grid = self.grids[self.domain[i]]
+            u = None if crop_pos is None else float(crop_pos[j])
+            a, b, f0, f1 = token_window(tok.shape[0], mel.shape[0], grid, grid.positions(self.crop_seconds), u)
+            windows.append((f0, f1, a, b))
+            L = f1 - f0
+            crops.append(mel[f0:f1])
             spans.append(tok[a:b])
             if prompt_pos is None:
                 p = int(math.floor(self.eval_prompt_fraction * L))
@@ -268,7 +312,7 @@ class TrainingData:
         N = max(s.shape[0] for s in spans)
         mel = torch.zeros(B, T, self.n_mels)
         mask = torch.zeros(B, T, dtype=torch.bool)
-        tokens = torch.zeros(B, N, dtype=torch.long)
+        tokens = torch.zeros(B, N, *spans[0].shape[1:], dtype=torch.long)
         prompt_mask = torch.zeros(B, T, dtype=torch.bool)
         for j, (c, s, p) in enumerate(zip(crops, spans, plens)):
             mel[j, :c.shape[0]] = c
@@ -280,6 +324,8 @@ class TrainingData:
             "mel": mel,
             "mask": mask,
             "tokens": tokens,
+            "crop": torch.tensor([w[:2] for w in windows], dtype=torch.long),
+            "token_span": torch.tensor([w[2:] for w in windows], dtype=torch.long),
             "prompt": mel * prompt_mask[..., None],
             "prompt_mask": prompt_mask,
             "domain": torch.as_tensor([self.domain[i] for i in indices], dtype=torch.long),

@@ -54,6 +54,7 @@ from .. import config as config_mod
 from .. import io
 from ..device import move_batch, resolve_device
 from ..model.dit import build_model
+from ..model.tokens import CONFIG_A_LAYOUT
 from . import distributed as dist_mod
 from .checkpoint import EMA, RunSpec, TrainState, read_checkpoint, resume, rng_state, seed_everything, set_rng_state
 from .dataset import BalancedSampler, DataPaths, TrainingData, crop_frames, derive_seed, generator, shard
@@ -312,7 +313,7 @@ def initial_state(loop: Loop, clips: TrainingData, method: str, init_ck: dict | 
     (branch) and, with ``train.branch_start: continue``, its optimiser, data stream and RNG."""
     cfg, tc, seed = loop.cfg, loop.cfg["train"], loop.seed
     seed_everything(derive_seed(seed, "init"))
-    model = build_model(cfg, clips.vocab_size)
+    model = build_model(cfg, clips.vocab_size, clips.token_layout)
     check_bitc_width(cfg, model)
     bitc = BiTCHeads(model.token_dim, clips.teacher_dims, tc["bitc_weight"])
     plan = {}
@@ -335,7 +336,8 @@ def initial_state(loop: Loop, clips: TrainingData, method: str, init_ck: dict | 
             sampler.load_state_dict(init_ck["sampler"])
     spec = RunSpec(loop.phase, method, seed, loop.total, loop.start, plan_to_json(plan),
                    None if selection is None else str(selection),
-                   None if init_ck is None else str(init_ck["path"]), clips.vocab_size, dict(clips.teacher_dims), cfg)
+                   None if init_ck is None else str(init_ck["path"]), clips.vocab_size, dict(clips.token_layout),
+                   dict(clips.teacher_dims), cfg)
     state = TrainState(spec, model, bitc, repa, ema, opt, loop.schedule(opt, init_ck), sampler)
     if loop.continues and init_ck is not None and init_ck["world_size"] == loop.dist.world_size:
         set_rng_state(init_ck["rng"][loop.dist.rank])     # dropout continues the warm-up's stream
@@ -459,6 +461,9 @@ def read_init(path: Path, clips: TrainingData) -> dict:
         raise ValueError(f"{path}: a {ck['phase']} checkpoint; --init takes the warm-up's final.pt")
     if ck["vocab_size"] != clips.vocab_size:
         raise ValueError(f"{path}: vocab_size {ck['vocab_size']} differs from the token store's {clips.vocab_size}")
+    if dict(ck.get("token_layout") or CONFIG_A_LAYOUT) != dict(clips.token_layout):
+        raise ValueError(f"{path}: token layout {ck.get('token_layout')} differs from the token store's "
+                         f"{clips.token_layout} (Config A vs B?)")
     if dict(ck["teacher_dims"]) != dict(clips.teacher_dims):
         raise ValueError(f"{path}: teacher dims {ck['teacher_dims']} differ from the stores' {clips.teacher_dims}")
     return ck
