@@ -197,10 +197,12 @@ def _imported_modules(name: str, tree: ast.AST) -> set[str]:
     return {m for m in found if _module_file(m)}
 
 
+@lru_cache(maxsize=None)
 def config_keys(module: str) -> tuple[str, ...]:
     """The config keys a stage reads: the ``CONFIG_KEYS`` of ``module`` and of every agrepa module it
     imports, transitively, found by parsing the sources (nothing is imported, so the workflow can ask
-    cheaply). Keys are dotted sections; ``{name}`` stands for a rule wildcard (``methods.{method}``)."""
+    cheaply; cached, as every job of a rule asks). Keys are dotted sections; ``{name}`` stands for a rule
+    wildcard (``methods.{method}``)."""
     keys: set[str] = set()
     seen: set[str] = set()
     todo = [module]
