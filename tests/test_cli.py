@@ -19,7 +19,8 @@ def test_help_lists_every_subcommand_grouped_by_stage():
     listing = out.split("commands, by stage")[1]
     expected = {"data": ["data"], "teachers": ["teacher"], "tokens": ["tokens"], "training": ["train"],
                 "probing": ["probe", "select"], "generation": ["sample"],
-                "evaluation": ["evaluate", "convergence", "listening-test"], "reports": ["report"]}
+                "evaluation": ["evaluate", "convergence", "listening-test"],
+                "attention caching": ["lsac-probe", "lsac-select", "lsac-eval"], "reports": ["report"]}
     blocks = {}
     for line in listing.splitlines()[1:]:
         if line and not line.startswith(" "):

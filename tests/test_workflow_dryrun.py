@@ -27,11 +27,14 @@ def test_default_config_plans_tables_2_and_3_grid(wf):
     assert c["eval_classifier_train"] == 1 and c["evaluate_reference"] == 1
     assert c["tokens_fit"] == 3 and c["tokens_encode"] == 2      # Config B adds the BEATs stream
     for rule in ("report_metrics", "report_table1", "report_table2", "report_table3", "report_paired",
-                 "report_paired_table2", "report_summary", "report_forest", "report_seed_scatter"):
+                 "report_paired_table2", "report_summary", "report_forest", "report_seed_scatter",
+                 "report_lsac_table"):
         assert c[rule] == 1, rule
     for rule in ("report_figure1", "report_layer_scores"):
         assert c[rule] == 2, rule
-    assert c["report_convergence"] == 1
+    assert c["report_convergence"] == c["report_lsac_figure"] == c["report_lsac_probe_figure"] == 1
+    # LSAC on the baseline and AG-REPA branches (Config A) of lsac.seeds = [0]
+    assert c["lsac_probe"] == c["lsac_select"] == c["lsac_eval"] == 2
 
 
 def test_test_overlay_plans_a_small_grid(wf):

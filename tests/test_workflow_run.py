@@ -12,13 +12,14 @@ pytestmark = pytest.mark.slow
 
 TEST = ["--configfile", "config/test.yaml"]
 RUN = ["--cores", "2", *TEST]
-FIGURE_RULES = {"report_figure1", "report_layer_scores", "report_convergence", "report_seed_scatter", "report_forest"}
+FIGURE_RULES = {"report_figure1", "report_layer_scores", "report_convergence", "report_seed_scatter", "report_forest",
+                "report_lsac_figure", "report_lsac_probe_figure"}
 REPORT_RULES = FIGURE_RULES | {"report_metrics", "report_metrics_table2", "report_table1", "report_table2", "report_table3",
-                               "report_paired", "report_paired_table2", "report_summary"}
+                               "report_paired", "report_paired_table2", "report_summary", "report_lsac_table"}
 TARGETS = ["metrics.csv", "table1.csv", "table2.csv", "table3.csv", "table2_vs_paper.csv", "table3_vs_paper.csv",
            "figures/figure1_A.png", "figures/layer_scores_A.png", "figures/convergence_A.png",
            "figures/seed_scatter.png", "figures/forest.png", "listening_test/index.html", "paired.csv", "clips.csv",
-           "summary.md"]
+           "summary.md", "table_l1.csv", "figures/figure_l2_A.png", "figures/lsac_probe_A.png"]
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,21 @@ def test_every_target_is_produced(wf):
     assert {"ag_repa", "repa_l4", "sel_random"} <= set(paired[paired["versus"] == "baseline"]["method"])
     summary = (res / "summary.md").read_text()
     assert summary.startswith("# Results summary: test") and "vs Baseline (None)" in summary
+
+
+def test_table_l1_and_figure_l2_from_the_whole_dag(wf):
+    # issue 16: Table L1 + Figure L2 for the baseline and AG-REPA checkpoints (lsac.seeds = [0])
+    t = pd.read_csv(wf / "results" / "table_l1.csv")
+    assert list(dict.fromkeys(t["branch"])) == ["baseline", "ag_repa"] and set(t["seed"]) == {0}
+    for branch, b in t.groupby("branch"):
+        assert list(b["variant"]) == ["full", "steps_3", "steps_2", "lsac_f0.25", "causal_f0.25", "random_f0.25",
+                                      "pab_f0.25", "deepcache_f0.25"]
+        cached = b[b["budget"] == 0.25]
+        assert (cached["attn_saved_pct"] >= 25).all() and (cached["flops_saved_pct"] > 0).all()
+        assert (cached["retention_adv"] > 0).all() and cached["retention_ci_low"].notna().all()
+        assert {"wer_speech", "fad_speech", "fad_audio", "wall_s_per_clip"} <= set(b.columns)
+    probe = pd.read_csv(wf / "results" / "lsac" / "A" / "seed0" / "ag_repa" / "probe.csv")
+    assert {"rel_change_cond", "rel_change_uncond", "freeze_mel_snr"} <= set(probe["metric"])
 
 
 def test_second_invocation_has_nothing_to_do(wf):

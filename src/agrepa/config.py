@@ -28,6 +28,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 DOMAINS = ("speech", "audio")                           # a clip's domain; index = domain id in batches
 STRATEGIES = ("foga", "lasp", "gradnorm", "random")     # layer-selection strategies (Table 3)
+CACHE_STRATEGIES = ("lsac", "causal", "random", "pab", "deepcache")  # attention-caching plans (Table L1)
 PAD_ID = 0                                              # token id of padding in the unified vocabulary
 SCHEMA = resources.files("agrepa") / "data" / "config.schema.yaml"
 
@@ -84,16 +85,16 @@ def check_layers(layers, n_layers: int, key: str) -> list[int]:
 
 
 def reported_methods(cfg: dict) -> list[str]:
-    """The methods the workflow trains, in order: Table 2's rows, Table 3's baseline and the run behind
+    """The methods the workflow trains, in order: Table 2's rows, Table 3's baseline, the run behind
     each strategy of ``selection.strategies`` (``report.table3.strategies`` maps it; a missing entry is
-    an error naming the key)."""
+    an error naming the key) and the branches of ``lsac.methods`` (attention caching, Table L1)."""
     t3 = cfg["report"]["table3"]
     missing = [s for s in cfg["selection"]["strategies"] if s not in t3["strategies"]]
     if missing:
         raise ValueError(f"config key report.table3.strategies: no method for strategy {missing[0]!r} "
                          "(listed in selection.strategies)")
     names = [*cfg["report"]["table2"]["methods"], t3["baseline"],
-             *(t3["strategies"][s] for s in cfg["selection"]["strategies"])]
+             *(t3["strategies"][s] for s in cfg["selection"]["strategies"]), *cfg["lsac"]["methods"]]
     return list(dict.fromkeys(names))
 
 
@@ -112,10 +113,13 @@ def validate(cfg: dict, source: str = "config") -> dict:
         raise ValueError(f"{source}: config key {where!r}: {err.message}")
     for method in reported_methods(cfg):
         if method not in cfg["methods"]:
-            raise ValueError(f"{source}: config key methods: method {method!r} (used by report.table2/table3) "
-                             "is not defined")
+            raise ValueError(f"{source}: config key methods: method {method!r} (used by report.table2/table3 "
+                             "or lsac.methods) is not defined")
         if "layers" in cfg["methods"][method]:
             check_layers(cfg["methods"][method]["layers"], cfg["model"]["n_layers"], f"methods.{method}.layers ({source})")
+    if not set(cfg["lsac"]["seeds"]) <= set(cfg["seeds"]):
+        raise ValueError(f"{source}: config key lsac.seeds: {cfg['lsac']['seeds']} must be a subset of "
+                         f"seeds {cfg['seeds']}")
     return cfg
 
 

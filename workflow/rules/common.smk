@@ -57,6 +57,13 @@ FIG_CONVERGENCE = res_path("figures", "convergence_{tc}." + FIG_FORMAT)
 FIG_SEED_SCATTER = res_path("figures", "seed_scatter." + FIG_FORMAT)
 FIG_FOREST = res_path("figures", "forest." + FIG_FORMAT)
 LISTENING_TEST = res_path("listening_test", "index.html")
+LSAC_DIR = res_path("lsac", "{tc}", "seed{seed}", "{method}")
+LSAC_PROBE = os.path.join(LSAC_DIR, "probe.csv")
+LSAC_PLANS = os.path.join(LSAC_DIR, "plans", "index.json")
+LSAC_EVAL = os.path.join(LSAC_DIR, "eval", "clips.csv")
+TABLE_L1 = res_path("table_l1.csv")
+FIG_L2 = res_path("figures", "figure_l2_{tc}." + FIG_FORMAT)
+FIG_LSAC_PROBE = res_path("figures", "lsac_probe_{tc}." + FIG_FORMAT)
 FIGURE_STYLE = os.path.join(workflow.basedir, "workflow", "report", "figures.mplstyle")
 
 
@@ -92,6 +99,8 @@ def experiment_grid(cfg):
     if outside:
         raise ValueError(f"config key branch_token_configs: {outside} not in token_configs {cfg['token_configs']}")
     return {
+        "lsac_methods": list(cfg["lsac"]["methods"]),        # a subset of `methods` and of `seeds`:
+        "lsac_seeds": [int(s) for s in cfg["lsac"]["seeds"]],  # checked by config validation
         "token_configs": list(cfg["token_configs"]),
         "branch_token_configs": list(cfg["branch_token_configs"]),
         "seeds": [int(s) for s in cfg["seeds"]],
@@ -229,6 +238,8 @@ def final_targets():
            vs_paper(TABLE2), vs_paper(TABLE3),
            FIG_SEED_SCATTER, PAIRED, SUMMARY, FIG_FOREST]
     out += expand([FIGURE1, FIG_LAYER_SCORES], tc=TCS) + expand(FIG_CONVERGENCE, tc=BTCS)
+    if GRID["lsac_methods"] and GRID["lsac_seeds"]:
+        out += [TABLE_L1] + expand([FIG_L2, FIG_LSAC_PROBE], tc=BTCS)
     if config["report"]["listening_test"]:
         out.append(LISTENING_TEST)
     return out

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from agrepa.config import DOMAINS, SCHEMA, STRATEGIES
+from agrepa.config import CACHE_STRATEGIES, DOMAINS, SCHEMA, STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[2]
 text = (ROOT / 'config' / 'config.yaml').read_text()
@@ -69,6 +69,9 @@ ENUMS = {
     'eval.speaker': ['resemblyzer', 'none'],
     'eval.events.classifier': ['events', 'beats', 'none'],
     'eval.convergence.metric': ['fm_loss', 'fad'],
+    'lsac.probe.split': ['train', 'valid', 'test'],
+    'lsac.strategies[]': list(CACHE_STRATEGIES),
+    'lsac.metrics[]': ['wer', 'fad'],
 }
 
 def infer(v, path):

@@ -48,7 +48,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,7 @@ from ..corpora.manifest import read_manifest
 from ..corpora.mels import load_stats
 from ..store import Store
 from ..config import DOMAINS, PAD_ID
+from ..model.cache import StepCache
 
 CONFIG_KEYS = ('audio', 'sample', 'train.noise_scale')  # config sections this module reads
 
@@ -84,31 +85,49 @@ def sway_schedule(steps: int, sway: float) -> Tensor:
 
 
 def guided_velocity(model, x: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None,
-                    cfg_scale: float | None, uncond_prompt: str = "drop") -> Tensor:
-    """Velocity at (x, t); with ``cfg_scale`` the cond and uncond passes share one batch (the
-    uncond pass keeps the reference mel with ``uncond_prompt="keep"``)."""
+                    cfg_scale: float | None, uncond_prompt: str = "drop", cache: StepCache | None = None) -> Tensor:
+    """Velocity at (x, t); with ``cfg_scale`` the cond and uncond passes share one batch (rows
+    0..B-1 conditional, B..2B-1 unconditional, so a step cache keeps the halves apart; the uncond
+    pass keeps the reference mel with ``uncond_prompt="keep"``)."""
     B = x.shape[0]
     if cfg_scale is None:
-        return model(x, t, tokens, prompt, mask)
+        return model(x, t, tokens, prompt, mask, cache=cache)
     if uncond_prompt not in ("keep", "drop"):
         raise ValueError(f"sample.cfg_uncond_prompt: expected keep or drop, got {uncond_prompt!r}")
     drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(x.device)
     drop_prompt = torch.zeros_like(drop) if uncond_prompt == "keep" else drop
     v = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, tokens]), torch.cat([prompt, prompt]),
-              None if mask is None else torch.cat([mask, mask]), drop_tokens=drop, drop_prompt=drop_prompt)
+              None if mask is None else torch.cat([mask, mask]), drop_tokens=drop, drop_prompt=drop_prompt,
+              cache=cache)
     v_c, v_u = v[:B], v[B:]
     return v_u + float(cfg_scale) * (v_c - v_u)
 
 
 @torch.no_grad()
 def euler_sample(model, noise: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None, steps: int,
-                 cfg_scale: float | None, sway: float, uncond_prompt: str = "drop") -> Tensor:
+                 cfg_scale: float | None, sway: float, uncond_prompt: str = "drop",
+                 cache: StepCache | None = None) -> Tensor:
     """Integrate the flow ODE from ``noise`` [B, T, n_mels] (t = 0) to t = 1 with Euler steps."""
-    times = sway_schedule(steps, sway).to(noise.device)
+    return euler_solve(model, noise, sway_schedule(steps, sway), tokens, prompt, mask, cfg_scale, cache,
+                       uncond_prompt=uncond_prompt)
+
+
+@torch.no_grad()
+def euler_solve(model, noise: Tensor, times: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None,
+                cfg_scale: float | None, cache: StepCache | None = None, states: list | None = None,
+                uncond_prompt: str = "drop") -> Tensor:
+    """Euler steps over the time grid ``times`` (t_0 .. t_S); step i evaluates at t_i. A step cache
+    (:mod:`agrepa.model.cache`, one per batch) is told the step index before each evaluation;
+    ``states`` (a list), if given, receives the state x_i before each step i."""
+    times = times.to(noise.device)
     x = noise
-    for i in range(steps):
+    for i in range(times.shape[0] - 1):
+        if cache is not None:
+            cache.step = i
+        if states is not None:
+            states.append(x)
         t = times[i].expand(x.shape[0])
-        v = guided_velocity(model, x, t, tokens, prompt, mask, cfg_scale, uncond_prompt)
+        v = guided_velocity(model, x, t, tokens, prompt, mask, cfg_scale, uncond_prompt, cache)
         x = x + (times[i + 1] - times[i]) * v
     return x
 
@@ -157,36 +176,52 @@ def guidance(cfg: dict) -> dict:
     return {"noise_scale": float(cfg["train"]["noise_scale"]), "uncond_prompt": cfg["sample"]["cfg_uncond_prompt"]}
 
 
+def length_batches(requests: Sequence[Request], batch_size: int) -> list[list[int]]:
+    """Request indices in batches of similar length (less padding); each clip's noise is
+    seeded by its id, so the grouping does not change any clip."""
+    order = sorted(range(len(requests)), key=lambda i: requests[i].prompt.shape[0] + requests[i].n_frames)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def batch_inputs(batch: Sequence[Request], seed: int, n_mels: int,
+                 noise_scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(noise, tokens, prompt, mask) of one ODE batch, padded to its longest request; the noise
+    has standard deviation ``noise_scale``."""
+    lengths = [r.prompt.shape[0] + r.n_frames for r in batch]
+    T, N, B = max(lengths), max(r.tokens.shape[0] for r in batch), len(batch)
+    noise = torch.zeros(B, T, n_mels)
+    prompt = torch.zeros(B, T, n_mels)
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    tokens = torch.full((B, N, *batch[0].tokens.shape[1:]), PAD_ID, dtype=torch.long)  # [B, N(, 2)]
+    for j, (r, n) in enumerate(zip(batch, lengths)):
+        noise[j, :n] = noise_for(seed, r.id, n, n_mels) * noise_scale
+        prompt[j, :r.prompt.shape[0]] = r.prompt
+        mask[j, :n] = True
+        tokens[j, :r.tokens.shape[0]] = r.tokens
+    return noise, tokens, prompt, mask
+
+
+def target_frames(x: Tensor, batch: Sequence[Request]) -> list[Tensor]:
+    """Each request's generated target frames [L, n_mels] from a batch output [B, T, n_mels]."""
+    return [x[j, r.prompt.shape[0]:r.prompt.shape[0] + r.n_frames].clone() for j, r in enumerate(batch)]
+
+
 @torch.no_grad()
 def generate(model, requests: Sequence[Request], steps: int, cfg_scale: float | None, sway: float, seed: int,
              batch_size: int = 8, device: str | torch.device = "cpu", progress: bool = True,
-             noise_scale: float = 1.0, uncond_prompt: str = "drop") -> list[Tensor]:
+             noise_scale: float = 1.0, uncond_prompt: str = "drop",
+             new_cache: Callable[[], StepCache] | None = None) -> list[Tensor]:
     """Generated normalised mels [L, n_mels] (target frames only), one per request; x0 has
-    standard deviation ``noise_scale`` (``train.noise_scale``)."""
-    n_mels = model.n_mels
+    standard deviation ``noise_scale`` (``train.noise_scale``).
+
+    ``new_cache``: makes the step cache of each batch (e.g. ``CachePlan.new_cache``; None: no cache)."""
     out: dict[int, Tensor] = {}
-    # Batches of similar length waste less compute on padding; each clip's noise is
-    # seeded by its id, so the grouping does not change any clip.
-    order = sorted(range(len(requests)), key=lambda i: requests[i].prompt.shape[0] + requests[i].n_frames)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for idx in tqdm(batches, desc="sampling", disable=not progress):
+    for idx in tqdm(length_batches(requests, batch_size), desc="sampling", disable=not progress):
         batch = [requests[i] for i in idx]
-        lengths = [r.prompt.shape[0] + r.n_frames for r in batch]
-        T, N, B = max(lengths), max(r.tokens.shape[0] for r in batch), len(batch)
-        noise = torch.zeros(B, T, n_mels)
-        prompt = torch.zeros(B, T, n_mels)
-        mask = torch.zeros(B, T, dtype=torch.bool)
-        tokens = torch.full((B, N, *batch[0].tokens.shape[1:]), PAD_ID, dtype=torch.long)  # [B, N(, 2)]
-        for j, (r, n) in enumerate(zip(batch, lengths)):
-            noise[j, :n] = noise_for(seed, r.id, n, n_mels) * noise_scale
-            prompt[j, :r.prompt.shape[0]] = r.prompt
-            mask[j, :n] = True
-            tokens[j, :r.tokens.shape[0]] = r.tokens
+        noise, tokens, prompt, mask = batch_inputs(batch, seed, model.n_mels, noise_scale)
         x = euler_sample(model, noise.to(device), tokens.to(device), prompt.to(device), mask.to(device),
-                         steps, cfg_scale, sway, uncond_prompt).float().cpu()
-        for j, (i, r) in enumerate(zip(idx, batch)):
-            p = r.prompt.shape[0]
-            out[i] = x[j, p:p + r.n_frames].clone()
+                         steps, cfg_scale, sway, uncond_prompt, None if new_cache is None else new_cache()).float().cpu()
+        out.update(zip(idx, target_frames(x, batch)))
     return [out[i] for i in range(len(requests))]
 
 
@@ -254,12 +289,23 @@ def build_requests(cfg: dict, targets: Sequence[str], prompts: dict[str, str], m
     return requests
 
 
-def sample_split(model, cfg: dict, data, split: str, seed: int, out_dir: str | os.PathLike,
-                 max_clips: dict | int | None = None, vocoder=None, meta: dict | None = None,
-                 device: str | torch.device = "cpu", write_audio: bool = True) -> pd.DataFrame:
-    """Generate the split's evaluation subset with ``model`` and write the outputs to ``out_dir``;
+@dataclass
+class SplitRequests:
+    """The evaluation subset of one split, ready to sample: its manifest rows (indexed by id),
+    target ids, {target: prompt id}, the requests and the mel normalisation."""
+
+    rows: pd.DataFrame
+    targets: list[str]
+    prompts: dict[str, str]
+    requests: list[Request]
+    mean: Tensor
+    std: Tensor
+
+
+def split_requests(cfg: dict, data, split: str, seed: int, max_clips: dict | int | None = None) -> SplitRequests:
+    """The first ``max_clips`` (default ``sample.max_clips``) clips per domain of ``split`` that have
+    a mel and tokens, with their zero-shot prompts, as sampler requests (module docstring);
     ``data``: the ``agrepa.training.dataset.DataPaths`` of the manifest, mel and token stores."""
-    sc = cfg["sample"]
     manifest_path = data.manifest
     df = read_manifest(manifest_path)
     df = df[df["split"] == split].copy()
@@ -272,17 +318,27 @@ def sample_split(model, cfg: dict, data, split: str, seed: int, out_dir: str | o
     if missing:
         log.warning("%s: %d clip(s) of split %s lack a mel or tokens; skipped", manifest_path, missing, split)
     df = df[df["id"].astype(str).isin(have)]
-    targets = select_targets(df, sc["max_clips"] if max_clips is None else max_clips)
+    targets = select_targets(df, cfg["sample"]["max_clips"] if max_clips is None else max_clips)
     if not targets:
         raise ValueError(f"{manifest_path}: nothing to sample in split {split!r}")
     prompts = choose_prompts(df, targets, seed)
     requests = build_requests(cfg, targets, prompts, mels, toks, mean, std)
+    return SplitRequests(df.set_index(df["id"].astype(str)), targets, prompts, requests, mean, std)
+
+
+def sample_split(model, cfg: dict, data, split: str, seed: int, out_dir: str | os.PathLike,
+                 max_clips: dict | int | None = None, vocoder=None, meta: dict | None = None,
+                 device: str | torch.device = "cpu", write_audio: bool = True) -> pd.DataFrame:
+    """Generate the split's evaluation subset with ``model`` and write the outputs to ``out_dir``;
+    ``data``: the ``agrepa.training.dataset.DataPaths`` of the manifest, mel and token stores."""
+    sc = cfg["sample"]
+    sr = split_requests(cfg, data, split, seed, max_clips)
+    targets, prompts, requests, mean, std, rows = sr.targets, sr.prompts, sr.requests, sr.mean, sr.std, sr.rows
     model = model.to(device).eval()
     gen = generate(model, requests, int(sc["steps"]), sc["cfg_scale"], float(sc["sway"]), seed,
                    batch_size=int(sc["batch_size"]), device=device, **guidance(cfg))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = df.set_index(df["id"].astype(str))
     mels_out, records = {}, []
     for cid, x in tqdm(list(zip(targets, gen)), desc="vocoding", disable=not write_audio):
         mel = x * std + mean
@@ -300,7 +356,7 @@ def sample_split(model, cfg: dict, data, split: str, seed: int, out_dir: str | o
         **(meta or {}), "split": split, "sample_seed": seed, "steps": int(sc["steps"]),
         "cfg_scale": sc["cfg_scale"], "sway": float(sc["sway"]), "prompt_fraction": float(sc["prompt_fraction"]),
         "prompt_max_seconds": float(sc["prompt_max_seconds"]), **guidance(cfg), "n_clips": len(records),
-        "vocoder": vocoder.describe() if vocoder is not None else None, "manifest": str(manifest_path)})
+        "vocoder": vocoder.describe() if vocoder is not None else None, "manifest": str(data.manifest)})
     config_mod.save_resolved(cfg, out_dir)
     io.write_csv(out_dir / "samples.csv", table)  # last: its presence marks a complete directory
     log.info("wrote %d samples to %s", len(records), out_dir)

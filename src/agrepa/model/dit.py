@@ -15,6 +15,10 @@ modulation vectors come from one zero-initialised linear layer, so each block
 starts as the identity). ``g_l = 1`` is the ordinary model; ``g_l = 0`` removes
 block l exactly (``h_l == h_{l-1}`` bitwise), which is what FoG-A measures.
 
+Caching: ``Attn(...)`` (before gate_msa) and ``MLP(...)`` (before gate_mlp) are
+requested through the forward's :class:`Context`, which hands them to a step cache when
+the sampler passes one (:mod:`agrepa.model.cache`); without one the forward is unchanged.
+
 Positions: rotary position embedding (RoPE) on queries and keys inside every
 attention layer. It is relative, needs no maximum length, and leaves the
 residual stream free of an additive position signal, so the pooled hidden
@@ -35,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
+from .cache import StepCache
 from .tokens import CONFIG_A_LAYOUT, TokenEmbedding
 
 CONFIG_KEYS = ("audio.n_mels", "model")  # config sections this module reads
@@ -87,11 +91,16 @@ class Context:
     sin: Tensor
     attn_mask: Tensor | None  # [B, 1, 1, T] bool, True = attend
     mask: Tensor | None       # [B, T] bool, True = real frame
+    cache: StepCache | None = None  # reuse of block features across solver steps (model.cache)
 
     def repeat(self, k: int) -> "Context":
-        """The same context for a batch stacked ``k`` times along dim 0."""
+        """The same context for a batch stacked ``k`` times along dim 0 (no step cache: it is per row)."""
         rep = lambda x: None if x is None else x.repeat(k, *([1] * (x.dim() - 1)))
         return Context(rep(self.c), self.cos, self.sin, rep(self.attn_mask), rep(self.mask))
+
+    def cached(self, kind: str, layer: int, compute) -> Tensor:
+        """``compute()``, or what the step cache returns for feature ``kind`` of ``layer``."""
+        return compute() if self.cache is None else self.cache(kind, layer, compute)
 
 
 class Attention(nn.Module):
@@ -114,8 +123,9 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, n_heads: int, ff_mult: int, dropout: float):
+    def __init__(self, dim: int, n_heads: int, ff_mult: int, dropout: float, layer: int):
         super().__init__()
+        self.layer = layer  # 1-based index: names this block's features in a step cache
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, n_heads, dropout)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -126,10 +136,14 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada[1].bias)
 
     def update(self, h: Tensor, ctx: Context) -> Tensor:
-        """The block's whole residual update u_l (so that h_l = h_{l-1} + g_l * u_l)."""
+        """The block's whole residual update u_l (so that h_l = h_{l-1} + g_l * u_l).
+
+        The attention output (before its gate) and the MLP output pass through
+        ``ctx.cached``, so a step cache (:mod:`agrepa.model.cache`) can reuse them."""
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(ctx.c).chunk(6, dim=-1)
-        a = g1[:, None] * self.attn(modulate(self.norm1(h), sh1, sc1), ctx)
-        m = g2[:, None] * self.mlp(modulate(self.norm2(h + a), sh2, sc2))
+        y = ctx.cached("attn", self.layer, lambda: self.attn(modulate(self.norm1(h), sh1, sc1), ctx))
+        a = g1[:, None] * y
+        m = g2[:, None] * ctx.cached("mlp", self.layer, lambda: self.mlp(modulate(self.norm2(h + a), sh2, sc2)))
         return a + m
 
     def forward(self, h: Tensor, ctx: Context, gate: Tensor | None = None) -> Tensor:
@@ -170,7 +184,7 @@ class DiT(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(time_freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.input_proj = nn.Linear(2 * n_mels + token_dim, dim)
         self.rotary = Rotary(dim // n_heads)
-        self.blocks = nn.ModuleList([Block(dim, n_heads, ff_mult, dropout) for _ in range(n_layers)])
+        self.blocks = nn.ModuleList([Block(dim, n_heads, ff_mult, dropout, layer=l) for l in range(1, n_layers + 1)])
         self.final = FinalLayer(dim, n_mels)
 
     # -- the pieces of a forward pass (used separately by the probes and BiT-C) --
@@ -183,8 +197,9 @@ class DiT(nn.Module):
         return self.token_emb(tokens, n_frames, T)   # shape and id range checked there
 
     def prepare(self, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None = None,
-                drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None) -> tuple[Tensor, Context]:
-        """Input interface h_0 [B, T, dim] and the shared per-forward context."""
+                drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None,
+                cache: StepCache | None = None) -> tuple[Tensor, Context]:
+        """Input interface h_0 [B, T, dim] and the shared per-forward context (with ``cache``, if any)."""
         B, T, _ = x_t.shape
         if tokens.shape[0] != B:
             raise ValueError(f"tokens must be [B, N] or [B, N, 2] with B={B}, got {tuple(tokens.shape)}")
@@ -197,7 +212,7 @@ class DiT(nn.Module):
         c = self.time_mlp(timestep_embedding(t.reshape(B), self.time_freq_dim).to(h0.dtype))
         cos, sin = self.rotary(T, x_t.device)
         attn_mask = None if mask is None else mask.bool()[:, None, None, :]
-        return h0, Context(c, cos, sin, attn_mask, None if mask is None else mask.bool())
+        return h0, Context(c, cos, sin, attn_mask, None if mask is None else mask.bool(), cache)
 
     def output(self, h: Tensor, ctx: Context) -> Tensor:
         return self.final(h, ctx.c)
@@ -217,8 +232,9 @@ class DiT(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None = None,
                 gates: Tensor | None = None, return_hidden: bool = False,
-                drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None):
-        h, ctx = self.prepare(x_t, t, tokens, prompt, mask, drop_tokens, drop_prompt)
+                drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None,
+                cache: StepCache | None = None):
+        h, ctx = self.prepare(x_t, t, tokens, prompt, mask, drop_tokens, drop_prompt, cache)
         hidden = [h]
         for block, g in zip(self.blocks, self.gate_columns(gates, x_t.shape[0], self.n_layers)):
             h = block(h, ctx, g)

@@ -11,6 +11,9 @@
     agrepa report layer-scores --probes P.csv... [--style S] --out results/figures/layer_scores_A.png
     agrepa report convergence  --convergence C.csv... [--style S] --out results/figures/convergence_A.png
     agrepa report seed-scatter --metrics M [--style S] --out results/figures/seed_scatter.png
+    agrepa report lsac-table   --runs DIR... --out results/table_l1.csv
+    agrepa report lsac-figure  --table results/table_l1.csv --token-config A [--style S] --out results/figures/figure_l2_A.png
+    agrepa report lsac-probe-figure --probe L.csv... [--probes P.csv...] --token-config A [--style S] --out ...
 
 table2/table3 also write our numbers beside the paper's to --vs-paper.
 """
@@ -145,6 +148,37 @@ def cmd_seed_scatter(args) -> int:
     return 0
 
 
+def cmd_lsac_table(args) -> int:
+    from . import lsac  # pandas: imported when the subcommand runs
+
+    cfg = config_mod.from_args(args)
+    io.write_csv(args.out, lsac.table_l1(*lsac.read_runs(args.runs), cfg))
+    log.info("wrote %s", args.out)
+    return 0
+
+
+def cmd_lsac_figure(args) -> int:
+    import pandas as pd
+
+    from . import lsac_figures  # pandas/matplotlib: imported when the subcommand runs
+
+    cfg = config_mod.from_args(args)
+    lsac_figures.figure_l2(pd.read_csv(args.table), cfg, args.token_config, args.out, style_file=args.style)
+    return 0
+
+
+def cmd_lsac_probe_figure(args) -> int:
+    import pandas as pd
+
+    from . import lsac_figures  # pandas/matplotlib: imported when the subcommand runs
+
+    cfg = config_mod.from_args(args)
+    probe = pd.concat([pd.read_csv(p) for p in args.probe], ignore_index=True)
+    foga = pd.concat([pd.read_csv(p) for p in args.probes], ignore_index=True) if args.probes else None
+    lsac_figures.probe_figure(probe, foga, cfg, args.token_config, args.out, style_file=args.style)
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="tables and figures from cached results",
                               description=__doc__.split("\n\n")[0])
@@ -201,4 +235,18 @@ def register(subparsers) -> None:
 
     q = add("seed-scatter", cmd_seed_scatter, "per-seed values of the Table 2 metrics")
     q.add_argument("--metrics", required=True, help="metrics.csv")
+    q.add_argument("--style", default=None, help="matplotlib style file")
+
+    q = add("lsac-table", cmd_lsac_table, "Table L1 (attention caching vs fewer steps)")
+    q.add_argument("--runs", nargs="+", required=True, help="agrepa lsac-eval output directories")
+
+    q = add("lsac-figure", cmd_lsac_figure, "Figure L2 (GFLOPs per clip vs quality)")
+    q.add_argument("--table", required=True, help="table_l1.csv")
+    q.add_argument("--token-config", required=True, help="token config of the figure")
+    q.add_argument("--style", default=None, help="matplotlib style file")
+
+    q = add("lsac-probe-figure", cmd_lsac_probe_figure, "attention convergence heatmaps beside FoG-A")
+    q.add_argument("--probe", nargs="+", required=True, help="lsac_probe.csv files")
+    q.add_argument("--probes", nargs="*", default=None, help="probes.csv files of the warm-ups (FoG-A)")
+    q.add_argument("--token-config", required=True, help="token config of the figure")
     q.add_argument("--style", default=None, help="matplotlib style file")
