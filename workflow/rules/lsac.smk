@@ -4,7 +4,7 @@
 # budget), `agrepa lsac-eval` (full / fewer steps / cached sampling of the test subset),
 # then Table L1, Figure L2 and the probe figure (`agrepa report lsac-*`, CSVs only).
 
-# Each rule hashes the config its science module reads (agrepa.config.config_keys), not the
+# Each job hashes the config its science module reads (agrepa.config.config_keys), not the
 # whole lsac section: editing a budget re-plans and re-evaluates, but does not re-probe.
 
 
