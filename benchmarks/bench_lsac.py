@@ -31,29 +31,31 @@ import torch
 
 from agrepa import config
 from agrepa.config import CACHE_STRATEGIES
-from agrepa.evaluation.lsac_experiment import lsac_experiment
-from agrepa.generation.cache_plan import read_plan
-from agrepa.generation.sampling import generate, split_requests
+from agrepa.caching.experiment import lsac_experiment
+from agrepa.caching.plan import read_plan
+from agrepa.generation.sampling import generate, guidance, split_requests
 from agrepa.reports.lsac import table_l1
-from agrepa.training.train import load_checkpoint
+from agrepa.training.checkpoint import load_run
+from agrepa.training.dataset import DataPaths
 
 SEED_PAPER = 6.7
 
 
-def timed(model, split, sc, seed, batch_size, plan) -> tuple[float, float]:
+def timed(model, split, cfg, seed, batch_size, plan) -> tuple[float, float]:
+    sc = cfg["sample"]
     start, cpu = time.perf_counter(), time.process_time()
     generate(model, split.requests, int(sc["steps"]), sc["cfg_scale"], float(sc["sway"]), seed,
-             batch_size=batch_size, progress=False, new_cache=None if plan is None else plan.new_cache)
+             batch_size=batch_size, progress=False, **guidance(cfg), new_cache=None if plan is None else plan.new_cache)
     n = len(split.requests)
     return (time.perf_counter() - start) / n, (time.process_time() - cpu) / n
 
 
-def wall_time(model, split, sc, seed, plan, repeats: int, batch_size: int) -> dict:
-    timed(model, split, sc, seed, batch_size, None)                     # warm-up
+def wall_time(model, split, cfg, seed, plan, repeats: int, batch_size: int) -> dict:
+    timed(model, split, cfg, seed, batch_size, None)                    # warm-up
     full, cached = [], []
     for _ in range(repeats):                                            # interleaved: drift hits both
-        full.append(timed(model, split, sc, seed, batch_size, None))
-        cached.append(timed(model, split, sc, seed, batch_size, plan))
+        full.append(timed(model, split, cfg, seed, batch_size, None))
+        cached.append(timed(model, split, cfg, seed, batch_size, plan))
     fw, fc = statistics.median(x[0] for x in full), statistics.median(x[1] for x in full)
     cw, cc = statistics.median(x[0] for x in cached), statistics.median(x[1] for x in cached)
     return {"batch": batch_size, "full_wall": fw, "lsac_wall": cw, "wall_saved_pct": 100 * (1 - cw / fw),
@@ -75,20 +77,18 @@ def main() -> None:
     cfg = config.load([res / "config.yaml"])
     cfg["lsac"]["metrics"] = []                      # mel SNR only: no ASR / embedding models needed
     sc = cfg["sample"]
-    data = dict(manifest=res / "data" / "manifest.csv", mels_dir=res / "data" / "mels",
-                tokens_dir=res / "tokens" / args.token_config)
+    data = DataPaths(res / "data" / "manifest.csv", res / "data" / "mels", res / "tokens" / args.token_config)
     rows, times = [], []
     for method in args.methods:
-        run = load_checkpoint(res / "runs" / args.token_config / f"seed{args.seed}" / method / "final.pt")
+        run = load_run(res / "runs" / args.token_config / f"seed{args.seed}" / method / "final.pt")
         plans_dir = res / "lsac" / args.token_config / f"seed{args.seed}" / method / "plans"
         plans = [read_plan(plans_dir / f"{s}_f{args.budget:g}.json") for s in CACHE_STRATEGIES]
-        var, clips = lsac_experiment(run.model, cfg, seed=args.seed, branch=method, plans=plans,
-                                     token_config=args.token_config, **data)
+        var, clips = lsac_experiment(run.model, cfg, data, plans, args.seed, method, args.token_config)
         t = table_l1(var, clips, cfg)
         rows.append(t[t["strategy"].isin(CACHE_STRATEGIES)])
-        split = split_requests(cfg, data["manifest"], data["mels_dir"], data["tokens_dir"], "test", args.seed)
+        split = split_requests(cfg, data, "test", args.seed)
         for bs in (int(sc["batch_size"]), 1):
-            times.append({"branch": method, **wall_time(run.model, split, sc, args.seed, plans[0], args.repeats, bs)})
+            times.append({"branch": method, **wall_time(run.model, split, cfg, args.seed, plans[0], args.repeats, bs)})
     pd.set_option("display.width", 200)
     table = pd.concat(rows)[["branch", "variant", "attn_saved_pct", "flops_saved_pct", "mel_snr_db",
                              "retention_adv", "retention_ci_low", "retention_ci_high"]]

@@ -7,8 +7,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from agrepa.generation import sampling
-from agrepa.generation.cache_plan import CachePlan
-from agrepa.generation.flops import Dims, attention_flops, forward_flops, mlp_flops, sampling_flops
+from agrepa.caching.plan import CachePlan
+from agrepa.caching.flops import Dims, attention_flops, forward_flops, mlp_flops, sampling_flops
 from agrepa.model.cache import StepCache
 from agrepa.model.dit import DiT
 
@@ -38,15 +38,16 @@ def inputs(B=3, T=20, seed=0):
 
 
 @torch.no_grad()
-def todays_sampler(m, noise, tokens, prompt, mask, steps, cfg_scale, sway):
+def todays_sampler(m, noise, tokens, prompt, mask, steps, cfg_scale, sway, uncond_prompt="drop"):
     """The Euler + sway + stacked-CFG loop as it was before the cache existed."""
     times = sampling.sway_schedule(steps, sway)
     x, B = noise, noise.shape[0]
     for i in range(steps):
         t = times[i].expand(B)
         drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)])
+        drop_prompt = drop if uncond_prompt == "drop" else torch.zeros_like(drop)
         v = m(torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, tokens]), torch.cat([prompt, prompt]),
-              torch.cat([mask, mask]), drop_tokens=drop, drop_prompt=drop)
+              torch.cat([mask, mask]), drop_tokens=drop, drop_prompt=drop_prompt)
         v = v[B:] + cfg_scale * (v[:B] - v[B:])
         x = x + (times[i + 1] - times[i]) * v
     return x
@@ -56,11 +57,14 @@ def every_key():
     return [(k, l) for k in ("attn", "mlp") for l in range(1, L + 1)]
 
 
-def test_no_plan_is_todays_sampler_bitwise():
+@pytest.mark.parametrize("uncond_prompt", ["drop", "keep"])
+def test_no_plan_is_todays_sampler_bitwise(uncond_prompt):
     m, args = model(), inputs()
-    ref = todays_sampler(m, *args, S, 2.0, -1.0)
-    assert torch.equal(sampling.euler_sample(m, *args, S, 2.0, -1.0), ref)
-    assert torch.equal(sampling.euler_sample(m, *args, S, 2.0, -1.0, cache=StepCache()), ref)
+    ref = todays_sampler(m, *args, S, 2.0, -1.0, uncond_prompt)
+    assert torch.equal(sampling.euler_sample(m, *args, S, 2.0, -1.0, uncond_prompt), ref)
+    assert torch.equal(sampling.euler_sample(m, *args, S, 2.0, -1.0, uncond_prompt, cache=StepCache()), ref)
+    other = "keep" if uncond_prompt == "drop" else "drop"       # the reference can tell the two apart
+    assert not torch.equal(todays_sampler(m, *args, S, 2.0, -1.0, other), ref)
 
 
 def test_a_plan_that_stores_but_never_reuses_is_bitwise_equal():

@@ -1,5 +1,5 @@
-"""LSAC probe and experiment on a real tiny corpus (agrepa.evaluation.lsac_probe,
-lsac_experiment) and Table L1 / the figures from CSVs (agrepa.reports.lsac*)."""
+"""LSAC probe and experiment on a real tiny corpus (agrepa.caching.probe,
+agrepa.caching.experiment) and Table L1 / the figures from CSVs (agrepa.reports.lsac*)."""
 import math
 
 import numpy as np
@@ -8,13 +8,15 @@ import pytest
 import torch
 
 from agrepa import config
-from agrepa.evaluation import lsac_experiment, lsac_probe
-from agrepa.evaluation.cache_quality import mel_distortion, mel_snr_db
+from agrepa.caching import experiment as lsac_experiment
+from agrepa.caching import probe as lsac_probe
+from agrepa.caching.quality import mel_distortion, mel_snr_db
 from agrepa.generation import sampling
-from agrepa.generation.cache_plan import CachePlan
-from agrepa.generation.flops import Dims, sampling_flops
+from agrepa.caching.plan import CachePlan
+from agrepa.caching.flops import Dims, sampling_flops
 from agrepa.model.cache import StepCache
 from agrepa.model.dit import DiT
+from agrepa.training.dataset import DataPaths
 from agrepa.reports import lsac as lsac_report
 from agrepa.reports import lsac_figures
 from test_eval_corpus import VOCAB, make_corpus
@@ -26,6 +28,10 @@ S = 6
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def data(corpus):
+    return DataPaths(corpus["manifest"], corpus["mels"], corpus["tokens"])
 
 
 def tiny(seed=0):
@@ -55,18 +61,20 @@ def test_mel_snr():
 
 def test_probe_rows_match_a_direct_computation(corpus):
     m, cfg = tiny(), cfg_for()
-    df = lsac_probe.lsac_probe(m, cfg, corpus["manifest"], corpus["mels"], corpus["tokens"], 0, "baseline", "A")
+    df = lsac_probe.lsac_probe(m, cfg, data(corpus), 0, "baseline", "A")
     assert list(df.columns) == lsac_probe.CSV_COLUMNS
     change = df[df["metric"] == "rel_change_cond"]
     assert sorted(set(zip(change["layer"], change["step"]))) == [(l, i) for l in (1, 2, 3) for i in range(1, S)]
     assert (df.loc[df["metric"].str.startswith("rel_change"), "score"] > 0).all()
     # r of layer 2 at step 3 for the one audio clip, sampled alone, over its real frames
-    split = sampling.split_requests(cfg, corpus["manifest"], corpus["mels"], corpus["tokens"], "test", 0,
+    split = sampling.split_requests(cfg, data(corpus), "test", 0,
                                     {"speech": 0, "audio": 1})
     ys = {}
     cache = StepCache(observe=lambda k, l, i, y: ys.__setitem__((k, l, i), y))
-    noise, tokens, prompt, mask = sampling.batch_inputs(split.requests, 0, 100)
-    sampling.euler_sample(m, noise, tokens, prompt, mask, S, cfg["sample"]["cfg_scale"], -1.0, cache)
+    g = sampling.guidance(cfg)                   # the probe samples as `agrepa sample` does
+    noise, tokens, prompt, mask = sampling.batch_inputs(split.requests, 0, 100, g["noise_scale"])
+    sampling.euler_sample(m, noise, tokens, prompt, mask, S, cfg["sample"]["cfg_scale"], cfg["sample"]["sway"],
+                          g["uncond_prompt"], cache=cache)
     y, prev = ys[("attn", 2, 3)][0], ys[("attn", 2, 2)][0]      # conditional row
     want = float((y - prev).norm() / (prev.norm() + 1e-6))
     got = change[(change["domain"] == "audio") & (change["layer"] == 2) & (change["step"] == 3)]["score"]
@@ -96,7 +104,7 @@ def test_a_layer_whose_attention_gate_is_zero_freezes_for_free(corpus):
     with torch.no_grad():
         m.blocks[1].ada[1].weight[64:96] = 0     # gate_msa of block 2
         m.blocks[1].ada[1].bias[64:96] = 0
-    df = lsac_probe.lsac_probe(m, cfg, corpus["manifest"], corpus["mels"], corpus["tokens"], 0, "baseline", "A")
+    df = lsac_probe.lsac_probe(m, cfg, data(corpus), 0, "baseline", "A")
     f = df[df["metric"] == "freeze_mel_snr"].set_index("layer")["score"]
     assert np.isinf(f.loc[2]).all() and np.isfinite(f.loc[[1, 3]]).all()
 
@@ -120,7 +128,7 @@ def test_freeze_eval_reports_the_change_against_the_full_run(corpus, monkeypatch
     monkeypatch.setattr(lsac_probe, "QualityScorer", FakeScorer)
     m, cfg = tiny(), cfg_for()
     cfg["lsac"]["probe"]["freeze_eval"] = True
-    split = sampling.split_requests(cfg, corpus["manifest"], corpus["mels"], corpus["tokens"], "test", 0,
+    split = sampling.split_requests(cfg, data(corpus), "test", 0,
                                     cfg["lsac"]["probe"]["max_clips"])
     full, frozen, _ = lsac_probe.probe_runs(m, cfg, split, 0, "cpu")
     rows = lsac_probe.freeze_eval_rows(cfg, corpus["manifest"], split, full, frozen,
@@ -136,7 +144,7 @@ def test_freeze_eval_reports_the_change_against_the_full_run(corpus, monkeypatch
 def test_experiment_rows(corpus):
     m, cfg = tiny(), cfg_for()
     plan = CachePlan("lsac_f0.25", "lsac", S, 3, {"attn": {1: [3, 4, 5], 3: [4, 5]}}, 0.25)
-    var, clips = lsac_experiment.lsac_experiment(m, cfg, corpus["manifest"], corpus["mels"], corpus["tokens"],
+    var, clips = lsac_experiment.lsac_experiment(m, cfg, data(corpus),
                                                  [plan], 0, "baseline", "A")
     assert list(dict.fromkeys(clips["variant"])) == ["full", "steps_5", "steps_4", "steps_3", "lsac_f0.25"]
     full = clips[clips["variant"] == "full"]
@@ -188,7 +196,7 @@ def test_table_l1_retention_advantage_at_equal_flops(tmp_path):
 
 
 def test_probe_figure(tmp_path, corpus):
-    df = lsac_probe.lsac_probe(tiny(), cfg_for(), corpus["manifest"], corpus["mels"], corpus["tokens"], 0,
+    df = lsac_probe.lsac_probe(tiny(), cfg_for(), data(corpus), 0,
                                "baseline", "A")
     foga = pd.DataFrame([{"config": "A", "seed": 0, "domain": d, "probe": "foga", "layer": l, "t": t,
                           "score": l * t, "spread": np.nan, "n": 4}

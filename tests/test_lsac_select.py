@@ -1,4 +1,4 @@
-"""LSAC plans (agrepa.generation.lsac, cache_plan): stable-from steps, tau by bisection to a
+"""LSAC plans (agrepa.caching.selection, agrepa.caching.plan): stable-from steps, tau by bisection to a
 budget, refresh, the three controls at the same budget, plan JSON; `agrepa lsac-select`."""
 import json
 
@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agrepa import cli
-from agrepa.generation import lsac
-from agrepa.generation.cache_plan import CachePlan, read_plan, write_plan
+from agrepa.caching import selection as lsac
+from agrepa.caching.plan import CachePlan, read_plan, write_plan
 from test_workflow_support import DEFAULT_CONFIG
 
 

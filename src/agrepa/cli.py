@@ -22,7 +22,7 @@ STAGES = [
     ("probing", "agrepa.probing.cli"),
     ("generation", "agrepa.generation.cli"),
     ("evaluation", "agrepa.evaluation.cli"),
-    ("attention caching", "agrepa.evaluation.lsac_cli"),
+    ("attention caching", "agrepa.caching.cli"),
     ("reports", "agrepa.reports.cli"),
 ]
 

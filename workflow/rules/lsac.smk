@@ -24,7 +24,7 @@ rule lsac_probe:
     params:
         mels=store_dir("mels"),
         tokens=store_dir("tokens"),
-        cfg=config_hash("agrepa.evaluation.lsac_probe"),
+        cfg=config_hash("agrepa.caching.probe"),
     log:
         log_path("lsac_probe", "{tc}", "seed{seed}", "{method}"),
     threads: res("sample", "threads")
@@ -45,7 +45,7 @@ rule lsac_select:
         index=LSAC_PLANS,
     params:
         out=lambda wc, output: os.path.dirname(output.index),
-        cfg=config_hash("agrepa.generation.lsac"),
+        cfg=config_hash("agrepa.caching.selection"),
     log:
         log_path("lsac_select", "{tc}", "seed{seed}", "{method}"),
     threads: 1
@@ -71,7 +71,7 @@ rule lsac_eval:
         plans=lambda wc, input: os.path.dirname(input.plans),
         mels=store_dir("mels"),
         tokens=store_dir("tokens"),
-        cfg=config_hash("agrepa.evaluation.lsac_experiment"),
+        cfg=config_hash("agrepa.caching.experiment"),
     log:
         log_path("lsac_eval", "{tc}", "seed{seed}", "{method}"),
     threads: res("sample", "threads")

@@ -2,7 +2,7 @@
 ``agrepa lsac-probe`` (pandas + matplotlib only).
 
 Quality loss of a variant on clip c is its mel distortion against the full-compute run,
-D_v(c) = sum (x - x_full)^2 / sum x_full^2 (:mod:`agrepa.evaluation.cache_quality`); the
+D_v(c) = sum (x - x_full)^2 / sum x_full^2 (:mod:`agrepa.caching.quality`); the
 variant's mel SNR is -10 log10 of the mean of D_v over clips. **Retention advantage** of a
 cache variant = the quality loss of naive step reduction at equal FLOPs over its own::
 

@@ -3,7 +3,8 @@ steps of the sampler, and what freezing it does to the output (seed 004, Sec. 2)
 
 On the clips of ``lsac.probe.split`` (the first ``lsac.probe.max_clips`` per domain, zero-shot
 prompts and noise exactly as ``agrepa sample`` draws them for ``--seed``), with the sampler of
-``sample.*`` (S = ``sample.steps`` Euler steps, sway, CFG in one stacked batch):
+``sample.*`` (S = ``sample.steps`` Euler steps, sway, CFG in one stacked batch, initial noise of
+scale ``train.noise_scale``):
 
 * **relative change** of block l's attention output y_l (before its adaLN gate) at step
   i = 1..S-1, per row over its real frames: ``r_l(i) = ||y_l^i - y_l^{i-1}|| /
@@ -13,7 +14,7 @@ prompts and noise exactly as ``agrepa sample`` draws them for ``--seed``), with 
   ``lsac.probe.freeze_at`` (k in 1..S-2), the run that reuses y_l^k at every step i > k
   (steps 0..k are the full run's: it restarts from the full run's state x_k). Row
   ``freeze_mel_snr``: -10 log10 of the mean over the domain's clips of the mel distortion
-  against the full run (:mod:`agrepa.evaluation.cache_quality`); with
+  against the full run (:mod:`agrepa.caching.quality`); with
   ``lsac.probe.freeze_eval`` also ``freeze_delta_<metric>`` for each of ``lsac.metrics``:
   the frozen run's WER / FAD minus the full run's (vocoded, against the ground truth).
 
@@ -33,14 +34,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..config import DOMAINS
-from ..generation.sampling import (batch_inputs, euler_solve, length_batches, split_requests, sway_schedule,
-                                   target_frames)
+from ..generation.sampling import (batch_inputs, euler_solve, guidance, length_batches, split_requests,
+                                   sway_schedule, target_frames)
 from ..model.cache import StepCache
-from .cache_quality import QualityScorer, mel_distortion
+from .quality import QualityScorer, mel_distortion
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEYS = ("lsac.eps", "lsac.metrics", "lsac.probe", "sample")  # config sections this module reads
+CONFIG_KEYS = ("lsac.eps", "lsac.metrics", "lsac.probe", "sample", "train.noise_scale")  # config sections this module reads
 
 CSV_COLUMNS = ["config", "seed", "domain", "branch", "layer", "step", "t", "metric", "score"]
 
@@ -60,7 +61,7 @@ def row_change(y: Tensor, prev: Tensor, weights: Tensor, eps: float) -> Tensor:
     return ((y - prev) * w).flatten(1).norm(dim=1) / ((prev * w).flatten(1).norm(dim=1) + eps)
 
 
-def trace_changes(model, inputs, times: Tensor, cfg_scale, eps: float):
+def trace_changes(model, inputs, times: Tensor, cfg_scale, eps: float, uncond_prompt: str = "drop"):
     """The full run of one batch: (output x, states x_0..x_{S-1}, {(layer, step): r per row})."""
     noise, tokens, prompt, mask = inputs
     weights = (mask if cfg_scale is None else torch.cat([mask, mask])).float()[..., None]
@@ -74,16 +75,18 @@ def trace_changes(model, inputs, times: Tensor, cfg_scale, eps: float):
         prev[layer] = y
 
     states: list[Tensor] = []
-    x = euler_solve(model, noise, times, tokens, prompt, mask, cfg_scale, StepCache(observe=observe), states)
+    x = euler_solve(model, noise, times, tokens, prompt, mask, cfg_scale, StepCache(observe=observe), states,
+                    uncond_prompt=uncond_prompt)
     return x, states, changes
 
 
-def frozen_run(model, inputs, times: Tensor, states: list[Tensor], layer: int, k: int, cfg_scale) -> Tensor:
+def frozen_run(model, inputs, times: Tensor, states: list[Tensor], layer: int, k: int, cfg_scale,
+               uncond_prompt: str = "drop") -> Tensor:
     """The run that reuses layer ``layer``'s attention output of step k at every later step."""
     _, tokens, prompt, mask = inputs
     S = times.shape[0] - 1
     cache = StepCache({("attn", layer): range(1, S - k)})
-    return euler_solve(model, states[k], times[k:], tokens, prompt, mask, cfg_scale, cache)
+    return euler_solve(model, states[k], times[k:], tokens, prompt, mask, cfg_scale, cache, uncond_prompt=uncond_prompt)
 
 
 @torch.no_grad()
@@ -91,14 +94,15 @@ def probe_runs(model, cfg: dict, split, seed: int, device) -> tuple[dict, dict, 
     """Per clip: the full output, the frozen outputs {(layer, k): {id: mel}} and the changes
     {(half, layer, step): {id: r}} (half = cond | uncond)."""
     sc = cfg["sample"]
-    S, cfg_scale = int(sc["steps"]), sc["cfg_scale"]
+    S, cfg_scale, g = int(sc["steps"]), sc["cfg_scale"], guidance(cfg)
     times = sway_schedule(S, float(sc["sway"])).to(device)
     ks = freeze_steps(S, cfg["lsac"]["probe"]["freeze_at"])
     full, frozen, change = {}, defaultdict(dict), defaultdict(dict)
     for idx in length_batches(split.requests, int(sc["batch_size"])):
         batch = [split.requests[i] for i in idx]
-        inputs = tuple(x.to(device) for x in batch_inputs(batch, seed, model.n_mels))
-        x, states, changes = trace_changes(model, inputs, times, cfg_scale, float(cfg["lsac"]["eps"]))
+        inputs = tuple(x.to(device) for x in batch_inputs(batch, seed, model.n_mels, g["noise_scale"]))
+        x, states, changes = trace_changes(model, inputs, times, cfg_scale, float(cfg["lsac"]["eps"]),
+                                           g["uncond_prompt"])
         full.update((r.id, m) for r, m in zip(batch, target_frames(x.float().cpu(), batch)))
         for (layer, step), r in changes.items():
             for j, req in enumerate(batch):
@@ -107,17 +111,17 @@ def probe_runs(model, cfg: dict, split, seed: int, device) -> tuple[dict, dict, 
                     change[("uncond", layer, step)][req.id] = float(r[len(batch) + j])
         freezes = [(k, layer) for k in ks for layer in range(1, model.n_layers + 1)]
         for k, layer in tqdm(freezes, desc=f"causal freezing, batch of {len(batch)}"):
-            xf = frozen_run(model, inputs, times, states, layer, k, cfg_scale)
+            xf = frozen_run(model, inputs, times, states, layer, k, cfg_scale, g["uncond_prompt"])
             frozen[(layer, k)].update((r.id, m) for r, m in zip(batch, target_frames(xf.float().cpu(), batch)))
     return full, dict(frozen), dict(change)
 
 
-def lsac_probe(model, cfg: dict, manifest, mels_dir, tokens_dir, seed: int, branch: str, token_config: str,
-               device="cpu") -> pd.DataFrame:
+def lsac_probe(model, cfg: dict, data, seed: int, branch: str, token_config: str, device="cpu") -> pd.DataFrame:
     """The probe's tidy DataFrame (module docstring) for one branch checkpoint's model
-    (column ``config`` = the token config, as in the probes CSV)."""
+    (column ``config`` = the token config, as in the probes CSV); ``data``: the
+    ``agrepa.training.dataset.DataPaths`` of the manifest, mel and token stores."""
     pc = cfg["lsac"]["probe"]
-    split = split_requests(cfg, manifest, mels_dir, tokens_dir, pc["split"], seed, pc["max_clips"])
+    split = split_requests(cfg, data, pc["split"], seed, pc["max_clips"])
     model = model.to(device).eval()
     full, frozen, change = probe_runs(model, cfg, split, seed, device)
     times = sway_schedule(int(cfg["sample"]["steps"]), float(cfg["sample"]["sway"])).tolist()
@@ -138,7 +142,7 @@ def lsac_probe(model, cfg: dict, manifest, mels_dir, tokens_dir, seed: int, bran
                 rows.append(dict(base, domain=d, layer=layer, step=k, t=times[k], metric="freeze_mel_snr",
                                  score=math.inf if m == 0 else -10.0 * math.log10(m)))
     if pc["freeze_eval"]:
-        rows += freeze_eval_rows(cfg, manifest, split, full, frozen, base, times)
+        rows += freeze_eval_rows(cfg, data.manifest, split, full, frozen, base, times)
     return pd.DataFrame(rows, columns=CSV_COLUMNS)
 
 

@@ -21,13 +21,11 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import numpy as np
-import torch
 from torch import Tensor
 
 from ..config import DOMAINS
-from . import metrics
-from .evaluate import _gt_wave, fad_rows
+from ..evaluation import metrics
+from ..evaluation.evaluate import _gt_wave, fad_rows
 
 CONFIG_KEYS = ("audio.sample_rate", "eval")  # config sections this module reads
 
@@ -67,11 +65,11 @@ class QualityScorer:
         self.vocoder = build_vocoder(cfg) if self.metrics else None
         self.asr = self.embedding = None
         if "wer" in self.metrics and "speech" in self.domain.values():
-            from .asr import build_asr
+            from ..evaluation.asr import build_asr
             self.asr = build_asr(cfg)
         self.ref_emb = {}
         if "fad" in self.metrics:
-            from .embeddings import build_embedding
+            from ..evaluation.embeddings import build_embedding
             self.embedding = build_embedding(cfg)
             self.ref_emb = {cid: self.embedding.embed(_gt_wave(manifest, split.rows, cid, cfg), self.sr)
                             for cid in split.targets}
@@ -90,7 +88,7 @@ class QualityScorer:
             if not ids:
                 continue
             if self.asr is not None and domain == "speech":
-                from .asr import wer_counts
+                from ..evaluation.asr import wer_counts
 
                 texts = [str(self.split.rows.loc[c, "text"]) for c in ids]
                 counts = wer_counts(texts, [self.asr.transcribe(waves[c], self.sr) for c in ids], ids)

@@ -8,7 +8,7 @@ prompts from ``--seed``), with S = ``sample.steps`` and the rest of ``sample.*``
 * every cache plan of ``--plans`` (``agrepa lsac-select``: LSAC and its controls per budget).
 
 Per clip (``clips.csv``): model frames T (prompt + target), analytic GFLOPs of the whole
-sampling (total and self-attention, CFG's two rows included; :mod:`agrepa.generation.flops`),
+sampling (total and self-attention, CFG's two rows included; :mod:`agrepa.caching.flops`),
 its ratio to the full run's, the mel distortion and SNR against the full run, and the word
 errors / reference words of its transcript (speech, with ``wer`` in ``lsac.metrics``).
 Per variant (``variants.csv``, long): corpus WER and FAD with bootstrap CIs per domain
@@ -26,14 +26,14 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from ..generation.cache_plan import CachePlan, read_plan
-from ..generation.flops import Dims, sampling_flops
-from ..generation.sampling import generate, split_requests
-from .cache_quality import QualityScorer, mel_distortion
+from .plan import CachePlan, read_plan
+from .flops import Dims, sampling_flops
+from ..generation.sampling import generate, guidance, split_requests
+from .quality import QualityScorer, mel_distortion
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEYS = ("lsac.metrics", "sample")  # config sections this module reads
+CONFIG_KEYS = ("lsac.metrics", "sample", "train.noise_scale")  # config sections this module reads
 
 VARIANT_COLUMNS = ["config", "seed", "branch", "variant", "strategy", "budget", "steps", "attention_savings",
                    "domain", "metric", "value", "ci_low", "ci_high", "n", "model"]
@@ -74,11 +74,12 @@ def variants(steps: int, plans: list[CachePlan]) -> list[Variant]:
     return out
 
 
-def run_variant(model, split, v: Variant, sc: dict, seed: int, device) -> tuple[list, float, float]:
+def run_variant(model, split, v: Variant, cfg: dict, seed: int, device) -> tuple[list, float, float]:
     """(generated normalised mels, wall seconds, process CPU seconds) of one variant."""
+    sc = cfg["sample"]
     start, cpu = time.perf_counter(), time.process_time()
     mels = generate(model, split.requests, v.steps, sc["cfg_scale"], float(sc["sway"]), seed,
-                    batch_size=int(sc["batch_size"]), device=device, progress=False,
+                    batch_size=int(sc["batch_size"]), device=device, progress=False, **guidance(cfg),
                     new_cache=None if v.plan is None else v.plan.new_cache)
     if str(device).startswith("cuda"):
         import torch
@@ -102,22 +103,23 @@ def clip_rows(model, split, v: Variant, mels, full, sc: dict, base: dict) -> lis
     return rows
 
 
-def lsac_experiment(model, cfg: dict, manifest, mels_dir, tokens_dir, plans: list[CachePlan], seed: int,
-                    branch: str, token_config: str, device="cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
+def lsac_experiment(model, cfg: dict, data, plans: list[CachePlan], seed: int, branch: str, token_config: str,
+                    device="cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(variants, clips) DataFrames for one branch checkpoint (module docstring; column
-    ``config`` = the token config)."""
+    ``config`` = the token config; ``data``: the ``agrepa.training.dataset.DataPaths`` of the
+    manifest, mel and token stores)."""
     sc = cfg["sample"]
-    split = split_requests(cfg, manifest, mels_dir, tokens_dir, "test", seed)
+    split = split_requests(cfg, data, "test", seed)
     model = model.to(device).eval()
     for p in plans:
         p.check_model(model.n_layers, int(sc["steps"]), f"plan {p.name}")
-    scorer = QualityScorer(cfg, manifest, split, cfg["lsac"]["metrics"])
+    scorer = QualityScorer(cfg, data.manifest, split, cfg["lsac"]["metrics"])
     vs = variants(int(sc["steps"]), plans)
-    full_mels = run_variant(model, split, vs[0], sc, seed, device)[0]          # warm-up, untimed
+    full_mels = run_variant(model, split, vs[0], cfg, seed, device)[0]          # warm-up, untimed
     full = {r.id: x for r, x in zip(split.requests, full_mels)}
     var_rows, clips = [], []
     for v in tqdm(vs, desc="variants"):
-        mels, wall, cpu = run_variant(model, split, v, sc, seed, device)
+        mels, wall, cpu = run_variant(model, split, v, cfg, seed, device)
         base = {"config": token_config, "seed": int(seed), "branch": branch, "variant": v.name,
                 "strategy": v.strategy, "budget": v.budget, "steps": v.steps,
                 "attention_savings": v.attention_savings}

@@ -2,7 +2,7 @@
 
 From the probe's relative change of each layer's attention output between
 consecutive ODE steps, r_l(i) = ||y_l^i - y_l^{i-1}|| / ||y_l^{i-1}|| (i = 1..S-1;
-:mod:`agrepa.evaluation.lsac_probe`), aggregated as the MAX over domains and CFG
+:mod:`agrepa.caching.probe`), aggregated as the MAX over domains and CFG
 halves of the per-clip mean (a layer counts as converged only where it has
 converged for both domains and both halves):
 
@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import CACHE_STRATEGIES
-from .cache_plan import CachePlan
+from .plan import CachePlan
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,10 @@
 convergence over the ODE steps and causal freezing), ``lsac-select`` (cache plans) and
 ``lsac-eval`` (the runs behind Table L1 / Figure L2).
 
-They have their own CLI module, not the generation / evaluation ones: a rule's config hash
-covers every section its stage's CLI module reaches through its imports, so LSAC commands
-registered there would make editing ``lsac.*`` re-run every sampling and evaluation job.
-Each LSAC rule hashes the science module it runs instead.
+A stage of its own (not in generation's or evaluation's CLI): a rule's config hash covers the
+sections a module reaches through its imports, so LSAC commands registered there would make
+editing ``lsac.*`` re-run every sampling and evaluation job. Each LSAC rule hashes the science
+module it runs (``workflow/rules/lsac.smk``), so editing a budget re-plans without re-probing.
 """
 from __future__ import annotations
 
@@ -19,21 +19,21 @@ log = logging.getLogger(__name__)
 def _load_run(args):
     """(config with the checkpoint's model section, loaded run, device)."""
     from ..device import resolve_device, set_threads
-    from ..training.train import load_checkpoint  # stage modules are imported when their subcommand runs
+    from ..training.checkpoint import load_run  # stage modules are imported when their subcommand runs
 
     cfg = config_mod.from_args(args)
     set_threads(args.threads)
-    run = load_checkpoint(args.ckpt)
+    run = load_run(args.ckpt)  # the EMA weights, as `agrepa sample` reads them
     return {**cfg, "model": run.cfg["model"]}, run, resolve_device(cfg)
 
 
 def cmd_lsac_probe(args) -> int:
     from .. import io
-    from .lsac_probe import lsac_probe
+    from ..training.cli import data_paths
+    from .probe import lsac_probe
 
     cfg, run, device = _load_run(args)
-    df = lsac_probe(run.model, cfg, args.manifest, args.mels, args.tokens, args.seed, args.branch or run.method,
-                    args.token_config, device)
+    df = lsac_probe(run.model, cfg, data_paths(args), args.seed, args.branch or run.method, args.token_config, device)
     io.write_csv(args.out, df)
     log.info("wrote %d rows to %s", len(df), args.out)
     return 0
@@ -47,8 +47,8 @@ def cmd_lsac_select(args) -> int:
     import pandas as pd
 
     from .. import io
-    from ..generation.cache_plan import write_plan
-    from ..generation.lsac import select_plans
+    from .plan import write_plan
+    from .selection import select_plans
 
     cfg = config_mod.from_args(args)
     if not Path(args.probe).exists():
@@ -68,11 +68,12 @@ def cmd_lsac_eval(args) -> int:
     from pathlib import Path
 
     from .. import io
-    from .lsac_experiment import lsac_experiment, read_plans
+    from ..training.cli import data_paths
+    from .experiment import lsac_experiment, read_plans
 
     cfg, run, device = _load_run(args)
-    variants, clips = lsac_experiment(run.model, cfg, args.manifest, args.mels, args.tokens, read_plans(args.plans),
-                                      args.seed, args.branch or run.method, args.token_config, device)
+    variants, clips = lsac_experiment(run.model, cfg, data_paths(args), read_plans(args.plans), args.seed,
+                                      args.branch or run.method, args.token_config, device)
     io.write_csv(Path(args.out_dir) / "variants.csv", variants)
     io.write_csv(Path(args.out_dir) / "clips.csv", clips)
     return 0
