@@ -162,3 +162,12 @@ def test_freeze_distortion_takes_the_worst_domain():
     assert lsac.freeze_distortion(df) == {1: {4: pytest.approx(0.01)}, 2: {4: 0.0}}
     with pytest.raises(ValueError, match="causal freezing"):
         lsac.freeze_distortion(df.assign(metric="rel_change_cond"))
+
+
+def test_lsac_runs_on_the_first_n_seeds_and_a_bad_count_names_the_key():
+    from agrepa import config as config_mod
+
+    cfg = config_mod.load(DEFAULT_CONFIG, ["seeds=[5, 6]", "lsac.n_seeds=2"])   # any seeds: no second list to edit
+    assert cfg["lsac"]["n_seeds"] == 2
+    with pytest.raises(ValueError, match=r"lsac\.n_seeds: 3 must lie in 0\.\.2"):
+        config_mod.load(DEFAULT_CONFIG, ["seeds=[5, 6]", "lsac.n_seeds=3"])

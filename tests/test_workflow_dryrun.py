@@ -33,7 +33,7 @@ def test_default_config_plans_tables_2_and_3_grid(wf):
     for rule in ("report_figure1", "report_layer_scores"):
         assert c[rule] == 2, rule
     assert c["report_convergence"] == c["report_lsac_figure"] == c["report_lsac_probe_figure"] == 1
-    # LSAC on the baseline and AG-REPA branches (Config A) of lsac.seeds = [0]
+    # LSAC on the baseline and AG-REPA branches (Config A) of the first seed (lsac.n_seeds = 1)
     assert c["lsac_probe"] == c["lsac_select"] == c["lsac_eval"] == 2
 
 

@@ -63,7 +63,7 @@ def test_every_target_is_produced(wf):
 
 
 def test_table_l1_and_figure_l2_from_the_whole_dag(wf):
-    # issue 16: Table L1 + Figure L2 for the baseline and AG-REPA checkpoints (lsac.seeds = [0])
+    # issue 16: Table L1 + Figure L2 for the baseline and AG-REPA checkpoints (lsac.n_seeds = 1: seed 0)
     t = pd.read_csv(wf / "results" / "table_l1.csv")
     assert list(dict.fromkeys(t["branch"])) == ["baseline", "ag_repa"] and set(t["seed"]) == {0}
     for branch, b in t.groupby("branch"):

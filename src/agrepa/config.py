@@ -117,9 +117,9 @@ def validate(cfg: dict, source: str = "config") -> dict:
                              "or lsac.methods) is not defined")
         if "layers" in cfg["methods"][method]:
             check_layers(cfg["methods"][method]["layers"], cfg["model"]["n_layers"], f"methods.{method}.layers ({source})")
-    if not set(cfg["lsac"]["seeds"]) <= set(cfg["seeds"]):
-        raise ValueError(f"{source}: config key lsac.seeds: {cfg['lsac']['seeds']} must be a subset of "
-                         f"seeds {cfg['seeds']}")
+    if not 0 <= cfg["lsac"]["n_seeds"] <= len(cfg["seeds"]):
+        raise ValueError(f"{source}: config key lsac.n_seeds: {cfg['lsac']['n_seeds']} must lie in "
+                         f"0..{len(cfg['seeds'])} (the number of seeds)")
     return cfg
 
 

@@ -99,8 +99,8 @@ def experiment_grid(cfg):
     if outside:
         raise ValueError(f"config key branch_token_configs: {outside} not in token_configs {cfg['token_configs']}")
     return {
-        "lsac_methods": list(cfg["lsac"]["methods"]),        # a subset of `methods` and of `seeds`:
-        "lsac_seeds": [int(s) for s in cfg["lsac"]["seeds"]],  # checked by config validation
+        "lsac_methods": list(cfg["lsac"]["methods"]),        # checked by config validation
+        "lsac_seeds": [int(s) for s in cfg["seeds"][: int(cfg["lsac"]["n_seeds"])]],
         "token_configs": list(cfg["token_configs"]),
         "branch_token_configs": list(cfg["branch_token_configs"]),
         "seeds": [int(s) for s in cfg["seeds"]],

@@ -1,5 +1,5 @@
 # Layer-selective attention caching (seed 004) on the branch checkpoints of
-# lsac.methods x lsac.seeds: `agrepa lsac-probe` (attention convergence over the ODE
+# lsac.methods x the first lsac.n_seeds seeds: `agrepa lsac-probe` (attention convergence over the ODE
 # steps, causal freezing; valid split), `agrepa lsac-select` (LSAC + control plans per
 # budget), `agrepa lsac-eval` (full / fewer steps / cached sampling of the test subset),
 # then Table L1, Figure L2 and the probe figure (`agrepa report lsac-*`, CSVs only).
