@@ -174,6 +174,20 @@ def test_analytic_flops_equal_the_flop_counter_uncached():
     assert (total, attn) == (sampling_flops(d, 17, S, True)["total"], sampling_flops(d, 17, S, True)["attention"])
 
 
+def test_analytic_flops_count_config_bs_token_fusion():
+    # Config B: [B, N, 2] ids, both domains' fusion projections run on every position
+    torch.manual_seed(0)
+    m = DiT(n_layers=L, dim=32, n_heads=2, n_mels=M, vocab_size=30, ff_mult=2, paired_tokens=True,
+            audio_offset=15).eval()
+    noise, tokens, prompt, mask = inputs(B=1, T=17)
+    paired = torch.stack([tokens, (tokens + 3).clamp(max=29) * (tokens > 0)], -1)    # [1, 7, 2], padding kept
+    total, attn = counted(lambda: sampling.euler_sample(m, noise, paired, prompt, mask, S, 2.0, -1.0))
+    d = Dims.of(m)
+    assert d.paired_tokens
+    assert (total, attn) == tuple(sampling_flops(d, 17, S, True, n_tokens=7)[k] for k in ("total", "attention"))
+    assert total - sampling_flops(Dims.of(model()), 17, S, True)["total"] == S * 2 * 8 * 7 * 32 ** 2
+
+
 def test_cached_flops_equal_analytic_minus_the_plans_savings():
     m, d, p = model(), Dims.of(model()), plan(**PLAN)
     clip = inputs(B=1, T=17)

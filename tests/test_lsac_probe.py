@@ -152,7 +152,8 @@ def test_experiment_rows(corpus):
     s4 = clips[clips["variant"] == "steps_4"]
     assert np.allclose(s4["rel_flops"], 4 / 6) and (s4["mel_distortion"] > 0).all()
     cached = clips[clips["variant"] == "lsac_f0.25"].iloc[0]
-    want = sampling_flops(Dims.of(m), int(cached["frames"]), S, True, plan.cells())
+    n_tokens = {r.id: r.tokens.shape[0] for r in sampling.split_requests(cfg, data(corpus), "test", 0).requests}
+    want = sampling_flops(Dims.of(m), int(cached["frames"]), S, True, plan.cells(), n_tokens[cached["id"]])
     assert cached["gflops"] == pytest.approx(want["total"] / 1e9)
     assert cached["attention_savings"] == pytest.approx(5 / 18)
     assert set(var["metric"]) == {"wall_s_per_clip", "cpu_s_per_clip"} and (var["value"] > 0).all()

@@ -92,9 +92,9 @@ def clip_rows(model, split, v: Variant, mels, full, sc: dict, base: dict) -> lis
     cfg_on = sc["cfg_scale"] is not None
     rows = []
     for r, x in zip(split.requests, mels):
-        T = r.prompt.shape[0] + r.n_frames
-        f = sampling_flops(d, T, v.steps, cfg_on, None if v.plan is None else v.plan.cells())
-        f_full = sampling_flops(d, T, int(sc["steps"]), cfg_on)
+        T, N = r.prompt.shape[0] + r.n_frames, r.tokens.shape[0]
+        f = sampling_flops(d, T, v.steps, cfg_on, None if v.plan is None else v.plan.cells(), N)
+        f_full = sampling_flops(d, T, int(sc["steps"]), cfg_on, n_tokens=N)
         dist = mel_distortion(x, full[r.id])
         rows.append(dict(base, id=r.id, domain=str(split.rows.loc[r.id, "domain"]), frames=T,
                          gflops=f["total"] / 1e9, attn_gflops=f["attention"] / 1e9,
