@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agrepa import config as config_mod
-from agrepa.training import train
+from agrepa.training import schedule, train
 from agrepa.training.checkpoint import load_run
 from agrepa.cli import main as cli_main
 from test_dataset import data_paths, make_corpus, tiny_cfg
@@ -152,7 +152,7 @@ def test_cli_train_runs_and_reports_bad_input(setup, tmp_path, capsys):
 
 
 def test_lr_schedules():
-    f = lambda s, total, kind: train.lr_factor(s, total, kind, 0.1, 25.0, 1e4)
+    f = lambda s, total, kind: schedule.lr_factor(s, total, kind, 0.1, 25.0, 1e4)
     assert f(0, 100, "onecycle") == pytest.approx(1 / 25)
     assert f(10, 100, "onecycle") == pytest.approx(1.0)                  # peak after the warm-up fraction
     assert f(99, 100, "onecycle") == pytest.approx(1 / 25e4)             # the last step

@@ -57,9 +57,10 @@ class DNSMOS:
 
     def __init__(self):
         import importlib.metadata as md
+        import importlib.util
 
-        from speechmos import dnsmos  # noqa: F401  (fails early if the wheel is missing)
-
+        if importlib.util.find_spec("speechmos") is None:
+            raise ImportError("DNSMOS needs the speechmos wheel (pip install speechmos)")
         self.version = md.version("speechmos")
 
     def describe(self) -> str:

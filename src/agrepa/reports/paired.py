@@ -17,7 +17,6 @@ import logging
 import os
 from typing import Iterable
 
-import numpy as np
 import pandas as pd
 
 from .. import io

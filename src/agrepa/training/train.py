@@ -59,7 +59,7 @@ from . import distributed as dist_mod
 from .checkpoint import EMA, RunSpec, TrainState, read_checkpoint, resume, rng_state, seed_everything, set_rng_state
 from .dataset import BalancedSampler, DataPaths, TrainingData, crop_frames, derive_seed, generator, shard
 from .objectives import BiTCHeads, REPAHeads, flow_matching_loss, method_plan, plan_to_json
-from .schedule import Lengths, Schedule, continue_optimizer, lr_factor, make_optimizer  # noqa: F401 (lr_factor re-exported)
+from .schedule import Lengths, Schedule, continue_optimizer, make_optimizer
 
 CONFIG_KEYS = ("audio", "device", "train")  # config sections this module reads
 
