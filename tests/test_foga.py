@@ -91,11 +91,12 @@ def test_restores_training_mode_and_needs_no_grad():
 
 
 def test_shared_work_runs_half_the_block_evaluations():
-    """Efficient FoG-A evaluates L(L+1)/2 block-samples; naive runs L+1 full forwards."""
+    """Efficient FoG-A evaluates L(L+1)/2 block-samples; naive runs L+1 full forwards (counted at
+    each block's attention, which every evaluation of the block runs once)."""
     m = make_model(n_layers=6)
     B = 4
     seen = []
-    hooks = [b.register_forward_hook(lambda mod, inp, out: seen.append(out.shape[0])) for b in m.blocks]
+    hooks = [b.attn.register_forward_hook(lambda mod, inp, out: seen.append(out.shape[0])) for b in m.blocks]
     inputs = make_inputs(B=B)
     foga(m, *inputs)
     fast = sum(seen)

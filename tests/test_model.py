@@ -54,11 +54,12 @@ def test_zero_gate_removes_block_exactly(layer):
     assert torch.equal(h[layer], h_full[layer])                 # earlier layers untouched
     assert not torch.equal(v, v_full)                           # the block did matter
     # the same as skipping the block by hand
-    hh, ctx = m.prepare(*args[:4], mask=args[4])
+    state, ctx = m.prepare(*args[:4], mask=args[4])
+    hh = state.h
     for i, block in enumerate(m.blocks):
         if i != layer:
             hh = hh + block.update(hh, ctx)
-    assert torch.allclose(m.output(hh, ctx), v, atol=1e-6)
+    assert torch.allclose(m.output(type(state)(hh), ctx), v, atol=1e-6)
 
 
 def test_per_sample_gates_and_build_model():
@@ -132,5 +133,5 @@ def test_dit_takes_config_b_rows():
     pairs[:, :, 1] += 18                                  # BEATs ids
     v = m(x, t, pairs, prompt, mask)
     assert v.shape == x.shape and torch.isfinite(v).all()
-    h0 = m.prepare(x, t, pairs, prompt, mask)[0]
-    assert not torch.allclose(h0, m.prepare(x, t, pairs.flip(1), prompt, mask)[0])   # the token order matters
+    h0 = m.prepare(x, t, pairs, prompt, mask)[0].h
+    assert not torch.allclose(h0, m.prepare(x, t, pairs.flip(1), prompt, mask)[0].h)   # the token order matters

@@ -257,7 +257,9 @@ def test_every_report_subcommand_runs_without_torch(results, tmp_path):
 
     from test_report_probes import run_csv
 
-    cfg_path = agrepa_config.save_resolved(small_cfg(), tmp_path, "cfg.yaml")
+    cfg = small_cfg()
+    cfg["report"]["table4"].update(architectures=["dit"], seeds=[0, 1])
+    cfg_path = agrepa_config.save_resolved(cfg, tmp_path, "cfg.yaml")
     probes = [str(run_csv(tmp_path, "A", 0)), str(run_csv(tmp_path, "A", 1))]
     out, base = tmp_path / "out", ["--config", str(cfg_path)]
     metrics = str(out / "metrics.csv")
@@ -275,6 +277,11 @@ def test_every_report_subcommand_runs_without_torch(results, tmp_path):
         "layer-scores": ["--probes", *probes, "--out", str(out / "ls.png")],
         "convergence": ["--convergence", *map(str, results["convs"]), "--out", str(out / "c.png")],
         "seed-scatter": ["--metrics", metrics, "--out", str(out / "s.png")],
+        "table4": ["--eval", *(f"dit:{p}" for p in results["evals"] if p.stem in ("baseline", "ag_repa")),
+                   "--probes", *(f"dit:{p}" for p in probes),
+                   "--selection", *(f"dit:{p}" for p in results["sels"] if p.stem == "foga"),
+                   "--out", str(out / "t4.csv"), "--vs-paper", str(out / "t4v.csv")],
+        "table4-figure": ["--table", str(out / "t4v.csv"), "--out", str(out / "t4.png")],
     }
     parser = cli.build_parser()
     report = next(a for a in parser._subparsers._group_actions[0].choices["report"]._actions

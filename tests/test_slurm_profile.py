@@ -53,6 +53,24 @@ def test_profile_dry_run_plans_paper_grid_with_shared_warmups(wf):
     assert job_counts(r3.stdout)["convergence"] == 5 * n_cfg * n_seed
 
 
+def test_paper_dry_run_plans_the_table4_grid(wf):
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    n_seed = len(paper["report"]["table4"]["seeds"])
+    assert n_seed == 3
+    r = snakemake(["--profile", "slurm", "-n", "-p", "results/table4.csv"], wf, env=SKIP)
+    assert r.returncode == 0, r.stdout + r.stderr
+    c = job_counts(r.stdout)
+    # three other backbones, config A: a warm-up, probes, the FoG-A selection, baseline + AG-REPA
+    assert c["train_warmup_arch"] == c["probe_arch"] == c["select_arch"] == 3 * n_seed
+    assert c["train_branch_arch"] == c["sample_arch"] == c["evaluate_arch"] == 3 * 2 * n_seed
+    # the DiT row is Table 2's baseline and AG-REPA runs of config A
+    assert c["train_warmup"] == c["probe"] == c["select"] == n_seed and c["train_branch"] == 2 * n_seed
+    assert c["report_table4"] == 1
+    warmups = [line for line in r.stdout.splitlines() if "agrepa train" in line and "--phase warmup" in line]
+    for arch in ("voicebox", "cosyvoice", "f5"):
+        assert sum(f"--set model.arch={arch} " in line for line in warmups) == n_seed, arch
+
+
 FAKE = {
     # log the arguments and answer like `sbatch --parsable`: a job id
     "sbatch": 'n=$(( $(cat "$FAKE_SLURM_DIR/sbatch.log" 2>/dev/null | wc -l) + 1000 ))\n'

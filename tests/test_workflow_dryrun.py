@@ -28,13 +28,17 @@ def test_default_config_plans_tables_2_and_3_grid(wf):
     assert c["tokens_fit"] == 3 and c["tokens_encode"] == 2      # Config B adds the BEATs stream
     for rule in ("report_metrics", "report_table1", "report_table2", "report_table3", "report_paired",
                  "report_paired_table2", "report_summary", "report_forest", "report_seed_scatter",
-                 "report_lsac_table"):
+                 "report_lsac_table", "report_table4", "report_table4_figure"):
         assert c[rule] == 1, rule
     for rule in ("report_figure1", "report_layer_scores"):
         assert c[rule] == 2, rule
     assert c["report_convergence"] == c["report_lsac_figure"] == c["report_lsac_probe_figure"] == 1
     # LSAC on the baseline and AG-REPA branches (Config A) of the first seed (lsac.n_seeds = 1)
     assert c["lsac_probe"] == c["lsac_select"] == c["lsac_eval"] == 2
+    # Table 4: Voicebox-, CosyVoice- and F5-style at seed 0 (the DiT's row reuses Table 2's runs)
+    assert c["train_warmup_arch"] == c["probe_arch"] == c["select_arch"] == 3
+    assert c["train_branch_arch"] == c["sample_arch"] == c["evaluate_arch"] == c["heldout_arch"] == 3 * 2
+    assert "convergence_arch" not in c
 
 
 def test_test_overlay_plans_a_small_grid(wf):
@@ -46,6 +50,8 @@ def test_test_overlay_plans_a_small_grid(wf):
     assert c["train_branch"] == 8
     assert c["select"] == 4                        # random + foga per seed
     assert c["heldout"] == 8 and "convergence" not in c
+    # Table 4: three other backbones x one seed x (baseline, AG-REPA)
+    assert c["train_warmup_arch"] == 3 and c["train_branch_arch"] == 6 and c["report_table4"] == 1
 
 
 def test_merged_config_is_written_once_and_only_when_changed(wf):
@@ -61,6 +67,26 @@ def test_merged_config_is_written_once_and_only_when_changed(wf):
     # every rule passes that file
     assert "--config results/config.yaml" in snakemake(
         ["-n", "-p", "--cores", "1", "--configfile", "config/test.yaml"], wf).stdout
+
+
+def test_table4_jobs_train_their_backbone_and_the_default_keeps_its_paths(wf):
+    out = snakemake(["-n", "-p", "--cores", "1", "--configfile", "config/test.yaml"], wf).stdout
+    train = [line for line in out.splitlines() if "agrepa train" in line]
+    for arch in ("voicebox", "cosyvoice", "f5"):
+        mine = [line for line in train if f"results/runs/{arch}/A/seed0/" in line]
+        assert len(mine) == 3 and all(f"--set model.arch={arch} " in line for line in mine), arch
+    dit = [line for line in train if "--set model.arch" not in line]
+    assert len(dit) == 10 and all("results/runs/A/seed" in line for line in dit)
+    assert "--selection results/selection/f5/A/seed0/foga.json" in out
+    report = next(line for line in out.splitlines() if "agrepa report table4 " in line)
+    assert "dit:results/eval/A/seed0/ag_repa.json" in report and "f5:results/probes/f5/A/seed0/probes.csv" in report
+
+
+def test_table4_needs_a_baseline_and_a_selection_method(wf, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("report:\n  table4:\n    method: repa_l4\n")
+    r = snakemake(["-n", "--cores", "1", "--configfile", "config/test.yaml", str(bad)], wf)
+    assert r.returncode != 0 and "report.table4" in r.stderr + r.stdout
 
 
 def test_grid_naming_an_undefined_method_fails_with_its_name(wf, tmp_path):
@@ -84,15 +110,16 @@ def test_rules_use_the_conda_env_and_log_files():
         text = smk.read_text()
         if smk.name == "common.smk":
             continue
-        assert text.count("rule ") == text.count('conda:\n        "../../envs/agrepa.yaml"') + \
+        derived = text.count("use rule ")            # `use rule A as B with:` inherits A's conda env
+        assert text.count("rule ") - derived == text.count('conda:\n        "../../envs/agrepa.yaml"') + \
             text.count('conda:\n            "../../envs/agrepa.yaml"'), smk.name
-        assert text.count("rule ") == text.count("log:"), smk.name
+        assert text.count("rule ") == text.count("log:"), smk.name          # each names its own log
 
 
 def test_training_starts_fresh_on_a_first_attempt_and_resumes_on_retries(wf):
     out = snakemake(["-n", "-p", "--cores", "1", "--configfile", "config/test.yaml"], wf).stdout
     commands = [line for line in out.splitlines() if "agrepa train" in line]
-    assert len(commands) == 2 + 8                      # 2 warm-ups + 8 branches
+    assert len(commands) == 2 + 8 + 3 + 6              # 2 warm-ups + 8 branches; Table 4: 3 + 6
     for cmd in commands:
         # attempt 1 outside a SLURM requeue removes a stale last.pt; retries keep it (resume)
         assert cmd.startswith('Shell command: if [ 1 -eq 1 ] && [ "${SLURM_RESTART_COUNT:-0}" -eq 0 ]; then rm -rf ')

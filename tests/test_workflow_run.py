@@ -13,13 +13,15 @@ pytestmark = pytest.mark.slow
 TEST = ["--configfile", "config/test.yaml"]
 RUN = ["--cores", "2", *TEST]
 FIGURE_RULES = {"report_figure1", "report_layer_scores", "report_convergence", "report_seed_scatter", "report_forest",
-                "report_lsac_figure", "report_lsac_probe_figure"}
+                "report_lsac_figure", "report_lsac_probe_figure", "report_table4_figure"}
 REPORT_RULES = FIGURE_RULES | {"report_metrics", "report_metrics_table2", "report_table1", "report_table2", "report_table3",
-                               "report_paired", "report_paired_table2", "report_summary", "report_lsac_table"}
+                               "report_paired", "report_paired_table2", "report_summary", "report_lsac_table",
+                               "report_table4"}
 TARGETS = ["metrics.csv", "table1.csv", "table2.csv", "table3.csv", "table2_vs_paper.csv", "table3_vs_paper.csv",
            "figures/figure1_A.png", "figures/layer_scores_A.png", "figures/convergence_A.png",
            "figures/seed_scatter.png", "figures/forest.png", "listening_test/index.html", "paired.csv", "clips.csv",
-           "summary.md", "table_l1.csv", "figures/figure_l2_A.png", "figures/lsac_probe_A.png"]
+           "summary.md", "table_l1.csv", "figures/figure_l2_A.png", "figures/lsac_probe_A.png", "table4.csv",
+           "table4_vs_paper.csv", "figures/table4.png"]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,15 @@ def test_every_target_is_produced(wf):
     assert {"ag_repa", "repa_l4", "sel_random"} <= set(paired[paired["versus"] == "baseline"]["method"])
     summary = (res / "summary.md").read_text()
     assert summary.startswith("# Results summary: test") and "vs Baseline (None)" in summary
+    # Table 4: the DiT (Table 2's runs) and three other backbones, baseline and AG-REPA, seed 0
+    t4 = pd.read_csv(res / "table4.csv")
+    assert list(t4["arch"]) == ["dit", "dit", "voicebox", "voicebox", "cosyvoice", "cosyvoice", "f5", "f5"]
+    assert list(t4["method"]) == ["baseline", "ag_repa"] * 4 and (t4["seeds"].astype(str) == "0").all()
+    ag = t4[t4["method"] == "ag_repa"]
+    assert ag["WER_n_units"].eq(2).all() and ag["Top-3 FoG-A (speech)"].str.match(r"L\d+ \(").all()
+    assert t4.set_index("arch").loc["f5", "n_units"].tolist() == [4, 4]          # 1 text + 3 DiT blocks
+    assert (res / "runs" / "cosyvoice" / "A" / "seed0" / "ag_repa" / "final.pt").exists()
+    assert len(pd.read_csv(res / "table4_vs_paper.csv")) == 4 * 3
 
 
 def test_table_l1_and_figure_l2_from_the_whole_dag(wf):

@@ -30,6 +30,7 @@ DOMAINS = ("speech", "audio")                           # a clip's domain; index
 STRATEGIES = ("foga", "lasp", "gradnorm", "random")     # layer-selection strategies (Table 3)
 CACHE_STRATEGIES = ("lsac", "causal", "random", "pab", "deepcache")  # attention-caching plans (Table L1)
 PAD_ID = 0                                              # token id of padding in the unified vocabulary
+ARCHS = ("dit", "voicebox", "cosyvoice", "f5")          # flow-matching backbones (model.arch; Table 4)
 SCHEMA = resources.files("agrepa") / "data" / "config.schema.yaml"
 
 

@@ -64,6 +64,16 @@ LSAC_EVAL = os.path.join(LSAC_DIR, "eval", "clips.csv")
 TABLE_L1 = res_path("table_l1.csv")
 FIG_L2 = res_path("figures", "figure_l2_{tc}." + FIG_FORMAT)
 FIG_LSAC_PROBE = res_path("figures", "lsac_probe_{tc}." + FIG_FORMAT)
+# Table 4: the other backbones (model.arch's own runs are the paths above)
+WARMUP_ARCH = res_path("runs", "{arch}", "{tc}", "seed{seed}", "warmup", "final.pt")
+PROBES_ARCH = res_path("probes", "{arch}", "{tc}", "seed{seed}", "probes.csv")
+SELECTION_ARCH = res_path("selection", "{arch}", "{tc}", "seed{seed}", "{strategy}.json")
+BRANCH_ARCH = res_path("runs", "{arch}", "{tc}", "seed{seed}", "{method}", "final.pt")
+SAMPLES_ARCH = res_path("samples", "{arch}", "{tc}", "seed{seed}", "{method}", "samples.csv")
+EVAL_ARCH = res_path("eval", "{arch}", "{tc}", "seed{seed}", "{method}.json")
+HELDOUT_ARCH = res_path("heldout", "{arch}", "{tc}", "seed{seed}", "{method}.csv")
+TABLE4 = res_path("table4.csv")
+FIG_TABLE4 = res_path("figures", "table4." + FIG_FORMAT)
 FIGURE_STYLE = os.path.join(workflow.basedir, "workflow", "report", "figures.mplstyle")
 
 
@@ -108,7 +118,32 @@ def experiment_grid(cfg):
         "table2": t2,
         "strategy_method": strategy_method,
         "selections": needed,
+        **table4_grid(cfg, methods),
     }
+
+
+def table4_grid(cfg, methods):
+    """Table 4's runs: every architecture of report.table4.architectures other than model.arch
+    trains its warm-up, probes and the baseline / AG-REPA pair at report.table4.seeds;
+    model.arch's row reuses the runs of Tables 2-3 (``methods``, which must include the pair)."""
+    t4 = cfg["report"]["table4"]
+    pair = [t4["baseline"], t4["method"]]
+    for m in pair:
+        if m not in cfg["methods"]:
+            raise ValueError(f"config key report.table4: method {m!r} is not defined under methods")
+    if cfg["methods"][pair[0]].get("layers") != [] or not cfg["methods"][pair[1]].get("selection"):
+        raise ValueError("config key report.table4: baseline must be a method without layers and method a "
+                         "selection method (its layers differ per backbone)")
+    default = cfg["model"]["arch"]
+    archs = list(t4["architectures"])
+    if default in archs and not set(pair) <= set(methods):
+        raise ValueError(f"config key report.table4: {default}'s row reuses the runs of Tables 2-3, "
+                         f"which must include {pair}")
+    if t4["token_config"] not in cfg["token_configs"]:
+        raise ValueError(f"config key report.table4.token_config: {t4['token_config']!r} is not in token_configs")
+    return {"t4_archs": archs, "t4_extra": [a for a in archs if a != default], "t4_pair": pair,
+            "t4_seeds": [int(x) for x in t4["seeds"]], "t4_tc": t4["token_config"],
+            "t4_strategy": cfg["methods"][pair[1]]["selection"]}
 
 
 GRID = experiment_grid(config)
@@ -125,7 +160,8 @@ def _alternatives(values):
 wildcard_constraints:
     tc="A|B",
     seed=r"\d+",
-    method=_alternatives(METHODS),
+    method=_alternatives(METHODS + [m for m in GRID["t4_pair"] if m not in METHODS]),
+    arch=_alternatives(GRID["t4_extra"]) if GRID["t4_extra"] else "none^",
     strategy=_alternatives(agrepa_config.STRATEGIES),
     role="semantic|acoustic",
     stream="speech|audio|beats",
@@ -242,4 +278,6 @@ def final_targets():
         out += [TABLE_L1] + expand([FIG_L2, FIG_LSAC_PROBE], tc=BTCS)
     if config["report"]["listening_test"]:
         out.append(LISTENING_TEST)
+    if GRID["t4_archs"]:
+        out += [TABLE4, vs_paper(TABLE4), FIG_TABLE4]
     return out

@@ -15,7 +15,7 @@ rule sample:
         out=lambda wc: os.path.dirname(SAMPLES.format(**wc)),
         mels=store_dir("mels"),
         tokens=store_dir("tokens"),
-        cfg=lambda wc: config_hash("agrepa.generation.cli", method=wc.method),
+        cfg=lambda wc: config_hash("agrepa.generation.cli", method=wc.method, arch=config["model"]["arch"]),
     log:
         log_path("sample", "{tc}", "seed{seed}", "{method}"),
     threads: res("sample", "threads")
@@ -27,6 +27,23 @@ rule sample:
         "agrepa sample --config {CFG} --threads {threads} --ckpt {input.ckpt} --manifest {input.manifest} "
         "--mels {params.mels} --tokens {params.tokens} --split test --seed {wildcards.seed} "
         "--out {params.out} > {log} 2>&1"
+
+
+# Table 4: sampling every other backbone's branches (the recipe's sampling keys are in
+# model.<arch>; the checkpoint says which backbone it is).
+use rule sample as sample_arch with:
+    input:
+        unpack(data_inputs),
+        ckpt=BRANCH_ARCH,
+    output:
+        csv=SAMPLES_ARCH,
+    params:
+        out=lambda wc: os.path.dirname(SAMPLES_ARCH.format(**wc)),
+        mels=store_dir("mels"),
+        tokens=store_dir("tokens"),
+        cfg=lambda wc: config_hash("agrepa.generation.cli", method=wc.method, arch=wc.arch),
+    log:
+        log_path("sample", "{arch}", "{tc}", "seed{seed}", "{method}"),
 
 
 EVENTS_CLASSIFIER = config["eval"]["events"]["classifier"] == "events"
@@ -80,7 +97,7 @@ rule heldout:
         tokens=store_dir("tokens"),
         semantic=store_dir("semantic"),
         acoustic=store_dir("acoustic"),
-        cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method),
+        cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method, arch=config["model"]["arch"]),
     log:
         log_path("heldout", "{tc}", "seed{seed}", "{method}"),
     threads: res("evaluate", "threads")
@@ -91,6 +108,25 @@ rule heldout:
     shell:
         "agrepa heldout --config {CFG} --threads {threads} --run {params.run} {params.curve} " + DATA_ARGS + " --out {output.csv} "
         "> {log} 2>&1"
+
+
+# Table 4: the held-out FM loss of every other backbone's final checkpoints (evaluate reads it)
+use rule heldout as heldout_arch with:
+    input:
+        unpack(data_inputs),
+        ckpt=BRANCH_ARCH,
+    output:
+        csv=HELDOUT_ARCH,
+    params:
+        run=lambda wc, input: os.path.dirname(input.ckpt),
+        curve="--final-only",
+        mels=store_dir("mels"),
+        tokens=store_dir("tokens"),
+        semantic=store_dir("semantic"),
+        acoustic=store_dir("acoustic"),
+        cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method, arch=wc.arch),
+    log:
+        log_path("heldout", "{arch}", "{tc}", "seed{seed}", "{method}"),
 
 
 def scorer_inputs(tcs):
@@ -130,7 +166,7 @@ rule evaluate:
         mels=lambda wc, input: os.path.dirname(input.mels),
         tokens=lambda wc, input: os.path.dirname(input.tokens),
         scorers=scorer_args,
-        cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method),
+        cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method, arch=config["model"]["arch"]),
     log:
         log_path("evaluate", "{tc}", "seed{seed}", "{method}"),
     threads: res("evaluate", "threads")
@@ -142,6 +178,25 @@ rule evaluate:
         "agrepa evaluate --config {CFG} --threads {threads} --samples {params.samples} --manifest {input.manifest} "
         "--mels {params.mels} --tokens {params.tokens} --heldout {input.heldout} {params.scorers} "
         "--out {output.json} > {log} 2>&1"
+
+
+def evaluate_arch_inputs(wc):
+    return {**evaluate_inputs(wc), "samples": SAMPLES_ARCH.format(**wc), "heldout": HELDOUT_ARCH.format(**wc)}
+
+
+use rule evaluate as evaluate_arch with:
+    input:
+        unpack(evaluate_arch_inputs),
+    output:
+        json=EVAL_ARCH,
+    params:
+        samples=lambda wc, input: os.path.dirname(input.samples),
+        mels=lambda wc, input: os.path.dirname(input.mels),
+        tokens=lambda wc, input: os.path.dirname(input.tokens),
+        scorers=scorer_args,
+        cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method, arch=wc.arch),
+    log:
+        log_path("evaluate", "{arch}", "{tc}", "seed{seed}", "{method}"),
 
 
 rule evaluate_reference:
@@ -181,7 +236,7 @@ if CURVE_METRIC == "fad":
             run=lambda wc, input: os.path.dirname(input.ckpt),
             mels=store_dir("mels"),
             tokens=store_dir("tokens"),
-            cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method),
+            cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method, arch=config["model"]["arch"]),
         log:
             log_path("convergence", "{tc}", "seed{seed}", "{method}"),
         threads: res("evaluate", "threads")

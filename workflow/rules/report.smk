@@ -17,7 +17,10 @@ localrules:
     report_layer_scores,
     report_convergence,
     report_seed_scatter,
+    report_table4,
+    report_table4_figure,
     select,
+    select_arch,
 
 
 # report jobs re-run when a config section the report code reads changes
@@ -247,4 +250,61 @@ rule report_seed_scatter:
         "../../envs/agrepa.yaml"
     shell:
         "agrepa report seed-scatter --config {CFG} --threads {threads} --metrics {input.metrics} --style {input.style} "
+        "--out {output.fig} > {log} 2>&1"
+
+
+def table4_inputs(kind):
+    """ARCH:PATH of Table 4's evaluations, probes or FoG-A selections: model.arch's own runs at
+    the Table 2 paths, every other backbone at its runs/<arch>/... paths."""
+    default, tc, seeds = config["model"]["arch"], GRID["t4_tc"], GRID["t4_seeds"]
+    plain = {"eval": EVAL, "probes": PROBES, "selection": SELECTION}[kind]
+    tagged = {"eval": EVAL_ARCH, "probes": PROBES_ARCH, "selection": SELECTION_ARCH}[kind]
+    out = []
+    for arch in GRID["t4_archs"]:
+        for seed in seeds:
+            fill = dict(tc=tc, seed=seed, strategy=GRID["t4_strategy"])
+            path = plain if arch == default else tagged
+            if kind == "eval":
+                out += [(arch, path.format(arch=arch, method=m, **fill)) for m in GRID["t4_pair"]]
+            else:
+                out.append((arch, path.format(arch=arch, **fill)))
+    return out
+
+
+rule report_table4:
+    input:
+        evals=[p for _, p in table4_inputs("eval")],
+        probes=[p for _, p in table4_inputs("probes")],
+        selections=[p for _, p in table4_inputs("selection")],
+    output:
+        csv=report(TABLE4, caption="../report/table4.rst", category="Tables"),
+        vs_paper=report(vs_paper(TABLE4), caption="../report/table4_vs_paper.rst", category="Tables"),
+    params:
+        evals=" ".join(f"{a}:{p}" for a, p in table4_inputs("eval")),
+        probes=" ".join(f"{a}:{p}" for a, p in table4_inputs("probes")),
+        selections=" ".join(f"{a}:{p}" for a, p in table4_inputs("selection")),
+        **REPORT_PARAMS,
+    log:
+        log_path("report_table4"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa report table4 --config {CFG} --threads {threads} --eval {params.evals} --probes {params.probes} "
+        "--selection {params.selections} --out {output.csv} --vs-paper {output.vs_paper} > {log} 2>&1"
+
+
+rule report_table4_figure:
+    input:
+        table=vs_paper(TABLE4),
+        style=FIGURE_STYLE,
+    output:
+        fig=report(FIG_TABLE4, caption="../report/table4_figure.rst", category="Figures"),
+    params:
+        **REPORT_PARAMS,
+    log:
+        log_path("report_table4_figure"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa report table4-figure --config {CFG} --threads {threads} --table {input.table} --style {input.style} "
         "--out {output.fig} > {log} 2>&1"

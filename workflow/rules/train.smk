@@ -15,6 +15,11 @@ def train_resources():
     return dict(**resources_of("train"), train_attempt=lambda wildcards, attempt: attempt)
 
 
+def arch_set(wildcards):
+    """`--set model.arch=ARCH` for a Table 4 backbone's job (model.arch's own jobs: nothing)."""
+    return f" --set model.arch={wildcards.arch}" if "arch" in wildcards.keys() else ""
+
+
 def data_inputs(wildcards):
     """The data every model-facing command reads, for this token config."""
     return {
@@ -47,7 +52,8 @@ rule train_warmup:
         tokens=store_dir("tokens"),
         semantic=store_dir("semantic"),
         acoustic=store_dir("acoustic"),
-        cfg=config_hash("agrepa.training.cli"),
+        arch=arch_set,
+        cfg=config_hash("agrepa.training.cli", arch=config["model"]["arch"]),
     log:
         log_path("train_warmup", "{tc}", "seed{seed}"),
     threads: res("train", "threads")
@@ -56,16 +62,18 @@ rule train_warmup:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        FRESH_START + "agrepa train --config {CFG} --threads {threads} --phase warmup " + DATA_ARGS + " --seed {wildcards.seed} "
+        FRESH_START + "agrepa train --config {CFG}{params.arch} --threads {threads} --phase warmup " + DATA_ARGS + " --seed {wildcards.seed} "
         "--out {params.out} > {log} 2>&1"
 
 
 def branch_inputs(wildcards):
     inputs = data_inputs(wildcards)
-    inputs["init"] = WARMUP.format(tc=wildcards.tc, seed=wildcards.seed)
+    arch = {"arch": wildcards.arch} if "arch" in wildcards.keys() else {}
+    inputs["init"] = (WARMUP_ARCH if arch else WARMUP).format(tc=wildcards.tc, seed=wildcards.seed, **arch)
     strategy = config["methods"][wildcards.method].get("selection")
     if strategy:
-        inputs["selection"] = SELECTION.format(tc=wildcards.tc, seed=wildcards.seed, strategy=strategy)
+        inputs["selection"] = (SELECTION_ARCH if arch else SELECTION).format(
+            tc=wildcards.tc, seed=wildcards.seed, strategy=strategy, **arch)
     return inputs
 
 
@@ -82,7 +90,8 @@ rule train_branch:
         tokens=store_dir("tokens"),
         semantic=store_dir("semantic"),
         acoustic=store_dir("acoustic"),
-        cfg=lambda wc: config_hash("agrepa.training.cli", method=wc.method),
+        arch=arch_set,
+        cfg=lambda wc: config_hash("agrepa.training.cli", method=wc.method, arch=config["model"]["arch"]),
     log:
         log_path("train_branch", "{tc}", "seed{seed}", "{method}"),
     threads: res("train", "threads")
@@ -91,5 +100,41 @@ rule train_branch:
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        FRESH_START + "agrepa train --config {CFG} --threads {threads} --phase branch --method {wildcards.method} --init {input.init} "
+        FRESH_START + "agrepa train --config {CFG}{params.arch} --threads {threads} --phase branch "
+        "--method {wildcards.method} --init {input.init} "
         "{params.selection} " + DATA_ARGS + " --seed {wildcards.seed} --out {params.out} > {log} 2>&1"
+
+
+# Table 4: the same two rules for every other backbone of report.table4.architectures
+# (runs/<arch>/...; the job sets model.arch, its params hash that backbone's config keys).
+use rule train_warmup as train_warmup_arch with:
+    output:
+        ckpt=WARMUP_ARCH,
+        metrics=res_path("runs", "{arch}", "{tc}", "seed{seed}", "warmup", "metrics.csv"),
+    params:
+        out=lambda wc: os.path.dirname(WARMUP_ARCH.format(**wc)),
+        mels=store_dir("mels"),
+        tokens=store_dir("tokens"),
+        semantic=store_dir("semantic"),
+        acoustic=store_dir("acoustic"),
+        arch=arch_set,
+        cfg=lambda wc: config_hash("agrepa.training.cli", arch=wc.arch),
+    log:
+        log_path("train_warmup", "{arch}", "{tc}", "seed{seed}"),
+
+
+use rule train_branch as train_branch_arch with:
+    output:
+        ckpt=BRANCH_ARCH,
+        metrics=res_path("runs", "{arch}", "{tc}", "seed{seed}", "{method}", "metrics.csv"),
+    params:
+        out=lambda wc: os.path.dirname(BRANCH_ARCH.format(**wc)),
+        selection=lambda wc, input: f"--selection {input.selection}" if "selection" in input.keys() else "",
+        mels=store_dir("mels"),
+        tokens=store_dir("tokens"),
+        semantic=store_dir("semantic"),
+        acoustic=store_dir("acoustic"),
+        arch=arch_set,
+        cfg=lambda wc: config_hash("agrepa.training.cli", method=wc.method, arch=wc.arch),
+    log:
+        log_path("train_branch", "{arch}", "{tc}", "seed{seed}", "{method}"),

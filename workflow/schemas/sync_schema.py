@@ -8,7 +8,7 @@ hand. Every other section is derived from config/config.yaml, the embedded defau
 which has every key: objects get additionalProperties: false (a misspelt key fails),
 leaves get the type of their default (null defaults accept anything; a key whose line
 mentions null also accepts null) and the enums listed in ENUMS below. The enum names
-DOMAINS and STRATEGIES (in the hand-written sections too) are the lists that
+ARCHS, DOMAINS and STRATEGIES (in the hand-written sections too) are the lists that
 `agrepa.config` defines, so the schema, the workflow's wildcards and the code share them.
 The output is package data: `agrepa.config.load` validates every CLI's config with it.
 """
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from agrepa.config import CACHE_STRATEGIES, DOMAINS, SCHEMA, STRATEGIES
+from agrepa.config import ARCHS, CACHE_STRATEGIES, DOMAINS, SCHEMA, STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[2]
 text = (ROOT / 'config' / 'config.yaml').read_text()
 cfg = yaml.safe_load(text)
-NAMED_ENUMS = {'DOMAINS': list(DOMAINS), 'STRATEGIES': list(STRATEGIES)}
+NAMED_ENUMS = {'ARCHS': list(ARCHS), 'DOMAINS': list(DOMAINS), 'STRATEGIES': list(STRATEGIES)}
 
 
 def named_enums(node):
@@ -61,6 +61,11 @@ ENUMS = {
     'train.repa_weighting': ['total', 'literal'],
     'selection.mode': ['per_domain', 'merged'],
     'sample.cfg_uncond_prompt': ['keep', 'drop'],
+    'model.arch': list(ARCHS),
+    **{f'model.{a}.t_train': ['uniform', 'cosine'] for a in ARCHS},
+    **{f'model.{a}.cfg_formula': ['uncond', 'cond'] for a in ARCHS},
+    **{f'model.{a}.t_schedule': ['sway', 'cosine'] for a in ARCHS},
+    **{f'model.{a}.cfg_uncond_prompt': ['keep', 'drop'] for a in ARCHS if a != 'dit'},
     'sample.vocoder': ['griffinlim', 'vocos'],
     'eval.asr.backend': ['faster-whisper', 'transformers'],
     'eval.fad.embedding': ['whisper-encoder', 'vggish'],

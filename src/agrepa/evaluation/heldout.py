@@ -5,8 +5,8 @@ vocoding and embedding: for a checkpoint's EMA weights (dropout off, no CFG drop
 of the valid split (``eval.heldout.max_clips`` per domain, the first in manifest order; null:
 all) in the deterministic batches of :meth:`agrepa.training.dataset.TrainingData.eval_batches`
 (crop from frame 0, prompt = ``train.eval_prompt_fraction`` of the crop) is scored with the
-training objective :func:`agrepa.training.objectives.flow_matching_loss` (``train.loss_on_prompt``
-as in training) at every t of ``eval.heldout.t_grid``::
+training objective :func:`agrepa.training.objectives.flow_matching_loss` (the loss mask of
+the model's recipe as in training: ``train.loss_on_prompt`` for the DiT) at every t of ``eval.heldout.t_grid``::
 
     loss_clip = mean_t  sum_{f,m} w_f (v(x_t, t) - (x1 - x0))^2 / (n_mels * sum_f w_f)
 
@@ -76,6 +76,7 @@ def per_clip_loss(model, batch: dict, t: torch.Tensor, x0: torch.Tensor, loss_on
 def heldout_losses(model, data, cfg: dict, device="cpu") -> pd.DataFrame:
     """``id, domain, loss`` of every held-out clip of ``data`` for ``model`` (module docstring)."""
     from ..device import move_batch
+    from ..model import recipe
     from ..training.dataset import DOMAINS
 
     hc = cfg["eval"]["heldout"]
@@ -83,7 +84,7 @@ def heldout_losses(model, data, cfg: dict, device="cpu") -> pd.DataFrame:
     if not t_grid or any(not 0.0 <= t <= 1.0 for t in t_grid):
         raise ValueError(f"eval.heldout.t_grid: need flow times in [0, 1], got {hc['t_grid']}")
     seed, bs = int(hc["seed"]), int(hc["batch_size"])
-    loss_on_prompt, noise_scale = bool(cfg["train"]["loss_on_prompt"]), float(cfg["train"]["noise_scale"])
+    loss_on_prompt, noise_scale = recipe(cfg).loss_on_prompt, float(cfg["train"]["noise_scale"])  # the model's arch
     model = model.to(device).eval()
     rows = []
     for batch in data.eval_batches(bs):

@@ -20,7 +20,7 @@ def cmd_sample(args) -> int:
     seed = int(cfg["sample"]["seed"] if args.seed is None else args.seed)
     torch.manual_seed(seed)
     run = load_run(args.ckpt)
-    cfg = {**cfg, "model": run.cfg["model"]}  # the architecture is the checkpoint's
+    cfg = config_mod.deep_merge(cfg, {"model": {"arch": run.cfg["model"]["arch"]}})  # the checkpoint's backbone
     meta = {"ckpt": str(args.ckpt), "method": run.method, "phase": run.phase, "train_seed": run.seed,
             "step": run.step, "config": cfg["name"]}
     max_clips = None if args.max_clips is None else {"speech": args.max_clips, "audio": args.max_clips}

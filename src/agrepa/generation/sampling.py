@@ -4,16 +4,22 @@ Flow (as in training): ``x_t = (1 - t) x0 + t x1`` with ``x0 ~ N(0, sigma^2 I)``
 (sigma = ``train.noise_scale``) and the (normalised) data mel at t = 1; the model predicts
 the velocity ``x1 - x0``.
 
-Time grid (sway sampling, F5-TTS): ``u_i = i / steps`` for i = 0..steps and
+Time grid, ``u_i = i / steps`` for i = 0..steps: sway sampling (F5-TTS)
 ``t_i = u_i + s (cos(pi u_i / 2) - 1 + u_i)`` with ``s = sample.sway`` (s = 0: uniform; s < 0
-spends more steps near the noise end). The endpoints stay 0 and 1.
+spends more steps near the noise end), or the cosine schedule (CosyVoice)
+``t_i = 1 - cos(pi u_i / 2)``. The endpoints stay 0 and 1.
 
 Euler steps: ``x <- x + (t_{i+1} - t_i) v(x, t_i)``. Classifier-free guidance evaluates the
 conditional and the unconditional velocity in ONE batch (the batch stacked twice; the second
-half with ``drop_tokens = True`` and, unless ``sample.cfg_uncond_prompt`` is ``keep`` (the
-authors' code), ``drop_prompt = True``) and combines ``v = v_u + s (v_c - v_u)``
-with ``s = sample.cfg_scale``. ``cfg_scale=None`` runs the conditional model alone (the
-reference path; ``cfg_scale = 1`` gives the same result up to float round-off).
+half with ``drop_tokens = True`` and, unless the unconditional prompt is ``keep`` (the
+authors' code for the DiT: ``sample.cfg_uncond_prompt``), ``drop_prompt = True``) and combines
+them with the scale ``s = sample.cfg_scale`` as ``v = v_u + s (v_c - v_u)`` (formula
+``uncond``, the DiT's) or ``v = v_c + s (v_c - v_u)`` (formula ``cond``: Voicebox, CosyVoice,
+F5-TTS). ``cfg_scale=None`` runs the conditional model alone (the reference path; ``uncond``
+with ``cfg_scale = 1`` gives the same result up to float round-off). Schedule, formula, scale
+and unconditional prompt are the architecture's recipe (:func:`sampler_settings`:
+``sample.*`` for the DiT, ``model.<arch>`` otherwise); the number of steps
+(``sample.steps``) and the noise scale (``train.noise_scale``) are shared.
 
 Zero-shot prompting. For a target test clip the reference is ANOTHER clip of the same split:
 another utterance of the same speaker (speech, ``speaker`` column) or another clip with the
@@ -64,6 +70,7 @@ from ..corpora.manifest import read_manifest
 from ..corpora.mels import load_stats
 from ..store import Store
 from ..config import DOMAINS, PAD_ID
+from ..model import recipe
 from ..model.cache import StepCache
 
 CONFIG_KEYS = ('audio', 'sample', 'train.noise_scale')  # config sections this module reads
@@ -84,38 +91,68 @@ def sway_schedule(steps: int, sway: float) -> Tensor:
     return t.float()
 
 
+def time_grid(steps: int, schedule: str = "sway", sway: float = 0.0) -> Tensor:
+    """Flow times of the ``sway`` or ``cosine`` schedule (module docstring)."""
+    if schedule == "sway":
+        return sway_schedule(steps, sway)
+    if schedule == "cosine":
+        if steps < 1:
+            raise ValueError(f"sample.steps: must be >= 1, got {steps}")
+        u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+        return (1 - torch.cos(math.pi / 2 * u)).float()
+    raise ValueError(f"t_schedule: expected sway or cosine, got {schedule!r}")
+
+
+def sampler_settings(cfg: dict, arch: str | None = None) -> dict:
+    """Keyword arguments of :func:`generate` (``steps``, ``cfg_scale``, ``sway``, ``schedule``,
+    ``formula``, ``uncond_prompt``, ``noise_scale``) from ``sample.steps``,
+    ``train.noise_scale`` and the recipe of ``arch`` (default ``model.arch``)."""
+    r = recipe(cfg, arch)
+    return {"steps": int(cfg["sample"]["steps"]), "cfg_scale": r.cfg_scale, "sway": r.sway,
+            "schedule": r.t_schedule, "formula": r.cfg_formula, "uncond_prompt": r.cfg_uncond_prompt,
+            "noise_scale": float(cfg["train"]["noise_scale"])}
+
+
+def run_settings(cfg: dict, run_cfg: dict) -> dict:
+    """:func:`sampler_settings` for a checkpoint: its architecture, this config's recipe for it."""
+    return sampler_settings(cfg, run_cfg["model"]["arch"])
+
+
 def guided_velocity(model, x: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None,
-                    cfg_scale: float | None, uncond_prompt: str = "drop", cache: StepCache | None = None) -> Tensor:
+                    cfg_scale: float | None, uncond_prompt: str = "drop", cache: StepCache | None = None,
+                    formula: str = "uncond") -> Tensor:
     """Velocity at (x, t); with ``cfg_scale`` the cond and uncond passes share one batch (rows
     0..B-1 conditional, B..2B-1 unconditional, so a step cache keeps the halves apart; the uncond
-    pass keeps the reference mel with ``uncond_prompt="keep"``)."""
+    pass keeps the reference mel with ``uncond_prompt="keep"``), combined by ``formula``."""
     B = x.shape[0]
     if cfg_scale is None:
         return model(x, t, tokens, prompt, mask, cache=cache)
     if uncond_prompt not in ("keep", "drop"):
         raise ValueError(f"sample.cfg_uncond_prompt: expected keep or drop, got {uncond_prompt!r}")
+    if formula not in ("uncond", "cond"):
+        raise ValueError(f"cfg_formula: expected uncond or cond, got {formula!r}")
     drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(x.device)
     drop_prompt = torch.zeros_like(drop) if uncond_prompt == "keep" else drop
     v = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, tokens]), torch.cat([prompt, prompt]),
               None if mask is None else torch.cat([mask, mask]), drop_tokens=drop, drop_prompt=drop_prompt,
               cache=cache)
     v_c, v_u = v[:B], v[B:]
-    return v_u + float(cfg_scale) * (v_c - v_u)
+    return (v_u if formula == "uncond" else v_c) + float(cfg_scale) * (v_c - v_u)
 
 
 @torch.no_grad()
 def euler_sample(model, noise: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None, steps: int,
                  cfg_scale: float | None, sway: float, uncond_prompt: str = "drop",
-                 cache: StepCache | None = None) -> Tensor:
+                 cache: StepCache | None = None, schedule: str = "sway", formula: str = "uncond") -> Tensor:
     """Integrate the flow ODE from ``noise`` [B, T, n_mels] (t = 0) to t = 1 with Euler steps."""
-    return euler_solve(model, noise, sway_schedule(steps, sway), tokens, prompt, mask, cfg_scale, cache,
-                       uncond_prompt=uncond_prompt)
+    return euler_solve(model, noise, time_grid(steps, schedule, sway), tokens, prompt, mask, cfg_scale, cache,
+                       uncond_prompt=uncond_prompt, formula=formula)
 
 
 @torch.no_grad()
 def euler_solve(model, noise: Tensor, times: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None,
                 cfg_scale: float | None, cache: StepCache | None = None, states: list | None = None,
-                uncond_prompt: str = "drop") -> Tensor:
+                uncond_prompt: str = "drop", formula: str = "uncond") -> Tensor:
     """Euler steps over the time grid ``times`` (t_0 .. t_S); step i evaluates at t_i. A step cache
     (:mod:`agrepa.model.cache`, one per batch) is told the step index before each evaluation;
     ``states`` (a list), if given, receives the state x_i before each step i."""
@@ -127,7 +164,7 @@ def euler_solve(model, noise: Tensor, times: Tensor, tokens: Tensor, prompt: Ten
         if states is not None:
             states.append(x)
         t = times[i].expand(x.shape[0])
-        v = guided_velocity(model, x, t, tokens, prompt, mask, cfg_scale, uncond_prompt, cache)
+        v = guided_velocity(model, x, t, tokens, prompt, mask, cfg_scale, uncond_prompt, cache, formula)
         x = x + (times[i + 1] - times[i]) * v
     return x
 
@@ -172,7 +209,9 @@ def noise_for(seed: int, clip_id: str, n_frames: int, n_mels: int) -> Tensor:
 
 
 def guidance(cfg: dict) -> dict:
-    """The config's initial-noise scale and unconditional-pass prompt, as :func:`generate` takes them."""
+    """The config's initial-noise scale and the DiT's unconditional-pass prompt, as :func:`generate`
+    takes them (the DiT-only paths, e.g. layer-selective caching; :func:`sampler_settings` is the
+    recipe of any backbone)."""
     return {"noise_scale": float(cfg["train"]["noise_scale"]), "uncond_prompt": cfg["sample"]["cfg_uncond_prompt"]}
 
 
@@ -210,9 +249,11 @@ def target_frames(x: Tensor, batch: Sequence[Request]) -> list[Tensor]:
 def generate(model, requests: Sequence[Request], steps: int, cfg_scale: float | None, sway: float, seed: int,
              batch_size: int = 8, device: str | torch.device = "cpu", progress: bool = True,
              noise_scale: float = 1.0, uncond_prompt: str = "drop",
-             new_cache: Callable[[], StepCache] | None = None) -> list[Tensor]:
+             new_cache: Callable[[], StepCache] | None = None, schedule: str = "sway",
+             formula: str = "uncond") -> list[Tensor]:
     """Generated normalised mels [L, n_mels] (target frames only), one per request; x0 has
-    standard deviation ``noise_scale`` (``train.noise_scale``).
+    standard deviation ``noise_scale`` (``train.noise_scale``; ``**sampler_settings(cfg)`` gives
+    every setting of a backbone's recipe).
 
     ``new_cache``: makes the step cache of each batch (e.g. ``CachePlan.new_cache``; None: no cache)."""
     out: dict[int, Tensor] = {}
@@ -220,7 +261,8 @@ def generate(model, requests: Sequence[Request], steps: int, cfg_scale: float | 
         batch = [requests[i] for i in idx]
         noise, tokens, prompt, mask = batch_inputs(batch, seed, model.n_mels, noise_scale)
         x = euler_sample(model, noise.to(device), tokens.to(device), prompt.to(device), mask.to(device),
-                         steps, cfg_scale, sway, uncond_prompt, None if new_cache is None else new_cache()).float().cpu()
+                         steps, cfg_scale, sway, uncond_prompt, None if new_cache is None else new_cache(),
+                         schedule, formula).float().cpu()
         out.update(zip(idx, target_frames(x, batch)))
     return [out[i] for i in range(len(requests))]
 
@@ -335,8 +377,8 @@ def sample_split(model, cfg: dict, data, split: str, seed: int, out_dir: str | o
     sr = split_requests(cfg, data, split, seed, max_clips)
     targets, prompts, requests, mean, std, rows = sr.targets, sr.prompts, sr.requests, sr.mean, sr.std, sr.rows
     model = model.to(device).eval()
-    gen = generate(model, requests, int(sc["steps"]), sc["cfg_scale"], float(sc["sway"]), seed,
-                   batch_size=int(sc["batch_size"]), device=device, **guidance(cfg))
+    settings = sampler_settings(cfg)
+    gen = generate(model, requests, seed=seed, batch_size=int(sc["batch_size"]), device=device, **settings)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mels_out, records = {}, []
@@ -353,9 +395,9 @@ def sample_split(model, cfg: dict, data, split: str, seed: int, out_dir: str | o
         save_file(mels_out, str(tmp))
     table = pd.DataFrame(records, columns=SAMPLE_COLUMNS)
     io.write_json(out_dir / "sample_meta.json", {
-        **(meta or {}), "split": split, "sample_seed": seed, "steps": int(sc["steps"]),
-        "cfg_scale": sc["cfg_scale"], "sway": float(sc["sway"]), "prompt_fraction": float(sc["prompt_fraction"]),
-        "prompt_max_seconds": float(sc["prompt_max_seconds"]), **guidance(cfg), "n_clips": len(records),
+        **(meta or {}), "split": split, "sample_seed": seed, **settings, "arch": recipe(cfg).arch,
+        "prompt_fraction": float(sc["prompt_fraction"]),
+        "prompt_max_seconds": float(sc["prompt_max_seconds"]), "n_clips": len(records),
         "vocoder": vocoder.describe() if vocoder is not None else None, "manifest": str(data.manifest)})
     config_mod.save_resolved(cfg, out_dir)
     io.write_csv(out_dir / "samples.csv", table)  # last: its presence marks a complete directory

@@ -32,18 +32,21 @@ length, so token rate and mel rate are independent.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backbone import Backbone, BatchContext, Stream, gate_columns, keep
 from .cache import StepCache
 from .tokens import CONFIG_A_LAYOUT, TokenEmbedding
 
-CONFIG_KEYS = ("audio.n_mels", "model")  # config sections this module reads
-
+CONFIG_KEYS = ("audio.n_mels", "model.n_layers", "model.dim", "model.n_heads", "model.ff_mult", "model.dropout",
+               "model.token_dim", "model.token_l2_normalize")  # config sections this module reads (the DiT's sizes)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, scale: float = 1000.0) -> Tensor:
@@ -83,8 +86,10 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 @dataclass
-class Context:
+class Context(BatchContext):
     """What every block needs besides the residual stream (computed once per forward)."""
+
+    BATCHED: ClassVar[tuple[str, ...]] = ("c", "attn_mask", "mask")
 
     c: Tensor                 # [B, dim] time embedding
     cos: Tensor               # [T, head_dim] rotary tables
@@ -95,12 +100,7 @@ class Context:
 
     def repeat(self, k: int) -> "Context":
         """The same context for a batch stacked ``k`` times along dim 0 (no step cache: it is per row)."""
-        rep = lambda x: None if x is None else x.repeat(k, *([1] * (x.dim() - 1)))
-        return Context(rep(self.c), self.cos, self.sin, rep(self.attn_mask), rep(self.mask))
-
-    def cached(self, kind: str, layer: int, compute) -> Tensor:
-        """``compute()``, or what the step cache returns for feature ``kind`` of ``layer``."""
-        return compute() if self.cache is None else self.cache(kind, layer, compute)
+        return dataclasses.replace(super().repeat(k), cache=None)
 
 
 class Attention(nn.Module):
@@ -168,8 +168,14 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(h), shift, scale))
 
 
-class DiT(nn.Module):
-    """Token- and prompt-conditioned DiT predicting the flow-matching velocity of a mel."""
+class DiT(Backbone):
+    """Token- and prompt-conditioned DiT predicting the flow-matching velocity of a mel.
+
+    Units are the L blocks (no transitions): ``h_l = h_{l-1} + g_l * u_l``.
+    """
+
+    arch = "dit"
+    supports_cache = True
 
     def __init__(self, n_layers: int = 12, dim: int = 192, n_heads: int = 4, n_mels: int = 100,
                  vocab_size: int = 1024, ff_mult: int = 4, dropout: float = 0.0,
@@ -187,69 +193,44 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList([Block(dim, n_heads, ff_mult, dropout, layer=l) for l in range(1, n_layers + 1)])
         self.final = FinalLayer(dim, n_mels)
 
-    # -- the pieces of a forward pass (used separately by the probes and BiT-C) --
+    gate_columns = staticmethod(gate_columns)
+    token_dim_key = "model.token_dim"
 
-    def embed_tokens(self, tokens: Tensor, mask: Tensor | None, T: int) -> Tensor:
-        """The token embedding interpolated to the mel frames [B, T, token_dim], zero beyond each
-        sample's real frames (before CFG dropout): the input interface BiT-C aligns (Sec. 4.1)."""
-        B = tokens.shape[0]
-        n_frames = mask.sum(1) if mask is not None else torch.full((B,), T, device=tokens.device)
-        return self.token_emb(tokens, n_frames, T)   # shape and id range checked there
+    @property
+    def hidden_dims(self) -> list[int]:
+        return [self.dim] * (self.n_layers + 1)
 
     def prepare(self, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None = None,
                 drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None,
-                cache: StepCache | None = None) -> tuple[Tensor, Context]:
+                cache: StepCache | None = None) -> tuple[Stream, Context]:
         """Input interface h_0 [B, T, dim] and the shared per-forward context (with ``cache``, if any)."""
         B, T, _ = x_t.shape
-        if tokens.shape[0] != B:
-            raise ValueError(f"tokens must be [B, N] or [B, N, 2] with B={B}, got {tuple(tokens.shape)}")
-        tok = self.embed_tokens(tokens, mask, T)
-        if drop_tokens is not None:
-            tok = tok * (~drop_tokens.bool()).to(tok.dtype)[:, None, None]
-        if drop_prompt is not None:
-            prompt = prompt * (~drop_prompt.bool()).to(prompt.dtype)[:, None, None]
-        h0 = self.input_proj(torch.cat([x_t, tok, prompt], dim=-1))
+        tok = keep(self.embed_tokens(tokens, mask, T, batch=B), drop_tokens)
+        h0 = self.input_proj(torch.cat([x_t, tok, keep(prompt, drop_prompt)], dim=-1))
         c = self.time_mlp(timestep_embedding(t.reshape(B), self.time_freq_dim).to(h0.dtype))
         cos, sin = self.rotary(T, x_t.device)
         attn_mask = None if mask is None else mask.bool()[:, None, None, :]
-        return h0, Context(c, cos, sin, attn_mask, None if mask is None else mask.bool(), cache)
+        return Stream(h0), Context(c, cos, sin, attn_mask, None if mask is None else mask.bool(), cache)
 
-    def output(self, h: Tensor, ctx: Context) -> Tensor:
-        return self.final(h, ctx.c)
+    def update(self, l: int, state: Stream, ctx: Context) -> Tensor:
+        return self.blocks[l - 1].update(state.h, ctx)
 
-    @staticmethod
-    def gate_columns(gates: Tensor | None, B: int, L: int) -> list[Tensor | None]:
-        """Per-layer gate vectors [B] from gates [L] or [B, L] (None -> no gating)."""
-        if gates is None:
-            return [None] * L
-        if gates.dim() == 1:
-            if gates.shape[0] != L:
-                raise ValueError(f"gates must have {L} entries, got {gates.shape[0]}")
-            gates = gates[None].expand(B, L)
-        elif gates.shape != (B, L):
-            raise ValueError(f"gates must be [L] or [B, L] = [{B}, {L}], got {tuple(gates.shape)}")
-        return [gates[:, i] for i in range(L)]
+    def output(self, state: Stream, ctx: Context) -> Tensor:
+        return self.final(state.h, ctx.c)
 
-    def forward(self, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None = None,
-                gates: Tensor | None = None, return_hidden: bool = False,
-                drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None,
-                cache: StepCache | None = None):
-        h, ctx = self.prepare(x_t, t, tokens, prompt, mask, drop_tokens, drop_prompt, cache)
-        hidden = [h]
-        for block, g in zip(self.blocks, self.gate_columns(gates, x_t.shape[0], self.n_layers)):
-            h = block(h, ctx, g)
-            if return_hidden:
-                hidden.append(h)
-        v = self.output(h, ctx)
-        return (v, hidden) if return_hidden else v
+    def probe_hidden(self, l: int, state: Stream, ctx: Context) -> tuple[Tensor, Tensor | None]:
+        return state.h, ctx.mask
+
+    def unit_modules(self) -> list[nn.Module]:
+        return list(self.blocks)
 
 
 def build_model(cfg: dict, vocab_size: int, token_layout: dict | None = None) -> DiT:
-    """A DiT from the config's ``model`` section; ``token_layout`` = ``{"paired": bool,
-    "audio_offset": int}`` of the token store (None: Config A)."""
-    m = cfg["model"]
+    """A DiT from the config's ``model`` section (the top-level sizes are the DiT's); ``token_layout``
+    = ``{"paired": bool, "audio_offset": int}`` of the token store (None: Config A)."""
     layout = token_layout or CONFIG_A_LAYOUT
-    return DiT(n_layers=m["n_layers"], dim=m["dim"], n_heads=m["n_heads"], n_mels=cfg["audio"]["n_mels"],
-               vocab_size=vocab_size, ff_mult=m["ff_mult"], dropout=m["dropout"],
-               token_dim=m["token_dim"], paired_tokens=bool(layout["paired"]),
-               audio_offset=layout["audio_offset"], token_l2_normalize=bool(m["token_l2_normalize"]))
+    return DiT(n_layers=cfg["model"]["n_layers"], dim=cfg["model"]["dim"], n_heads=cfg["model"]["n_heads"],
+               n_mels=cfg["audio"]["n_mels"], vocab_size=vocab_size, ff_mult=cfg["model"]["ff_mult"],
+               dropout=cfg["model"]["dropout"], token_dim=cfg["model"]["token_dim"],
+               paired_tokens=bool(layout["paired"]), audio_offset=layout["audio_offset"],
+               token_l2_normalize=bool(cfg["model"]["token_l2_normalize"]))

@@ -1,6 +1,7 @@
 """FoG-A: forward-only gate ablation (paper, Sec. 4.3, Eqs. 7-9).
 
-For every block l (1-based) the ablated velocity ``v^(l)`` is the model's
+For every gated unit l (1-based; a DiT block, a Voicebox layer, a CosyVoice ResNet or
+Transformer block, an F5 text or DiT block) the ablated velocity ``v^(l)`` is the model's
 velocity with gate ``g_l = 0`` and every other gate 1. The score of layer l is::
 
     FoG-A_l = mean_b  ||v_b - v_b^(l)|| / (||v_b|| + eps)
@@ -8,19 +9,21 @@ velocity with gate ``g_l = 0`` and every other gate 1. The score of layer l is::
 with the norms taken over every valid (unpadded) element of sample b, i.e.
 over the real frames x all mel bins.
 
-:func:`foga` computes all L ablations exactly but shares the work:
+:func:`foga` computes all L ablations exactly but shares the work, on any backbone of
+:mod:`agrepa.model.backbone`:
 
 * the embedding and the context (time embedding, rotary tables, attention
-  mask) are computed once;
-* one clean forward caches h_0..h_L; ablating block l leaves h_0..h_{l-1}
-  unchanged and makes block l's output equal to h_{l-1}, so each ablated
-  stream starts from the cached clean state and only runs blocks l+1..L;
+  masks) are computed once;
+* one clean forward caches, for every unit l, its transitioned stream
+  ``transition_l(state_{l-1})``; ablating unit l leaves everything before it
+  unchanged and makes its output exactly that cached stream (U-Net skips
+  included), so each ablated stream starts there and only runs units l+1..L;
 * the live ablated streams are stacked along the batch dimension
-  (``ctx.repeat(k)``) and pushed through each block together.
+  (``Stream.cat``, ``ctx.repeat(k)``) and pushed through each unit together.
 
-Cost: L(L+1)/2 block-sample evaluations (clean L + sum_l (L-l)) against
+Cost: L(L+1)/2 unit-sample evaluations (clean L + sum_l (L-l)) against
 L(L+1) for the naive loop of L gated forwards (plus the clean one), and every
-block sees one large batch instead of L small ones. ``max_streams`` bounds how
+unit sees one large batch instead of L small ones. ``max_streams`` bounds how
 many ablations travel together (memory ~ max_streams x B x T x dim).
 :func:`foga_naive` is the reference loop of gated full forwards.
 """
@@ -32,7 +35,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from ..model.dit import DiT
+from ..model.backbone import Backbone, Stream
 
 
 @contextlib.contextmanager
@@ -71,14 +74,27 @@ def relative_deviation(v: Tensor, v_abl: Tensor, mask: Tensor | None, eps: float
     return diff / (ref[None] + eps)
 
 
+def _clean_pass(model: Backbone, state: Stream, ctx, hidden: list | None) -> tuple[Stream, list[Stream]]:
+    """The clean forward from ``state``; returns the last stream and every unit's transitioned
+    stream (= its output when ablated). Appends h_1..h_L to ``hidden`` when given."""
+    bases = []
+    for l in range(1, model.n_layers + 1):
+        base = model.transition(l, state, ctx)
+        state = base.add(model.update(l, base, ctx))
+        bases.append(Stream(base.h, base.skips))
+        if hidden is not None:
+            hidden.append(model.probe_hidden(l, state, ctx)[0])
+    return state, bases
+
+
 @torch.no_grad()
-def foga_per_sample(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
+def foga_per_sample(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
                     mask: Tensor | None = None, eps: float = 1e-6,
                     max_streams: int | None = None, return_hidden: bool = False):
-    """FoG-A per sample and layer -> [B, L] (column l-1 is block l), computed with shared work.
+    """FoG-A per sample and layer -> [B, L] (column l-1 is unit l), computed with shared work.
 
     ``max_streams``: at most this many ablated streams are stacked through a
-    block at once (None: all L). The result does not depend on it.
+    unit at once (None: all L). The result does not depend on it.
     ``return_hidden``: also return the clean hidden states [h_0, ..., h_L]
     (as ``model(..., return_hidden=True)``), e.g. for LASP on the same forward.
     """
@@ -87,12 +103,10 @@ def foga_per_sample(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: 
         raise ValueError(f"max_streams must be >= 1 or None, got {max_streams}")
     G = L if max_streams is None else min(max_streams, L)
     with eval_mode(model):
-        h, ctx = model.prepare(x_t, t, tokens, prompt, mask)
-        hidden = [h]                                       # hidden[j] = h_j (clean)
-        for block in model.blocks:
-            h = block(h, ctx)
-            hidden.append(h)
-        v = model.output(h, ctx)
+        state, ctx = model.prepare(x_t, t, tokens, prompt, mask)
+        hidden = [model.probe_hidden(0, state, ctx)[0]] if return_hidden else None
+        state, bases = _clean_pass(model, state, ctx, hidden)
+        v = model.output(state, ctx)
         B = v.shape[0]
         ctxs = {1: ctx}
 
@@ -104,12 +118,12 @@ def foga_per_sample(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: 
         scores = torch.empty(L, B, dtype=v.dtype, device=v.device)
         for a in range(1, L + 1, G):                      # ablations a..b travel together
             b = min(a + G - 1, L)
-            streams: Tensor | None = None
-            for j in range(a, L + 1):                     # block j (1-based)
-                if streams is not None:                   # ablations a..min(j-1, b) pass block j
-                    streams = model.blocks[j - 1](streams, ctx_k(streams.shape[0] // B))
-                if j <= b:                                # ablation j: block j's output is h_{j-1}
-                    streams = hidden[j - 1] if streams is None else torch.cat([streams, hidden[j - 1]])
+            streams: Stream | None = None
+            for j in range(a, L + 1):                     # unit j (1-based)
+                if streams is not None:                   # ablations a..min(j-1, b) pass unit j
+                    streams = model.step(j, streams, ctx_k(streams.h.shape[0] // B))
+                if j <= b:                                # ablation j: unit j's output is its transitioned input
+                    streams = bases[j - 1] if streams is None else Stream.cat([streams, bases[j - 1]])
             k = b - a + 1
             v_abl = model.output(streams, ctx_k(k))
             scores[a - 1:b] = relative_deviation(v, v_abl, mask, eps).view(k, B)
@@ -117,7 +131,7 @@ def foga_per_sample(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: 
         return (scores, hidden) if return_hidden else scores
 
 
-def foga(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
+def foga(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
          mask: Tensor | None = None, eps: float = 1e-6, max_streams: int | None = None) -> Tensor:
     """FoG-A score per layer -> Tensor[L] (index l-1 is block l): mean over samples of
     ``||v - v^(l)|| / (||v|| + eps)``. Exact; see the module docstring for how work is shared."""
@@ -125,7 +139,7 @@ def foga(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
 
 
 @torch.no_grad()
-def foga_naive(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
+def foga_naive(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
                mask: Tensor | None = None, eps: float = 1e-6) -> Tensor:
     """Reference FoG-A -> Tensor[L]: one full gated forward per layer (g_l = 0, others 1)."""
     L = model.n_layers

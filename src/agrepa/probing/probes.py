@@ -2,12 +2,14 @@
 
 * **FoG-A** ("what a layer does", Sec. 4.3): :mod:`agrepa.probing.foga`.
 * **LASP** ("what a layer knows", Sec. 4.2, Eq. 6): the input interface (layer 0: the
-  token embedding BiT-C is trained on) and every block output h_l, l = 1..L, is pooled
+  token embedding BiT-C is trained on) and every unit output h_l, l = 1..L, is pooled
   over its valid frames and scored by ONE frozen head per teacher, shared by all layers
   (the BiT-C head): ``cos(head(LN(pool(h_l))), teacher embedding)``. Speech samples use
   the semantic head and teacher (Cos-SEM), audio samples the acoustic ones (Cos-EVT).
-* **Gradient norm** (Table 3's baseline): for block l, the L2 norm over all of
-  block l's parameters of dL_FM/dtheta_l, where L_FM is the training
+  The head is as wide as the token embedding; a layer of another width (an F5 trunk
+  block beside a narrower text stream, a CosyVoice decoder level) has no LASP score (NaN).
+* **Gradient norm** (Table 3's baseline): for unit l, the L2 norm over all of
+  unit l's parameters (``model.unit_modules()[l-1]``) of dL_FM/dtheta_l, where L_FM is the training
   flow-matching loss (``agrepa.training.objectives.flow_matching_loss``) of one probe batch
   averaged over the probe t grid (same x0, x1 for every t;
   ``probe.gradnorm_t_grid`` overrides the grid).
@@ -42,7 +44,7 @@ from tqdm import tqdm
 from ..config import DOMAINS
 from ..corpora.manifest import split_labels
 from ..device import move_batch, resolve_device
-from ..model.dit import DiT
+from ..model import Backbone, recipe
 from ..store import Store
 from ..training.checkpoint import load_run
 from ..training.dataset import DataPaths, TrainingData, derive_seed, split_rows
@@ -62,7 +64,7 @@ ScoreFn = Callable[[Tensor, "Tensor | None"], Tensor]
 # --------------------------------------------------------------------------- LASP
 
 @torch.no_grad()
-def lasp_per_sample(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
+def lasp_per_sample(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
                     mask: Tensor | None, score_fn: ScoreFn) -> Tensor:
     """LASP per sample and hidden state -> [B, L+1] (column l is h_l; 0 = input interface).
 
@@ -74,7 +76,7 @@ def lasp_per_sample(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: 
         return lasp_from_hidden(with_interface(model, hidden, tokens, mask), mask, score_fn)
 
 
-def with_interface(model: DiT, hidden: Sequence[Tensor], tokens: Tensor, mask: Tensor | None) -> list[Tensor]:
+def with_interface(model: Backbone, hidden: Sequence[Tensor], tokens: Tensor, mask: Tensor | None) -> list[Tensor]:
     """``[token embedding, h_1, ..., h_L]``: LASP's layer 0 is the input interface BiT-C aligns."""
     return [model.embed_tokens(tokens, mask, hidden[0].shape[1]), *hidden[1:]]
 
@@ -85,7 +87,7 @@ def lasp_from_hidden(hidden: Sequence[Tensor], mask: Tensor | None, score_fn: Sc
     return torch.stack([score_fn(h, mask) for h in hidden], dim=1)
 
 
-def lasp(model: DiT, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
+def lasp(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
          mask: Tensor | None, score_fn: ScoreFn) -> Tensor:
     """LASP score per hidden state -> Tensor[L+1]: mean over samples of the shared head's cosine."""
     return lasp_per_sample(model, x_t, t, tokens, prompt, mask, score_fn).mean(0)
@@ -102,6 +104,8 @@ def bitc_scorer(heads, domain: str, target: Tensor) -> ScoreFn:
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
 
     def score(h: Tensor, mask: Tensor | None) -> Tensor:
+        if h.shape[-1] != heads.dim:                  # the shared head does not apply to this width
+            return torch.full((h.shape[0],), math.nan, device=h.device)
         return heads.cosine(h, mask, domain, target)
 
     return score
@@ -109,11 +113,11 @@ def bitc_scorer(heads, domain: str, target: Tensor) -> ScoreFn:
 
 # --------------------------------------------------------------------------- gradient norm
 
-def gradnorm(model: DiT, batch: dict, x0: Tensor, t_grid: Sequence[float],
+def gradnorm(model: Backbone, batch: dict, x0: Tensor, t_grid: Sequence[float],
              loss_on_prompt: bool = True) -> Tensor:
-    """Per-block gradient norm -> Tensor[L] (index l-1 is block l).
+    """Per-unit gradient norm -> Tensor[L] (index l-1 is unit l).
 
-    ``||d L_FM / d theta_l||_2`` over all parameters of block l, with
+    ``||d L_FM / d theta_l||_2`` over all parameters of unit l, with
     L_FM = mean over ``t_grid`` of ``agrepa.training.objectives.flow_matching_loss`` on
     ``batch`` (keys mel, mask, tokens, prompt[, prompt_mask]) from noise ``x0``
     at flow time t for every sample. Model in eval mode (no dropout, no CFG drop).
@@ -121,7 +125,7 @@ def gradnorm(model: DiT, batch: dict, x0: Tensor, t_grid: Sequence[float],
     """
     if len(t_grid) == 0:
         raise ValueError("gradnorm needs a non-empty t grid")
-    params = [list(block.parameters()) for block in model.blocks]
+    params = [list(unit.parameters()) for unit in model.unit_modules()]
     flat = [p for ps in params for p in ps]
     flags = [p.requires_grad for p in flat]
     x1 = batch["mel"]
@@ -165,7 +169,7 @@ def _summarise(per_batch: list[Tensor], n: int, meta: dict, first_layer: int) ->
             for i in range(stacked.shape[1])]
 
 
-def run_probes(model: DiT, batches: dict[str, list[dict]], t_grid: Sequence[float], *,
+def run_probes(model: Backbone, batches: dict[str, list[dict]], t_grid: Sequence[float], *,
                noise_seed: int, eps: float = 1e-6, scorers: dict[str, Callable[[dict], ScoreFn]] | None = None,
                probes: Iterable[str] = PROBES, config_name: str = "", seed: int = 0,
                max_streams: int | None = None, gradnorm_t_grid: Sequence[float] | None = None,
@@ -282,7 +286,8 @@ def probe_checkpoint(cfg: dict, ckpt, data: DataPaths, *, split: str = "train", 
     df = run_probes(model, batches, t_grid, noise_seed=int(pcfg["seed"]), eps=float(pcfg["eps"]),
                     scorers=scorers, probes=list(probes), config_name=token_config_name(data.tokens, token_config),
                     seed=int(run.seed if seed is None else seed), max_streams=pcfg["foga_max_streams"],
-                    gradnorm_t_grid=pcfg["gradnorm_t_grid"], loss_on_prompt=bool(cfg["train"]["loss_on_prompt"]),
+                    gradnorm_t_grid=pcfg["gradnorm_t_grid"],
+                    loss_on_prompt=recipe(cfg, run.cfg["model"]["arch"]).loss_on_prompt,
                     noise_scale=float(cfg["train"]["noise_scale"]))
     log.info("probed %s (step %d): %d rows", ckpt, run.step, len(df))
     return df

@@ -14,6 +14,8 @@
     agrepa report lsac-table   --runs DIR... --out results/table_l1.csv
     agrepa report lsac-figure  --table results/table_l1.csv --token-config A [--style S] --out results/figures/figure_l2_A.png
     agrepa report lsac-probe-figure --probe L.csv... [--probes P.csv...] --token-config A [--style S] --out ...
+    agrepa report table4       --eval ARCH:E.json... --probes ARCH:P.csv... --selection ARCH:S.json... --out T.csv --vs-paper V.csv
+    agrepa report table4-figure --table V.csv [--style S] --out results/figures/table4.png
 
 table2/table3 also write our numbers beside the paper's to --vs-paper.
 """
@@ -24,7 +26,7 @@ import logging
 from .. import config as config_mod
 from .. import io
 
-CONFIG_KEYS = ("name", "selection.k")  # config sections this module reads
+CONFIG_KEYS = ("name", "report.figures.dpi", "selection.k")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,42 @@ def cmd_lsac_probe_figure(args) -> int:
     return 0
 
 
+def cmd_table4(args) -> int:
+    from . import table4 as t4  # pandas/matplotlib: imported when the subcommand runs
+
+    cfg = config_mod.from_args(args)
+    evals = t4.load_evals(t4.split_tagged(args.eval, "eval"))
+    probes = t4.read_tagged_probes(t4.split_tagged(args.probes, "probes"))
+    selections = t4.read_tagged_selections(t4.split_tagged(args.selection, "selection"))
+    table = t4.table4(evals, probes, selections, cfg)
+    io.write_csv(args.out, table)
+    io.write_csv(args.vs_paper, t4.table4_vs_paper(table, cfg))
+    log.info("wrote %s and %s", args.out, args.vs_paper)
+    return 0
+
+
+def cmd_table4_figure(args) -> int:
+    from . import figures, table4 as t4  # pandas/matplotlib: imported when the subcommand runs
+
+    cfg = config_mod.from_args(args)
+    with figures.style(args.style):
+        t4.figure(t4.read_vs_paper(args.table), args.out, dpi=int(cfg["report"]["figures"]["dpi"]))
+    return 0
+
+
+def _register_table4(add) -> None:
+    """``report table4`` and ``report table4-figure`` (``add`` makes a subcommand parser)."""
+    q = add("table4", cmd_table4, "Table 4: AG-REPA on other backbones (+ our numbers beside the paper's)")
+    q.add_argument("--vs-paper", required=True, help="output: Table 4 beside the paper's numbers")
+    q.add_argument("--eval", nargs="+", required=True, help="ARCH:eval JSON at <tc>/seed<N>/<method>.json")
+    q.add_argument("--probes", nargs="+", required=True, help="ARCH:probes.csv of each architecture's warm-ups")
+    q.add_argument("--selection", nargs="*", default=[], help="ARCH:FoG-A selection JSON at <tc>/seed<N>/foga.json")
+
+    q = add("table4-figure", cmd_table4_figure, "Table 4's relative changes, ours vs the paper's")
+    q.add_argument("--table", required=True, help="Table 4 beside the paper's numbers (report table4 --vs-paper)")
+    q.add_argument("--style", default=None, help="matplotlib style file")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="tables and figures from cached results",
                               description=__doc__.split("\n\n")[0])
@@ -232,6 +270,8 @@ def register(subparsers) -> None:
     q = add("convergence", cmd_convergence, "convergence curves (held-out FM loss or FAD vs. step) per method")
     q.add_argument("--convergence", nargs="+", required=True, help="held-out loss or FAD curve CSVs")
     q.add_argument("--style", default=None, help="matplotlib style file")
+
+    _register_table4(add)
 
     q = add("seed-scatter", cmd_seed_scatter, "per-seed values of the Table 2 metrics")
     q.add_argument("--metrics", required=True, help="metrics.csv")

@@ -95,6 +95,18 @@ def _units(a: pd.DataFrame, b: pd.DataFrame) -> paired.PairedUnits | None:
     return paired.PairedUnits(num_a, den_a, num_b, den_b) if num_a else None
 
 
+def compare_clips(a: pd.DataFrame, b: pd.DataFrame, metric: str, cfg: dict,
+                  level: float) -> paired.Comparison | None:
+    """Method ``a`` against ``b`` on one metric from their :func:`clips_frame` rows (one domain):
+    paired by seed and clip, ``report.paired`` resamples; None when no clip is shared."""
+    units = _units(a, b)
+    if units is None:
+        return None
+    pc = cfg["report"]["paired"]
+    return paired.compare(units, PAIRED_METRICS[metric][2], int(pc["bootstrap"]), int(pc["permutations"]),
+                          int(pc["seed"]), level)
+
+
 def paired_frame(clips: pd.DataFrame, cfg: dict, level: float | None = None) -> pd.DataFrame:
     """Every comparison of :func:`comparison_pairs` for every token config, metric and domain."""
     pc = cfg["report"]["paired"]
@@ -104,12 +116,11 @@ def paired_frame(clips: pd.DataFrame, cfg: dict, level: float | None = None) -> 
     rows = []
     for (tc, metric, domain), g in clips.groupby(["token_config", "metric", "domain"], sort=False):
         methods = [m for m in dict.fromkeys(order) if m in set(g["method"])]
-        _, _, scale, lower, label = PAIRED_METRICS[metric]
+        _, _, _, lower, label = PAIRED_METRICS[metric]
         for method, versus in comparison_pairs(methods, baseline, pc["focus"]):
-            units = _units(g[g["method"] == method], g[g["method"] == versus])
-            if units is None:
+            c = compare_clips(g[g["method"] == method], g[g["method"] == versus], metric, cfg, level)
+            if c is None:
                 continue
-            c = paired.compare(units, scale, int(pc["bootstrap"]), int(pc["permutations"]), int(pc["seed"]), level)
             resolved = c.resolved(1.0 - level)
             improved = (bool(c.delta < 0) if lower else bool(c.delta > 0)) if resolved else None
             rows.append({"experiment": cfg["name"], "token_config": tc, "method": method, "versus": versus,

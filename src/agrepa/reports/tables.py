@@ -387,7 +387,8 @@ def _set_text(layers: dict) -> str:
     return " / ".join(f"{d} " + ", ".join(f"L{l}" for l in ls) for d, ls in layers.items())
 
 
-def _layers_text(sel: pd.DataFrame) -> str:
+def layers_text(sel: pd.DataFrame) -> str:
+    """The layer sets of selection rows (:func:`read_selections`), per seed where they differ."""
     if sel.empty:
         return "—"
     per_seed = {int(r.seed): _set_text(r.layers) for r in sel.itertuples()}
@@ -441,7 +442,7 @@ def table3(metrics: pd.DataFrame, convergence: pd.DataFrame, selections: pd.Data
             gain = -relative_change(mean, base_mean) if strategy != "baseline" else math.nan
             row = {"Config": tc, "Selection Strategy": "Baseline (None)" if strategy == "baseline"
                    else STRATEGY_LABELS.get(strategy, strategy) + (" (AG-REPA)" if strategy == "foga" else ""),
-                   "strategy": strategy, "method": method, f"Top-{k} Layers": _layers_text(sel),
+                   "strategy": strategy, "method": method, f"Top-{k} Layers": layers_text(sel),
                    "Training steps": steps, "FAD": fmt_mean_std(mean, std, dec),
                    "Rel. Gain": "—" if strategy == "baseline" or not np.isfinite(gain) else f"{gain:+.1f}%",
                    "Convergence": c_text, "FM loss": fm_text}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model.dit import DiT, build_model
+from ..model import Backbone, build_model
 from .dataset import BalancedSampler
 from .objectives import BiTCHeads, REPAHeads
 
@@ -139,7 +139,7 @@ class TrainState:
     """Everything a training step changes, and what a checkpoint restores."""
 
     spec: RunSpec
-    model: DiT
+    model: Backbone
     bitc: BiTCHeads
     repa: REPAHeads
     ema: EMA
@@ -214,7 +214,7 @@ def resume(state: TrainState, last: Path, rank: int = 0, world_size: int = 1) ->
 class LoadedRun:
     """A trained run for probes, sampling and evaluation (modules in eval mode)."""
 
-    model: DiT                 # EMA weights if asked
+    model: Backbone            # EMA weights if asked
     bitc: BiTCHeads            # EMA weights if asked
     cfg: dict                  # the run's resolved config
     vocab_size: int

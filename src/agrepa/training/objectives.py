@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from .. import config as config_mod
 from .. import io
+from ..model.backbone import frame_mask
 from .dataset import DOMAIN_TEACHER, DOMAINS, TEACHERS
 
 CONFIG_KEYS = ('methods.{method}', 'train.repa_lambda', 'train.repa_weighting')  # config sections this module reads
@@ -87,10 +88,12 @@ def flow_matching_loss(model: nn.Module, batch: dict, t: Tensor, x0: Tensor, *,
 
 
 def pool(h: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean of ``h`` [B, T, D] over the real frames of ``mask`` [B, T] -> [B, D]."""
+    """Mean of ``h`` [B, T_l, D] over the real frames of ``mask`` [B, T] -> [B, D]. A hidden state
+    at a U-Net's coarser rate (T_l < T) uses the mask subsampled as the U-Net subsamples it
+    (:func:`agrepa.model.backbone.frame_mask`)."""
     if mask is None:
         return h.mean(1)
-    m = mask.to(h.dtype)[..., None]
+    m = frame_mask(mask, h.shape[1]).to(h.dtype)[..., None]
     return (h * m).sum(1) / m.sum(1).clamp(min=1)
 
 
@@ -170,10 +173,13 @@ class REPAHeads(nn.Module):
 
     ``plan[d]`` lists the layers (1-based hidden index) samples of domain d are aligned
     at and their alpha; a head exists for each (layer, teacher of a domain aligned
-    there). An empty plan (baseline) creates no parameters and :meth:`loss` returns ``None``.
+    there). ``dim`` is the width of every hidden state (int) or a list indexed by hidden
+    index (``model.hidden_dims``: backbones whose layers differ in width); each head is
+    ``repa_hidden`` (or its layer's width) wide. An empty plan (baseline) creates no
+    parameters and :meth:`loss` returns ``None``.
     """
 
-    def __init__(self, plan: Plan, dim: int, teacher_dims: dict[str, int], hidden: int | None = None):
+    def __init__(self, plan: Plan, dim: int | list[int], teacher_dims: dict[str, int], hidden: int | None = None):
         super().__init__()
         unknown = sorted(set(plan) - set(DOMAINS))
         if unknown:
@@ -182,11 +188,13 @@ class REPAHeads(nn.Module):
         for d, pairs in self.plan.items():
             if len({l for l, _ in pairs}) != len(pairs):
                 raise ValueError(f"REPA: repeated layer in the {d} set {[l for l, _ in pairs]}")
-        width = int(hidden or dim)
+        if not isinstance(dim, int) and any(not 1 <= l < len(dim) for l in self.layers):
+            raise ValueError(f"REPA layers {self.layers} outside 1..{len(dim) - 1}")
+        dims = {l: int(dim if isinstance(dim, int) else dim[l]) for l in self.layers}
         wanted = {(l, DOMAIN_TEACHER[d]) for d, pairs in self.plan.items() for l, _ in pairs}
         self.heads = nn.ModuleDict({
-            str(l): nn.ModuleDict({t: nn.Sequential(nn.Linear(dim, width), nn.GELU(),
-                                                    nn.Linear(width, int(teacher_dims[t])))
+            str(l): nn.ModuleDict({t: nn.Sequential(nn.Linear(dims[l], int(hidden or dims[l])), nn.GELU(),
+                                                    nn.Linear(int(hidden or dims[l]), int(teacher_dims[t])))
                                    for t in TEACHERS if (l, t) in wanted})
             for l in self.layers})
 

@@ -53,7 +53,7 @@ from tqdm import tqdm
 from .. import config as config_mod
 from .. import io
 from ..device import move_batch, resolve_device
-from ..model.dit import build_model
+from ..model import build_model, recipe
 from ..model.tokens import CONFIG_A_LAYOUT
 from . import distributed as dist_mod
 from .checkpoint import EMA, RunSpec, TrainState, read_checkpoint, resume, rng_state, seed_everything, set_rng_state
@@ -100,13 +100,20 @@ class StepDraw:
 
 
 def draw_step(cfg: dict, seed: int, stream: str, step: int, G: int) -> StepDraw:
+    """The step's draws; CFG dropout and the flow-time schedule follow the architecture's
+    recipe (:func:`agrepa.model.recipe`): tokens and prompt blanked independently, or both
+    at once with ``cfg_drop_both`` (drawn last, so the other draws do not depend on it)."""
     g = generator(seed, stream, "batch", step)
-    tc = cfg["train"]
-    return StepDraw(crop=torch.rand(G, generator=g), prompt=torch.rand(G, generator=g),
-                    t=torch.rand(G, generator=g),
-                    drop_tokens=torch.rand(G, generator=g) < float(tc["cfg_drop_tokens"]),
-                    drop_prompt=torch.rand(G, generator=g) < float(tc["cfg_drop_prompt"]),
-                    x0=torch.randn(G, crop_frames(cfg), int(cfg["audio"]["n_mels"]), generator=g))
+    r = recipe(cfg)
+    crop, prompt, t = torch.rand(G, generator=g), torch.rand(G, generator=g), torch.rand(G, generator=g)
+    drop_tokens = torch.rand(G, generator=g) < r.cfg_drop_tokens
+    drop_prompt = torch.rand(G, generator=g) < r.cfg_drop_prompt
+    x0 = torch.randn(G, crop_frames(cfg), int(cfg["audio"]["n_mels"]), generator=g)
+    both = torch.rand(G, generator=g) < r.cfg_drop_both
+    if r.t_train == "cosine":
+        t = 1 - torch.cos(t * (math.pi / 2))
+    return StepDraw(crop=crop, prompt=prompt, t=t, drop_tokens=drop_tokens | both, drop_prompt=drop_prompt | both,
+                    x0=x0)
 
 
 class Meter:
@@ -193,7 +200,7 @@ class Loop:
         start = 0 if init_ck is None else int(init_ck["start_step"]) + int(init_ck["step"])
         device, G = resolve_device(cfg, d.local_rank), int(tc["batch_size"])
         return cls(cfg, phase, seed, out, d, device, autocast_dtype(cfg, device), G, shard(G, d.rank, d.world_size),
-                   float(tc["grad_clip"]) if tc["grad_clip"] else math.inf, bool(tc["loss_on_prompt"]),
+                   float(tc["grad_clip"]) if tc["grad_clip"] else math.inf, recipe(cfg).loss_on_prompt,
                    float(tc["noise_scale"]), every, log_every, lengths, total, start, continues,
                    "train" if continues else phase, snapshot_steps(cfg, total) if phase == "branch" else set())
 
@@ -300,12 +307,20 @@ def length_record(loop: Loop) -> dict:
 
 
 def check_bitc_width(cfg: dict, model) -> None:
-    """BiT-C aligns the token embedding and LASP applies its heads to every layer: the two
-    widths must agree whenever BiT-C is on."""
-    if model.token_dim != model.dim and any(float(w) > 0 for w in cfg["train"]["bitc_weight"].values()):
-        raise ValueError(f"model.token_dim {model.token_dim} differs from model.dim {model.dim}: BiT-C trains its "
+    """BiT-C aligns the token embedding and LASP applies its heads to every layer: on a
+    backbone with a configurable token width (``token_dim_key``: DiT, Voicebox) the two
+    widths must agree whenever BiT-C is on. The F5 and CosyVoice backbones keep their
+    references' widths; LASP scores their layers of the token embedding's width only
+    (NaN elsewhere; :func:`agrepa.probing.probes.bitc_scorer`)."""
+    key = model.token_dim_key
+    if key is None or all(float(w) == 0 for w in cfg["train"]["bitc_weight"].values()):
+        return
+    wrong = sorted({w for w in model.hidden_dims[1:] if w != model.token_dim})
+    if wrong:
+        dim_key = key.rsplit(".", 1)[0] + ".dim"
+        raise ValueError(f"{key} {model.token_dim} differs from {dim_key} {wrong[0]}: BiT-C trains its "
                          f"heads on the token embedding and LASP applies them to every layer, so the widths must "
-                         f"agree (set model.token_dim: null, or train.bitc_weight to 0)")
+                         f"agree (set {key}: null, or train.bitc_weight to 0)")
 
 
 def initial_state(loop: Loop, clips: TrainingData, method: str, init_ck: dict | None, selection) -> TrainState:
@@ -322,7 +337,7 @@ def initial_state(loop: Loop, clips: TrainingData, method: str, init_ck: dict | 
         bitc.load_state_dict(init_ck["bitc"])
         plan = method_plan(cfg, method, selection, model.n_layers)
     seed_everything(derive_seed(seed, "repa", method))
-    repa = REPAHeads(plan, model.dim, clips.teacher_dims, tc["repa_hidden"])
+    repa = REPAHeads(plan, model.hidden_dims, clips.teacher_dims, tc["repa_hidden"])
     for m in (model, bitc, repa):
         m.to(loop.device)
     dist_mod.broadcast_parameters(loop.dist, [model, bitc, repa])
