@@ -50,8 +50,9 @@ def test_test_overlay_plans_a_small_grid(wf):
     assert c["train_branch"] == 8
     assert c["select"] == 4                        # random + foga per seed
     assert c["heldout"] == 8 and "convergence" not in c
-    # Table 4: three other backbones x one seed x (baseline, AG-REPA)
-    assert c["train_warmup_arch"] == 3 and c["train_branch_arch"] == 6 and c["report_table4"] == 1
+    # Table 4: one other backbone (CosyVoice-style) x one seed x (baseline, AG-REPA)
+    assert c["train_warmup_arch"] == 1 and c["train_branch_arch"] == 2 and c["report_table4"] == 1
+    assert c["heldout_arch"] == c["evaluate_arch"] == 2
 
 
 def test_merged_config_is_written_once_and_only_when_changed(wf):
@@ -69,8 +70,10 @@ def test_merged_config_is_written_once_and_only_when_changed(wf):
         ["-n", "-p", "--cores", "1", "--configfile", "config/test.yaml"], wf).stdout
 
 
-def test_table4_jobs_train_their_backbone_and_the_default_keeps_its_paths(wf):
-    out = snakemake(["-n", "-p", "--cores", "1", "--configfile", "config/test.yaml"], wf).stdout
+def test_table4_jobs_train_their_backbone_and_the_default_keeps_its_paths(wf, tmp_path):
+    every = tmp_path / "every_backbone.yaml"
+    every.write_text("report:\n  table4:\n    architectures: [dit, voicebox, cosyvoice, f5]\n")
+    out = snakemake(["-n", "-p", "--cores", "1", "--configfile", "config/test.yaml", str(every)], wf).stdout
     train = [line for line in out.splitlines() if "agrepa train" in line]
     for arch in ("voicebox", "cosyvoice", "f5"):
         mine = [line for line in train if f"results/runs/{arch}/A/seed0/" in line]
