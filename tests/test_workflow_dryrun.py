@@ -122,7 +122,7 @@ def test_rules_use_the_conda_env_and_log_files():
 def test_training_starts_fresh_on_a_first_attempt_and_resumes_on_retries(wf):
     out = snakemake(["-n", "-p", "--cores", "1", "--configfile", "config/test.yaml"], wf).stdout
     commands = [line for line in out.splitlines() if "agrepa train" in line]
-    assert len(commands) == 2 + 8 + 3 + 6              # 2 warm-ups + 8 branches; Table 4: 3 + 6
+    assert len(commands) == 2 + 8 + 1 + 2              # 2 warm-ups + 8 branches; Table 4 (CosyVoice): 1 + 2
     for cmd in commands:
         # attempt 1 outside a SLURM requeue removes a stale last.pt; retries keep it (resume)
         assert cmd.startswith('Shell command: if [ 1 -eq 1 ] && [ "${SLURM_RESTART_COUNT:-0}" -eq 0 ]; then rm -rf ')
