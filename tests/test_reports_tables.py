@@ -255,6 +255,7 @@ def test_every_report_subcommand_runs_without_torch(results, tmp_path):
     import subprocess
     import sys
 
+    from test_lsac_probe import synthetic_run
     from test_report_probes import run_csv
 
     cfg = small_cfg()
@@ -263,6 +264,16 @@ def test_every_report_subcommand_runs_without_torch(results, tmp_path):
     probes = [str(run_csv(tmp_path, "A", 0)), str(run_csv(tmp_path, "A", 1))]
     out, base = tmp_path / "out", ["--config", str(cfg_path)]
     metrics = str(out / "metrics.csv")
+    lsac_run = tmp_path / "lsac_run"                 # an lsac-eval output directory
+    lsac_run.mkdir()
+    variants, clips = synthetic_run()
+    variants.to_csv(lsac_run / "variants.csv", index=False)
+    clips.to_csv(lsac_run / "clips.csv", index=False)
+    lsac_probe_csv = tmp_path / "lsac_probe.csv"
+    pd.DataFrame([{"config": "A", "seed": 0, "branch": "baseline", "domain": d, "layer": l, "step": k,
+                   "t": k / 4, "metric": m, "score": 0.1 * l + k} for d in ("speech", "audio") for l in (1, 2, 3)
+                  for k in (1, 2, 3) for m in ("rel_change_cond", "freeze_mel_snr")]).to_csv(lsac_probe_csv,
+                                                                                              index=False)
     argvs = {
         "metrics": ["--eval", *map(str, results["evals"]), "--reference", str(results["ref"]), "--out", metrics],
         "table1": ["--probes", *probes, "--out", str(out / "t1.csv")],
@@ -282,14 +293,15 @@ def test_every_report_subcommand_runs_without_torch(results, tmp_path):
                    "--selection", *(f"dit:{p}" for p in results["sels"] if p.stem == "foga"),
                    "--out", str(out / "t4.csv"), "--vs-paper", str(out / "t4v.csv")],
         "table4-figure": ["--table", str(out / "t4v.csv"), "--out", str(out / "t4.png")],
+        "lsac-table": ["--runs", str(lsac_run), "--out", str(out / "l1.csv")],
+        "lsac-figure": ["--table", str(out / "l1.csv"), "--token-config", "A", "--out", str(out / "l2.png")],
+        "lsac-probe-figure": ["--probe", str(lsac_probe_csv), "--probes", *probes, "--token-config", "A",
+                              "--out", str(out / "lp.png")],
     }
     parser = cli.build_parser()
     report = next(a for a in parser._subparsers._group_actions[0].choices["report"]._actions
                   if hasattr(a, "choices") and a.choices)
-    # the LSAC reports (seed 004) read lsac-eval run directories: tests/test_lsac_probe.py and the
-    # whole-workflow test run them
-    lsac = {"lsac-table", "lsac-figure", "lsac-probe-figure"}
-    assert set(report.choices) - lsac == set(argvs), "every other report subcommand is exercised here"
+    assert set(report.choices) == set(argvs), "every report subcommand is exercised here"
     code = ("import json, sys\nfrom agrepa import cli\n"
             "for argv in json.loads(sys.argv[1]):\n    assert cli.main(argv) == 0, argv\n"
             "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'agrepa.model') if m in sys.modules)))")
