@@ -287,7 +287,7 @@ def test_each_rule_hash_covers_every_section_its_stage_declares(rule, stage):
     base = config_mod.load(DEFAULT_CONFIG)
     keys = config_mod.config_keys(stage)
     assert keys, stage
-    wildcards = {"method": "repa_l4", "arch": "dit"}       # rules fill {arch} (the job's backbone) too
+    wildcards = {"method": "repa_l4", "arch": "dit", "role": "semantic"}  # rules fill {arch}, {role} too
     before = config_mod.section_hash(base, keys, **wildcards)
     for key in keys:
         cfg = copy.deepcopy(base)

@@ -62,7 +62,7 @@ if EVENTS_CLASSIFIER:
             model=CLASSIFIER,
         params:
             out=os.path.dirname(CLASSIFIER),
-            cfg=config_hash("agrepa.teachers.cli"),
+            cfg=config_hash("agrepa.teachers.cli", role="acoustic"),
         log:
             log_path("eval_classifier_train"),
         threads: res("teacher_train", "threads")

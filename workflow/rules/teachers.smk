@@ -15,7 +15,7 @@ if EVENTS:
             metrics=res_path("teachers", "events", "metrics.json"),
         params:
             out=os.path.dirname(EVENTS_TEACHER),
-            cfg=config_hash("agrepa.teachers.cli"),
+            cfg=config_hash("agrepa.teachers.cli", role="acoustic"),
         log:
             log_path("teacher_train"),
         threads: res("teacher_train", "threads")
@@ -49,7 +49,7 @@ rule teacher_embed:
     params:
         out=lambda wc: os.path.dirname(EMBEDDINGS.format(role=wc.role)),
         teacher=embed_teacher_arg,
-        cfg=config_hash("agrepa.teachers.cli"),
+        cfg=lambda wc: config_hash("agrepa.teachers.cli", role=wc.role),
     log:
         log_path("teacher_embed", "{role}"),
     threads: res("teacher_embed", "threads")

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..device import resolve_device
 
-CONFIG_KEYS = ("eval.fad",)  # config sections this module reads
+CONFIG_KEYS = ("eval.fad", "teachers.semantic")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 

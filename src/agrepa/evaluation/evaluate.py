@@ -65,7 +65,7 @@ from ..config import DOMAINS
 from .. import io
 from . import metrics
 
-CONFIG_KEYS = ("audio", "eval", "name", "sample", "teachers.semantic.name")  # config sections this module reads
+CONFIG_KEYS = ("audio", "eval", "name", "sample", "teachers")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from ..store import Store, StoreWriter
 from .base import Teacher
 from .registry import build_teacher
 
-CONFIG_KEYS = ("audio", "teachers")  # config sections this module reads
+CONFIG_KEYS = ("audio", "teachers.shard_size", "teachers.{role}")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 

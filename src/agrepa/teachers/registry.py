@@ -12,7 +12,7 @@ from .beats import BeatsTeacher
 from .events import EventsTeacher
 from .whisper import WhisperTeacher
 
-CONFIG_KEYS = ("audio", "device", "teachers")  # config sections this module reads
+CONFIG_KEYS = ("audio", "device", "teachers.{role}")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
