@@ -48,6 +48,7 @@ include: "workflow/rules/probe.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/lsac.smk"
+include: "workflow/rules/rr.smk"
 
 
 localrules: all

@@ -257,6 +257,7 @@ def test_every_report_subcommand_runs_without_torch(results, tmp_path):
 
     from test_lsac_probe import synthetic_run
     from test_report_probes import run_csv
+    from test_reports_rr import r3_evals, synthetic_metrics
 
     cfg = small_cfg()
     cfg["report"]["table4"].update(architectures=["dit"], seeds=[0, 1])
@@ -274,6 +275,9 @@ def test_every_report_subcommand_runs_without_torch(results, tmp_path):
                    "t": k / 4, "metric": m, "score": 0.1 * l + k} for d in ("speech", "audio") for l in (1, 2, 3)
                   for k in (1, 2, 3) for m in ("rel_change_cond", "freeze_mel_snr")]).to_csv(lsac_probe_csv,
                                                                                               index=False)
+    rr_metrics = tmp_path / "metrics_rr.csv"          # seed 003: the RR runs' metrics, Figure R3's evaluations
+    synthetic_metrics(cfg).to_csv(rr_metrics, index=False)
+    rr_evals = list(map(str, r3_evals(cfg, tmp_path / "rr_eval")))
     argvs = {
         "metrics": ["--eval", *map(str, results["evals"]), "--reference", str(results["ref"]), "--out", metrics],
         "table1": ["--probes", *probes, "--out", str(out / "t1.csv")],
@@ -297,6 +301,9 @@ def test_every_report_subcommand_runs_without_torch(results, tmp_path):
         "lsac-figure": ["--table", str(out / "l1.csv"), "--token-config", "A", "--out", str(out / "l2.png")],
         "lsac-probe-figure": ["--probe", str(lsac_probe_csv), "--probes", *probes, "--token-config", "A",
                               "--out", str(out / "lp.png")],
+        "rr-table1": ["--metrics", str(rr_metrics), "--out", str(out / "r1.csv")],
+        "rr-table2": ["--metrics", str(rr_metrics), "--out", str(out / "r2.csv")],
+        "rr-figure3": ["--eval", *rr_evals, "--data", str(out / "r3.csv"), "--out", str(out / "r3.png")],
     }
     parser = cli.build_parser()
     report = next(a for a in parser._subparsers._group_actions[0].choices["report"]._actions

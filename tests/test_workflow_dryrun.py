@@ -19,16 +19,22 @@ def test_default_config_plans_tables_2_and_3_grid(wf):
     # 8 Table 2 methods + 3 Table 3 controls (FoG-A reuses ag_repa)
     assert c["train_warmup"] == 2 * 3
     assert c["probe"] == 2 * 3
-    assert c["train_branch"] == 3 * 11
-    assert c["sample"] == c["evaluate"] == c["heldout"] == 33
+    # + seed 003: Table R1's 6 rows x 3 seeds (Table R2 is built on request: report.rr.r2.in_all false)
+    rr = 6 * 3
+    assert c["train_branch"] == 3 * 11 + rr
+    assert c["sample"] == c["evaluate"] == c["heldout"] == 33 + rr
     assert "convergence" not in c          # the curves are the held-out FM loss: no sampling per snapshot
+    assert c["rr_rsa"] == rr
+    assert c["rr_sample_scale"] == c["rr_evaluate_scale"] == 3 * 2     # Figure R3: CFG 1 and 3 (2 = the default)
+    assert "report_rr_table2" not in c
     assert c["select"] == 3 * 4
     assert c["data_synth"] == 1 and c["teacher_train"] == 1 and c["teacher_embed"] == 2
     assert c["eval_classifier_train"] == 1 and c["evaluate_reference"] == 1
     assert c["tokens_fit"] == 3 and c["tokens_encode"] == 2      # Config B adds the BEATs stream
     for rule in ("report_metrics", "report_table1", "report_table2", "report_table3", "report_paired",
                  "report_paired_table2", "report_summary", "report_forest", "report_seed_scatter",
-                 "report_lsac_table", "report_table4", "report_table4_figure"):
+                 "report_lsac_table", "report_table4", "report_table4_figure", "report_rr_metrics",
+                 "report_rr_table1", "report_rr_figure3"):
         assert c[rule] == 1, rule
     for rule in ("report_figure1", "report_layer_scores"):
         assert c[rule] == 2, rule
@@ -46,13 +52,15 @@ def test_test_overlay_plans_a_small_grid(wf):
     assert r.returncode == 0, r.stderr + r.stdout
     c = job_counts(r.stdout)
     assert c["train_warmup"] == 2
-    # baseline, repa_l4, ag_repa (Table 2) + sel_random (Table 3), 2 seeds
-    assert c["train_branch"] == 8
+    # baseline, repa_l4, ag_repa (Table 2) + sel_random (Table 3), 2 seeds; seed 003: 2 R1 rows + 1 R2 cell
+    assert c["train_branch"] == 8 + 3
     assert c["select"] == 4                        # random + foga per seed
-    assert c["heldout"] == 8 and "convergence" not in c
+    assert c["heldout"] == 8 + 3 and "convergence" not in c
     # Table 4: one other backbone (CosyVoice-style) x one seed x (baseline, AG-REPA)
     assert c["train_warmup_arch"] == 1 and c["train_branch_arch"] == 2 and c["report_table4"] == 1
     assert c["heldout_arch"] == c["evaluate_arch"] == 2
+    # seed 003: rule all builds R2 here (report.rr.r2.in_all), R1 and R2 each from its own metrics CSV
+    assert c["report_rr_metrics"] == 2 and c["report_rr_table2"] == 1 and c["rr_rsa"] == 3
 
 
 def test_merged_config_is_written_once_and_only_when_changed(wf):
@@ -79,7 +87,7 @@ def test_table4_jobs_train_their_backbone_and_the_default_keeps_its_paths(wf, tm
         mine = [line for line in train if f"results/runs/{arch}/A/seed0/" in line]
         assert len(mine) == 3 and all(f"--set model.arch={arch} " in line for line in mine), arch
     dit = [line for line in train if "--set model.arch" not in line]
-    assert len(dit) == 10 and all("results/runs/A/seed" in line for line in dit)
+    assert len(dit) == 10 + 3 and all("results/runs/A/seed" in line for line in dit)   # + 3 RR branches (seed 003)
     assert "--selection results/selection/f5/A/seed0/foga.json" in out
     report = next(line for line in out.splitlines() if "agrepa report table4 " in line)
     assert "dit:results/eval/A/seed0/ag_repa.json" in report and "f5:results/probes/f5/A/seed0/probes.csv" in report
@@ -122,9 +130,42 @@ def test_rules_use_the_conda_env_and_log_files():
 def test_training_starts_fresh_on_a_first_attempt_and_resumes_on_retries(wf):
     out = snakemake(["-n", "-p", "--cores", "1", "--configfile", "config/test.yaml"], wf).stdout
     commands = [line for line in out.splitlines() if "agrepa train" in line]
-    assert len(commands) == 2 + 8 + 1 + 2              # 2 warm-ups + 8 branches; Table 4 (CosyVoice): 1 + 2
+    assert len(commands) == 2 + 8 + 1 + 2 + 3          # 2 warm-ups + 8 branches; Table 4 (CosyVoice): 1 + 2; 3 RR branches
     for cmd in commands:
         # attempt 1 outside a SLURM requeue removes a stale last.pt; retries keep it (resume)
         assert cmd.startswith('Shell command: if [ 1 -eq 1 ] && [ "${SLURM_RESTART_COUNT:-0}" -eq 0 ]; then rm -rf ')
         out_dir = cmd.split("--out ")[1].split()[0]
         assert f"rm -rf {out_dir}/last.pt {out_dir}/snapshots; fi; agrepa train" in cmd
+
+
+def test_rr_tables_alone_train_only_their_runs(wf):
+    # `snakemake results/table_r1.csv`: R1's rows only (R2 has its own metrics CSV), nothing of Table 2/3
+    r = snakemake(["-n", "--cores", "2", "results/table_r1.csv"], wf)
+    assert r.returncode == 0, r.stderr + r.stdout
+    c = job_counts(r.stdout)
+    assert c["train_branch"] == 6 * 3 and c["select"] == 3          # AG-REPA rows: the FoG-A selection only
+    assert "convergence" not in c and "report_table2" not in c and c["report_rr_metrics"] == 1
+    # Table R2 on request: its 12 cells and the RR baseline at seed 0, no selection
+    r = snakemake(["-n", "--cores", "2", "results/table_r2.csv"], wf)
+    assert r.returncode == 0, r.stderr + r.stdout
+    c = job_counts(r.stdout)
+    assert c["train_branch"] == 12 + 1 and "select" not in c and c["report_rr_table2"] == 1
+    r = snakemake(["-n", "--cores", "2", "results/figures/figure_r3.png"], wf)
+    c = job_counts(r.stdout)
+    assert c["train_branch"] == 3 and c["rr_sample_scale"] == 6 and c["evaluate"] == 3 and "rr_rsa" not in c
+
+
+def test_rr_grid_naming_an_undefined_method_fails_with_the_key(wf, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("report:\n  rr:\n    r2: {methods: [rr_nope], seeds: [0]}\n")
+    r = snakemake(["-n", "--cores", "1", "--configfile", str(bad)], wf)
+    assert r.returncode != 0 and "report.rr.r2.methods: method 'rr_nope'" in r.stderr + r.stdout
+
+
+def test_rr_rate_overrides_on_another_backbone_fail_with_the_key(wf, tmp_path):
+    # R2's CFG rates are the DiT recipe's: with model.arch f5 and R2 in rule all, planning names the key
+    bad = tmp_path / "f5.yaml"
+    bad.write_text("model: {arch: f5}\nreport:\n  rr:\n    r2: {in_all: true}\n")
+    r = snakemake(["-n", "--cores", "1", "--configfile", str(bad)], wf)
+    assert r.returncode != 0
+    assert "methods.rr_lam0p3_cfg0p05.train: ['cfg_drop_tokens'] are the DiT recipe's CFG rates" in r.stderr + r.stdout

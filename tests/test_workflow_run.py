@@ -3,6 +3,8 @@ small reruns): every target is produced; a second invocation has nothing to do;
 deleting one eval output rebuilds only that evaluation and the tables; one ablation
 reruns without touching anything upstream; editing the figure style re-runs only the
 figure rules; the HTML report is built."""
+import json
+
 import pandas as pd
 import pytest
 
@@ -13,15 +15,16 @@ pytestmark = pytest.mark.slow
 TEST = ["--configfile", "config/test.yaml"]
 RUN = ["--cores", "2", *TEST]
 FIGURE_RULES = {"report_figure1", "report_layer_scores", "report_convergence", "report_seed_scatter", "report_forest",
-                "report_lsac_figure", "report_lsac_probe_figure", "report_table4_figure"}
+                "report_lsac_figure", "report_lsac_probe_figure", "report_table4_figure", "report_rr_figure3"}
 REPORT_RULES = FIGURE_RULES | {"report_metrics", "report_metrics_table2", "report_table1", "report_table2", "report_table3",
                                "report_paired", "report_paired_table2", "report_summary", "report_lsac_table",
-                               "report_table4"}
+                               "report_table4", "report_rr_metrics", "report_rr_table1", "report_rr_table2"}
 TARGETS = ["metrics.csv", "table1.csv", "table2.csv", "table3.csv", "table2_vs_paper.csv", "table3_vs_paper.csv",
            "figures/figure1_A.png", "figures/layer_scores_A.png", "figures/convergence_A.png",
            "figures/seed_scatter.png", "figures/forest.png", "listening_test/index.html", "paired.csv", "clips.csv",
            "summary.md", "table_l1.csv", "figures/figure_l2_A.png", "figures/lsac_probe_A.png", "table4.csv",
-           "table4_vs_paper.csv", "figures/table4.png"]
+           "table4_vs_paper.csv", "figures/table4.png", "table_r1.csv", "table_r2.csv", "figures/figure_r3.png",
+           "reports/figure_r3.csv"]
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +89,30 @@ def test_table_l1_and_figure_l2_from_the_whole_dag(wf):
         assert {"wer_speech", "fad_speech", "fad_audio", "wall_s_per_clip"} <= set(b.columns)
     probe = pd.read_csv(wf / "results" / "lsac" / "A" / "seed0" / "ag_repa" / "probe.csv")
     assert {"rel_change_cond", "rel_change_uncond", "freeze_mel_snr"} <= set(probe["metric"])
+
+
+def test_seed_003_tables_and_figure(wf):
+    res = wf / "results"
+    r1 = pd.read_csv(res / "table_r1.csv")
+    assert list(r1["method"]) == ["rr_baseline", "rr_max", "reference"]
+    assert list(r1["Method"][:2]) == ["Baseline", "RR-max"]
+    assert (r1["cfg_mode"][:2] == "batch").all() and list(r1["rr_lambda"][:2]) == [0.0, 3.0]
+    assert {"Speech WER Δ", "Speech RSA", "Audio RSA", "notes"} <= set(r1.columns)
+    assert r1["speech_wer_mean"][:2].notna().all() and r1["speech_wer_delta"][1:2].notna().all()
+    assert "CLAP not computed" in r1["notes"][1]
+    r2 = pd.read_csv(res / "table_r2.csv")
+    assert list(r2["method"]) == ["rr_baseline", "rr_max", "rr_lam1_cfg0p2"]
+    assert list(zip(r2["λ"], r2["CFG rate"])) == [(0.0, 0.1), (3.0, 0.1), (1.0, 0.2)]
+    r3 = pd.read_csv(res / "reports" / "figure_r3.csv")
+    assert set(r3["scale"]) == {1.0, 2.0} and set(r3["method"]) == {"rr_baseline", "rr_max"}
+    # the RR branches: the batch-level CFG coin, the RR term logged on its steps, RSA rows
+    runs = res / "runs" / "A" / "seed0"
+    assert "cfg_mode: batch" in (runs / "rr_max" / "config.resolved.yaml").read_text()
+    assert pd.read_csv(runs / "rr_max" / "metrics.csv")["rr"].notna().any()
+    assert pd.read_csv(runs / "rr_baseline" / "metrics.csv")["rr"].isna().all()
+    rsa = {(m["domain"], m["metric"]) for m in json.loads(
+        (res / "rr" / "rsa" / "A" / "seed0" / "rr_max.json").read_text())["metrics"]}
+    assert rsa == {(d, m) for d in ("speech", "audio") for m in ("rsa", "rsa_gt")}
 
 
 def test_second_invocation_has_nothing_to_do(wf):

@@ -99,6 +99,56 @@ def reported_methods(cfg: dict) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+BRANCH_TRAIN_KEYS = ("cfg_mode", "cfg_drop_tokens", "cfg_drop_prompt")   # what methods.<m>.train may set
+
+
+def branch_train(cfg: dict, method: str) -> dict:
+    """``methods.<method>.train`` ({} when absent): the CFG dropout of the method's Phase II branch
+    (``train.cfg_mode`` and the rates; nothing else may differ between branches). The rates
+    ``train.cfg_drop_*`` are the DiT recipe's: on another ``model.arch`` (whose rates are
+    ``model.<arch>.cfg_drop_*``) only ``cfg_mode`` may be set. Errors name the key."""
+    try:
+        spec = cfg["methods"][method]
+    except KeyError:
+        raise KeyError(f"methods.{method}: unknown method (not in the config's methods:)") from None
+    over = spec["train"] if "train" in spec else {}
+    bad = sorted(set(over) - set(BRANCH_TRAIN_KEYS))
+    if bad:
+        raise ValueError(f"methods.{method}.train: {bad} cannot differ between branches (allowed: "
+                         f"{list(BRANCH_TRAIN_KEYS)})")
+    rates, arch = sorted(k for k in over if k != "cfg_mode"), cfg["model"]["arch"]
+    if rates and arch != "dit":
+        raise ValueError(f"methods.{method}.train: {rates} are the DiT recipe's CFG rates; model.arch is {arch!r}, "
+                         f"whose rates are model.{arch}.cfg_drop_* (only cfg_mode may be overridden per method)")
+    return dict(over)
+
+
+def rr_runs(cfg: dict) -> dict:
+    """Seed 003's runs (``report.rr``): ``{"r1" | "r2" | "r3": {"methods": [...], "seeds": [...]},
+    "methods": every RR method in order}``. Seeds ``null``: R1 all of the config's ``seeds``, R2 and
+    R3 the first of them. R2 also trains ``report.rr.baseline`` (its reference row). A method missing
+    from ``methods:`` or a seed missing from ``seeds`` is an error naming the key."""
+    rc, seeds = cfg["report"]["rr"], [int(s) for s in cfg["seeds"]]
+
+    def chosen(table: str, default: list[int]) -> list[int]:
+        return default if rc[table]["seeds"] is None else [int(s) for s in rc[table]["seeds"]]
+
+    out = {"r1": {"methods": list(rc["r1"]["methods"]), "seeds": chosen("r1", seeds)},
+           "r2": {"methods": list(dict.fromkeys([rc["baseline"], *rc["r2"]["methods"]])), "seeds": chosen("r2", seeds[:1])},
+           "r3": {"methods": list(rc["r3"]["methods"]), "seeds": chosen("r3", seeds[:1])}}
+    if rc["baseline"] not in out["r1"]["methods"]:
+        raise ValueError(f"config key report.rr.baseline: {rc['baseline']!r} is not a row of report.rr.r1.methods")
+    for table, runs in out.items():
+        for m in runs["methods"]:
+            if m not in cfg["methods"]:
+                raise ValueError(f"config key report.rr.{table}.methods: method {m!r} is not defined in methods:")
+        bad = [s for s in runs["seeds"] if s not in seeds]
+        if bad:
+            raise ValueError(f"config key report.rr.{table}.seeds: {bad} not in seeds {seeds}")
+    out["methods"] = list(dict.fromkeys(m for t in ("r1", "r2", "r3") for m in out[t]["methods"]))
+    return out
+
+
 def validate(cfg: dict, source: str = "config") -> dict:
     """Check ``cfg`` against the schema, then across keys; a ValueError names the first bad key and why."""
     errors = sorted(_validator().iter_errors(cfg), key=lambda e: list(e.absolute_path))
@@ -121,6 +171,13 @@ def validate(cfg: dict, source: str = "config") -> dict:
     if not 0 <= cfg["lsac"]["n_seeds"] <= len(cfg["seeds"]):
         raise ValueError(f"{source}: config key lsac.n_seeds: {cfg['lsac']['n_seeds']} must lie in "
                          f"0..{len(cfg['seeds'])} (the number of seeds)")
+    try:
+        rr_methods = rr_runs(cfg)["methods"]
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    for method in rr_methods:
+        if "layers" in cfg["methods"][method]:
+            check_layers(cfg["methods"][method]["layers"], cfg["model"]["n_layers"], f"methods.{method}.layers ({source})")
     return cfg
 
 

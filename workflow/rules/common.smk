@@ -74,6 +74,15 @@ EVAL_ARCH = res_path("eval", "{arch}", "{tc}", "seed{seed}", "{method}.json")
 HELDOUT_ARCH = res_path("heldout", "{arch}", "{tc}", "seed{seed}", "{method}.csv")
 TABLE4 = res_path("table4.csv")
 FIG_TABLE4 = res_path("figures", "table4." + FIG_FORMAT)
+# seed 003, representation-similarity regularisation (rr.smk)
+RR_RSA = res_path("rr", "rsa", "{tc}", "seed{seed}", "{method}.json")
+RR_SAMPLES = res_path("rr", "samples_cfg{scale}", "{tc}", "seed{seed}", "{method}", "samples.csv")
+RR_EVAL = res_path("rr", "eval_cfg{scale}", "{tc}", "seed{seed}", "{method}.json")
+RR_METRICS = res_path("reports", "metrics_rr_{table}.csv")   # table: r1 | r2
+TABLE_R1 = res_path("table_r1.csv")
+TABLE_R2 = res_path("table_r2.csv")
+FIGURE_R3 = res_path("figures", "figure_r3." + FIG_FORMAT)
+FIGURE_R3_DATA = res_path("reports", "figure_r3.csv")
 FIGURE_STYLE = os.path.join(workflow.basedir, "workflow", "report", "figures.mplstyle")
 
 
@@ -96,8 +105,12 @@ def experiment_grid(cfg):
     t2 = list(cfg["report"]["table2"]["methods"])
     methods = agrepa_config.reported_methods(cfg)  # each defined and in range: checked by config validation
     strategy_method = {s: cfg["report"]["table3"]["strategies"][s] for s in cfg["selection"]["strategies"]}
+    rr = agrepa_config.rr_runs(cfg)      # seed 003's runs (checked by config validation too)
+    in_all = rr["r1"]["methods"] + rr["r3"]["methods"] + (rr["r2"]["methods"] if cfg["report"]["rr"]["r2"]["in_all"] else [])
+    for m in in_all:
+        agrepa_config.branch_train(cfg, m)   # rule all's RR branches train on model.arch (else: an error naming the key)
     needed = []
-    for m in methods:
+    for m in methods + [m for m in rr["methods"] if m not in methods]:
         spec = catalogue[m]
         if spec.get("selection") and spec["selection"] not in needed:
             needed.append(spec["selection"])
@@ -119,6 +132,7 @@ def experiment_grid(cfg):
         "strategy_method": strategy_method,
         "selections": needed,
         **table4_grid(cfg, methods),
+        "rr": rr,
     }
 
 
@@ -160,8 +174,10 @@ def _alternatives(values):
 wildcard_constraints:
     tc="A|B",
     seed=r"\d+",
-    method=_alternatives(METHODS + [m for m in GRID["t4_pair"] if m not in METHODS]),
+    method=_alternatives(list(dict.fromkeys(METHODS + GRID["t4_pair"] + GRID["rr"]["methods"]))),
     arch=_alternatives(GRID["t4_extra"]) if GRID["t4_extra"] else "none^",
+    scale=r"\d+(\.\d+)?",
+    table="r1|r2",
     strategy=_alternatives(agrepa_config.STRATEGIES),
     role="semantic|acoustic",
     stream="speech|audio|beats",
@@ -276,6 +292,7 @@ def final_targets():
     out += expand([FIGURE1, FIG_LAYER_SCORES], tc=TCS) + expand(FIG_CONVERGENCE, tc=BTCS)
     if GRID["lsac_methods"] and GRID["lsac_seeds"]:
         out += [TABLE_L1] + expand([FIG_L2, FIG_LSAC_PROBE], tc=BTCS)
+    out += [TABLE_R1, FIGURE_R3] + ([TABLE_R2] if config["report"]["rr"]["r2"]["in_all"] else [])
     if config["report"]["listening_test"]:
         out.append(LISTENING_TEST)
     if GRID["t4_archs"]:

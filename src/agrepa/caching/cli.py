@@ -17,14 +17,16 @@ log = logging.getLogger(__name__)
 
 
 def _load_run(args):
-    """(config with the checkpoint's model section, loaded run, device)."""
+    """(config with the checkpoint's model section and CFG mode, loaded run, device)."""
     from ..device import resolve_device, set_threads
     from ..training.checkpoint import load_run  # stage modules are imported when their subcommand runs
 
     cfg = config_mod.from_args(args)
     set_threads(args.threads)
+    from ..generation.sampling import run_config
+
     run = load_run(args.ckpt)  # the EMA weights, as `agrepa sample` reads them
-    return {**cfg, "model": run.cfg["model"]}, run, resolve_device(cfg)
+    return {**run_config(cfg, run.cfg), "model": run.cfg["model"]}, run, resolve_device(cfg)
 
 
 def cmd_lsac_probe(args) -> int:

@@ -1,6 +1,7 @@
 """``agrepa heldout`` (held-out flow-matching loss of a branch's checkpoints), ``agrepa evaluate``
 (every metric of sample directories or the ground-truth floor), ``agrepa convergence`` (FAD per
-kept snapshot) and ``agrepa listening-test``."""
+kept snapshot), ``agrepa listening-test`` and ``agrepa rsa`` (representational similarity of
+generated clips, seed 003)."""
 from __future__ import annotations
 
 import logging
@@ -90,6 +91,18 @@ def cmd_listening_test(args) -> int:
     return 0
 
 
+def cmd_rsa(args) -> int:
+    from .. import io
+    from ..device import set_threads
+    from .rsa import rsa
+
+    cfg = config_mod.from_args(args)
+    set_threads(args.threads)
+    result = rsa(cfg, args.samples, args.manifest, args.tokens, args.warmup)
+    io.write_json(args.out, result)
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("heldout", help="held-out flow-matching loss of a branch's checkpoints (no sampling)")
     config_mod.add_cli_args(p)
@@ -144,3 +157,12 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help="blinding seed (default: sample.seed)")
     p.add_argument("--out", required=True, help="HTML page; the key goes to <stem>.key.json beside it")
     p.set_defaults(func=cmd_listening_test)
+
+    p = subparsers.add_parser("rsa", help="Spearman between conditioning and generated clips' similarities (seed 003)")
+    config_mod.add_cli_args(p)
+    p.add_argument("--samples", required=True, help="sample directory written by `agrepa sample`")
+    p.add_argument("--manifest", required=True, help="manifest.csv (ground-truth audio)")
+    p.add_argument("--tokens", required=True, metavar="DIR", help="token store (the clips' conditioning tokens)")
+    p.add_argument("--warmup", required=True, metavar="CKPT", help="the warm-up's final.pt (its token embedding)")
+    p.add_argument("--out", required=True, help="RSA JSON (rows as in an evaluation JSON)")
+    p.set_defaults(func=cmd_rsa)

@@ -12,7 +12,7 @@ def cmd_sample(args) -> int:
     from ..device import resolve_device, set_threads
     from ..training.checkpoint import load_run
     from ..training.cli import data_paths
-    from .sampling import sample_split  # stage modules are imported when their subcommand runs
+    from .sampling import run_config, sample_split  # stage modules are imported when their subcommand runs
     from .vocoder import build_vocoder
 
     cfg = config_mod.from_args(args)
@@ -20,7 +20,7 @@ def cmd_sample(args) -> int:
     seed = int(cfg["sample"]["seed"] if args.seed is None else args.seed)
     torch.manual_seed(seed)
     run = load_run(args.ckpt)
-    cfg = config_mod.deep_merge(cfg, {"model": {"arch": run.cfg["model"]["arch"]}})  # the checkpoint's backbone
+    cfg = run_config(cfg, run.cfg)     # the checkpoint's architecture and CFG mode
     meta = {"ckpt": str(args.ckpt), "method": run.method, "phase": run.phase, "train_seed": run.seed,
             "step": run.step, "config": cfg["name"]}
     max_clips = None if args.max_clips is None else {"speech": args.max_clips, "audio": args.max_clips}

@@ -12,7 +12,9 @@ spends more steps near the noise end), or the cosine schedule (CosyVoice)
 Euler steps: ``x <- x + (t_{i+1} - t_i) v(x, t_i)``. Classifier-free guidance evaluates the
 conditional and the unconditional velocity in ONE batch (the batch stacked twice; the second
 half with ``drop_tokens = True`` and, unless the unconditional prompt is ``keep`` (the
-authors' code for the DiT: ``sample.cfg_uncond_prompt``), ``drop_prompt = True``) and combines
+authors' code for the DiT: ``sample.cfg_uncond_prompt``; ``auto`` drops the prompt exactly when
+the run was trained with ``train.cfg_mode: batch``, whose CFG steps drop tokens and prompt
+together, so the unconditional pass is the condition training saw), ``drop_prompt = True``) and combines
 them with the scale ``s = sample.cfg_scale`` as ``v = v_u + s (v_c - v_u)`` (formula
 ``uncond``, the DiT's) or ``v = v_c + s (v_c - v_u)`` (formula ``cond``: Voicebox, CosyVoice,
 F5-TTS). ``cfg_scale=None`` runs the conditional model alone (the reference path; ``uncond``
@@ -71,9 +73,10 @@ from ..corpora.mels import load_stats
 from ..store import Store
 from ..config import DOMAINS, PAD_ID
 from ..model import recipe
+from ..model.backbone import dit_uncond_prompt
 from ..model.cache import StepCache
 
-CONFIG_KEYS = ('audio', 'sample', 'train.noise_scale')  # config sections this module reads
+CONFIG_KEYS = ('audio', 'sample', 'train.noise_scale', 'train.cfg_mode')  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +117,9 @@ def sampler_settings(cfg: dict, arch: str | None = None) -> dict:
 
 
 def run_settings(cfg: dict, run_cfg: dict) -> dict:
-    """:func:`sampler_settings` for a checkpoint: its architecture, this config's recipe for it."""
-    return sampler_settings(cfg, run_cfg["model"]["arch"])
+    """:func:`sampler_settings` for a checkpoint: its architecture and CFG mode (:func:`run_config`),
+    this config's recipe for it."""
+    return sampler_settings(run_config(cfg, run_cfg))
 
 
 def guided_velocity(model, x: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None,
@@ -208,11 +212,20 @@ def noise_for(seed: int, clip_id: str, n_frames: int, n_mels: int) -> Tensor:
     return torch.randn(n_frames, n_mels, generator=generator(seed, "sample", clip_id))
 
 
+def run_config(cfg: dict, trained: dict) -> dict:
+    """``cfg`` as a sampler of a trained run uses it: the run's architecture (``model.arch``; this
+    config's recipe for it) and CFG mode (``train.cfg_mode``, which ``sample.cfg_uncond_prompt:
+    auto`` follows), taken from ``trained``, the config the run was trained with (its checkpoint's)."""
+    return config_mod.deep_merge(cfg, {"model": {"arch": trained["model"]["arch"]},
+                                       "train": {"cfg_mode": trained["train"]["cfg_mode"]}})
+
+
 def guidance(cfg: dict) -> dict:
-    """The config's initial-noise scale and the DiT's unconditional-pass prompt, as :func:`generate`
-    takes them (the DiT-only paths, e.g. layer-selective caching; :func:`sampler_settings` is the
-    recipe of any backbone)."""
-    return {"noise_scale": float(cfg["train"]["noise_scale"]), "uncond_prompt": cfg["sample"]["cfg_uncond_prompt"]}
+    """The config's initial-noise scale and the DiT's unconditional-pass prompt (``auto``
+    resolved: :func:`agrepa.model.backbone.dit_uncond_prompt`; ``cfg`` as :func:`run_config`
+    makes it for a trained run), as :func:`generate` takes them (the DiT-only paths, e.g.
+    layer-selective caching; :func:`sampler_settings` is the recipe of any backbone)."""
+    return {"noise_scale": float(cfg["train"]["noise_scale"]), "uncond_prompt": dit_uncond_prompt(cfg)}
 
 
 def length_batches(requests: Sequence[Request], batch_size: int) -> list[list[int]]:

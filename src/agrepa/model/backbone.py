@@ -58,7 +58,7 @@ from .tokens import TokenEmbedding
 
 # config sections this module reads ({arch}: the backbone of the job, model.arch unless a Table 4 rule says)
 CONFIG_KEYS = ("model.arch", "model.{arch}", "train.cfg_drop_tokens", "train.cfg_drop_prompt", "train.loss_on_prompt",
-               "sample.cfg_scale", "sample.sway", "sample.cfg_uncond_prompt")
+               "sample.cfg_scale", "sample.sway", "sample.cfg_uncond_prompt", "train.cfg_mode")
 
 
 @dataclass(frozen=True)
@@ -278,17 +278,30 @@ def architecture(cfg: dict) -> str:
     return arch
 
 
+def dit_uncond_prompt(cfg: dict) -> str:
+    """``sample.cfg_uncond_prompt`` resolved: ``auto`` is ``drop`` for a run trained with
+    ``train.cfg_mode: batch`` (its CFG steps dropped tokens and prompt together, so the
+    unconditional pass is the condition training saw), ``keep`` otherwise. For a sampler of a
+    trained run ``cfg["train"]["cfg_mode"]`` must be the run's
+    (:func:`agrepa.generation.sampling.run_config`)."""
+    value = cfg["sample"]["cfg_uncond_prompt"]
+    if value == "auto":
+        return "drop" if cfg["train"]["cfg_mode"] == "batch" else "keep"
+    return value
+
+
 def recipe(cfg: dict, arch: str | None = None) -> Recipe:
     """The recipe of ``arch`` (default ``model.arch``) in this config. The DiT's rates, loss mask
     and sampling settings are the paper's protocol keys (train.cfg_drop_*, train.loss_on_prompt,
-    sample.cfg_scale/sway/cfg_uncond_prompt) and ``model.dit`` holds the rest; the other architectures keep all of
+    sample.cfg_scale/sway/cfg_uncond_prompt, ``auto`` resolved by :func:`dit_uncond_prompt`) and
+    ``model.dit`` holds the rest; the other architectures keep all of
     theirs in ``model.<arch>``."""
     arch = architecture(cfg) if arch is None else architecture({"model": {"arch": arch}})
     r = cfg["model"][arch]
     if arch == "dit":
         r = {**r, "cfg_drop_tokens": cfg["train"]["cfg_drop_tokens"], "cfg_drop_prompt": cfg["train"]["cfg_drop_prompt"],
              "loss_on_prompt": cfg["train"]["loss_on_prompt"], "cfg_scale": cfg["sample"]["cfg_scale"],
-             "sway": cfg["sample"]["sway"], "cfg_uncond_prompt": cfg["sample"]["cfg_uncond_prompt"]}
+             "sway": cfg["sample"]["sway"], "cfg_uncond_prompt": dit_uncond_prompt(cfg)}
     scale = r["cfg_scale"]
     return Recipe(arch=arch, cfg_drop_tokens=float(r["cfg_drop_tokens"]), cfg_drop_prompt=float(r["cfg_drop_prompt"]),
                   cfg_drop_both=float(r["cfg_drop_both"]), loss_on_prompt=bool(r["loss_on_prompt"]),

@@ -16,6 +16,9 @@
     agrepa report lsac-probe-figure --probe L.csv... [--probes P.csv...] --token-config A [--style S] --out ...
     agrepa report table4       --eval ARCH:E.json... --probes ARCH:P.csv... --selection ARCH:S.json... --out T.csv --vs-paper V.csv
     agrepa report table4-figure --table V.csv [--style S] --out results/figures/table4.png
+    agrepa report rr-table1    --metrics results/reports/metrics_rr_r1.csv --out results/table_r1.csv
+    agrepa report rr-table2    --metrics results/reports/metrics_rr_r2.csv --out results/table_r2.csv
+    agrepa report rr-figure3   --eval E.json... [--style S] --data D.csv --out results/figures/figure_r3.png
 
 table2/table3 also write our numbers beside the paper's to --vs-paper.
 """
@@ -159,6 +162,15 @@ def cmd_lsac_table(args) -> int:
     return 0
 
 
+def cmd_rr_table1(args) -> int:
+    from . import rr, tables  # pandas: imported when the subcommand runs
+
+    cfg = config_mod.from_args(args)
+    io.write_csv(args.out, rr.table_r1(tables.read_metrics(args.metrics), cfg))
+    log.info("wrote %s", args.out)
+    return 0
+
+
 def cmd_lsac_figure(args) -> int:
     import pandas as pd
 
@@ -215,6 +227,26 @@ def _register_table4(add) -> None:
     q = add("table4-figure", cmd_table4_figure, "Table 4's relative changes, ours vs the paper's")
     q.add_argument("--table", required=True, help="Table 4 beside the paper's numbers (report table4 --vs-paper)")
     q.add_argument("--style", default=None, help="matplotlib style file")
+
+
+def cmd_rr_table2(args) -> int:
+    from . import rr, tables  # pandas: imported when the subcommand runs
+
+    cfg = config_mod.from_args(args)
+    io.write_csv(args.out, rr.table_r2(tables.read_metrics(args.metrics), cfg))
+    log.info("wrote %s", args.out)
+    return 0
+
+
+def cmd_rr_figure3(args) -> int:
+    from . import figures, rr  # pandas/matplotlib: imported when the subcommand runs
+
+    cfg = config_mod.from_args(args)
+    frame = rr.figure_r3_frame(args.eval, cfg)
+    io.write_csv(args.data, frame)
+    with figures.style(args.style):
+        rr.figure_r3(frame, cfg, args.out)
+    return 0
 
 
 def register(subparsers) -> None:
@@ -289,4 +321,19 @@ def register(subparsers) -> None:
     q.add_argument("--probe", nargs="+", required=True, help="lsac_probe.csv files")
     q.add_argument("--probes", nargs="*", default=None, help="probes.csv files of the warm-ups (FoG-A)")
     q.add_argument("--token-config", required=True, help="token config of the figure")
+    q.add_argument("--style", default=None, help="matplotlib style file")
+
+    register_rr(add)
+
+
+def register_rr(add) -> None:
+    """Seed 003's report subcommands (``add``: as in :func:`register`)."""
+    for name, func, what in (("rr-table1", cmd_rr_table1, "Table R1 (seed 003: RR methods, paired deltas)"),
+                             ("rr-table2", cmd_rr_table2, "Table R2 (seed 003: lambda x CFG rate)")):
+        q = add(name, func, what)
+        q.add_argument("--metrics", required=True, help="metrics CSV of the RR runs (agrepa report metrics)")
+
+    q = add("rr-figure3", cmd_rr_figure3, "Figure R3 (seed 003: metrics vs sampling CFG scale)")
+    q.add_argument("--eval", nargs="+", required=True, help="eval JSONs of the R3 methods at every CFG scale")
+    q.add_argument("--data", required=True, help="output: the figure's tidy rows (CSV)")
     q.add_argument("--style", default=None, help="matplotlib style file")

@@ -110,3 +110,24 @@ def all_gather_object(d: Dist, obj) -> list:
     out = [None] * d.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def all_gather_cat(d: Dist, x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` concatenated along dim 0 in rank order (no gradient; equal shapes)."""
+    if not d.enabled:
+        return x
+    parts = [torch.empty_like(x) for _ in range(d.world_size)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def all_gather_with_grad(d: Dist, x: torch.Tensor) -> torch.Tensor:
+    """As :func:`all_gather_cat`, differentiable: the backward sums every rank's gradient of the
+    gathered rows into their owner (``torch.distributed.nn.functional.all_gather``), so a loss that
+    every rank computes identically on the global batch, followed by :func:`all_reduce_grads`,
+    gives the one-process gradient."""
+    if not d.enabled:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()))

@@ -45,7 +45,7 @@ from .. import io
 from ..model.backbone import frame_mask
 from .dataset import DOMAIN_TEACHER, DOMAINS, TEACHERS
 
-CONFIG_KEYS = ('methods.{method}', 'train.repa_lambda', 'train.repa_weighting')  # config sections this module reads
+CONFIG_KEYS = ('methods.{method}', 'model.arch', 'train.repa_lambda', 'train.repa_weighting')  # config sections this module reads
 
 
 @dataclass
@@ -294,3 +294,12 @@ def method_plan(cfg: dict, method: str, selection: str | os.PathLike | None, n_l
         raise ValueError(f"methods.{method}: fixed layers {layers}; --selection is not used by this method")
     alpha = (lam / len(layers) if weighting == "total" else lam) if layers else 0.0
     return {d: [(l, alpha) for l in layers] for d in DOMAINS}
+
+
+def method_config(cfg: dict, method: str) -> dict:
+    """The config a Phase II branch of ``method`` trains with: the method's ``train:`` entry
+    (if any; :func:`agrepa.config.branch_train` checks it) overrides the CFG dropout of its
+    branch -- ``train.cfg_mode`` and the drop rates, nothing else, so data, length and
+    optimiser stay those of every other branch."""
+    over = config_mod.branch_train(cfg, method)
+    return config_mod.deep_merge(cfg, {"train": over}) if over else cfg

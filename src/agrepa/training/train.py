@@ -13,15 +13,19 @@ crops, prompts, noise, flow times and CFG drops depend only on (seed, stream, st
 every method of a seed sees identical batches; only the REPA term
 (:mod:`agrepa.training.objectives`) differs.
 
-Loss per step: ``L = L_FM + L_BiT-C + L_REPA`` (L_REPA absent for the baseline).
+Loss per step: ``L = L_FM + L_BiT-C + L_REPA`` (L_REPA absent for the baseline), plus
+``rr.lambda * L_RR`` for a Phase II method with an ``rr:`` entry on the steps where it applies
+(:mod:`agrepa.training.similarity`). A method's ``train:`` entry overrides its branch's CFG
+dropout (``train.cfg_mode`` sample | batch, the drop rates; :func:`batch_drops`).
 AdamW (weight decay on matrices only), OneCycle or warm-up-constant schedule,
 gradient clipping, EMA of model and BiT-C weights (with warm-up), bf16 autocast on GPU
 (fp32 on CPU), optional ``torch.compile``, CFG dropout of tokens and prompt.
 
 Outputs in OUT: ``last.pt`` (rolling, every ``train.checkpoint_every`` steps),
 ``snapshots/step_XXXXXX.pt`` (branch, at ``train.snapshot_fractions`` of Phase II and its
-end), ``final.pt``, ``metrics.csv`` (step, epoch, loss, fm, bitc, repa, grad_norm, lr,
-samples_per_s; means over the logging interval; repa empty for the baseline; epoch counts
+end), ``final.pt``, ``metrics.csv`` (step, epoch, loss, fm, bitc, repa, rr, grad_norm, lr,
+samples_per_s; means over the logging interval; repa empty for the baseline; rr the mean over
+the interval's steps where RR applied, empty where it never did; epoch counts
 from the start of the warm-up), ``length.json`` (epochs -> steps: train clips, global
 batch, steps of both phases, where this phase starts), ``config.resolved.yaml``.
 A run started in a directory holding ``last.pt`` resumes from it exactly
@@ -58,15 +62,16 @@ from ..model.tokens import CONFIG_A_LAYOUT
 from . import distributed as dist_mod
 from .checkpoint import EMA, RunSpec, TrainState, read_checkpoint, resume, rng_state, seed_everything, set_rng_state
 from .dataset import BalancedSampler, DataPaths, TrainingData, crop_frames, derive_seed, generator, shard
-from .objectives import BiTCHeads, REPAHeads, flow_matching_loss, method_plan, plan_to_json
+from . import similarity
+from .objectives import BiTCHeads, REPAHeads, flow_matching_loss, method_config, method_plan, plan_to_json
 from .schedule import Lengths, Schedule, continue_optimizer, make_optimizer
 
 CONFIG_KEYS = ("audio", "device", "train")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["step", "epoch", "loss", "fm", "bitc", "repa", "grad_norm", "lr", "samples_per_s"]
-LOSS_TERMS = ("fm", "bitc", "repa", "loss")   # the order non-finite terms are reported in
+METRIC_COLUMNS = ["step", "epoch", "loss", "fm", "bitc", "repa", "rr", "grad_norm", "lr", "samples_per_s"]
+LOSS_TERMS = ("fm", "bitc", "repa", "rr", "loss")   # the order non-finite terms are reported in
 
 
 class NonFiniteLoss(ValueError):
@@ -101,8 +106,10 @@ class StepDraw:
 
 def draw_step(cfg: dict, seed: int, stream: str, step: int, G: int) -> StepDraw:
     """The step's draws; CFG dropout and the flow-time schedule follow the architecture's
-    recipe (:func:`agrepa.model.recipe`): tokens and prompt blanked independently, or both
-    at once with ``cfg_drop_both`` (drawn last, so the other draws do not depend on it)."""
+    recipe (:func:`agrepa.model.recipe`). ``train.cfg_mode``: ``sample`` blanks each sample's
+    tokens and prompt independently, or both at once with ``cfg_drop_both`` (drawn last, so
+    the other draws do not depend on it); ``batch`` decides the drops of the whole step at once
+    (:func:`batch_drops`). Both modes draw the same crops, prompts, flow times and noise."""
     g = generator(seed, stream, "batch", step)
     r = recipe(cfg)
     crop, prompt, t = torch.rand(G, generator=g), torch.rand(G, generator=g), torch.rand(G, generator=g)
@@ -112,8 +119,27 @@ def draw_step(cfg: dict, seed: int, stream: str, step: int, G: int) -> StepDraw:
     both = torch.rand(G, generator=g) < r.cfg_drop_both
     if r.t_train == "cosine":
         t = 1 - torch.cos(t * (math.pi / 2))
-    return StepDraw(crop=crop, prompt=prompt, t=t, drop_tokens=drop_tokens | both, drop_prompt=drop_prompt | both,
-                    x0=x0)
+    mode = cfg["train"]["cfg_mode"]
+    if mode == "batch":
+        p_cfg = 1.0 - (1.0 - r.cfg_drop_tokens) * (1.0 - r.cfg_drop_both)   # a sample's tokens dropped
+        drop_tokens, drop_prompt = batch_drops(seed, stream, step, G, p_cfg, r.cfg_drop_prompt)
+    elif mode == "sample":
+        drop_tokens, drop_prompt = drop_tokens | both, drop_prompt | both
+    else:
+        raise ValueError(f"train.cfg_mode: expected sample or batch, got {mode!r}")
+    return StepDraw(crop=crop, prompt=prompt, t=t, drop_tokens=drop_tokens, drop_prompt=drop_prompt, x0=x0)
+
+
+def batch_drops(seed: int, stream: str, step: int, G: int, p_cfg: float,
+                p_prompt: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cfg_mode: batch`` (the framework of seed 003; F5-TTS's CFM): one coin per step, drawn from
+    (seed, stream, step) alone, so every branch of a seed sees the same CFG steps. With probability
+    ``p_cfg`` (the recipe's chance that a sample's tokens are dropped: ``cfg_drop_tokens`` for the
+    DiT, ``cfg_drop_both`` for F5, Voicebox and CosyVoice) the step is a CFG step: every sample's
+    tokens AND prompt are dropped; otherwise with probability ``p_prompt`` every sample's prompt alone."""
+    u_cfg, u_prompt = torch.rand(2, generator=generator(seed, stream, "cfg", step)).tolist()
+    cfg_step = u_cfg < p_cfg
+    return torch.full((G,), cfg_step), torch.full((G,), cfg_step or u_prompt < p_prompt)
 
 
 class Meter:
@@ -121,23 +147,27 @@ class Meter:
 
     def __init__(self):
         self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
         self.n = 0
         self.t0 = time.perf_counter()
 
     def add(self, values: dict[str, float]) -> None:
+        """One step's values; a name absent this step (RR on a step it does not apply to) is
+        averaged over the steps that had it."""
         for k, v in values.items():
             self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
         self.n += 1
 
     def means(self) -> dict[str, float]:
-        return {k: v / self.n for k, v in self.sums.items()}
+        return {k: v / self.counts[k] for k, v in self.sums.items()}
 
     def rate(self, per_step: int) -> float:
         """Items per second since the last reset, ``per_step`` items a step."""
         return per_step * self.n / max(time.perf_counter() - self.t0, 1e-9)
 
     def reset(self) -> None:
-        self.sums, self.n, self.t0 = {}, 0, time.perf_counter()
+        self.sums, self.counts, self.n, self.t0 = {}, {}, 0, time.perf_counter()
 
 
 class MetricsLog:
@@ -180,6 +210,7 @@ class Loop:
     continues: bool            # train.branch_start: continue
     stream: str                # data order / draws: "train" (one stream over both phases) or the phase
     snapshots: set[int]
+    rr: similarity.SimilarityRegulariser | None = None   # a Phase II method's RR term (set by run)
 
     @classmethod
     def build(cls, cfg: dict, phase: str, seed: int, out: Path, d: dist_mod.Dist, lengths: Lengths,
@@ -237,6 +268,8 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
         selection: str | os.PathLike | None = None, steps: int | None = None) -> Path:
     """Train one phase into ``out``; returns the path of ``final.pt``."""
     method = check_phase(phase, method, init, selection)
+    if phase == "branch":
+        cfg = method_config(cfg, method)      # the method's own CFG settings (methods.<m>.train)
     d = dist_mod.setup("cuda" if (cfg["device"] != "cpu" and torch.cuda.is_available()) else "cpu")
     try:
         # set up
@@ -244,6 +277,10 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
         init_ck = read_init(Path(init), clips) if phase == "branch" else None
         loop = Loop.build(cfg, phase, int(seed), Path(out), d, Lengths.of(cfg, clips.domain), init_ck, steps)
         state = initial_state(loop, clips, method, init_ck, selection)
+        if phase == "branch":
+            loop.rr = similarity.build(cfg, method, state.model, init_ck, clips.token_store.meta,
+                                       clips.token_store.dir)
+            loop.rr = loop.rr.to(loop.device) if loop.rr is not None else None
         forward = torch.compile(state.model) if cfg["train"]["compile"] else state.model
         # resume
         last = loop.out / "last.pt"
@@ -372,7 +409,8 @@ def draw_batch(loop: Loop, clips: TrainingData, sampler: BalancedSampler, step: 
 def losses(loop: Loop, forward: nn.Module, state: TrainState, batch: dict,
            draw: StepDraw) -> tuple[torch.Tensor, dict[str, float]]:
     """The total loss of one batch (with its graph) and the process-averaged values of the
-    terms ``loss``, ``fm``, ``bitc`` and ``repa`` (0 without REPA heads)."""
+    terms ``loss``, ``fm``, ``bitc``, ``repa`` (0 without REPA heads) and ``rr`` (only on the
+    steps where the method's RR applies)."""
     j, dev, T = loop.local, loop.device, batch["mel"].shape[1]
     x0 = draw.x0[j, :T].to(dev) * loop.noise_scale
     drop_tokens = draw.drop_tokens[j].to(dev)
@@ -382,13 +420,17 @@ def losses(loop: Loop, forward: nn.Module, state: TrainState, batch: dict,
         tok = state.model.embed_tokens(batch["tokens"], batch["mask"], T)   # BiT-C: the token embedding
         l_bitc = state.bitc.loss(tok, batch, keep=~drop_tokens)
         l_repa = state.repa.loss(fm.hidden, batch) if state.repa.active else torch.zeros((), device=dev)
+        l_rr = None if loop.rr is None else \
+            loop.rr.loss(fm.hidden, batch, drop_tokens, state.model.token_emb, loop.dist)
     loss = fm.loss + l_bitc + (l_repa if state.repa.active else 0.0)
-    values = {"loss": loss, "fm": fm.loss, "bitc": l_bitc, "repa": l_repa}
+    if l_rr is not None:
+        loss = loss + loop.rr.settings.lam * l_rr
+    values = {"loss": loss, "fm": fm.loss, "bitc": l_bitc, "repa": l_repa, **({} if l_rr is None else {"rr": l_rr})}
     return loss, dist_mod.all_reduce_mean_dict(loop.dist, {k: v.detach().float() for k, v in values.items()})
 
 
 def check_finite(terms: dict, step: int, last: Path) -> None:
-    for name in LOSS_TERMS:
+    for name in (n for n in LOSS_TERMS if n in terms):
         v = terms[name]
         if not math.isfinite(v):
             raise NonFiniteLoss(f"step {step + 1}: loss term {name!r} is {v}; stopped, last good "
@@ -418,7 +460,8 @@ def log_row(loop: Loop, state: TrainState, meter: Meter, done: int, lr: float) -
     """One metrics.csv row: means over the logging interval."""
     m = meter.means()
     row = {"step": done, "epoch": loop.lengths.epoch_of(loop.global_step(done)), "loss": m["loss"], "fm": m["fm"], "bitc": m["bitc"],
-           "repa": m["repa"] if state.repa.active else float("nan"), "grad_norm": m["grad_norm"],
+           "repa": m["repa"] if state.repa.active else float("nan"), "rr": m.get("rr", float("nan")),
+           "grad_norm": m["grad_norm"],
            "lr": lr, "samples_per_s": meter.rate(loop.batch_size)}
     log.debug("step %d: %s", done, row)
     return row
