@@ -104,6 +104,22 @@ def test_beats_checkpoint_is_the_official_format(paper_fixtures):
     assert frames.shape == (62, teacher.dim)                            # 10 s at 6.25 frames/s
 
 
+def test_beats_tokenizer_is_the_official_format(paper_fixtures):
+    from agrepa.tokenizers.beats_tokenizer import BeatsTokenizer
+
+    path = paper_fixtures / LAYOUT["beats_tokenizer"]
+    assert str(path).endswith(CFG["tokens"]["beats"]["checkpoint"].removeprefix("/data"))
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert set(ckpt) == {"cfg", "model"} and ckpt["cfg"]["quant_n"] == CFG["tokens"]["beats"]["k"] == 1024
+    assert "quantize.embedding.embed_avg" in ckpt["model"]          # the release's EMA state, ignored by the loader
+    tok = BeatsTokenizer(path)
+    clip = next(p for p in (paper_fixtures / LAYOUT["audioset"]).rglob("*.flac") if sf.info(str(p)).samplerate == 16000)
+    wave, _ = sf.read(str(clip), dtype="float32")
+    assert tok.k == 1024 and tok.granularity == 8 and tok.frame_rate == 50.0
+    ids = tok.encode_wave(wave)
+    assert ids.shape == (62 * 8,) and ids.min() >= 0 and ids.max() < 1024       # 10 s: 62 steps x 8 patches
+
+
 def test_s3_tokenizer_has_the_v1_signature(paper_fixtures):
     import onnxruntime
 

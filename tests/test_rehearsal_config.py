@@ -25,10 +25,17 @@ SIZES = [
     "sample.steps", "sample.batch_size", "sample.max_clips.*",
     "eval.bootstrap", "eval.fad.fad_inf.*", "eval.listening_test.max_clips.*", "eval.convergence.max_clips",
     "eval.heldout.max_clips.*",
+    "model.voicebox.n_layers", "model.voicebox.dim", "model.voicebox.n_heads", "model.voicebox.ff_mult",
+    "model.cosyvoice.channels", "model.cosyvoice.n_blocks", "model.cosyvoice.n_mid", "model.cosyvoice.n_heads",
+    "model.cosyvoice.head_dim", "model.cosyvoice.ff_mult", "model.cosyvoice.enc_layers", "model.cosyvoice.enc_dim",
+    "model.cosyvoice.enc_heads", "model.cosyvoice.enc_ff_mult",
+    "model.f5.n_layers", "model.f5.conv_layers", "model.f5.dim", "model.f5.n_heads", "model.f5.ff_mult",
+    "model.f5.text_dim", "model.f5.conv_mult",
+    "report.table4.seeds", "lsac.probe.max_clips.*",
 ]
 #: keys naming files or directories: the overlay moves paper.yaml's /data/... under the fixtures
 PATHS = ["data.librispeech.root", "data.audioset.root", "teachers.semantic.model",
-         "teachers.acoustic.checkpoint", "tokens.speech.onnx_path", "sample.vocos_model", "eval.asr.model",
+         "teachers.acoustic.checkpoint", "tokens.speech.onnx_path", "tokens.beats.checkpoint", "sample.vocos_model", "eval.asr.model",
          "eval.fad.vggish_checkpoint", "eval.mos.utmos_checkpoint", "eval.mos.aesthetics_checkpoint",
          "eval.events.checkpoint", "eval.events.labels_csv"]
 #: a label, and Table 2's rows (cut to one fixed-layer row of each kind, checked below)
@@ -60,7 +67,9 @@ def test_overlay_sets_only_allow_listed_keys():
 
 @pytest.mark.parametrize("extra", [{"sample": {"cfg_scale": 1.0}}, {"teachers": {"semantic": {"backend": "ctranslate2"}}},
                                    {"methods": {"repa_l4": {"layers": [2]}}}, {"token_configs": ["A"]},
-                                   {"selection": {"strategies": ["foga"]}}, {"eval": {"fad": {"embedding": "whisper-encoder"}}}])
+                                   {"selection": {"strategies": ["foga"]}}, {"eval": {"fad": {"embedding": "whisper-encoder"}}},
+                                   {"report": {"table4": {"architectures": ["dit"]}}}, {"model": {"f5": {"dropout": 0.0}}},
+                                   {"lsac": {"strategies": ["lsac"]}}, {"tokens": {"beats": {"kind": "kmeans"}}}])
 def test_a_semantic_key_is_refused(extra):
     assert disallowed(agrepa_config.deep_merge(overlay(), extra))
 
@@ -80,6 +89,9 @@ def test_sizes_cut_but_keep_every_kind_of_run():
     assert len(cfg["seeds"]) == 2 and set(cfg["seeds"]) <= set(paper["seeds"])
     assert set(cfg["probe"]["t_grid"]) <= set(paper["probe"]["t_grid"])
     assert cfg["selection"] == paper["selection"] and cfg["methods"] == paper["methods"]
+    assert cfg["report"]["table4"]["architectures"] == paper["report"]["table4"]["architectures"]
+    assert cfg["report"]["table4"]["seeds"] and set(cfg["report"]["table4"]["seeds"]) <= set(paper["report"]["table4"]["seeds"])
+    assert cfg["lsac"]["strategies"] == paper["lsac"]["strategies"] and cfg["lsac"]["methods"] == paper["lsac"]["methods"]
     rows = cfg["report"]["table2"]["methods"]
     assert set(rows) <= set(paper["report"]["table2"]["methods"]) and {"baseline", "ag_repa"} <= set(rows)
     kinds = set()
