@@ -98,10 +98,11 @@ def test_beats_checkpoint_is_the_official_format(paper_fixtures):
     path = paper_fixtures / LAYOUT["beats"]
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert set(ckpt) == {"cfg", "model"} and ckpt["cfg"]["deep_norm"] and ckpt["cfg"]["gru_rel_pos"]
-    teacher = BeatsTeacher.from_checkpoint(path)
+    teacher = BeatsTeacher.from_checkpoint(path, frames=CFG["teachers"]["acoustic"]["beats_frames"])
     wave, sr = sf.read(str(next((paper_fixtures / LAYOUT["audioset"]).rglob("*.flac"))), dtype="float32")
     frames, _ = teacher.embed(wave, sr)
-    assert frames.shape == (62, teacher.dim)                            # 10 s at 6.25 frames/s
+    assert CFG["teachers"]["acoustic"]["beats_frames"] == "patches"
+    assert frames.shape == (62 * 8, teacher.dim)                        # 10 s: 62 steps x 8 patches (50 /s)
 
 
 def test_beats_tokenizer_is_the_official_format(paper_fixtures):

@@ -10,7 +10,7 @@ import pytest
 
 from test_workflow_support import copy_workflow, job_counts, snakemake
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.rehearsal]   # not in `pytest -x -q`: `pytest -m rehearsal`
 
 RUN = ["--cores", "2", "--configfile", "config/paper.yaml", "config/rehearsal.yaml"]
 TARGETS = ["metrics.csv", "table1.csv", "table2.csv", "table3.csv", "table2_vs_paper.csv", "table3_vs_paper.csv",
