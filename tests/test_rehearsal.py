@@ -14,8 +14,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.rehearsal]   # not in `pytest -x -q`
 
 RUN = ["--cores", "2", "--configfile", "config/paper.yaml", "config/rehearsal.yaml"]
 TARGETS = ["metrics.csv", "table1.csv", "table2.csv", "table3.csv", "table2_vs_paper.csv", "table3_vs_paper.csv",
-           "figures/seed_scatter.png", "listening_test/index.html"] + [
-    f"figures/{fig}_{tc}.png" for fig in ("figure1", "layer_scores", "convergence") for tc in "AB"]
+           "figures/seed_scatter.png", "listening_test/index.html", "table4.csv", "table4_vs_paper.csv",
+           "figures/table4.png", "table_l1.csv"] + [
+    f"figures/{fig}_{tc}.png" for fig in ("figure1", "layer_scores", "convergence", "lsac_probe", "figure_l2")
+    for tc in "AB"]
 TABLE2 = ["baseline", "repa_l4", "repa_l4_8_12", "repa_shallow", "ag_repa"]
 
 
@@ -42,6 +44,7 @@ def test_table2_first_then_every_target_for_configs_a_and_b(rehearsal):
     root, first, second = rehearsal
     assert first["train_branch"] == 2 * 2 * len(TABLE2) and "convergence" not in first
     assert second["train_branch"] == 2 * 2 * 3            # the Table 3 controls: random, lasp, gradnorm
+    assert second["train_branch_arch"] == 3 * 2           # Table 4: voicebox, cosyvoice, f5 x (baseline, ag_repa)
     res = root / "results"
     for t in TARGETS:
         assert (res / t).stat().st_size > 0, t
@@ -69,6 +72,8 @@ def test_the_paper_choices_ran(rehearsal):
     assert manifest[manifest["domain"] == "speech"]["duration"].max() > 18.0
     speech = json.loads((res / "tokens" / "models" / "speech" / "metrics.json").read_text())
     assert speech["kind"] == "s3-onnx" and speech["k"] == 4096
+    beats = json.loads((res / "tokens" / "models" / "beats" / "config.json").read_text())
+    assert beats["kind"] == "beats-tokenizer" and beats["k"] == 1024     # Config B: BEATs' own tokenizer
     metrics = pd.read_csv(res / "metrics.csv")
     models = " ".join(metrics["model"].dropna().astype(str))
     assert "vggish" in models and "transformers:" in models
