@@ -1,8 +1,9 @@
 """UTMOS and Audiobox Aesthetics (agrepa.evaluation.mos) from checkpoints in their real formats, random weights.
 
 The real models are wav2vec 2.0 / WavLM base (~95 M parameters each); the tests build them with
-the packages' own classes at reduced depth (the key layout of the checkpoint format is the same)
-so a checkpoint file is tens of MB, not hundreds. What cannot be tested here: the published
+the packages' own classes at reduced depth (:data:`SHALLOW`; the key layout of the checkpoint
+format is the same, and the loaders read the depth from the file) so a checkpoint file is tens
+of MB, not hundreds. What cannot be tested here: the published
 weights themselves (not downloadable), hence the absolute scores.
 """
 import numpy as np
@@ -13,6 +14,7 @@ from agrepa import config
 from agrepa.evaluation import mos
 from test_workflow_support import DEFAULT_CONFIG
 
+SHALLOW = {"encoder_layers": 1, "encoder_ffn_embed_dim": 64}
 WAVE = (0.3 * np.sin(2 * np.pi * 220 * np.arange(24000) / 24000)).astype(np.float32)
 
 
@@ -23,20 +25,10 @@ def _cfg(**kw):
     return cfg
 
 
-@pytest.fixture
-def shallow_utmos(monkeypatch):
-    import utmos_pytorch.utmos_torch as ut
-
-    class Shallow(ut.Wav2Vec2Config):
-        encoder_layers = 1
-        encoder_ffn_embed_dim = 64
-    monkeypatch.setattr(ut, "Wav2Vec2Config", Shallow)
-    return ut
-
-
-def test_utmos_from_a_state_dict_and_a_checkpoint_dict(shallow_utmos, tmp_path):
+def test_utmos_from_a_state_dict_and_a_checkpoint_dict(tmp_path):
     torch.manual_seed(0)
-    state = shallow_utmos.UTMOSModel().state_dict()
+    state = mos.utmos_model(SHALLOW).state_dict()
+    assert mos.encoder_shape(state, mos.UTMOS_ENCODER, "test") == SHALLOW
     plain = tmp_path / "utmos_state_dict.pt"
     torch.save(state, plain)
     pred = mos.build_mos(_cfg(speech="utmos", utmos_checkpoint=str(plain)), "speech")
@@ -53,17 +45,13 @@ def test_utmos_from_a_state_dict_and_a_checkpoint_dict(shallow_utmos, tmp_path):
         mos.build_mos(_cfg(speech="utmos"), "speech")
 
 
-def test_audiobox_aesthetics_from_the_official_checkpoint_layout(monkeypatch, tmp_path):
-    import audiobox_aesthetics.model.aes as aes
-    from audiobox_aesthetics.model.wavlm import WavLMConfig
-
-    small = WavLMConfig({**aes.DEFAULT_AUDIO_CFG.__dict__, "encoder_layers": 1, "encoder_ffn_embed_dim": 64})
-    monkeypatch.setattr(aes, "DEFAULT_AUDIO_CFG", small)
+def test_audiobox_aesthetics_from_the_official_checkpoint_layout(tmp_path):
     torch.manual_seed(0)
     cfg = {"proj_num_layer": 1, "proj_ln": False, "proj_act_fn": "gelu", "proj_dropout": 0.0, "nth_layer": 2,
            "use_weighted_layer_sum": True, "precision": "32", "normalize_embed": True, "output_dim": 1}
     tt = {a: {"mean": 5.0, "std": 1.5} for a in ("CE", "CU", "PC", "PQ")}
-    model = aes.AesMultiOutput(**cfg, target_transform=tt)
+    model = mos.aesthetics_model(cfg, tt, SHALLOW)
+    assert mos.encoder_shape(model.state_dict(), "wavlm_model.", "test") == SHALLOW
     ck = tmp_path / "checkpoint.pt"
     torch.save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()}, "model_cfg": cfg,
                 "target_transform": tt}, ck)

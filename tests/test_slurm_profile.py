@@ -1,6 +1,10 @@
 """The SLURM profile: `snakemake --profile slurm results/table2.csv` from the repository
 root plans the paper's grid; with fake sbatch/sacct/squeue/scontrol/sinfo on PATH it
-submits jobs with the GPU, memory and time flags from config/paper.yaml."""
+submits jobs with the GPU, memory and time flags from config/paper.yaml.
+
+The fake cluster stays for what the real one (tests/test_slurm_cluster.py, a 2-CPU node)
+cannot take: config/paper.yaml's own requests (64 GB, 48 h, a GPU) and their growth on
+retries."""
 import os
 import stat
 from pathlib import Path
@@ -20,6 +24,7 @@ def test_profile_is_found_by_name_from_the_repo_root():
     assert profile["executor"] == "slurm"
     assert profile["configfile"] == ["config/paper.yaml"]
     assert profile["retries"] >= 1 and profile["slurm-requeue"] is True
+    assert profile["slurm-status-command"] == "squeue"     # README: why not sacct
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +80,11 @@ FAKE = {
     # log the arguments and answer like `sbatch --parsable`: a job id
     "sbatch": 'n=$(( $(cat "$FAKE_SLURM_DIR/sbatch.log" 2>/dev/null | wc -l) + 1000 ))\n'
               'printf "%s\\n" "$*" >> "$FAKE_SLURM_DIR/sbatch.log"\necho "$n"\n',
-    # status query: every submitted job has FAILED (so retries happen at once); account guess: none
-    "sacct": 'printf "%s\\n" "$*" >> "$FAKE_SLURM_DIR/sacct.log"\ncase "$*" in\n'
-             '  *--format=JobIdRaw,State*) i=1000; while read -r l; do echo "$i|FAILED"; i=$((i+1)); '
-             'done < "$FAKE_SLURM_DIR/sbatch.log" ;;\n  *) echo none ;;\nesac\n',
-    "squeue": 'printf "%s\\n" "$*" >> "$FAKE_SLURM_DIR/squeue.log"\n',
+    # account guess: none
+    "sacct": 'printf "%s\\n" "$*" >> "$FAKE_SLURM_DIR/sacct.log"\necho none\n',
+    # status query (the profile's squeue): every submitted job has FAILED, so retries happen at once
+    "squeue": 'printf "%s\\n" "$*" >> "$FAKE_SLURM_DIR/squeue.log"\n'
+              'i=1000; while read -r l; do echo "$i|FAILED"; i=$((i+1)); done < "$FAKE_SLURM_DIR/sbatch.log"\n',
     "scontrol": 'echo "MinJobAge               = 300 sec"\n',
     "sinfo": 'printf "PARTITION\\ngpu*\\n"\n',
 }

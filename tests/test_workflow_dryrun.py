@@ -127,15 +127,44 @@ def test_rules_use_the_conda_env_and_log_files():
         assert text.count("rule ") == text.count("log:"), smk.name          # each names its own log
 
 
-def test_training_starts_fresh_on_a_first_attempt_and_resumes_on_retries(wf):
-    out = snakemake(["-n", "-p", "--cores", "1", "--configfile", "config/test.yaml"], wf).stdout
-    commands = [line for line in out.splitlines() if "agrepa train" in line]
-    assert len(commands) == 2 + 8 + 1 + 2 + 3          # 2 warm-ups + 8 branches; Table 4 (CosyVoice): 1 + 2; 3 RR branches
-    for cmd in commands:
-        # attempt 1 outside a SLURM requeue removes a stale last.pt; retries keep it (resume)
-        assert cmd.startswith('Shell command: if [ 1 -eq 1 ] && [ "${SLURM_RESTART_COUNT:-0}" -eq 0 ]; then rm -rf ')
-        out_dir = cmd.split("--out ")[1].split()[0]
-        assert f"rm -rf {out_dir}/last.pt {out_dir}/snapshots; fi; agrepa train" in cmd
+def _train_jobs(wf, *configfiles):
+    """(threads, shell command) of every training job planned for config/test.yaml + overlays."""
+    out = snakemake(["-n", "-p", "--cores", "8", "--configfile", "config/test.yaml", *configfiles], wf).stdout
+    jobs, threads = [], 1
+    for line in out.splitlines():
+        if line.strip().startswith("threads:"):
+            threads = int(line.split(":")[1])
+        elif line.startswith("Shell command:"):
+            if "agrepa train --config" in line or "agrepa.cli train --config" in line:
+                jobs.append((threads, line))
+            threads = 1
+    return jobs
+
+
+def test_training_commands_pass_the_attempt_number(wf):
+    jobs = _train_jobs(wf)
+    assert len(jobs) == 2 + 8 + 1 + 2 + 3              # 2 warm-ups + 8 branches; Table 4 (CosyVoice): 1 + 2; 3 RR
+    archs = 0
+    for threads, cmd in jobs:
+        # attempt 1: agrepa.training.checkpoint.prepare_resume starts fresh unless SLURM requeued this job
+        arch = " --set model.arch=" in cmd                 # the *_arch rules: same command, backbone set
+        archs += arch
+        assert cmd.startswith("Shell command: agrepa train --config results/config.yaml"
+                              + (" --set model.arch=cosyvoice" if arch else "") + " --threads 1 "), cmd
+        assert " --attempt 1 > " in cmd and threads == 1
+    assert archs == 1 + 2
+
+
+def test_training_with_several_gpus_runs_one_process_per_gpu(wf, tmp_path):
+    gpus = tmp_path / "gpus.yaml"
+    gpus.write_text("resources:\n  train: {threads: 3, gpu: 2}\n")
+    jobs = _train_jobs(wf, str(gpus))
+    assert len(jobs) == 2 + 8 + 1 + 2 + 3
+    for threads, cmd in jobs:
+        assert cmd.startswith("Shell command: OMP_NUM_THREADS=3 torchrun --standalone --nproc_per_node 2 "
+                              "-m agrepa.cli train --config results/config.yaml"), cmd
+        assert " --threads 3 " in cmd and " --attempt 1 > " in cmd
+        assert threads == 2 * 3                        # the job's CPUs: 3 threads for each of 2 processes
 
 
 def test_rr_tables_alone_train_only_their_runs(wf):

@@ -24,6 +24,7 @@ STAGES = [
     ("evaluation", "agrepa.evaluation.cli"),
     ("attention caching", "agrepa.caching.cli"),
     ("reports", "agrepa.reports.cli"),
+    ("fixtures", "agrepa.fixtures.cli"),
 ]
 
 

@@ -161,7 +161,8 @@ def validate(cfg: dict, source: str = "config") -> dict:
             raise ValueError(f"{source}: config key {key!r} is missing")
         if err.validator == "additionalProperties":
             raise ValueError(f"{source}: at {where!r}: {err.message} (a misspelt key?)")
-        raise ValueError(f"{source}: config key {where!r}: {err.message}")
+        why = err.schema.get("description") if isinstance(err.schema, dict) else None
+        raise ValueError(f"{source}: config key {where!r}: {err.message}" + (f" ({why})" if why else ""))
     for method in reported_methods(cfg):
         if method not in cfg["methods"]:
             raise ValueError(f"{source}: config key methods: method {method!r} (used by report.table2/table3 "

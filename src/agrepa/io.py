@@ -80,8 +80,8 @@ def write_csv(path: str | os.PathLike, df: "pd.DataFrame") -> None:
 def torch_save(path: str | os.PathLike, obj: Any) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)  # to a file object: the archive's inner name is fixed, not the temp file's (same bytes)
 
 
 def _json_default(obj: Any) -> Any:

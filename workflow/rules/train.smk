@@ -2,13 +2,14 @@
 # from that same warm-up checkpoint): `agrepa train`.
 #
 # Requeue-safe: `agrepa train` resumes from last.pt in its --out directory, and
-# last.pt is not a declared output (Snakemake would delete it before a retry),
-# so a SLURM requeue (SLURM_RESTART_COUNT > 0) or a Snakemake retry (attempt > 1)
-# continues where the job stopped. A first attempt starts fresh: it removes a stale
-# last.pt and snapshots/ (left by an earlier run, e.g. before --forcerun or a config
-# change), so a forced rerun really retrains.
-FRESH_START = ('if [ {resources.train_attempt} -eq 1 ] && [ "${{SLURM_RESTART_COUNT:-0}}" -eq 0 ]; '
-               'then rm -rf {params.out}/last.pt {params.out}/snapshots; fi; ')
+# last.pt is not a declared output (Snakemake would delete it before a retry).
+# `--attempt` (Snakemake's attempt number) decides: a retried job (attempt > 1) or a
+# requeued SLURM job (the same job id comes back) continues where it stopped; a first
+# attempt (a new or forced run) removes a stale last.pt and snapshots/ and really
+# retrains (prepare_resume in src/agrepa/training/checkpoint.py).
+#
+# Multi-GPU: resources.train.gpu = N > 1 runs N processes (torchrun, one per GPU) in
+# the job; the job asks for N GPUs and N x resources.train.threads CPUs.
 
 
 def train_resources():
@@ -18,6 +19,22 @@ def train_resources():
 def arch_set(wildcards):
     """`--set model.arch=ARCH` for a Table 4 backbone's job (model.arch's own jobs: nothing)."""
     return f" --set model.arch={wildcards.arch}" if "arch" in wildcards.keys() else ""
+
+
+def train_processes():
+    """Processes per training job: one per GPU (resources.train.gpu), at least one."""
+    return max(1, int(res("train", "gpu")))
+
+
+def train_command():
+    """`agrepa train --config --threads`; with resources.train.gpu = N > 1, torchrun running
+    N such processes with resources.train.threads threads each."""
+    n = train_processes()
+    if n == 1:
+        return "agrepa train --config {CFG}{params.arch} --threads {threads}"
+    t = res("train", "threads")
+    return (f"OMP_NUM_THREADS={t} torchrun --standalone --nproc_per_node {n} "
+            f"-m agrepa.cli train --config {{CFG}}{{params.arch}} --threads {t}")
 
 
 def data_inputs(wildcards):
@@ -56,14 +73,14 @@ rule train_warmup:
         cfg=config_hash("agrepa.training.cli", arch=config["model"]["arch"]),
     log:
         log_path("train_warmup", "{tc}", "seed{seed}"),
-    threads: res("train", "threads")
+    threads: res("train", "threads") * train_processes()
     resources:
         **train_resources(),
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        FRESH_START + "agrepa train --config {CFG}{params.arch} --threads {threads} --phase warmup " + DATA_ARGS + " --seed {wildcards.seed} "
-        "--out {params.out} > {log} 2>&1"
+        train_command() + " --phase warmup " + DATA_ARGS + " --seed {wildcards.seed} "
+        "--out {params.out} --attempt {resources.train_attempt} > {log} 2>&1"
 
 
 def branch_inputs(wildcards):
@@ -94,15 +111,15 @@ rule train_branch:
         cfg=lambda wc: config_hash("agrepa.training.cli", method=wc.method, arch=config["model"]["arch"]),
     log:
         log_path("train_branch", "{tc}", "seed{seed}", "{method}"),
-    threads: res("train", "threads")
+    threads: res("train", "threads") * train_processes()
     resources:
         **train_resources(),
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        FRESH_START + "agrepa train --config {CFG}{params.arch} --threads {threads} --phase branch "
-        "--method {wildcards.method} --init {input.init} "
-        "{params.selection} " + DATA_ARGS + " --seed {wildcards.seed} --out {params.out} > {log} 2>&1"
+        train_command() + " --phase branch --method {wildcards.method} --init {input.init} "
+        "{params.selection} " + DATA_ARGS + " --seed {wildcards.seed} --out {params.out} "
+        "--attempt {resources.train_attempt} > {log} 2>&1"
 
 
 # Table 4: the same two rules for every other backbone of report.table4.architectures

@@ -129,6 +129,8 @@ schema = {
     'required': list(cfg),
     'properties': props,
 }
+if 'allOf' in mine:  # cross-key rules (if / then), written by hand
+    schema['allOf'] = mine['allOf']
 header = ("# JSON schema of the workflow config (config/config.yaml and its overlays).\n"
           "# The Snakefile validates the merged config against it before any job runs:\n"
           "# additionalProperties is false everywhere, so a misspelt key fails with the key named.\n"

@@ -89,7 +89,7 @@ def synth_speech_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[
                                   "max_tries", "trim_threshold", "trim_margin")}
     jobs = [(seed, SPEECH_STREAM, j, 0, speakers[j % n_spk], job_cfg) for j in range(n_utt)]
     rows, rejects, seen = [], [], set()
-    with _speech_pool(int(cfg["data"]["synth"]["workers"])) as pool:
+    with speech_pool(int(cfg["data"]["synth"]["workers"])) as pool:
         results = pool.imap(synth_speech.speak_utterance, jobs, chunksize=1)
         for j, result in enumerate(tqdm(results, total=n_utt, desc="speech", unit="utt", leave=False)):
             attempt = 0
@@ -124,7 +124,7 @@ def synth_speech_corpus(cfg: dict, audio_dir: Path, rel_dir: str) -> tuple[list[
     return rows, rejects, [s.to_dict() for s in speakers]
 
 
-def _speech_pool(workers: int):
+def speech_pool(workers: int):
     """Worker processes for espeak-ng, each started fresh for one utterance.
 
     espeak-ng keeps synthesis state in C statics that nothing resets (e.g. the

@@ -192,9 +192,10 @@ class VGGishEmbedding(Embedding):
         except Exception as err:
             raise ValueError(f"{path}: not a readable VGGish state dict ({err})") from None
         state = {k: v for k, v in state.items() if not k.startswith("pproc.")}  # PCA params: unused
-        model = VGGish()
+        with torch.device("meta"):  # no random init of 72 M parameters that are all loaded next
+            model = VGGish()
         try:
-            model.load_state_dict(state)
+            model.load_state_dict(state, assign=True)
         except RuntimeError as err:
             raise ValueError(f"{path}: not a VGGish state dict in the torchvggish layout ({err})") from None
         return cls(model, str(path), device)

@@ -13,13 +13,16 @@
     install with Python 3.11 / torch 2.11. Weights from ``eval.mos.utmos_checkpoint``: the strong
     learner's Lightning state dict (keys ``feature_extractors.*``, ``output_layers.*``), either as a plain
     state dict (the converted ``utmos_state_dict.pt``) or a checkpoint dict with ``state_dict``, read with
-    ``torch.load(weights_only=True)`` and loaded strictly. 16 kHz input, main-listener inference
+    ``torch.load(weights_only=True)`` and loaded strictly into a model whose encoder depth and FFN width
+    are read from the state dict (:func:`encoder_shape`; the published weights: 12 x 3072, the
+    package's default). 16 kHz input, main-listener inference
     (domain 0, judge 288): ``mos_ovrl = 2 * mean_t(frame scores) + 3``; no ``mos_p808``.
 ``audiobox`` (general audio; paper scale)
     Meta's Audiobox Aesthetics (Tjandra et al. 2025) through the ``audiobox-aesthetics`` package's
     ``AesMultiOutput`` (WavLM base + per-axis heads) from the official ``checkpoint.pt`` at
     ``eval.mos.aesthetics_checkpoint`` (``state_dict`` with ``model.`` prefixes, ``model_cfg``,
-    ``target_transform``; read with ``weights_only=True``, loaded strictly). 16 kHz mono, 10 s windows
+    ``target_transform``; read with ``weights_only=True``, loaded strictly; encoder depth and FFN width
+    from the state dict as for UTMOS). 16 kHz mono, 10 s windows
     (zero-padded, masked), window scores weighted by their real length, de-normalised per axis as the
     package's ``AesPredictor`` does. ``mos_ovrl`` = PQ (production quality, the axis closest to an
     overall quality score); the four axes CE, CU, PC, PQ go to the per-clip records; no ``mos_p808``.
@@ -30,6 +33,7 @@ Every predictor returns ``{"mos_ovrl", "mos_p808", ...}`` per clip (None where i
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Callable
@@ -96,6 +100,56 @@ def _load_strict(model, state: dict, path, what: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def encoder_shape(state: dict, prefix: str, path) -> dict:
+    """``encoder_layers`` and ``encoder_ffn_embed_dim`` of the wav2vec 2.0 / WavLM encoder under
+    ``prefix`` in a state dict (the packages build a fixed base encoder; a checkpoint says its own)."""
+    pattern = re.compile(re.escape(prefix) + r"encoder\.layers\.(\d+)\.fc1\.weight$")
+    ffn = {int(m.group(1)): int(state[k].shape[0]) for k in state if (m := pattern.match(k))}
+    if not ffn or sorted(ffn) != list(range(len(ffn))) or len(set(ffn.values())) != 1:
+        raise ValueError(f"{path}: no encoder layers {prefix}encoder.layers.<i>.fc1.weight of one width")
+    return {"encoder_layers": len(ffn), "encoder_ffn_embed_dim": ffn[0]}
+
+
+@contextlib.contextmanager
+def _swapped(module, name: str, value):
+    """``module.<name>`` is ``value`` while the block runs (the packages read their encoder
+    config from a module global when a model is built)."""
+    before = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, before)
+
+
+UTMOS_ENCODER = "feature_extractors.0.ssl_model."   # state-dict prefix of the wav2vec 2.0 encoder
+
+
+def utmos_model(encoder: dict | None = None):
+    """``UTMOSModel`` with the package's wav2vec 2.0 base, or the ``encoder`` shape of
+    :func:`encoder_shape` (random weights)."""
+    import utmos_pytorch.utmos_torch as ut
+
+    if not encoder:
+        return ut.UTMOSModel()
+    base = ut.Wav2Vec2Config
+    with _swapped(ut, "Wav2Vec2Config", lambda: base(**encoder)):
+        return ut.UTMOSModel()
+
+
+def aesthetics_model(model_cfg: dict, target_transform: dict, encoder: dict | None = None):
+    """``AesMultiOutput`` from a checkpoint's ``model_cfg`` with the package's WavLM base, or the
+    ``encoder`` shape of :func:`encoder_shape` (random weights)."""
+    import audiobox_aesthetics.model.aes as aes
+    from audiobox_aesthetics.model.wavlm import WavLMConfig
+
+    kw = {k: model_cfg[k] for k in AudioboxAesthetics.CFG_KEYS}
+    if not encoder:
+        return aes.AesMultiOutput(**kw, target_transform=target_transform)
+    with _swapped(aes, "DEFAULT_AUDIO_CFG", WavLMConfig({**aes.DEFAULT_AUDIO_CFG.__dict__, **encoder})):
+        return aes.AesMultiOutput(**kw, target_transform=target_transform)
+
+
 class UTMOS:
     """UTMOS22 strong learner (module docstring)."""
 
@@ -103,12 +157,10 @@ class UTMOS:
     JUDGE = 288   # the main listener id of the strong learner's inference
 
     def __init__(self, checkpoint, device: str = "cpu"):
-        from utmos_pytorch.utmos_torch import UTMOSModel
-
         state = _read_state(checkpoint, "UTMOS")
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
-        self.model = UTMOSModel()
+        self.model = utmos_model(encoder_shape(state, UTMOS_ENCODER, checkpoint))
         _load_strict(self.model, state, checkpoint, "UTMOS22 strong learner")
         self.model.to(device).eval()
         self.device, self.source = device, str(checkpoint)
@@ -135,7 +187,7 @@ class AudioboxAesthetics:
                 "precision", "normalize_embed", "output_dim")
 
     def __init__(self, checkpoint, device: str = "cpu"):
-        from audiobox_aesthetics.model.aes import AesMultiOutput, Normalize
+        from audiobox_aesthetics.model.aes import Normalize
 
         ck = _read_state(checkpoint, "Audiobox Aesthetics")
         if not isinstance(ck, dict) or not {"state_dict", "model_cfg", "target_transform"} <= set(ck):
@@ -144,9 +196,9 @@ class AudioboxAesthetics:
         missing = [k for k in self.CFG_KEYS if k not in ck["model_cfg"]]
         if missing:
             raise ValueError(f"{checkpoint}: model_cfg lacks {missing}")
-        self.model = AesMultiOutput(**{k: ck["model_cfg"][k] for k in self.CFG_KEYS},
-                                    target_transform=ck["target_transform"])
         state = {re.sub(r"^model\.", "", k): v for k, v in ck["state_dict"].items()}
+        self.model = aesthetics_model(ck["model_cfg"], ck["target_transform"],
+                                      encoder_shape(state, "wavlm_model.", checkpoint))
         _load_strict(self.model, state, checkpoint, "Audiobox Aesthetics")
         self.model.to(device).eval()
         self.norm = {a: Normalize(**ck["target_transform"][a]) for a in self.AXES}

@@ -1,7 +1,8 @@
 """Training state and checkpoints: :class:`TrainState` (model, EMA, heads, optimiser,
 scheduler, sampler, step, RNG) with ``to_dict``/``from_dict``, :func:`resume` from a run
-directory's ``last.pt``, :func:`load_run` (a trained model for probes, sampling and
-evaluation), the EMA of weights and RNG states.
+directory's ``last.pt``, :func:`prepare_resume` (whether a job resumes that ``last.pt`` or starts
+fresh), :func:`load_run` (a trained model for probes, sampling and evaluation), the EMA of weights
+and RNG states.
 
 A checkpoint is a dict of tensors and plain Python (lists, dicts, numbers, strings), so it
 loads with ``torch.load(path, weights_only=True)``. Keys: ``format``, the run's identity
@@ -12,9 +13,11 @@ scheduler, sampler, step), ``rng`` (one entry per process), ``world_size`` and
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import io
 from ..model import Backbone, build_model
 from .dataset import BalancedSampler
 from .objectives import BiTCHeads, REPAHeads
@@ -208,6 +212,72 @@ def resume(state: TrainState, last: Path, rank: int = 0, world_size: int = 1) ->
     state.from_dict(ck, rank, world_size)
     log.info("resuming %s from %s at step %d/%d", state.spec.method, last, state.step, state.spec.total_steps)
     return True
+
+
+# -- resume or start fresh: what a training job does with the last.pt it finds --
+#
+# The workflow passes Snakemake's attempt number (`agrepa train --attempt N`). A job resumes
+# OUT/last.pt when it continues an interrupted job of the same run:
+# - N > 1: Snakemake retries a job that failed or was cancelled (a new SLURM job);
+# - the SLURM job that last ran in OUT is running again: it was requeued (`scontrol requeue`,
+#   preemption, a node failure under `sbatch --requeue`). SLURM keeps the job id across a
+#   requeue, and each job records SLURM_CLUSTER_NAME / SLURM_JOB_ID in OUT/slurm_job.json.
+#   (SLURM_RESTART_COUNT would say the same, but the executor plugin's job step removes every
+#   SLURM_* variable except the job's identity before it runs the rule's shell.)
+# Otherwise (attempt 1 of a new job: a first run, --forcerun, a changed config) it starts fresh:
+# last.pt and snapshots/ left by an earlier run are removed, so a forced rerun really retrains.
+# Without --attempt (`agrepa train` by hand) a last.pt is always resumed (:func:`resume`).
+
+JOB_FILE = "slurm_job.json"
+
+
+def slurm_job(environ=os.environ) -> dict | None:
+    """This process's SLURM job (cluster name and job id), or None outside SLURM."""
+    job_id = environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    return {"cluster": environ.get("SLURM_CLUSTER_NAME", ""), "job_id": job_id}
+
+
+def _recorded_job(out: Path) -> dict | None:
+    try:
+        return json.loads((out / JOB_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def resume_reason(out: str | os.PathLike, attempt: int, environ=os.environ) -> str | None:
+    """Why the run in ``out`` resumes (a sentence), or None when it starts fresh."""
+    if attempt < 1:
+        raise ValueError(f"--attempt: must be >= 1, got {attempt}")
+    job = slurm_job(environ)
+    if attempt > 1:
+        return f"attempt {attempt}: Snakemake retries an interrupted job"
+    if job is not None and _recorded_job(Path(out)) == job:
+        return f"SLURM job {job['job_id']} was requeued"
+    return None
+
+
+def prepare_resume(out: str | os.PathLike, attempt: int, environ=os.environ) -> bool:
+    """Apply :func:`resume_reason` to ``out`` (remove stale state for a fresh start), record this
+    SLURM job there, and return whether the run resumes."""
+    out = Path(out)
+    reason = resume_reason(out, attempt, environ)
+    last = out / "last.pt"
+    if reason is not None and last.exists():
+        log.info("%s: resuming from %s", reason, last)
+    elif reason is not None:
+        log.info("%s, but %s does not exist yet: starting at step 0", reason, last)
+    elif last.exists() or (out / "snapshots").exists():
+        log.info("attempt 1 of a new job: removing %s and snapshots/ left by an earlier run", last)
+        last.unlink(missing_ok=True)
+        shutil.rmtree(out / "snapshots", ignore_errors=True)
+    job = slurm_job(environ)
+    if job is not None:
+        io.write_json(out / JOB_FILE, job)
+    else:
+        (out / JOB_FILE).unlink(missing_ok=True)
+    return reason is not None
 
 
 @dataclass

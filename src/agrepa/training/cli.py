@@ -31,7 +31,7 @@ def cmd_train(args) -> int:
     cfg = config_mod.from_args(args)
     set_threads(args.threads)
     run(cfg, phase=args.phase, out=args.out, data=data_paths(args), seed=args.seed, method=args.method,
-        init=args.init, selection=args.selection, steps=args.steps)
+        init=args.init, selection=args.selection, steps=args.steps, attempt=args.attempt)
     return 0
 
 
@@ -46,4 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="run seed: init, data order, noise, dropout")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (resumes from DIR/last.pt)")
     p.add_argument("--steps", type=int, default=None, help="override the phase length")
+    p.add_argument("--attempt", type=int, default=None,
+                   help="Snakemake's attempt number: resume DIR/last.pt only for a retried (N > 1) or "
+                        "requeued SLURM job, else start fresh (default: always resume)")
     p.set_defaults(func=cmd_train)

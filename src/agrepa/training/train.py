@@ -29,7 +29,8 @@ the interval's steps where RR applied, empty where it never did; epoch counts
 from the start of the warm-up), ``length.json`` (epochs -> steps: train clips, global
 batch, steps of both phases, where this phase starts), ``config.resolved.yaml``.
 A run started in a directory holding ``last.pt`` resumes from it exactly
-(:func:`agrepa.training.checkpoint.resume`).
+(:func:`agrepa.training.checkpoint.resume`); with ``--attempt N`` (the workflow) only a retried
+or requeued job does (:func:`agrepa.training.checkpoint.prepare_resume`).
 
 Multi-process: ``torchrun --nproc_per_node N -m agrepa.cli train ...``.
 ``train.batch_size`` is the GLOBAL batch; rank r trains on the r-th contiguous shard of
@@ -60,7 +61,8 @@ from ..device import move_batch, resolve_device
 from ..model import build_model, recipe
 from ..model.tokens import CONFIG_A_LAYOUT
 from . import distributed as dist_mod
-from .checkpoint import EMA, RunSpec, TrainState, read_checkpoint, resume, rng_state, seed_everything, set_rng_state
+from .checkpoint import (EMA, RunSpec, TrainState, prepare_resume, read_checkpoint, resume, rng_state, seed_everything,
+                         set_rng_state)
 from .dataset import BalancedSampler, DataPaths, TrainingData, crop_frames, derive_seed, generator, shard
 from . import similarity
 from .objectives import BiTCHeads, REPAHeads, flow_matching_loss, method_config, method_plan, plan_to_json
@@ -265,14 +267,18 @@ def snapshot_steps(cfg: dict, total: int) -> set[int]:
 
 def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed: int = 0,
         method: str | None = None, init: str | os.PathLike | None = None,
-        selection: str | os.PathLike | None = None, steps: int | None = None) -> Path:
-    """Train one phase into ``out``; returns the path of ``final.pt``."""
+        selection: str | os.PathLike | None = None, steps: int | None = None, attempt: int | None = None) -> Path:
+    """Train one phase into ``out``; returns the path of ``final.pt``. ``attempt``: Snakemake's attempt
+    number, which decides whether a ``last.pt`` in ``out`` is resumed (:func:`.checkpoint.prepare_resume`)."""
     method = check_phase(phase, method, init, selection)
     if phase == "branch":
         cfg = method_config(cfg, method)      # the method's own CFG settings (methods.<m>.train)
     d = dist_mod.setup("cuda" if (cfg["device"] != "cpu" and torch.cuda.is_available()) else "cpu")
     try:
         # set up
+        if attempt is not None and d.is_main:
+            prepare_resume(out, attempt)
+        dist_mod.barrier(d)
         clips = TrainingData(cfg, data, split="train")
         init_ck = read_init(Path(init), clips) if phase == "branch" else None
         loop = Loop.build(cfg, phase, int(seed), Path(out), d, Lengths.of(cfg, clips.domain), init_ck, steps)
