@@ -24,7 +24,7 @@ TARGETS = ["metrics.csv", "table1.csv", "table2.csv", "table3.csv", "table2_vs_p
            "figures/seed_scatter.png", "figures/forest.png", "listening_test/index.html", "paired.csv", "clips.csv",
            "summary.md", "table_l1.csv", "figures/figure_l2_A.png", "figures/lsac_probe_A.png", "table4.csv",
            "table4_vs_paper.csv", "figures/table4.png", "table_r1.csv", "table_r2.csv", "figures/figure_r3.png",
-           "reports/figure_r3.csv"]
+           "figures/figure_r3.csv"]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_seed_003_tables_and_figure(wf):
     r2 = pd.read_csv(res / "table_r2.csv")
     assert list(r2["method"]) == ["rr_baseline", "rr_max", "rr_lam1_cfg0p2"]
     assert list(zip(r2["λ"], r2["CFG rate"])) == [(0.0, 0.1), (3.0, 0.1), (1.0, 0.2)]
-    r3 = pd.read_csv(res / "reports" / "figure_r3.csv")
+    r3 = pd.read_csv(res / "figures" / "figure_r3.csv")
     assert set(r3["scale"]) == {1.0, 2.0} and set(r3["method"]) == {"rr_baseline", "rr_max"}
     # the RR branches: the batch-level CFG coin, the RR term logged on its steps, RSA rows
     runs = res / "runs" / "A" / "seed0"

@@ -82,7 +82,7 @@ RR_METRICS = res_path("reports", "metrics_rr_{table}.csv")   # table: r1 | r2
 TABLE_R1 = res_path("table_r1.csv")
 TABLE_R2 = res_path("table_r2.csv")
 FIGURE_R3 = res_path("figures", "figure_r3." + FIG_FORMAT)
-FIGURE_R3_DATA = res_path("reports", "figure_r3.csv")
+FIGURE_R3_DATA = res_path("figures", "figure_r3.csv")  # the plotted numbers, beside the figure
 FIGURE_STYLE = os.path.join(workflow.basedir, "workflow", "report", "figures.mplstyle")
 
 
