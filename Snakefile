@@ -54,6 +54,18 @@ include: "workflow/rules/rr.smk"
 localrules: all
 
 
+onstart:
+    start_warm_server()
+
+
+onsuccess:
+    stop_warm_server()
+
+
+onerror:
+    stop_warm_server()
+
+
 rule all:
     input:
         final_targets(),

@@ -20,7 +20,7 @@ PKG = REPO / "src" / "agrepa"
 # floor, rank 0, imports only itself; every other rank is one stage).
 RANK = {"io": 0, "config": 0, "audio": 0, "store": 0, "device": 0, "model": 0,
         "corpora": 1, "teachers": 2, "tokenizers": 3, "training": 4, "probing": 5, "generation": 6,
-        "evaluation": 7, "caching": 8, "reports": 9, "fixtures": 10, "cli": 11}
+        "evaluation": 7, "caching": 8, "reports": 9, "fixtures": 10, "cli": 11, "warm": 12}
 
 
 def modules():
@@ -194,10 +194,11 @@ def run_python(code: str) -> str:
 
 
 def test_help_imports_no_torch():
+    # through the console script's entry point (agrepa.warm.main, no warm server: in-process)
     out = run_python("import sys, contextlib, io\n"
-                     "from agrepa import cli\n"
+                     "from agrepa import warm\n"
                      "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-                     "    cli.main(['--help'])\n"
+                     "    warm.main(['--help'])\n"
                      "print(sorted(m for m in ('torch', 'pandas', 'matplotlib', 'transformers') if m in sys.modules))")
     assert out.strip() == "[]"
 

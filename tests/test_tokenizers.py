@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from agrepa import config as C
 from agrepa.cli import main
 from agrepa.corpora.manifest import make_manifest, write_manifest
+from agrepa.fixtures import onnx as onnx_pb
 from agrepa.config import PAD_ID
 from agrepa.store import Store, StoreWriter
 from agrepa.tokenizers.streams import load_tokenizer
@@ -246,39 +247,16 @@ def test_kmeans_seed_and_perplexity():
         KMeans.fit(x[:3], 4, seed=0)
 
 
-def _pb_varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _pb(num: int, value) -> bytes:
-    """One protobuf field: varint for int, length-delimited for bytes/str."""
-    if isinstance(value, int):
-        return _pb_varint(num << 3) + _pb_varint(value)
-    value = value.encode() if isinstance(value, str) else value
-    return _pb_varint((num << 3) | 2) + _pb_varint(len(value)) + value
-
-
 def write_argmax_onnx(path) -> None:
-    """A real ONNX ModelProto (hand-encoded; the onnx package is not a dependency) with
-    CosyVoice's tokenizer signature: feats float [1, 128, T] + feats_length int32 [1]
-    -> tokens int64 [1, T] = argmax over the mel axis."""
-    def value_info(name, elem, dims):
-        dim = b"".join(_pb(1, _pb(2, d) if isinstance(d, str) else _pb(1, d)) for d in dims)
-        return _pb(1, name) + _pb(2, _pb(1, _pb(1, elem) + _pb(2, dim)))
-
-    def attr(name, v):
-        return _pb(1, name) + _pb(3, v) + _pb(20, 2)
-
-    node = (_pb(1, "feats") + _pb(2, "tokens") + _pb(3, "argmax") + _pb(4, "ArgMax")
-            + _pb(5, attr("axis", 1)) + _pb(5, attr("keepdims", 0)))
-    graph = (_pb(1, node) + _pb(2, "s3") + _pb(11, value_info("feats", 1, [1, 128, "T"]))
-             + _pb(11, value_info("feats_length", 6, [1])) + _pb(12, value_info("tokens", 7, [1, "T"])))
-    path.write_bytes(_pb(1, 7) + _pb(7, graph) + _pb(8, _pb(2, 13)))
+    """A real ONNX ModelProto (written by the fixtures' protobuf encoder; the onnx package is not
+    a dependency) with CosyVoice's tokenizer signature: feats float [1, 128, T] + feats_length
+    int32 [1] -> tokens int64 [1, T] = argmax over the mel axis."""
+    node = onnx_pb.node("ArgMax", ["feats"], ["tokens"], axis=1, keepdims=0)
+    graph = (onnx_pb.field(1, node) + onnx_pb.field(2, "s3")
+             + onnx_pb.field(11, onnx_pb.value_info("feats", onnx_pb.FLOAT, [1, 128, "T"]))
+             + onnx_pb.field(11, onnx_pb.value_info("feats_length", onnx_pb.INT32, [1]))
+             + onnx_pb.field(12, onnx_pb.value_info("tokens", onnx_pb.INT64, [1, "T"])))
+    path.write_bytes(onnx_pb.field(1, 7) + onnx_pb.field(7, graph) + onnx_pb.field(8, onnx_pb.field(2, 13)))
 
 
 def test_s3_onnx_runs_a_real_session(tmp_path):

@@ -7,7 +7,9 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
+from test_train import _tensors_equal
 from test_workflow_support import copy_workflow, job_counts, mtimes, snakemake
 
 pytestmark = pytest.mark.slow
@@ -34,6 +36,7 @@ def wf(tmp_path_factory):
     if r.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in (root / "results" / "logs").rglob("*.log"))
         pytest.fail(f"whole-DAG run failed:\n{r.stderr[-6000:]}\n{logs[-12000:]}")
+    (root / "first_run.log").write_text(r.stderr)
     return root
 
 
@@ -42,6 +45,14 @@ def planned(root, *extra, targets=()):
     r = snakemake(["-n", *targets, *RUN, *extra], root)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout, job_counts(r.stdout)
+
+
+def test_the_run_forked_every_job_from_the_warm_server(wf):
+    # warm_start: true (config/config.yaml): one server imported the libraries; each job is a fork of it
+    counts = job_counts((wf / "first_run.log").read_text())
+    forked = [ln for ln in (wf / "results" / "logs" / "warm_start.log").read_text().splitlines()
+              if ln.startswith("warm start: pid ")]
+    assert len(forked) == sum(counts.values()) - counts["all"]      # every job but `all` runs `agrepa`
 
 
 def test_every_target_is_produced(wf):
@@ -149,11 +160,16 @@ def test_rerun_one_ablation_touches_nothing_upstream(wf):
     assert set(counts) <= REPORT_RULES | {"all", "listening_test"}
     res = wf / "results"
     before = mtimes(res)
-    r = snakemake([*RUN, "--forcerun", "results/runs/A/seed1/repa_l4/final.pt"], wf)
+    warm = torch.load(res / "runs" / "A" / "seed1" / "repa_l4" / "final.pt", map_location="cpu", weights_only=True)
+    # ... run cold this time: the branch trained in a fresh process equals the warm-started one bitwise
+    r = snakemake([*RUN, "--forcerun", "results/runs/A/seed1/repa_l4/final.pt", "--config", "warm_start=False"], wf)
     assert r.returncode == 0, r.stderr[-4000:]
     after = mtimes(res)
     changed = {p for p in after if after[p] != before.get(p)}
     assert "runs/A/seed1/repa_l4/final.pt" in changed
+    cold = torch.load(res / "runs" / "A" / "seed1" / "repa_l4" / "final.pt", map_location="cpu", weights_only=True)
+    for key in ("model", "ema", "repa", "optimizer"):
+        assert _tensors_equal(warm[key], cold[key]), key
     # a forced rerun retrains from the warm-up; it does not resume from the old last.pt
     log = (res / "logs" / "train_branch" / "A_seed1_repa_l4.log").read_text()
     assert "resuming" not in log

@@ -4,10 +4,16 @@
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 
 from snakemake.logging import logger
 
 from agrepa import io as agrepa_io
+from agrepa import warm as agrepa_warm
 
 R = config["results_dir"]
 
@@ -298,3 +304,43 @@ def final_targets():
     if GRID["t4_archs"]:
         out += [TABLE4, vs_paper(TABLE4), FIG_TABLE4]
     return out
+
+
+# --- warm start (agrepa/warm.py) ----------------------------------------------------
+WARM_SERVER = {}
+WARM_START_TIMEOUT_S = 120    # the server's imports take seconds; jobs start cold if it is not up by then
+
+
+def start_warm_server():
+    """onstart: with warm_start and the local executor, start the server that forks every
+    `agrepa` job from one process with the libraries imported, and export its socket to the
+    jobs. Not on SLURM: a job must run in its own allocation."""
+    if not (config["warm_start"] and workflow.local_exec):
+        return
+    tmp = tempfile.mkdtemp(prefix="agrepa-warm-")
+    path = os.path.join(tmp, "socket")
+    log = res_path("logs", "warm_start.log")
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "agrepa.warm", path], stdin=subprocess.DEVNULL,
+                                stdout=err, stderr=err, start_new_session=True)
+    deadline = time.monotonic() + WARM_START_TIMEOUT_S
+    while not os.path.exists(path) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not os.path.exists(path):
+        logger.warning(f"warm start: the server did not start (see {log}); every job starts cold")
+        proc.terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    os.environ[agrepa_warm.SOCKET_ENV] = path
+    WARM_SERVER.update(proc=proc, dir=tmp)
+
+
+def stop_warm_server():
+    """onsuccess / onerror (the server also exits by itself when Snakemake does)."""
+    if WARM_SERVER:
+        os.environ.pop(agrepa_warm.SOCKET_ENV, None)
+        WARM_SERVER["proc"].terminate()
+        WARM_SERVER["proc"].wait(timeout=30)
+        shutil.rmtree(WARM_SERVER["dir"], ignore_errors=True)
+        WARM_SERVER.clear()

@@ -44,14 +44,17 @@ def cmd_metrics(args) -> int:
     return 0
 
 
+def _write_table(args, build) -> int:
+    """The handlers that write one table: ``build(cfg)`` (a DataFrame) to ``--out``."""
+    io.write_csv(args.out, build(config_mod.from_args(args)))
+    log.info("wrote %s", args.out)
+    return 0
+
+
 def cmd_table1(args) -> int:
     from . import probes as probe_reports  # pandas/matplotlib: imported when the subcommand runs
 
-    cfg = config_mod.from_args(args)
-    df = probe_reports.table1(args.probes, k=int(cfg["selection"]["k"]))
-    io.write_csv(args.out, df)
-    log.info("wrote %s", args.out)
-    return 0
+    return _write_table(args, lambda cfg: probe_reports.table1(args.probes, k=int(cfg["selection"]["k"])))
 
 
 def cmd_paired(args) -> int:
@@ -156,19 +159,13 @@ def cmd_seed_scatter(args) -> int:
 def cmd_lsac_table(args) -> int:
     from . import lsac  # pandas: imported when the subcommand runs
 
-    cfg = config_mod.from_args(args)
-    io.write_csv(args.out, lsac.table_l1(*lsac.read_runs(args.runs), cfg))
-    log.info("wrote %s", args.out)
-    return 0
+    return _write_table(args, lambda cfg: lsac.table_l1(*lsac.read_runs(args.runs), cfg))
 
 
 def cmd_rr_table1(args) -> int:
     from . import rr, tables  # pandas: imported when the subcommand runs
 
-    cfg = config_mod.from_args(args)
-    io.write_csv(args.out, rr.table_r1(tables.read_metrics(args.metrics), cfg))
-    log.info("wrote %s", args.out)
-    return 0
+    return _write_table(args, lambda cfg: rr.table_r1(tables.read_metrics(args.metrics), cfg))
 
 
 def cmd_lsac_figure(args) -> int:
@@ -232,10 +229,7 @@ def _register_table4(add) -> None:
 def cmd_rr_table2(args) -> int:
     from . import rr, tables  # pandas: imported when the subcommand runs
 
-    cfg = config_mod.from_args(args)
-    io.write_csv(args.out, rr.table_r2(tables.read_metrics(args.metrics), cfg))
-    log.info("wrote %s", args.out)
-    return 0
+    return _write_table(args, lambda cfg: rr.table_r2(tables.read_metrics(args.metrics), cfg))
 
 
 def cmd_rr_figure3(args) -> int:

@@ -320,35 +320,39 @@ def save_checkpoint(model: BEATs, path: str | os.PathLike) -> None:
     io.torch_save(path, {"cfg": model.cfg.to_dict(), "model": model.state_dict()})
 
 
-def load_checkpoint(path: str | os.PathLike) -> BEATs:
-    """Build a :class:`BEATs` from an official-format checkpoint; strict key check.
+def read_official_checkpoint(path: str | os.PathLike, what: str) -> dict:
+    """The ``{"cfg", "model"}`` dict of an official-format file (the encoder's or the tokenizer's).
 
-    Loaded with ``torch.load(..., weights_only=True)``: the official files hold
-    only dicts, strings, numbers and tensors, so the restricted unpickler reads
-    them and nothing in the file can execute code. Missing or unexpected
-    state-dict keys raise a ``ValueError`` that names them.
+    Read with ``torch.load(..., weights_only=True)``: the official files hold only dicts,
+    strings, numbers and tensors, so the restricted unpickler reads them and nothing in the file
+    can execute code. ``what`` names the file in errors (e.g. "BEATs checkpoint").
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: BEATs checkpoint not found")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated files
-        raise ValueError(f"{path}: cannot read as a BEATs checkpoint ({err})") from None
+        raise ValueError(f"{path}: cannot read as a {what} ({err})") from None
     if not isinstance(ckpt, dict) or "cfg" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path}: a BEATs checkpoint is a dict with 'cfg' and 'model'")
-    model = BEATs(BEATsConfig.from_dict(dict(ckpt["cfg"])))
-    state = ckpt["model"]
-    expected = set(model.state_dict())
+        raise ValueError(f"{path}: a {what} is a dict with 'cfg' and 'model'")
+    return ckpt
+
+
+def check_state_keys(path: str | os.PathLike, state: dict, expected: set, what: str) -> None:
+    """Raise a ``ValueError`` naming the missing and unexpected state-dict keys, if any."""
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected}")
-        raise ValueError(f"{path}: state dict does not match the BEATs config: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
+    parts = ([f"missing keys {missing}"] if missing else []) + ([f"unexpected keys {unexpected}"] if unexpected else [])
+    if parts:
+        raise ValueError(f"{path}: state dict does not match the {what} config: " + "; ".join(parts))
+
+
+def load_checkpoint(path: str | os.PathLike) -> BEATs:
+    """Build a :class:`BEATs` from an official-format checkpoint; strict key check."""
+    ckpt = read_official_checkpoint(path, "BEATs checkpoint")
+    model = BEATs(BEATsConfig.from_dict(dict(ckpt["cfg"])))
+    check_state_keys(path, ckpt["model"], set(model.state_dict()), "BEATs")
+    model.load_state_dict(ckpt["model"], strict=True)
     return model.eval()
 
 

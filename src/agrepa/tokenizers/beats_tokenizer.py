@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import io
-from ..teachers.beats import BEATs, BEATsConfig, SAMPLE_RATE
+from ..teachers.beats import SAMPLE_RATE, BEATs, BEATsConfig, check_state_keys, read_official_checkpoint
 
 TRUNK_PREFIXES = ("patch_embedding.", "layer_norm.", "post_extract_proj.", "encoder.")
 EMA_STATE = ("quantize.embedding.cluster_size", "quantize.embedding.embed_avg", "quantize.embedding.initted",
@@ -70,26 +70,14 @@ def save_checkpoint(model: BeatsTokenizerModel, path: str | os.PathLike) -> None
 
 
 def load_checkpoint(path: str | os.PathLike) -> BeatsTokenizerModel:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: BEATs tokenizer checkpoint not found (tokens.beats.checkpoint)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, truncated files
-        raise ValueError(f"{path}: cannot read as a BEATs tokenizer checkpoint ({err})") from None
-    if not isinstance(ckpt, dict) or "cfg" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path}: a BEATs tokenizer checkpoint is a dict with 'cfg' and 'model'")
+    ckpt = read_official_checkpoint(path, "BEATs tokenizer checkpoint (tokens.beats.checkpoint)")
     cfg = dict(ckpt["cfg"])
     if "quant_n" not in cfg or "quant_dim" not in cfg:
         raise ValueError(f"{path}: cfg has no quant_n / quant_dim (a BEATs encoder, not its tokenizer?)")
     quant_n, quant_dim = int(cfg.pop("quant_n")), int(cfg.pop("quant_dim"))
     model = BeatsTokenizerModel(BEATsConfig.from_dict(cfg), quant_n, quant_dim)
     state = {k: v for k, v in ckpt["model"].items() if k not in EMA_STATE}
-    expected = set(model.official_state())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(f"{path}: state dict does not match the BEATs tokenizer config "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    check_state_keys(path, state, set(model.official_state()), "BEATs tokenizer")
     model.trunk.load_state_dict({k: v for k, v in state.items() if k.startswith(TRUNK_PREFIXES)}, strict=True)
     model.quantize_layer.load_state_dict({k[len("quantize_layer."):]: v for k, v in state.items()
                                           if k.startswith("quantize_layer.")}, strict=True)
