@@ -10,6 +10,7 @@ import torch
 from agrepa import config
 from agrepa.caching import experiment as lsac_experiment
 from agrepa.caching import probe as lsac_probe
+from agrepa.caching import quality
 from agrepa.caching.quality import mel_distortion, mel_snr_db
 from agrepa.generation import sampling
 from agrepa.caching.plan import CachePlan
@@ -112,8 +113,9 @@ def test_a_layer_whose_attention_gate_is_zero_freezes_for_free(corpus):
 class FakeScorer:
     """Stands in for the ASR/embedding models: 'wer' = 100 x mean |mel|, per domain."""
 
-    def __init__(self, cfg, manifest, split, names):
-        self.split = split
+    def __init__(self, cfg, data, split, names):
+        self.split, self.names = split, names
+        FakeScorer.built = names
 
     def score(self, mels):
         dom = {c: self.split.rows.loc[c, "domain"] for c in self.split.targets}
@@ -128,11 +130,13 @@ def test_freeze_eval_reports_the_change_against_the_full_run(corpus, monkeypatch
     monkeypatch.setattr(lsac_probe, "QualityScorer", FakeScorer)
     m, cfg = tiny(), cfg_for()
     cfg["lsac"]["probe"]["freeze_eval"] = True
+    cfg["lsac"]["metrics"] = ["wer", "ter"]
     split = sampling.split_requests(cfg, data(corpus), "test", 0,
                                     cfg["lsac"]["probe"]["max_clips"])
     full, frozen, _ = lsac_probe.probe_runs(m, cfg, split, 0, "cpu")
-    rows = lsac_probe.freeze_eval_rows(cfg, corpus["manifest"], split, full, frozen,
+    rows = lsac_probe.freeze_eval_rows(cfg, data(corpus), split, full, frozen,
                                        {"config": "A", "seed": 0, "branch": "b"}, list(range(S + 1)))
+    assert FakeScorer.built == ["wer"]       # TER (it needs the tokenizers) is Table L1's only
     scorer = FakeScorer(cfg, None, split, [])
     base = {r["domain"]: r["value"] for r in scorer.score([full[c] for c in split.targets])[0]}
     one = {r["domain"]: r["value"] for r in scorer.score([frozen[(3, 4)][c] for c in split.targets])[0]}
@@ -157,6 +161,35 @@ def test_experiment_rows(corpus):
     assert cached["gflops"] == pytest.approx(want["total"] / 1e9)
     assert cached["attention_savings"] == pytest.approx(5 / 18)
     assert set(var["metric"]) == {"wall_s_per_clip", "cpu_s_per_clip"} and (var["value"] > 0).all()
+
+
+def test_ter_of_a_variant_pools_token_edits_over_clips(corpus, monkeypatch):
+    # QualityScorer's TER: the clip's conditioning tokens against its vocoded output re-tokenised
+    # (here every clip re-tokenises as [0, 1, 2]; odd clips were conditioned on [0, 1, 2, 3]: 1 edit)
+    cfg = cfg_for()
+    split = sampling.split_requests(cfg, data(corpus), "test", 0)
+    with pytest.raises(ValueError, match="ter: give the fitted tokenizers"):
+        quality.QualityScorer(cfg, data(corpus), split, ["ter"])
+
+    class Retokenise:
+        def streams(self, wave, sample_rate, domain):
+            assert wave.ndim == 1 and sample_rate == cfg["audio"]["sample_rate"]
+            return {"primary": np.array([0, 1, 2])}
+
+        def describe(self):
+            return "toy"
+
+    ref = {c: {"primary": np.arange(3 + i % 2)} for i, c in enumerate(split.targets)}
+    monkeypatch.setattr(quality, "_conditioning_tokens", lambda *args: (Retokenise(), ref))
+    scorer = quality.QualityScorer(cfg, data(corpus), split, ["ter"], {"speech": "s", "audio": "a"})
+    n_mels = cfg["audio"]["n_mels"]
+    rows, per_clip = scorer.score([torch.zeros(r.n_frames, n_mels) for r in split.requests])
+    for row in rows:
+        ids = [c for c in split.targets if split.rows.loc[c, "domain"] == row["domain"]]
+        edits = sum(len(ref[c]["primary"]) - 3 for c in ids)
+        assert row["metric"] == "ter" and row["value"] == pytest.approx(edits / sum(len(ref[c]["primary"]) for c in ids))
+        assert [per_clip[c]["ter_edits"] for c in ids] == [len(ref[c]["primary"]) - 3 for c in ids]
+    assert {r["domain"] for r in rows} == {"speech", "audio"}
 
 
 def synthetic_run(branch="baseline"):

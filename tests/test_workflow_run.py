@@ -98,6 +98,10 @@ def test_table_l1_and_figure_l2_from_the_whole_dag(wf):
         assert (cached["attn_saved_pct"] >= 25).all() and (cached["flops_saved_pct"] > 0).all()
         assert (cached["retention_adv"] > 0).all() and cached["retention_ci_low"].notna().all()
         assert {"wer_speech", "fad_speech", "fad_audio", "wall_s_per_clip"} <= set(b.columns)
+        # TER: the vocoded output re-tokenised by the conditioning tokenizers, both domains, with its CI
+        for domain in ("speech", "audio"):
+            assert b[f"ter_{domain}"].between(0, 10).all() and b[f"ter_{domain}_ci"].str.startswith("[").all()
+            assert b.set_index("variant").loc["full", f"delta_ter_{domain}"] == 0
     probe = pd.read_csv(wf / "results" / "lsac" / "A" / "seed0" / "ag_repa" / "probe.csv")
     assert {"rel_change_cond", "rel_change_uncond", "freeze_mel_snr"} <= set(probe["metric"])
 

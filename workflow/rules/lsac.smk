@@ -58,11 +58,18 @@ rule lsac_select:
         "--out-dir {params.out} > {log} 2>&1"
 
 
+def lsac_eval_inputs(wc):
+    """The data stores, the branch and its plans; with ter in lsac.metrics, TER's tokenizers and
+    events teacher (evaluate.smk's scorer inputs, without the event classifier)."""
+    inputs = {**data_inputs(wc), "ckpt": BRANCH.format(**wc), "plans": LSAC_PLANS.format(**wc)}
+    if "ter" in config["lsac"]["metrics"]:
+        inputs.update({k: v for k, v in scorer_inputs([wc.tc]).items() if k != "classifier"})
+    return inputs
+
+
 rule lsac_eval:
     input:
-        unpack(data_inputs),
-        ckpt=BRANCH,
-        plans=LSAC_PLANS,
+        unpack(lsac_eval_inputs),
     output:
         clips=LSAC_EVAL,
         variants=os.path.join(LSAC_DIR, "eval", "variants.csv"),
@@ -71,6 +78,7 @@ rule lsac_eval:
         plans=lambda wc, input: os.path.dirname(input.plans),
         mels=store_dir("mels"),
         tokens=store_dir("tokens"),
+        scorers=lambda wc, input: scorer_args(wc, input) if "ter" in config["lsac"]["metrics"] else "",
         cfg=config_hash("agrepa.caching.experiment"),
     log:
         log_path("lsac_eval", "{tc}", "seed{seed}", "{method}"),
@@ -82,7 +90,7 @@ rule lsac_eval:
     shell:
         "agrepa lsac-eval --config {CFG} --threads {threads} --ckpt {input.ckpt} --manifest {input.manifest} "
         "--mels {params.mels} --tokens {params.tokens} --seed {wildcards.seed} --token-config {wildcards.tc} "
-        "--branch {wildcards.method} --plans {params.plans} --out-dir {params.out} > {log} 2>&1"
+        "--branch {wildcards.method} --plans {params.plans} {params.scorers} --out-dir {params.out} > {log} 2>&1"
 
 
 LSAC_RUNS = dict(tc=BTCS, seed=GRID["lsac_seeds"], method=GRID["lsac_methods"])

@@ -80,7 +80,7 @@ ENUMS = {
     'eval.convergence.metric': ['fm_loss', 'fad'],
     'lsac.probe.split': ['train', 'valid', 'test'],
     'lsac.strategies[]': list(CACHE_STRATEGIES),
-    'lsac.metrics[]': ['wer', 'fad'],
+    'lsac.metrics[]': ['wer', 'fad', 'ter'],
 }
 
 def infer(v, path):

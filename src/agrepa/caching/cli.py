@@ -70,12 +70,14 @@ def cmd_lsac_eval(args) -> int:
     from pathlib import Path
 
     from .. import io
+    from ..evaluation.cli import tokenizer_dirs
     from ..training.cli import data_paths
     from .experiment import lsac_experiment, read_plans
 
     cfg, run, device = _load_run(args)
     variants, clips = lsac_experiment(run.model, cfg, data_paths(args), read_plans(args.plans), args.seed,
-                                      args.branch or run.method, args.token_config, device)
+                                      args.branch or run.method, args.token_config, device,
+                                      tokenizer_dirs(args.tokenizers), args.teacher_dir)
     io.write_csv(Path(args.out_dir) / "variants.csv", variants)
     io.write_csv(Path(args.out_dir) / "clips.csv", clips)
     return 0
@@ -109,5 +111,8 @@ def register(subparsers) -> None:
     config_mod.add_cli_args(p)
     _model_args(p)
     p.add_argument("--plans", required=True, help="plan directory (agrepa lsac-select)")
+    p.add_argument("--tokenizers", nargs="+", default=None, metavar="STREAM=DIR",
+                   help="fitted tokenizers for TER (ter in lsac.metrics): speech=DIR audio=DIR [beats=DIR]")
+    p.add_argument("--teacher-dir", default=None, help="trained events teacher (the acoustic teacher of TER)")
     p.add_argument("--out-dir", required=True, help="directory for variants.csv and clips.csv")
     p.set_defaults(func=cmd_lsac_eval)

@@ -9,9 +9,10 @@ prompts from ``--seed``), with S = ``sample.steps`` and the rest of ``sample.*``
 
 Per clip (``clips.csv``): model frames T (prompt + target), analytic GFLOPs of the whole
 sampling (total and self-attention, CFG's two rows included; :mod:`agrepa.caching.flops`),
-its ratio to the full run's, the mel distortion and SNR against the full run, and the word
-errors / reference words of its transcript (speech, with ``wer`` in ``lsac.metrics``).
-Per variant (``variants.csv``, long): corpus WER and FAD with bootstrap CIs per domain
+its ratio to the full run's, the mel distortion and SNR against the full run, the word
+errors / reference words of its transcript (speech, with ``wer`` in ``lsac.metrics``) and the
+token edits / conditioning tokens of its re-tokenised audio (with ``ter``).
+Per variant (``variants.csv``, long): corpus WER, FAD and TER with bootstrap CIs per domain
 (``lsac.metrics``) and the measured sampling time per clip (``wall_s_per_clip``, process
 ``cpu_s_per_clip``; domain ``all``), after an untimed warm-up run.
 """
@@ -39,7 +40,7 @@ VARIANT_COLUMNS = ["config", "seed", "branch", "variant", "strategy", "budget", 
                    "domain", "metric", "value", "ci_low", "ci_high", "n", "model"]
 CLIP_COLUMNS = ["config", "seed", "branch", "variant", "strategy", "budget", "steps", "attention_savings",
                 "id", "domain", "frames", "gflops", "attn_gflops", "rel_flops", "mel_distortion", "mel_snr_db",
-                "wer_errors", "wer_words"]
+                "wer_errors", "wer_words", "ter_edits", "ter_len"]
 
 
 @dataclass
@@ -104,16 +105,17 @@ def clip_rows(model, split, v: Variant, mels, full, sc: dict, base: dict) -> lis
 
 
 def lsac_experiment(model, cfg: dict, data, plans: list[CachePlan], seed: int, branch: str, token_config: str,
-                    device="cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
+                    device="cpu", tokenizers: dict | None = None, teacher_dir=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(variants, clips) DataFrames for one branch checkpoint (module docstring; column
     ``config`` = the token config; ``data``: the ``agrepa.training.dataset.DataPaths`` of the
-    manifest, mel and token stores)."""
+    manifest, mel and token stores; ``tokenizers`` and ``teacher_dir``: TER's, as
+    :class:`agrepa.caching.quality.QualityScorer` takes them)."""
     sc = cfg["sample"]
     split = split_requests(cfg, data, "test", seed)
     model = model.to(device).eval()
     for p in plans:
         p.check_model(model.n_layers, int(sc["steps"]), f"plan {p.name}")
-    scorer = QualityScorer(cfg, data.manifest, split, cfg["lsac"]["metrics"])
+    scorer = QualityScorer(cfg, data, split, cfg["lsac"]["metrics"], tokenizers, teacher_dir)
     vs = variants(int(sc["steps"]), plans)
     full_mels = run_variant(model, split, vs[0], cfg, seed, device)[0]          # warm-up, untimed
     full = {r.id: x for r, x in zip(split.requests, full_mels)}

@@ -142,13 +142,14 @@ def lsac_probe(model, cfg: dict, data, seed: int, branch: str, token_config: str
                 rows.append(dict(base, domain=d, layer=layer, step=k, t=times[k], metric="freeze_mel_snr",
                                  score=math.inf if m == 0 else -10.0 * math.log10(m)))
     if pc["freeze_eval"]:
-        rows += freeze_eval_rows(cfg, data.manifest, split, full, frozen, base, times)
+        rows += freeze_eval_rows(cfg, data, split, full, frozen, base, times)
     return pd.DataFrame(rows, columns=CSV_COLUMNS)
 
 
-def freeze_eval_rows(cfg, manifest, split, full, frozen, base, times) -> list[dict]:
-    """``freeze_delta_<metric>`` rows: each frozen run's WER / FAD minus the full run's."""
-    scorer = QualityScorer(cfg, manifest, split, cfg["lsac"]["metrics"])
+def freeze_eval_rows(cfg, data, split, full, frozen, base, times) -> list[dict]:
+    """``freeze_delta_<metric>`` rows: each frozen run's WER / FAD minus the full run's (TER, which
+    needs the tokenizers, is Table L1's only)."""
+    scorer = QualityScorer(cfg, data, split, [m for m in cfg["lsac"]["metrics"] if m != "ter"])
     ref = {(r["domain"], r["metric"]): r["value"] for r in scorer.score([full[c] for c in split.targets])[0]}
     rows = []
     for (layer, k), mels in tqdm(sorted(frozen.items()), desc="scoring frozen runs"):

@@ -13,7 +13,8 @@ CONFIG_KEYS = ("eval.listening_test", "sample.seed")  # config sections this mod
 log = logging.getLogger(__name__)
 
 
-def _tokenizer_dirs(items: list[str] | None) -> dict | None:
+def tokenizer_dirs(items: list[str] | None) -> dict | None:
+    """``--tokenizers STREAM=DIR ...`` as ``{stream: dir}`` (None when not given)."""
     if not items:
         return None
     out = {}
@@ -50,7 +51,7 @@ def cmd_evaluate(args) -> int:
     if len(samples) != len(args.out) or (args.heldout and len(args.heldout) != len(args.out)):
         raise ValueError(f"evaluate: {len(samples)} --samples, {len(args.out)} --out and "
                          f"{len(args.heldout or [])} --heldout: give one --out (and --heldout) per sample directory")
-    models = build_models(cfg, ["speech", "audio"], _tokenizer_dirs(args.tokenizers), args.teacher_dir,
+    models = build_models(cfg, ["speech", "audio"], tokenizer_dirs(args.tokenizers), args.teacher_dir,
                           args.classifier)
     for i, (samples_dir, out) in enumerate(zip(samples, args.out)):
         result = evaluate(cfg, args.manifest, samples_dir, args.reference, args.mels, models=models,

@@ -184,14 +184,7 @@ class _Scoring:
         self.rows.append(_row(self.domain, metric + self.suffix, est, model, note, self.input_, len(self.clips)))
 
     def ratio_ci(self, num, den, scale=1.0):
-        num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
-
-        def stat(idx):
-            d = den[idx].sum()
-            if d <= 0:
-                raise ValueError("empty denominator")
-            return scale * float(num[idx].sum()) / float(d)
-        return metrics.bootstrap_ci(stat, len(num), *_boot(self.cfg))
+        return metrics.ratio_ci(num, den, *_boot(self.cfg), scale=scale)
 
 
 def _asr_rows(sc: _Scoring) -> None:

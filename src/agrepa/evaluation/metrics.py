@@ -226,6 +226,20 @@ def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, n_boot: int, seed:
     return Estimate(value, float(lo), float(hi), n)
 
 
+def ratio_ci(num: Sequence[float], den: Sequence[float], n_boot: int, seed: int, level: float = 0.95,
+             scale: float = 1.0) -> Estimate:
+    """Pooled ratio ``scale * sum(num) / sum(den)`` over items (e.g. word or token errors over
+    reference lengths) with its percentile-bootstrap CI, items resampled with both parts."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+
+    def stat(idx):
+        d = den[idx].sum()
+        if d <= 0:
+            raise ValueError("empty denominator")
+        return scale * float(num[idx].sum()) / float(d)
+    return bootstrap_ci(stat, len(num), n_boot, seed, level)
+
+
 def mean_ci(values: Sequence[float], n_boot: int, seed: int, level: float = 0.95) -> Estimate:
     """Mean of ``values`` with its percentile-bootstrap CI."""
     v = np.asarray(values, dtype=np.float64)

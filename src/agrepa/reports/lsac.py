@@ -30,7 +30,7 @@ from ..evaluation import metrics
 CONFIG_KEYS = ("eval.bootstrap", "eval.bootstrap_seed", "eval.ci_level")  # config sections this module reads
 
 RUN_KEYS = ["config", "seed", "branch"]
-QUALITY = [("wer", "speech"), ("fad", "speech"), ("fad", "audio")]
+QUALITY = [("wer", "speech"), ("fad", "speech"), ("fad", "audio"), ("ter", "speech"), ("ter", "audio")]
 
 
 def read_runs(dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
