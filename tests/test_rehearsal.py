@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.rehearsal]   # not in `pytest -x -q`
 RUN = ["--cores", "2", "--configfile", "config/paper.yaml", "config/rehearsal.yaml"]
 TARGETS = ["metrics.csv", "table1.csv", "table2.csv", "table3.csv", "table2_vs_paper.csv", "table3_vs_paper.csv",
            "figures/seed_scatter.png", "listening_test/index.html", "table4.csv", "table4_vs_paper.csv",
-           "figures/table4.png", "table_l1.csv"] + [
+           "figures/table4.png", "table_l1.csv", "table_r1.csv", "table_r2.csv", "figures/figure_r3.png"] + [
     f"figures/{fig}_{tc}.png" for fig in ("figure1", "layer_scores", "convergence", "lsac_probe", "figure_l2")
     for tc in "AB"]
 TABLE2 = ["baseline", "repa_l4", "repa_l4_8_12", "repa_shallow", "ag_repa"]
@@ -43,7 +43,10 @@ def rehearsal(tmp_path_factory, paper_fixtures):
 def test_table2_first_then_every_target_for_configs_a_and_b(rehearsal):
     root, first, second = rehearsal
     assert first["train_branch"] == 2 * 2 * len(TABLE2) and "convergence" not in first
-    assert second["train_branch"] == 2 * 2 * 3            # the Table 3 controls: random, lasp, gradnorm
+    # the Table 3 controls (random, lasp, gradnorm) x 2 seeds, then seed 003 at seed 0: R1's 4 rows and R2's
+    # two cells (rr_max, rr_lam1_cfg0p2); configs A and B
+    assert second["train_branch"] == 2 * 2 * 3 + 2 * (4 + 2)
+    assert second["rr_rsa"] == 2 * (4 + 2) and second["lsac_eval"] == 2 * 2
     assert second["train_branch_arch"] == 3 * 2           # Table 4: voicebox, cosyvoice, f5 x (baseline, ag_repa)
     res = root / "results"
     for t in TARGETS:

@@ -32,6 +32,7 @@ SIZES = [
     "model.f5.n_layers", "model.f5.conv_layers", "model.f5.dim", "model.f5.n_heads", "model.f5.ff_mult",
     "model.f5.text_dim", "model.f5.conv_mult",
     "report.table4.seeds", "lsac.probe.max_clips.*",
+    "report.rr.r1.seeds", "report.rr.r2.seeds", "report.rr.r3.seeds", "report.rr.r3.scales",
 ]
 #: keys naming files or directories: the overlay moves paper.yaml's /data/... under the fixtures
 PATHS = ["data.librispeech.root", "data.audioset.root", "teachers.semantic.model",
@@ -39,7 +40,7 @@ PATHS = ["data.librispeech.root", "data.audioset.root", "teachers.semantic.model
          "eval.fad.vggish_checkpoint", "eval.mos.utmos_checkpoint", "eval.mos.aesthetics_checkpoint",
          "eval.events.checkpoint", "eval.events.labels_csv"]
 #: a label, and Table 2's rows (cut to one fixed-layer row of each kind, checked below)
-OTHER = ["name", "report.table2.methods"]
+OTHER = ["name", "report.table2.methods", "report.rr.r1.methods", "report.rr.r2.methods", "report.rr.r3.methods"]
 
 
 def leaves(tree, prefix=""):
@@ -102,6 +103,16 @@ def test_sizes_cut_but_keep_every_kind_of_run():
             kinds.add("single" if len(layers) == 1 else "band" if contiguous else "set")
     assert kinds == {"single", "set", "band"}
     assert all(max(cfg["methods"][m].get("layers") or [0]) <= cfg["model"]["n_layers"] for m in rows)
+    # seed 003: rows cut to one of each kind (RR off, each pooling, each schedule, RR with AG-REPA), R2 kept
+    rr, paper_rr = cfg["report"]["rr"], paper["report"]["rr"]
+    for table in ("r1", "r2", "r3"):
+        assert set(rr[table]["methods"]) <= set(paper_rr[table]["methods"]), table
+    assert rr["r2"]["in_all"] == paper_rr["r2"]["in_all"] and rr["baseline"] in rr["r1"]["methods"]
+    r1 = [cfg["methods"][m] for m in rr["r1"]["methods"]]
+    assert {m.get("rr", {}).get("pool") for m in r1} >= {None, "max", "mean"}
+    assert {m.get("rr", {}).get("when") for m in r1 if "rr" in m} >= {None, "always"}
+    assert any("selection" in m and "rr" in m for m in r1)
+    assert set(rr["r3"]["scales"]) <= set(paper_rr["r3"]["scales"]) and len(rr["r3"]["scales"]) >= 2
 
 
 @pytest.mark.parametrize("override, key, why", [
