@@ -197,6 +197,10 @@ def test_fad_rows_with_several_rows_per_clip():
     cfg["eval"]["fad"]["fad_inf"]["min_r2"] = 1.01
     left = evaluate.fad_rows(gen, ref, "audio", "vggish", cfg)[1]
     assert left["value"] is None and "left out" in left["note"] and "R^2" in left["note"]
+    # one clip of several rows (a 10 s clip in VGGish): its FAD, with no CI (no clips to resample)
+    cfg["eval"]["fad"]["fad_inf"]["min_r2"] = 0.0
+    one = evaluate.fad_rows(gen[:1] * 1, [rng.normal(size=(6, 8))], "audio", "vggish", cfg)
+    assert one[0]["n"] == 1 and math.isfinite(one[0]["value"]) and one[0]["ci_low"] is None
     # too few rows for FAD: null with the reason, never a number
     few = evaluate.fad_rows([rng.normal(size=(1, 8))], [rng.normal(size=(1, 8))], "speech", "m", cfg)
     assert all(r["value"] is None and "at least 2" in r["note"] for r in few)
