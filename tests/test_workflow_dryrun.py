@@ -11,6 +11,14 @@ def wf(tmp_path_factory):
     return copy_workflow(tmp_path_factory.mktemp("wf"))
 
 
+def plan_with(wf, tmp_path, overlay: str, *base: str) -> tuple[int, str]:
+    """Dry run with the config files ``base`` and then ``overlay`` (YAML text): (return code, output)."""
+    path = tmp_path / "overlay.yaml"
+    path.write_text(overlay)
+    r = snakemake(["-n", "--cores", "1", "--configfile", *base, str(path)], wf)
+    return r.returncode, r.stderr + r.stdout
+
+
 def test_default_config_plans_tables_2_and_3_grid(wf):
     r = snakemake(["-n", "--cores", "2"], wf)
     assert r.returncode == 0, r.stderr + r.stdout
@@ -94,26 +102,20 @@ def test_table4_jobs_train_their_backbone_and_the_default_keeps_its_paths(wf, tm
 
 
 def test_table4_needs_a_baseline_and_a_selection_method(wf, tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("report:\n  table4:\n    method: repa_l4\n")
-    r = snakemake(["-n", "--cores", "1", "--configfile", "config/test.yaml", str(bad)], wf)
-    assert r.returncode != 0 and "report.table4" in r.stderr + r.stdout
+    rc, out = plan_with(wf, tmp_path, "report:\n  table4:\n    method: repa_l4\n", "config/test.yaml")
+    assert rc != 0 and "report.table4" in out
 
 
 def test_grid_naming_an_undefined_method_fails_with_its_name(wf, tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("report:\n  table2:\n    methods: [baseline, repa_l99]\n")
-    r = snakemake(["-n", "--cores", "1", "--configfile", str(bad)], wf)
-    assert r.returncode != 0
-    assert "repa_l99" in r.stderr + r.stdout
+    rc, out = plan_with(wf, tmp_path, "report:\n  table2:\n    methods: [baseline, repa_l99]\n")
+    assert rc != 0
+    assert "repa_l99" in out
 
 
 def test_layer_outside_the_model_fails_with_the_key(wf, tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("methods:\n  repa_l4: {layers: [40]}\n")
-    r = snakemake(["-n", "--cores", "1", "--configfile", str(bad)], wf)
-    assert r.returncode != 0
-    assert "methods.repa_l4.layers" in r.stderr + r.stdout
+    rc, out = plan_with(wf, tmp_path, "methods:\n  repa_l4: {layers: [40]}\n")
+    assert rc != 0
+    assert "methods.repa_l4.layers" in out
 
 
 def test_rules_use_the_conda_env_and_log_files():
@@ -185,16 +187,12 @@ def test_rr_tables_alone_train_only_their_runs(wf):
 
 
 def test_rr_grid_naming_an_undefined_method_fails_with_the_key(wf, tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("report:\n  rr:\n    r2: {methods: [rr_nope], seeds: [0]}\n")
-    r = snakemake(["-n", "--cores", "1", "--configfile", str(bad)], wf)
-    assert r.returncode != 0 and "report.rr.r2.methods: method 'rr_nope'" in r.stderr + r.stdout
+    rc, out = plan_with(wf, tmp_path, "report:\n  rr:\n    r2: {methods: [rr_nope], seeds: [0]}\n")
+    assert rc != 0 and "report.rr.r2.methods: method 'rr_nope'" in out
 
 
 def test_rr_rate_overrides_on_another_backbone_fail_with_the_key(wf, tmp_path):
     # R2's CFG rates are the DiT recipe's: with model.arch f5 and R2 in rule all, planning names the key
-    bad = tmp_path / "f5.yaml"
-    bad.write_text("model: {arch: f5}\nreport:\n  rr:\n    r2: {in_all: true}\n")
-    r = snakemake(["-n", "--cores", "1", "--configfile", str(bad)], wf)
-    assert r.returncode != 0
-    assert "methods.rr_lam0p3_cfg0p05.train: ['cfg_drop_tokens'] are the DiT recipe's CFG rates" in r.stderr + r.stdout
+    rc, out = plan_with(wf, tmp_path, "model: {arch: f5}\nreport:\n  rr:\n    r2: {in_all: true}\n")
+    assert rc != 0
+    assert "methods.rr_lam0p3_cfg0p05.train: ['cfg_drop_tokens'] are the DiT recipe's CFG rates" in out
