@@ -381,10 +381,9 @@ def fad_rows(gen: list[np.ndarray], ref: list[np.ndarray], domain: str, model: s
             raise ValueError("degenerate resample")
         return metrics.frechet_distance(r, g, method="auto")
 
+    # the point estimate over every clip (also one clip of several rows: no CI then)
     value = metrics.frechet_distance(all_ref, all_gen, method="auto")
-    # one clip (several embedding rows): a FAD, but nothing to resample over clips
-    est = metrics.bootstrap_ci(fad_stat, n, n_boot, seed, level) if n >= 2 else metrics.Estimate(value, None, None, n)
-    est.value = value
+    est = metrics.bootstrap_ci(fad_stat, n, n_boot, seed, level, value=value)
     notes = []
     dim, n_rows = all_gen.shape[1], min(all_gen.shape[0], all_ref.shape[0])
     if n_rows < dim:
@@ -411,9 +410,7 @@ def fad_rows(gen: list[np.ndarray], ref: list[np.ndarray], domain: str, model: s
             raise ValueError("degenerate resample")
         return metrics.fad_inf(stack(ref, idx), stack(gen, idx), min_n, steps, seed).value
 
-    est = metrics.bootstrap_ci(inf_stat, n, inf_boot, seed, level) if n >= 2 else \
-        metrics.Estimate(fit.value, None, None, n)
-    est.value = fit.value
+    est = metrics.bootstrap_ci(inf_stat, n, inf_boot, seed, level, value=fit.value)
     rows.append(_row(domain, "fad_inf" + suffix, est, model, "; ".join([fit_note] + notes), input_, n))
     return rows
 

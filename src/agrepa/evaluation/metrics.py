@@ -200,16 +200,17 @@ class Estimate:
 
 
 def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, n_boot: int, seed: int,
-                 level: float = 0.95) -> Estimate:
+                 level: float = 0.95, value: float | None = None) -> Estimate:
     """Percentile bootstrap CI of ``stat(indices)`` over ``n`` items resampled with replacement.
 
-    ``stat`` receives an int array of item indices (``arange(n)`` for the point estimate).
-    Resamples where ``stat`` is undefined (raises ValueError, e.g. a WER resample with no
-    reference words) are skipped. With ``n_boot == 0`` or ``n < 2`` the CI is None.
+    ``stat`` receives an int array of item indices (``arange(n)`` for the point estimate, unless
+    the caller has computed it already and passes it as ``value``). Resamples where ``stat`` is
+    undefined (raises ValueError, e.g. a WER resample with no reference words) are skipped. With
+    ``n_boot == 0`` or ``n < 2`` the CI is None.
     """
     if n < 1:
         raise ValueError("bootstrap: no items to resample")
-    value = float(stat(np.arange(n)))
+    value = float(stat(np.arange(n)) if value is None else value)
     if n_boot <= 0 or n < 2:
         return Estimate(value, None, None, n)
     rng = np.random.default_rng(seed)
