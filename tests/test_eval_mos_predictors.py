@@ -62,3 +62,24 @@ def test_audiobox_aesthetics_from_the_official_checkpoint_layout(tmp_path):
     torch.save({"state_dict": {}, "model_cfg": cfg}, tmp_path / "broken.pt")
     with pytest.raises(ValueError, match="target_transform"):
         mos.AudioboxAesthetics(tmp_path / "broken.pt")
+
+
+def test_dnsmos_scores_as_speechmos_run_on_the_jobs_threads():
+    """Our DNSMOS object (sessions on ``torch.get_num_threads()``, no spinning) scores exactly
+    what ``speechmos.dnsmos.run`` does (ONNX Runtime's default sessions)."""
+    from speechmos import dnsmos
+
+    rng = np.random.default_rng(0)
+    wave = (WAVE[:18000] + 0.05 * rng.standard_normal(18000)).astype(np.float32)   # 0.75 s: tiled
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pred = mos.build_mos(_cfg(speech="dnsmos"), "speech")
+        ours = pred.score(wave, 24000)
+        sessions = (pred.model().onnx_sess, pred.model().p808_onnx_sess)
+    finally:
+        torch.set_num_threads(before)
+    assert all(s.get_session_options().intra_op_num_threads == 1 for s in sessions)
+    ref = dnsmos.run(mos._mono_16k(wave, 24000, "dnsmos"), mos.MOS_SAMPLE_RATE)
+    assert ours == pytest.approx({"mos_ovrl": float(ref["ovrl_mos"]), "mos_p808": float(ref["p808_mos"])}, rel=1e-6)
+    assert np.isfinite(ours["mos_ovrl"]) and np.isfinite(ours["mos_p808"])

@@ -75,8 +75,14 @@ def _run_warm(path: str, argv: list[str]) -> int | None:
 
 
 # --- server --------------------------------------------------------------------------------
+# third-party modules the jobs import inside functions, each seconds a job otherwise (measured in
+# an evaluate job: librosa's spectral features 1.6 s, matplotlib 0.3 s); none starts a thread
+LAZY_IMPORTS = ("librosa.feature.spectral", "speechmos.dnsmos", "faster_whisper", "resemblyzer", "matplotlib.pyplot")
+
+
 def preload() -> None:
-    """Import what the jobs import: every module of the package (torch, transformers, ... with them)."""
+    """Import what the jobs import: every module of the package (torch, transformers, ... with them)
+    and :data:`LAZY_IMPORTS`."""
     import importlib
     import pkgutil
 
@@ -84,6 +90,8 @@ def preload() -> None:
     for info in pkgutil.walk_packages(agrepa.__path__, "agrepa."):
         if info.name != __name__:
             importlib.import_module(info.name)
+    for name in LAZY_IMPORTS:
+        importlib.import_module(name)
 
 
 def serve(path: str) -> None:

@@ -3,8 +3,8 @@
 ``dnsmos`` (speech; the embedded default)
     DNSMOS (Reddy et al. 2022) from the ``speechmos`` wheel: every clip is resampled to 16 kHz,
     clipped to [-1, 1] (the level is not changed: DNSMOS is level-sensitive), and scored by
-    ``speechmos.dnsmos.run`` with the non-personalised model: ``mos_ovrl`` = OVRL of the
-    SIG/BAK/OVRL model (``sig_bak_ovr.onnx``), ``mos_p808`` = the ITU-T P.808 model's score
+    speechmos's DNSMOS with the non-personalised model (as ``speechmos.dnsmos.run``; its ONNX
+    sessions on the job's threads): ``mos_ovrl`` = OVRL of the SIG/BAK/OVRL model (``sig_bak_ovr.onnx``), ``mos_p808`` = the ITU-T P.808 model's score
     (``model_v8.onnx``), each averaged over 9.01 s windows (a shorter clip is tiled).
 ``utmos`` (speech; paper scale, what F5-TTS reports)
     The UTMOS22 strong learner (Saeki et al. 2022) through the ``utmos-pytorch`` package's
@@ -66,15 +66,36 @@ class DNSMOS:
         if importlib.util.find_spec("speechmos") is None:
             raise ImportError("DNSMOS needs the speechmos wheel (pip install speechmos)")
         self.version = md.version("speechmos")
+        self._model = None
 
     def describe(self) -> str:
         return f"DNSMOS (speechmos {self.version}: sig_bak_ovr.onnx + model_v8.onnx)"
 
+    def model(self):
+        """speechmos's non-personalised DNSMOS (what ``dnsmos.run`` builds), its two ONNX sessions
+        on the job's thread count (``torch.get_num_threads``, set by ``--threads``) without spinning
+        idle threads, instead of ONNX Runtime's default of every core."""
+        if self._model is None:
+            import onnxruntime as ort
+            import torch
+            from speechmos import dnsmos
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            folder = Path(dnsmos.__file__).parent / "dnsmos_models"
+            model = dnsmos.DNSMOS.__new__(dnsmos.DNSMOS)
+            model.primary_model_path = str(folder / "sig_bak_ovr.onnx")
+            model.onnx_sess, model.p808_onnx_sess = (
+                ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
+                for name in ("sig_bak_ovr.onnx", "model_v8.onnx"))
+            self._model = model
+        return self._model
+
     def score(self, wave: np.ndarray, sample_rate: int) -> dict[str, float]:
         """``{"mos_ovrl", "mos_p808"}`` of one mono clip."""
-        from speechmos import dnsmos
-
-        out = dnsmos.run(_mono_16k(wave, sample_rate, "dnsmos"), MOS_SAMPLE_RATE)
+        out = self.model()(_mono_16k(wave, sample_rate, "dnsmos"), MOS_SAMPLE_RATE, False)
         return {"mos_ovrl": float(out["ovrl_mos"]), "mos_p808": float(out["p808_mos"])}
 
 
