@@ -18,9 +18,15 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/snakemake --cores $(CORES)
 
-## the test suite, the whole-workflow test included (what CI runs)
+# the order seed of `make test` (pytest-randomly): a new one each run, `make test SEED=N` replays one
+ifndef SEED
+SEED := $(shell $(PYTHON) -c 'import random; print(random.randrange(10**6))')
+endif
+
+## the test suite, the whole-workflow test and the rehearsal of paper.yaml included (what CI runs)
 test: setup
-	$(BIN)/pytest -x -q
+	@echo "make test: random order seed $(SEED) (replay: make test SEED=$(SEED))"
+	$(BIN)/pytest -x -q --randomly-seed=$(SEED) --durations=30
 
 test-fast: setup
 	$(BIN)/pytest -x -q -m "not slow"

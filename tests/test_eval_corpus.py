@@ -3,6 +3,7 @@ with its mel and token stores, built in a tmp dir. ``make_corpus`` is imported b
 evaluation tests; the test here checks the corpus itself."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,22 @@ EVENTS = [("tone", 440.0), ("tone", 660.0), ("chirp", 300.0)]
 VOCAB = 16
 
 
-def _speech(text: str, speaker: str) -> np.ndarray:
-    from agrepa.corpora.synth_speech import Espeak, Speaker
+@functools.lru_cache(maxsize=None)
+def _speech_cached(text: str, speaker: str) -> np.ndarray:
+    from agrepa.corpora.synth import speak_fresh
+    from agrepa.corpora.synth_speech import Speaker
 
     variant, pitch = ("m3", 40) if speaker == "spk0" else ("f2", 70)
-    es = Espeak.get()
-    wave = es.synth(text, Speaker(speaker, "en-us", variant, pitch, 160), seed=0)
-    return audio.resample(wave, es.sample_rate, 24000)
+    # a fresh espeak-ng process per utterance: in-process synthesis depends on what the process spoke
+    # before (C statics), which made tests/test_eval.py and tests/test_metrics.py depend on their order
+    wave, sr = speak_fresh(text, Speaker(speaker, "en-us", variant, pitch, 160), seed=0)
+    wave = audio.resample(wave, sr, 24000)
+    wave.setflags(write=False)
+    return wave
+
+
+def _speech(text: str, speaker: str) -> np.ndarray:
+    return _speech_cached(text, speaker).copy()
 
 
 def _event(kind: str, f: float, seconds: float = 1.2, sr: int = 24000) -> np.ndarray:

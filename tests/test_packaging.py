@@ -48,5 +48,11 @@ def test_readme_quickstart_is_two_commands_and_ci_runs_the_test_one():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^test: setup\n\t\$\(BIN\)/pytest -x -q$", makefile, re.M)
+    # `make test` is the whole suite, rehearsal included, in a random order whose seed it prints
+    assert re.search(r"^test: setup\n\t@echo .*random order seed \$\(SEED\).*\n"
+                     r"\t\$\(BIN\)/pytest -x -q --randomly-seed=\$\(SEED\) --durations=30$", makefile, re.M)
+    pytest_ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "addopts" not in pytest_ini        # nothing deselected: the rehearsal of paper.yaml runs in CI
+    assert any(d.startswith("pytest-randomly==") for d in
+               tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"])
     assert re.search(r"^run: setup\n\t\$\(BIN\)/snakemake --cores \$\(CORES\)$", makefile, re.M)

@@ -145,6 +145,16 @@ def speech_pool(workers: int):
     return ctx.Pool(max(1, workers), maxtasksperchild=1)
 
 
+def speak_fresh(text: str, speaker: synth_speech.Speaker, seed: int = 0) -> tuple[np.ndarray, int]:
+    """One utterance spoken in a fresh worker of :func:`speech_pool`: (samples, espeak's rate).
+
+    The same (text, speaker, seed) gives the same samples whatever the calling process
+    spoke before (in-process :meth:`Espeak.synth` does not: see :func:`speech_pool`).
+    """
+    with speech_pool(1) as pool:
+        return pool.apply(synth_speech.speak_text, ((text, speaker, int(seed)),))
+
+
 def _event_caption(phrases: list[str]) -> str:
     return phrases[0] if len(phrases) == 1 else f"{phrases[0]} together with {phrases[1]}"
 

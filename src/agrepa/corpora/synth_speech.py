@@ -203,3 +203,10 @@ def speak_utterance(job) -> tuple[str | None, np.ndarray | None, int]:
         else:
             return text, raw, engine.sample_rate
     return None, None, 0
+
+
+def speak_text(job) -> tuple[np.ndarray, int]:
+    """Worker: ``(text, speaker, seed)`` -> (samples at espeak's rate, espeak's rate)."""
+    text, speaker, seed = job
+    engine = Espeak.get()
+    return engine.synth(text, speaker, seed=int(seed)), engine.sample_rate

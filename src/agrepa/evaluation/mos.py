@@ -86,7 +86,6 @@ class DNSMOS:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             folder = Path(dnsmos.__file__).parent / "dnsmos_models"
             model = dnsmos.DNSMOS.__new__(dnsmos.DNSMOS)
-            model.primary_model_path = str(folder / "sig_bak_ovr.onnx")
             model.onnx_sess, model.p808_onnx_sess = (
                 ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
                 for name in ("sig_bak_ovr.onnx", "model_v8.onnx"))
