@@ -91,7 +91,8 @@ FAKE = {
 
 
 @pytest.mark.slow
-def test_fake_slurm_submission_has_gpu_memory_time_and_retries(wf, tmp_path):
+def test_fake_slurm_submission_has_gpu_memory_time_and_retries(tmp_path):
+    wf = copy_workflow(tmp_path / "wf")      # its own copy: the empty inputs below would change the dry runs' plans
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, body in FAKE.items():
