@@ -54,8 +54,9 @@ def test_wrong_type_and_enum_fail():
             jsonschema.validate(bad, SCHEMA)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def wf(tmp_path_factory):
+    # one copy per test: a dry run writes results/ (the merged config), which the typo test asserts absent
     return copy_workflow(tmp_path_factory.mktemp("wf"))
 
 
