@@ -17,7 +17,7 @@ from agrepa.evaluation import evaluate, metrics
 from agrepa.evaluation.asr import wer_counts
 from agrepa.store import Store
 from agrepa.training.dataset import DataPaths
-from test_eval_corpus import VOCAB, make_corpus
+from test_eval_corpus import SENTENCES, VOCAB, make_corpus
 from test_sampling import tiny_model
 from test_workflow_support import DEFAULT_CONFIG
 
@@ -51,6 +51,17 @@ def _by(result, input_=None):
     return {(m["domain"], m["metric"]): m for m in result["metrics"] if input_ is None or m["input"] == input_}
 
 
+def speech_subset(cfg, corpus) -> list[str]:
+    """The speech clips of the evaluation subset (one utterance of each of the corpus's 2 speakers)."""
+    from agrepa.corpora.manifest import read_manifest
+    from agrepa.generation.sampling import config_targets
+
+    ids = [c for c in config_targets(cfg, read_manifest(corpus["manifest"]), cfg["sample"]["max_clips"])
+           if c.startswith("s")]
+    assert len(ids) == 2 and {SENTENCES[int(c[1:])][0] for c in ids} == {"spk0", "spk1"}
+    return ids
+
+
 def test_reference_floor_is_the_ground_truth_through_the_same_pipeline(corpus, models):
     from agrepa.generation.vocoder import build_vocoder
 
@@ -63,21 +74,25 @@ def test_reference_floor_is_the_ground_truth_through_the_same_pipeline(corpus, m
     assert {m for d, m in rows if d == "speech"} == SPEECH_METRICS | {m + "_gt" for m in SPEECH_METRICS - not_on_gt}
     assert {m for d, m in rows if d == "audio"} == AUDIO_METRICS | {m + "_gt" for m in AUDIO_METRICS - not_on_gt}
     # the floor numbers are exactly what the pipeline gives on the ground truth
-    texts = ["the cat sat on the mat", "open the door please"]
-    gt_hyp = [models.asr.transcribe(corpus["waves"][c], 24000) for c in ("s0", "s1")]
+    speech = speech_subset(cfg, corpus)
+    texts = [SENTENCES[int(c[1:])][1] for c in speech]
+    gt_hyp = [models.asr.transcribe(corpus["waves"][c], 24000) for c in speech]
     assert rows[("speech", "wer_gt")]["value"] == pytest.approx(wer_counts(texts, gt_hyp).corpus_wer())
     mels = Store(corpus["mels"])
-    resyn = [voc(mels.get(c)["mel"]) for c in ("s0", "s1")]
+    resyn = [voc(mels.get(c)["mel"]) for c in speech]
     re_hyp = [models.asr.transcribe(w, 24000) for w in resyn]
     assert rows[("speech", "wer")]["value"] == pytest.approx(wer_counts(texts, re_hyp).corpus_wer())
     assert rows[("speech", "wer")]["input"] == "resynthesis" and rows[("speech", "wer_gt")]["input"] == "ground_truth"
     assert rows[("speech", "wer_gt")]["value"] < 50.0  # tiny.en understands the espeak test speech
     clips = {(c["id"], c["input"]): c for c in result["clips"]}
     assert models.mos["speech"].score(resyn[0], 24000) == pytest.approx(
-        {k: clips[("s0", "resynthesis")][k] for k in ("mos_ovrl", "mos_p808")})
+        {k: clips[(speech[0], "resynthesis")][k] for k in ("mos_ovrl", "mos_p808")})
     assert rows[("speech", "mos_ovrl")]["value"] == pytest.approx(
-        np.mean([clips[(c, "resynthesis")]["mos_ovrl"] for c in ("s0", "s1")]))
-    assert clips[("s1", "ground_truth")]["hyp"] == gt_hyp[1]
+        np.mean([clips[(c, "resynthesis")]["mos_ovrl"] for c in speech]))
+    assert clips[(speech[1], "ground_truth")]["hyp"] == gt_hyp[1]
+    assert {c for c, i in clips if c.startswith("s")} == set(speech)
+    subset = result["run"]["subset"]
+    assert (subset["n_speakers"], subset["split_speakers"], subset["n_classes"], subset["split_classes"]) == (2, 2, 2, 2)
     assert rows[("audio", "mos_ovrl")]["value"] is None and "general audio" in rows[("audio", "mos_ovrl")]["note"]
     for key, m in rows.items():
         assert m["n"] == 2, key
@@ -109,7 +124,8 @@ def test_eval_json_of_generated_samples(corpus, models, tmp_path):
     gen = load_file(str(out / "mels.safetensors"))
     gt = {c: Store(corpus["mels"]).get(c)["mel"].numpy() for c in gen}
     assert all(gen[c].shape == gt[c].shape for c in gen)
-    want = np.mean([metrics.mel_l1(gen[c], gt[c]) for c in ("s0", "s1")])
+    assert sorted(c for c in gen if c.startswith("s")) == speech_subset(cfg, corpus)
+    want = np.mean([metrics.mel_l1(gen[c], gt[c]) for c in speech_subset(cfg, corpus)])
     assert rows[("speech", "mel_l1")]["value"] == pytest.approx(want)
     assert rows[("all", "mel_l1")]["value"] == pytest.approx(np.mean([metrics.mel_l1(gen[c], gt[c]) for c in gen]))
     for key, m in rows.items():
@@ -124,6 +140,7 @@ def test_eval_json_of_generated_samples(corpus, models, tmp_path):
     assert rows[("speech", "wer")]["value"] >= 50.0  # an untrained model says nothing intelligible
     assert "faster-whisper" in rows[("speech", "wer")]["model"]
     assert result["run"]["sample_meta"]["method"] == "baseline"
+    assert result["run"]["sample_meta"]["n_speakers"] == 2 and result["run"]["sample_meta"]["n_classes"] == 2
     assert result["run"]["models"]["embedding"].startswith("whisper-encoder")
 
 
@@ -158,7 +175,8 @@ def test_sample_and_convergence_clis(corpus, tmp_path):
               "--tokens", str(corpus["tokens"])]
     assert cli.main(["sample", "--ckpt", str(run / "final.pt"), "--out", str(tmp_path / "s"), "--seed", "0",
                      *common]) == 0
-    assert (tmp_path / "s" / "samples.csv").exists() and (tmp_path / "s" / "s0.wav").exists()
+    assert (tmp_path / "s" / "samples.csv").exists()
+    assert all((tmp_path / "s" / f"{c}.wav").exists() for c in speech_subset(cfg, corpus))
     out = tmp_path / "conv.csv"
     assert cli.main(["convergence", "--run", str(run), "--out", str(out), *common]) == 0
     import pandas as pd

@@ -1,4 +1,6 @@
-"""Sampler (agrepa.generation.sampling): sway schedule, determinism, CFG, zero-shot prompts, the sample stage."""
+"""Sampler (agrepa.generation.sampling): sway schedule, determinism, CFG, zero-shot prompts, the sample stage
+(the evaluation subset's rule: tests/test_eval_sample.py)."""
+import json
 import math
 
 import numpy as np
@@ -9,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from agrepa import config
+from agrepa.corpora.manifest import read_manifest
 
 from agrepa.generation import sampling
 from agrepa.model.dit import DiT
@@ -110,9 +113,17 @@ def test_sample_split_writes_the_contract(tmp_path):
     table = sampling.sample_split(tiny_model(), cfg, DataPaths(c["manifest"], c["mels"], c["tokens"]), "test", 0, out,
                                   vocoder=build_vocoder(cfg), meta={"method": "baseline"})
     assert list(table.columns) == sampling.SAMPLE_COLUMNS
-    assert table["id"].tolist() == ["s0", "s1", "a0", "a1"]
+    ids = table["id"].tolist()
+    # one utterance of each speaker (spk0: s0 s1, spk1: s2 s3), one clip of each label (tone: a0 a1, chirp: a2)
+    assert ids == sampling.config_targets(cfg, read_manifest(c["manifest"]), cfg["sample"]["max_clips"])
+    assert ids[0] in {"s0", "s1"} and ids[1] in {"s2", "s3"} and ids[2] in {"a0", "a1"} and ids[3] == "a2"
     df = sampling.read_samples(out)
-    assert df["prompt_id"].tolist()[:2] == ["s1", "s0"]  # the only other utterance of spk0
+    other = {"s0": "s1", "s1": "s0", "s2": "s3", "s3": "s2"}
+    assert df["prompt_id"].tolist()[:2] == [other[i] for i in ids[:2]]  # the speaker's only other utterance
+    meta = json.loads((out / "sample_meta.json").read_text())
+    assert (meta["n_speakers"], meta["split_speakers"], meta["n_classes"], meta["split_classes"]) == (2, 2, 2, 2)
+    assert meta["clips_per_speaker"] == {"spk0": 1, "spk1": 1} and meta["clips_per_class"] == {"chirp": 1, "tone": 1}
+    assert meta["subset_seed"] == cfg["sample"]["subset_seed"] and meta["n_over_max_seconds"] == 0
     mels = load_file(str(out / "mels.safetensors"))
     for _, row in df.iterrows():
         wave, sr = sf.read(out / row["path"])

@@ -1,8 +1,9 @@
 """``agrepa lsac-probe``: how each layer's self-attention output converges over the ODE
 steps of the sampler, and what freezing it does to the output (seed 004, Sec. 2).
 
-On the clips of ``lsac.probe.split`` (the first ``lsac.probe.max_clips`` per domain, zero-shot
-prompts and noise exactly as ``agrepa sample`` draws them for ``--seed``), with the sampler of
+On the clips of ``lsac.probe.split`` (``lsac.probe.max_clips`` per domain drawn by the rule of
+``agrepa sample``'s evaluation subset, zero-shot prompts and noise exactly as ``agrepa sample``
+draws them for ``--seed``), with the sampler of
 ``sample.*`` (S = ``sample.steps`` Euler steps, sway, CFG in one stacked batch, initial noise of
 scale ``train.noise_scale``):
 

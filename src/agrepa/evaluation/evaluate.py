@@ -27,8 +27,9 @@ above the point estimate; it describes resampling variability, not a symmetric e
 
 ``--reference`` (no ``--samples`` needed): the ground-truth floor. The clip subset and the
 prompts are chosen exactly as ``agrepa sample`` chooses them (``sample.max_clips``,
-``sample.seed``); each clip's ground-truth mel (``--mels`` store, or computed from the audio
-with :func:`agrepa.audio.log_mel`) is resynthesised with the configured vocoder and scored
+``sample.subset_seed``, ``sample.seed``; ``run.subset`` says what the subset spans, as
+``sample_meta.json`` does); each clip's ground-truth mel (``--mels`` store, or computed from the
+audio with :func:`agrepa.audio.log_mel`) is resynthesised with the configured vocoder and scored
 through the same pipeline: those rows carry the ordinary metric names and ``"input":
 "resynthesis"``. The raw ground-truth audio is scored too, as ``wer_gt``, ``wer_utt_gt``,
 ``mos_ovrl_gt``, ``mos_p808_gt``, ``spk_sim_gt`` (``"input": "ground_truth"``; its FAD against
@@ -44,7 +45,8 @@ Output JSON::
 ``value`` is null only with a ``note`` saying why. ``n`` = clips scored.
 
 ``agrepa convergence --run RUN_DIR ...``: for every kept snapshot ``RUN_DIR/snapshots/step_*.pt``,
-sample the fixed subset (``eval.convergence.max_clips`` clips per domain, fixed seed) with
+sample the fixed subset (``eval.convergence.max_clips`` clips per domain, drawn as ``agrepa sample``
+draws its subset; noise and prompts from ``--seed``) with
 the EMA weights, vocode, embed and compute FAD against the ground truth -> CSV with columns
 ``step, domain, fad, n, embedding, method, run``.
 """
@@ -501,14 +503,14 @@ def reference_clips(manifest, cfg: dict, mels_dir=None, vocoder=None, split: str
     import torch
 
     from ..audio import log_mel
-    from ..generation.sampling import choose_prompts, select_targets
+    from ..generation.sampling import choose_prompts, config_targets
     from ..store import Store
 
     rows = _manifest_rows(manifest)
     df = rows[rows["split"] == split]
     if df.empty:
         raise ValueError(f"{manifest}: no clips in split {split!r}")
-    targets = select_targets(df, cfg["sample"]["max_clips"])
+    targets = config_targets(cfg, df, cfg["sample"]["max_clips"])
     prompts = choose_prompts(df.reset_index(drop=True), targets, int(cfg["sample"]["seed"]))
     store = Store(mels_dir) if mels_dir else None
     sr = int(cfg["audio"]["sample_rate"])
@@ -570,7 +572,13 @@ def evaluate(cfg: dict, manifest, samples_dir=None, reference: bool = False, mel
             from ..generation.vocoder import build_vocoder
             vocoder = build_vocoder(cfg)
         clips, gt = reference_clips(manifest, cfg, mels_dir, vocoder)
-        run.update(samples=None, vocoder=vocoder.describe(), sample_seed=int(cfg["sample"]["seed"]))
+        from ..generation.sampling import subset_max_seconds, subset_summary
+
+        test_rows = _manifest_rows(manifest)
+        test_rows = test_rows[test_rows["split"] == "test"]
+        subset = subset_summary(test_rows, [c.id for c in clips], subset_max_seconds(cfg))
+        run.update(samples=None, vocoder=vocoder.describe(), sample_seed=int(cfg["sample"]["seed"]),
+                   subset_seed=int(cfg["sample"]["subset_seed"]), subset=subset)
     else:
         if samples_dir is None:
             raise ValueError("evaluate: --samples is required unless --reference is given")
@@ -624,7 +632,7 @@ def convergence_curve(cfg: dict, run_dir, data, seed: int, embedding=None,
     """FAD against the ground truth at every snapshot of ``run_dir`` (module docstring); ``data``:
     the ``agrepa.training.dataset.DataPaths`` of the manifest, mel and token stores."""
     from ..corpora.mels import load_stats
-    from ..generation.sampling import build_requests, choose_prompts, generate, run_settings, select_targets
+    from ..generation.sampling import build_requests, choose_prompts, config_targets, generate, run_settings
     from ..store import Store
 
     if load is None:
@@ -639,7 +647,7 @@ def convergence_curve(cfg: dict, run_dir, data, seed: int, embedding=None,
     rows = _manifest_rows(data.manifest)
     mels, toks = Store(data.mels), Store(data.tokens)
     df = rows[(rows["split"] == split) & rows["id"].map(lambda c: c in mels and c in toks)]
-    targets = select_targets(df, int(cfg["eval"]["convergence"]["max_clips"]))
+    targets = config_targets(cfg, df, int(cfg["eval"]["convergence"]["max_clips"]))
     prompts = choose_prompts(df.reset_index(drop=True), targets, seed)
     mean, std = load_stats(mels)
     requests = build_requests(cfg, targets, prompts, mels, toks, mean, std)

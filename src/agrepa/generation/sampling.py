@@ -23,6 +23,22 @@ and unconditional prompt are the architecture's recipe (:func:`sampler_settings`
 ``sample.*`` for the DiT, ``model.<arch>`` otherwise); the number of steps
 (``sample.steps``) and the noise scale (``train.noise_scale``) are shared.
 
+Evaluation subset (:func:`select_targets`, the config's rule :func:`config_targets`). Per
+domain, ``sample.max_clips[domain]`` target clips of the split, spread evenly over its groups
+(:func:`clip_group`: the speaker for speech; the primary = first label for audio, so a
+multi-label AudioSet clip counts for the first label its segments CSV lists): the groups in an
+order drawn with ``numpy.random.default_rng`` seeded from ``sample.subset_seed`` and the
+domain, each group's clips in a drawn order, then one clip of each group in turn until the
+sample is full, so it covers min(#groups, sample size) groups and group counts differ by at
+most one while every group has clips left. Only clips no longer than the training window
+(``audio.max_seconds``, to one mel frame; manifest ``duration``) are drawn while the split has
+enough of them; then the shortest of the rest (logged). Targets are not cut to the window: the
+WER reference is the clip's whole transcript and the mel metrics compare whole clips. The
+subset is a function of the split's clips (those with a mel and tokens) and the config only
+(not of ``sample.seed`` or the run), so every method, seed and the ``--reference`` floor score
+the same clips. ``sample_meta.json`` records what it spans (:func:`subset_summary`:
+``n_speakers``, ``n_classes``, the split's totals, clips per group).
+
 Zero-shot prompting. For a target test clip the reference is ANOTHER clip of the same split:
 another utterance of the same speaker (speech, ``speaker`` column) or another clip with the
 same primary (first) label (audio), drawn with ``numpy.random.default_rng(seed)`` over the
@@ -38,15 +54,18 @@ is used (logged). Model input for one clip (exactly the training layout of
 ``L`` = the target clip's real mel length (ground-truth duration, as standard for this
 evaluation). ``P = min(T_ref, floor(f / (1 - f) * L), round(sample.prompt_max_seconds * fps))``
 with ``f = sample.prompt_fraction`` (so the prompt is at most that fraction of the model input,
-as in training) and at least 1 frame. Mels enter the model normalised with the mel store's
-train-split statistics ``(mel - mean) / std``; the output is the last L frames of the final
-``x``, de-normalised. The initial noise of each clip comes from a ``torch.Generator`` seeded
+as in training) and at least 1 frame; ``sample.prompt_max_seconds`` is the longest prompt training
+draws, ``train.prompt_max_fraction x train.crop_seconds`` (the shipped configs hold it so:
+tests/test_eval_sample.py). Mels enter the model normalised with the mel store's train-split
+statistics ``(mel - mean) / std``; the output is the last L frames of the final ``x``,
+de-normalised. The initial noise of each clip comes from a ``torch.Generator`` seeded
 from (seed, clip id), so a clip's sample does not depend on batching or on other clips.
 
 Outputs in ``--out DIR``: ``samples.csv`` (id, domain, path, prompt_id, text, labels,
 n_frames; path relative to DIR), ``<id>.wav`` (24 kHz, the configured vocoder),
 ``mels.safetensors`` (tensor ``<id>`` = generated log-mel [L, n_mels], un-normalised),
-``sample_meta.json`` (checkpoint, method, step, seeds, solver settings, vocoder) and
+``sample_meta.json`` (checkpoint, method, step, seeds, solver settings, vocoder, what the subset
+spans) and
 ``config.resolved.yaml``.
 """
 from __future__ import annotations
@@ -282,7 +301,10 @@ def generate(model, requests: Sequence[Request], steps: int, cfg_scale: float | 
 
 # -- zero-shot prompt choice ------------------------------------------------------
 
-def _group(row) -> str:
+def clip_group(row) -> str:
+    """The group a clip counts for in the prompt choice and the evaluation subset: its speaker
+    (speech, ``speaker:<id>``) or its primary = first label (audio, ``label:<name>``; the manifest's
+    ``labels`` are ``;``-joined in the order the corpus lists them)."""
     if row["domain"] == "speech":
         return "speaker:" + str(row.get("speaker", ""))
     labels = [x for x in str(row.get("labels", "")).split(";") if x]
@@ -295,7 +317,7 @@ def choose_prompts(df: pd.DataFrame, targets: Sequence[str], seed: int) -> dict[
     df = df.copy()
     df["id"] = df["id"].astype(str)
     by_id = df.set_index("id", drop=False)
-    group = {cid: _group(row) for cid, row in by_id.iterrows()}
+    group = {cid: clip_group(row) for cid, row in by_id.iterrows()}
     members: dict[tuple[str, str], list[str]] = {}
     for cid, row in by_id.iterrows():
         members.setdefault((row["domain"], group[cid]), []).append(cid)
@@ -316,14 +338,84 @@ def choose_prompts(df: pd.DataFrame, targets: Sequence[str], seed: int) -> dict[
     return out
 
 
-def select_targets(df: pd.DataFrame, max_clips: dict | int | None) -> list[str]:
-    """The first ``max_clips[domain]`` clip ids (sorted) of each domain: a fixed evaluation subset."""
+def subset_order(d: pd.DataFrame, seed: int, max_seconds: float) -> list[str]:
+    """Every clip id of ``d`` (one domain of one split) in the order the evaluation subset takes
+    them (module docstring): first the clips no longer than ``max_seconds`` (manifest
+    ``duration``), groups (:func:`clip_group`) in a seeded order and one clip of each group in
+    turn (seeded order within a group); then the longer clips, shortest first (id breaks ties)."""
+    rows = d.to_dict("records")
+    fits: dict[str, list[str]] = {}
+    longer = []
+    for r in rows:
+        if float(r["duration"]) <= max_seconds:
+            fits.setdefault(clip_group(r), []).append(str(r["id"]))
+        else:
+            longer.append((float(r["duration"]), str(r["id"])))
+    rng = np.random.default_rng(seed)
+    strata = [sorted(fits[g]) for g in sorted(fits)]
+    strata = [[ids[i] for i in rng.permutation(len(ids))] for ids in strata]
+    strata = [strata[i] for i in rng.permutation(len(strata))]
+    order = [s[depth] for depth in range(max((len(s) for s in strata), default=0)) for s in strata if depth < len(s)]
+    return order + [cid for _, cid in sorted(longer)]
+
+
+def select_targets(df: pd.DataFrame, max_clips: dict | int | None, seed: int, max_seconds: float) -> list[str]:
+    """The evaluation subset of ``df`` (one split): per domain the first ``max_clips[domain]`` (an int:
+    the same for both; None: all) clips of :func:`subset_order` (seeded by ``seed`` and the domain),
+    so the subset spreads evenly over every speaker / primary label and keeps to clips no longer
+    than ``max_seconds`` while the split has enough of them. Ids sorted within each domain."""
+    from ..training.dataset import derive_seed
+
     ids = []
     for dom in DOMAINS:
-        d = sorted(df.loc[df["domain"] == dom, "id"].astype(str))
+        d = df[df["domain"] == dom]
         limit = max_clips.get(dom) if isinstance(max_clips, dict) else max_clips
-        ids += d if limit is None else d[:int(limit)]
+        order = subset_order(d, derive_seed(int(seed), "eval-subset", dom), float(max_seconds))
+        chosen = order if limit is None else order[:int(limit)]
+        duration = dict(zip(d["id"].astype(str), d["duration"].astype(float)))
+        n_long = sum(duration[c] > max_seconds for c in chosen)
+        if n_long:
+            log.warning("%d of the %d %s clip(s) of the evaluation subset are longer than %.3f s (the split has "
+                        "too few shorter ones): the shortest of the rest", n_long, len(chosen), dom, max_seconds)
+        ids += sorted(chosen)
     return ids
+
+
+def subset_max_seconds(cfg: dict) -> float:
+    """The longest target clip of the evaluation subset: the training window ``audio.max_seconds``
+    plus one mel frame (a clip cut to the window, e.g. a 10 s AudioSet segment, may decode a few
+    samples over it and still fits the window training cuts to)."""
+    return float(cfg["audio"]["max_seconds"]) + 1.0 / frame_rate(cfg["audio"])
+
+
+def config_targets(cfg: dict, df: pd.DataFrame, max_clips: dict | int | None) -> list[str]:
+    """:func:`select_targets` with the config's rule: seed ``sample.subset_seed``, targets within the
+    training window (:func:`subset_max_seconds`)."""
+    return select_targets(df, max_clips, int(cfg["sample"]["subset_seed"]), subset_max_seconds(cfg))
+
+
+def subset_summary(df: pd.DataFrame, targets: Sequence[str], max_seconds: float) -> dict:
+    """What the evaluation subset ``targets`` of ``df`` (one split) spans, for ``sample_meta.json``:
+    speakers (speech) and primary labels (audio) in the subset and in the split, clips per group,
+    every label any audio clip carries, and the clips longer than ``max_seconds``."""
+    from ..corpora.manifest import split_labels
+
+    rows = df.set_index(df["id"].astype(str), drop=False)
+    sub = rows.loc[list(targets)]
+    speech, audio_ = (sub[sub["domain"] == d] for d in DOMAINS)
+    split_speech, split_audio = (rows[rows["domain"] == d] for d in DOMAINS)
+
+    def counts(part: pd.DataFrame) -> dict[str, int]:
+        keys = [clip_group(r).split(":", 1)[1] for r in part.to_dict("records")]
+        return {k: keys.count(k) for k in sorted(set(keys))}
+
+    per_speaker, per_class = counts(speech), counts(audio_)
+    return {"n_speakers": len(per_speaker), "split_speakers": len(counts(split_speech)),
+            "n_classes": len(per_class), "split_classes": len(counts(split_audio)),
+            "n_labels": len({x for s in audio_["labels"] for x in split_labels(s)}),
+            "clips_per_speaker": per_speaker, "clips_per_class": per_class,
+            "target_max_seconds": float(max_seconds),
+            "n_over_max_seconds": int((sub["duration"].astype(float) > max_seconds).sum())}
 
 
 # -- the stage ----------------------------------------------------------------------
@@ -358,8 +450,9 @@ class SplitRequests:
 
 
 def split_requests(cfg: dict, data, split: str, seed: int, max_clips: dict | int | None = None) -> SplitRequests:
-    """The first ``max_clips`` (default ``sample.max_clips``) clips per domain of ``split`` that have
-    a mel and tokens, with their zero-shot prompts, as sampler requests (module docstring);
+    """The evaluation subset (:func:`config_targets`; ``max_clips`` clips per domain, default
+    ``sample.max_clips``) of the clips of ``split`` that have a mel and tokens, with their zero-shot
+    prompts, as sampler requests (module docstring);
     ``data``: the ``agrepa.training.dataset.DataPaths`` of the manifest, mel and token stores."""
     manifest_path = data.manifest
     df = read_manifest(manifest_path)
@@ -373,7 +466,7 @@ def split_requests(cfg: dict, data, split: str, seed: int, max_clips: dict | int
     if missing:
         log.warning("%s: %d clip(s) of split %s lack a mel or tokens; skipped", manifest_path, missing, split)
     df = df[df["id"].astype(str).isin(have)]
-    targets = select_targets(df, cfg["sample"]["max_clips"] if max_clips is None else max_clips)
+    targets = config_targets(cfg, df, cfg["sample"]["max_clips"] if max_clips is None else max_clips)
     if not targets:
         raise ValueError(f"{manifest_path}: nothing to sample in split {split!r}")
     prompts = choose_prompts(df, targets, seed)
@@ -411,6 +504,7 @@ def sample_split(model, cfg: dict, data, split: str, seed: int, out_dir: str | o
         **(meta or {}), "split": split, "sample_seed": seed, **settings, "arch": recipe(cfg).arch,
         "prompt_fraction": float(sc["prompt_fraction"]),
         "prompt_max_seconds": float(sc["prompt_max_seconds"]), "n_clips": len(records),
+        "subset_seed": int(sc["subset_seed"]), **subset_summary(rows, targets, subset_max_seconds(cfg)),
         "vocoder": vocoder.describe() if vocoder is not None else None, "manifest": str(data.manifest)})
     config_mod.save_resolved(cfg, out_dir)
     io.write_csv(out_dir / "samples.csv", table)  # last: its presence marks a complete directory
