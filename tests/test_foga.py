@@ -129,3 +129,35 @@ def test_returned_hidden_states_are_the_clean_forward():
         _, ref = m(*inputs, return_hidden=True)
     assert len(hidden) == m.n_layers + 1 and all(torch.equal(a, b) for a, b in zip(hidden, ref))
     assert torch.equal(scores, foga_per_sample(m, *inputs))
+
+
+def test_train_mode_foga_draws_its_own_masks_per_pass_and_is_seeded():
+    """probe.foga_mode train (the authors'): with dropout every pass has its own masks, so
+    train-mode scores differ from eval mode's; the same seed gives the same scores, another
+    seed others, and the caller's RNG and the model's mode are left as they were."""
+    m = make_model().eval()
+    inputs = make_inputs()
+    exact = foga_per_sample(m, *inputs)
+    state = torch.random.get_rng_state()
+    a = foga_per_sample(m, *inputs, mode="train", seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state) and not m.training
+    assert torch.equal(a, foga_per_sample(m, *inputs, mode="train", seed=5))
+    assert not torch.equal(a, foga_per_sample(m, *inputs, mode="train", seed=6))
+    assert a.shape == exact.shape and not torch.allclose(a, exact, atol=1e-3)
+    scores, hidden = foga_per_sample(m, *inputs, mode="train", seed=5, return_hidden=True)
+    assert torch.equal(scores, a)
+    _, clean = m.eval()(*inputs, return_hidden=True)
+    assert all(torch.allclose(x, y) for x, y in zip(hidden, clean))    # LASP reads eval-mode states
+    with pytest.raises(ValueError, match="foga_mode"):
+        foga_per_sample(m, *inputs, mode="training")
+
+
+def test_train_mode_without_dropout_is_the_exact_shared_path():
+    m = make_model()
+    for mod in m.modules():
+        if isinstance(mod, nn.Dropout):
+            mod.p = 0.0
+        elif isinstance(getattr(mod, "dropout", None), float):
+            mod.dropout = 0.0
+    inputs = make_inputs()
+    assert torch.equal(foga_per_sample(m, *inputs, mode="train", seed=5), foga_per_sample(m, *inputs))

@@ -177,3 +177,48 @@ def test_method_plan(tmp_path):
     sel.write_text(json.dumps(dict(merged, sets={**merged["sets"], "speech": {"layers": [1, 3], "weights": [0.7, 0.7]}})))
     with pytest.raises(ValueError, match="sum to 1"):
         read_selection(sel, 4)
+
+
+def test_bitc_head_is_the_authors_by_default_and_affine_on_request():
+    """Default: LayerNorm without affine and a bias-free orthogonal Linear (the authors'
+    REPA_single_codebook/models.py); affine=True: LN scale/shift and a bias."""
+    torch.manual_seed(0)
+    heads = BiTCHeads(16, DIMS)
+    for t, d in DIMS.items():
+        ln, lin = heads.heads[t]
+        assert ln.weight is None and ln.bias is None and lin.bias is None and lin.weight.shape == (d, 16)
+        w = lin.weight.detach()                       # orthogonal rows: W W^T = I
+        assert torch.allclose(w @ w.T, torch.eye(d), atol=1e-5)
+    assert sorted(heads.state_dict()) == ["heads.acoustic.1.weight", "heads.semantic.1.weight"]
+    assert not BiTCHeads.affine_of(heads.state_dict())
+    affine = BiTCHeads(16, DIMS, affine=True)
+    ln, lin = affine.heads["semantic"]
+    assert ln.weight is not None and lin.bias is not None and BiTCHeads.affine_of(affine.state_dict())
+    # the head is exactly W LN(pool(h)) with the unit-less LayerNorm
+    b, h = _batch(), torch.randn(4, 12, 16)
+    want = F.cosine_similarity(F.layer_norm(pool(h, b["mask"]), (16,)) @ heads.heads["semantic"][1].weight.T,
+                               b["emb_semantic"])
+    assert torch.allclose(heads.cosine(h, b["mask"], "speech", b["emb_semantic"]), want, atol=1e-5)
+
+
+def test_bitc_objective_full_heads_none():
+    """full: gradients reach the heads and the token embedding; heads: the heads only, with
+    the same loss value; none: no term."""
+    b = _batch()
+    heads = BiTCHeads(16, DIMS)
+    grads = {}
+    for objective in ("full", "heads", "none"):
+        tok = torch.randn(4, 12, 16, generator=torch.Generator().manual_seed(3), requires_grad=True)
+        heads.zero_grad(set_to_none=True)
+        loss = heads.loss(tok, b, objective=objective)
+        if objective == "none":
+            assert float(loss) == 0.0 and not loss.requires_grad
+            continue
+        loss.backward()
+        grads[objective] = (float(loss.detach()), tok.grad, heads.heads["semantic"][1].weight.grad.clone())
+    assert grads["full"][0] == pytest.approx(grads["heads"][0])
+    assert grads["full"][1] is not None and float(grads["full"][1].abs().sum()) > 0
+    assert grads["heads"][1] is None                                    # the token embedding untouched
+    assert torch.allclose(grads["full"][2], grads["heads"][2])          # the heads learn as before
+    with pytest.raises(ValueError, match="bitc_objective"):
+        heads.loss(tok, b, objective="partial")

@@ -160,3 +160,18 @@ def test_lasp_alone_equals_lasp_alongside_foga():
     alone = run_probes(m, batches, [0.4], noise_seed=1, scorers=scorers, probes=["lasp"])
     a = both[both.probe == "lasp"].reset_index(drop=True)
     pd.testing.assert_frame_equal(a, alone.reset_index(drop=True), atol=1e-6)
+
+
+def test_run_probes_train_mode_foga_is_reproducible_and_differs_from_eval():
+    """probe.foga_mode train: each (domain, batch, t) draws its own seeded masks, so the
+    sweep repeats exactly, differs from eval mode with dropout, and LASP stays eval-mode."""
+    m, heads = make_model(n_layers=3), make_heads()      # dropout 0.1
+    batches = {"speech": [make_batch(0, seed=1), make_batch(0, seed=2)]}
+    scorers = {"speech": lambda b: bitc_scorer(heads, "speech", b["emb_semantic"])}
+    kw = dict(noise_seed=1, scorers=scorers, probes=["foga", "lasp"])
+    train_a = run_probes(m, batches, [0.3, 0.7], foga_mode="train", **kw)
+    pd.testing.assert_frame_equal(train_a, run_probes(m, batches, [0.3, 0.7], foga_mode="train", **kw))
+    evald = run_probes(m, batches, [0.3, 0.7], foga_mode="eval", **kw)
+    f_train, f_eval = (d[d.probe == "foga"].score.to_numpy() for d in (train_a, evald))
+    assert not torch.allclose(torch.tensor(f_train), torch.tensor(f_eval), atol=1e-4)
+    pd.testing.assert_frame_equal(train_a[train_a.probe == "lasp"], evald[evald.probe == "lasp"])

@@ -174,3 +174,39 @@ def test_rerun_of_a_finished_run_restores_final_and_metrics(setup):
     train.run(cfg, phase="warmup", out=out, seed=0, **_kw(paths))
     assert _tensors_equal(_load(out / "final.pt")["model"], before["model"])
     assert pd.read_csv(out / "metrics.csv")["step"].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_bitc_objective_per_token_config(tmp_path):
+    """train.bitc_objective: `heads` trains the BiT-C heads but leaves the model as `none`
+    (FM only) trains it, bitwise (gradient clipping off, so the heads' gradients cannot
+    scale the model's); `full` trains the token embedding too. Config B reads its own entry."""
+    paths = make_corpus(tmp_path / "data")
+    runs = {}
+    for objective in ("full", "heads", "none"):
+        cfg, _ = tiny_cfg(tmp_path, {"train": {"grad_clip": 0.0, "bitc_objective": {"A": objective, "B": "full"}}})
+        runs[objective] = _load(train.run(cfg, phase="warmup", out=tmp_path / objective, seed=0, steps=3,
+                                          **_kw(paths)))
+    full, heads, none = runs["full"], runs["heads"], runs["none"]
+    assert _tensors_equal(heads["model"], none["model"])
+    assert not _tensors_equal(heads["bitc"], none["bitc"]) and not _tensors_equal(full["model"], heads["model"])
+    m = pd.read_csv(tmp_path / "none" / "metrics.csv")
+    assert (m["bitc"] == 0).all() and (pd.read_csv(tmp_path / "heads" / "metrics.csv")["bitc"] > 0).all()
+    # config B's entry is its own: B = none leaves an A run as full trains it
+    cfg_b, _ = tiny_cfg(tmp_path, {"train": {"grad_clip": 0.0, "bitc_objective": {"A": "full", "B": "none"}}})
+    a_run = _load(train.run(cfg_b, phase="warmup", out=tmp_path / "b_none", seed=0, steps=3, **_kw(paths)))
+    assert _tensors_equal(a_run["model"], full["model"])
+
+
+def test_checkpoint_with_the_affine_bitc_head_still_loads(tmp_path):
+    """A warm-up of the affine head (train.bitc_head_affine: true, the form before the key)
+    loads with its own head; a branch of the other form is refused naming the key."""
+    paths = make_corpus(tmp_path / "data")
+    cfg, _ = tiny_cfg(tmp_path, {"train": {"bitc_head_affine": True}})
+    warm = train.run(cfg, phase="warmup", out=tmp_path / "warm", seed=0, steps=2, **_kw(paths))
+    run = load_run(warm)
+    assert run.bitc.affine and run.bitc.heads["semantic"][1].bias is not None
+    assert all(torch.equal(v, _load(warm)["ema"]["bitc"][k]) for k, v in run.bitc.state_dict().items())
+    plain, _ = tiny_cfg(tmp_path, {"train": {"bitc_head_affine": False}})
+    with pytest.raises(ValueError, match="train.bitc_head_affine"):
+        train.run(plain, phase="branch", method="baseline", init=warm, out=tmp_path / "b", seed=0, steps=1,
+                  **_kw(paths))

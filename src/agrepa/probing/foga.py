@@ -26,6 +26,13 @@ L(L+1) for the naive loop of L gated forwards (plus the clean one), and every
 unit sees one large batch instead of L small ones. ``max_streams`` bounds how
 many ablations travel together (memory ~ max_streams x B x T x dim).
 :func:`foga_naive` is the reference loop of gated full forwards.
+
+``mode="train"`` (``probe.foga_mode``, the authors' attribution, which runs with the
+model in ``train()``): when the model has active dropout, the clean pass and each of the
+L ablated passes are full forwards in train mode with their own dropout masks, drawn
+from a generator seeded per call (:func:`foga_train_mode`; L + 1 full forwards, no
+shared work, since the masks differ). Without dropout train mode computes what eval
+mode does, so the exact shared-work path runs.
 """
 from __future__ import annotations
 
@@ -87,17 +94,69 @@ def _clean_pass(model: Backbone, state: Stream, ctx, hidden: list | None) -> tup
     return state, bases
 
 
+FOGA_MODES = ("train", "eval")
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """Whether train mode changes ``model``'s forward: a dropout module with p > 0, or an
+    attention layer with a dropout rate (SDPA's ``dropout_p``)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            if m.p > 0:
+                return True
+        elif isinstance(getattr(m, "dropout", None), float) and m.dropout > 0:
+            return True
+    return False
+
+
+@torch.no_grad()
+def foga_train_mode(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
+                    mask: Tensor | None, eps: float, seed: int) -> Tensor:
+    """FoG-A per sample and layer -> [B, L] with the model in train mode: the clean pass and
+    each ablated pass (g_l = 0) are full forwards with their own dropout masks, drawn from
+    torch's generator seeded by ``seed`` (the global RNG state is restored afterwards)."""
+    L = model.n_layers
+    was_training = model.training
+    devices = [x_t.device] if x_t.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        model.train()
+        try:
+            v = model(x_t, t, tokens, prompt, mask)
+            scores = torch.empty(L, v.shape[0], dtype=v.dtype, device=v.device)
+            for l in range(L):
+                gates = torch.ones(L, dtype=v.dtype, device=v.device)
+                gates[l] = 0
+                scores[l] = relative_deviation(v, model(x_t, t, tokens, prompt, mask, gates=gates), mask, eps)[0]
+        finally:
+            model.train(was_training)
+    return scores.T.contiguous()
+
+
 @torch.no_grad()
 def foga_per_sample(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
                     mask: Tensor | None = None, eps: float = 1e-6,
-                    max_streams: int | None = None, return_hidden: bool = False):
+                    max_streams: int | None = None, return_hidden: bool = False,
+                    mode: str = "eval", seed: int = 0):
     """FoG-A per sample and layer -> [B, L] (column l-1 is unit l), computed with shared work.
 
     ``max_streams``: at most this many ablated streams are stacked through a
     unit at once (None: all L). The result does not depend on it.
     ``return_hidden``: also return the clean hidden states [h_0, ..., h_L]
-    (as ``model(..., return_hidden=True)``), e.g. for LASP on the same forward.
+    (as ``model(..., return_hidden=True)``), e.g. for LASP on the same forward;
+    they are always the eval-mode states.
+    ``mode``: ``eval`` or ``train`` (:func:`foga_train_mode` with ``seed`` when the model
+    has dropout; the shared-work path otherwise, which then computes the same).
     """
+    if mode not in FOGA_MODES:
+        raise ValueError(f"probe.foga_mode: expected one of {list(FOGA_MODES)}, got {mode!r}")
+    if mode == "train" and has_dropout(model):
+        scores = foga_train_mode(model, x_t, t, tokens, prompt, mask, eps, seed)
+        if not return_hidden:
+            return scores
+        with eval_mode(model):
+            _, hidden = model(x_t, t, tokens, prompt, mask, return_hidden=True)
+        return scores, hidden
     L = model.n_layers
     if max_streams is not None and max_streams < 1:
         raise ValueError(f"max_streams must be >= 1 or None, got {max_streams}")

@@ -173,7 +173,7 @@ def run_probes(model: Backbone, batches: dict[str, list[dict]], t_grid: Sequence
                noise_seed: int, eps: float = 1e-6, scorers: dict[str, Callable[[dict], ScoreFn]] | None = None,
                probes: Iterable[str] = PROBES, config_name: str = "", seed: int = 0,
                max_streams: int | None = None, gradnorm_t_grid: Sequence[float] | None = None,
-               loss_on_prompt: bool = True, noise_scale: float = 1.0) -> pd.DataFrame:
+               loss_on_prompt: bool = True, noise_scale: float = 1.0, foga_mode: str = "eval") -> pd.DataFrame:
     """Run the probes over per-domain batches -> tidy DataFrame (:data:`CSV_COLUMNS`).
 
     ``batches[domain]`` is a list of batch dicts with ``mel`` [B, T, n_mels]
@@ -185,7 +185,8 @@ def run_probes(model: Backbone, batches: dict[str, list[dict]], t_grid: Sequence
     are the flow times averaged in the gradient-norm loss; with
     ``loss_on_prompt=False`` that loss leaves out the batch's ``prompt_mask`` frames
     (as ``train.loss_on_prompt`` does in training; needs ``prompt_mask``). ``noise_scale``:
-    the standard deviation of x0 (``train.noise_scale``).
+    the standard deviation of x0 (``train.noise_scale``). ``foga_mode``: ``probe.foga_mode``
+    (``train``: each (domain, batch, t) draws its dropout masks from its own seed).
     """
     grad_grid = list(t_grid if gradnorm_t_grid is None else gradnorm_t_grid)
     probes = list(probes)
@@ -216,12 +217,14 @@ def run_probes(model: Backbone, batches: dict[str, list[dict]], t_grid: Sequence
                 x0 = x0 * mask.to(x0.dtype)[..., None]
             n += x1.shape[0]
             score_fn = scorers[domain](batch) if "lasp" in probes else None
-            for t in t_grid:
+            for k, t in enumerate(t_grid):
                 tt = torch.full((x1.shape[0],), float(t), dtype=x1.dtype, device=x1.device)
                 x_t, _ = ot_path(x0, x1, tt)
                 if "foga" in probes:                   # LASP reuses FoG-A's clean forward
+                    dropout_seed = (int(noise_seed) * 1_000_003 + d_idx * 10_007 + i) * 1_009 + k
                     scores, hidden = foga_per_sample(model, x_t, tt, tokens, prompt, mask, eps,
-                                                     max_streams, return_hidden=True)
+                                                     max_streams, return_hidden=True, mode=foga_mode,
+                                                     seed=dropout_seed)
                     foga_b[t].append(scores.mean(0).cpu())
                     if "lasp" in probes:
                         with torch.no_grad():
@@ -288,7 +291,7 @@ def probe_checkpoint(cfg: dict, ckpt, data: DataPaths, *, split: str = "train", 
                     seed=int(run.seed if seed is None else seed), max_streams=pcfg["foga_max_streams"],
                     gradnorm_t_grid=pcfg["gradnorm_t_grid"],
                     loss_on_prompt=recipe(cfg, run.cfg["model"]["arch"]).loss_on_prompt,
-                    noise_scale=float(cfg["train"]["noise_scale"]))
+                    noise_scale=float(cfg["train"]["noise_scale"]), foga_mode=pcfg["foga_mode"])
     log.info("probed %s (step %d): %d rows", ckpt, run.step, len(df))
     return df
 

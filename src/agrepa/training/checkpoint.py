@@ -302,8 +302,10 @@ def load_run(path: str | os.PathLike, map_location="cpu", use_ema: bool = True) 
     ck = read_checkpoint(path, "checkpoint")
     cfg = ck["config"]
     model = build_model(cfg, ck["vocab_size"], ck.get("token_layout"))  # absent: an older Config A checkpoint
-    bitc = BiTCHeads(model.token_dim, ck["teacher_dims"], cfg["train"]["bitc_weight"])
     src = ck["ema"] if use_ema else {"model": ck["model"], "bitc": ck["bitc"]}
+    # the head's form from its weights: checkpoints written before train.bitc_head_affine hold the affine one
+    bitc = BiTCHeads(model.token_dim, ck["teacher_dims"], cfg["train"]["bitc_weight"],
+                     affine=BiTCHeads.affine_of(src["bitc"]))
     model.load_state_dict(src["model"])
     bitc.load_state_dict(src["bitc"])
     return LoadedRun(model.to(map_location).eval(), bitc.to(map_location).eval(), cfg, int(ck["vocab_size"]),

@@ -18,6 +18,15 @@ audio); samples whose tokens were CFG-dropped carry no loss (k_b = 0)::
 
     L_BiT-C = mean_b  k_b w_{d(b)} (1 - cos(W_{d(b)} LN(pool(e_tok)_b), e_b))
 
+The head is the authors' (``train.bitc_head_affine: false``): LN without affine
+parameters and W without bias, orthogonally initialised. ``true`` gives LN its scale and
+shift and W a bias. A bias can point every layer's projection at the teacher's mean
+direction, which shrinks the LASP contrasts between layers. ``train.bitc_objective``
+(per token config) decides what the loss trains: ``full`` the heads and the token
+embedding, ``heads`` the heads only (the token embedding detached, so BiT-C leaves the
+model as FM alone would train it while the heads stay fit for LASP and Cos-SEM), ``none``
+nothing (no term).
+
 REPA / AG-REPA (Eq. 10-12): a plan gives each domain d its aligned layers S_d with
 weights alpha_{d,l}; for each a two-layer MLP (Linear-GELU-Linear) of the domain's
 teacher on the L2-normalised pooled h_l (as the authors' code)::
@@ -116,15 +125,22 @@ def _per_domain_cos(heads: nn.ModuleDict, pooled: Tensor, batch: dict) -> Tensor
     return cos
 
 
+BITC_OBJECTIVES = ("full", "heads", "none")
+
+
 class BiTCHeads(nn.Module):
     """Per teacher: LayerNorm(dim) + Linear(dim -> teacher_dim) on a pooled state.
 
+    ``affine=False`` (the authors'): LayerNorm without scale and shift, Linear without bias,
+    orthogonal init; ``affine=True``: both affine (the form of checkpoints written before
+    ``train.bitc_head_affine``; :meth:`affine_of` tells a state dict's form).
     Trained on the token embedding (the input interface, width ``model.token_dim``);
     frozen and shared across all layers by the LASP probe (:meth:`cosine`), which needs
     the token embedding as wide as the hidden states.
     """
 
-    def __init__(self, dim: int, teacher_dims: dict[str, int], weights: dict[str, float] | None = None):
+    def __init__(self, dim: int, teacher_dims: dict[str, int], weights: dict[str, float] | None = None,
+                 affine: bool = False):
         super().__init__()
         missing = [t for t in TEACHERS if t not in teacher_dims]
         if missing:
@@ -135,8 +151,20 @@ class BiTCHeads(nn.Module):
         if unknown:
             raise KeyError(f"train.bitc_weight: unknown domain(s) {unknown}; expected {list(DOMAINS)}")
         self.weights = {d: float((weights or {}).get(d, 1.0)) for d in DOMAINS}
-        self.heads = nn.ModuleDict({t: nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, self.teacher_dims[t]))
-                                    for t in TEACHERS})
+        self.affine = bool(affine)
+        self.heads = nn.ModuleDict({t: self._head(dim, self.teacher_dims[t]) for t in TEACHERS})
+
+    def _head(self, dim: int, out: int) -> nn.Sequential:
+        if self.affine:
+            return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, out))
+        head = nn.Sequential(nn.LayerNorm(dim, elementwise_affine=False), nn.Linear(dim, out, bias=False))
+        nn.init.orthogonal_(head[1].weight)
+        return head
+
+    @staticmethod
+    def affine_of(state_dict: dict) -> bool:
+        """Whether a BiT-C state dict holds the affine head (LayerNorm weight and Linear bias)."""
+        return any(k.endswith(".0.weight") for k in state_dict)
 
     def project(self, h: Tensor, mask: Tensor | None, domain_name: str) -> Tensor:
         """Head of ``domain_name``'s teacher on pool(h) -> [B, teacher_dim]."""
@@ -155,9 +183,17 @@ class BiTCHeads(nn.Module):
         pred = self.project(h, mask, domain_name).float()
         return F.cosine_similarity(pred, target.to(pred.device).float(), dim=-1)
 
-    def loss(self, tok: Tensor, batch: dict, keep: Tensor | None = None) -> Tensor:
+    def loss(self, tok: Tensor, batch: dict, keep: Tensor | None = None, objective: str = "full") -> Tensor:
         """L_BiT-C on the token embedding ``tok`` [B, T, token_dim] (domain weights
-        ``train.bitc_weight``); ``keep`` [B] bool: False for CFG-dropped samples (no loss)."""
+        ``train.bitc_weight``); ``keep`` [B] bool: False for CFG-dropped samples (no loss).
+        ``objective`` (``train.bitc_objective`` of the run's token config): ``full`` trains the
+        heads and ``tok``, ``heads`` the heads only (``tok`` detached), ``none`` gives 0."""
+        if objective not in BITC_OBJECTIVES:
+            raise ValueError(f"train.bitc_objective: expected one of {list(BITC_OBJECTIVES)}, got {objective!r}")
+        if objective == "none":
+            return tok.new_zeros(()).float()
+        if objective == "heads":
+            tok = tok.detach()
         cos = _per_domain_cos(self.heads, pool(tok, batch["mask"]), batch)
         w = torch.tensor([self.weights[d] for d in DOMAINS], device=cos.device)[batch["domain"]]
         if keep is not None:

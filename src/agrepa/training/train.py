@@ -65,7 +65,7 @@ from .checkpoint import (EMA, RunSpec, TrainState, prepare_resume, read_checkpoi
                          set_rng_state)
 from .dataset import BalancedSampler, DataPaths, TrainingData, crop_frames, derive_seed, generator, shard
 from . import similarity
-from .objectives import BiTCHeads, REPAHeads, flow_matching_loss, method_config, method_plan, plan_to_json
+from .objectives import BITC_OBJECTIVES, BiTCHeads, REPAHeads, flow_matching_loss, method_config, method_plan, plan_to_json
 from .schedule import Lengths, Schedule, continue_optimizer, make_optimizer
 
 CONFIG_KEYS = ("audio", "device", "train")  # config sections this module reads
@@ -212,6 +212,7 @@ class Loop:
     continues: bool            # train.branch_start: continue
     stream: str                # data order / draws: "train" (one stream over both phases) or the phase
     snapshots: set[int]
+    bitc_objective: str = "full"   # train.bitc_objective of this run's token config (set by run)
     rr: similarity.SimilarityRegulariser | None = None   # a Phase II method's RR term (set by run)
 
     @classmethod
@@ -282,6 +283,7 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
         clips = TrainingData(cfg, data, split="train")
         init_ck = read_init(Path(init), clips) if phase == "branch" else None
         loop = Loop.build(cfg, phase, int(seed), Path(out), d, Lengths.of(cfg, clips.domain), init_ck, steps)
+        loop.bitc_objective = bitc_objective(cfg, clips.token_layout)
         state = initial_state(loop, clips, method, init_ck, selection)
         if phase == "branch":
             loop.rr = similarity.build(cfg, method, state.model, init_ck, clips.token_store.meta,
@@ -349,6 +351,18 @@ def length_record(loop: Loop) -> dict:
             "branch_start": loop.cfg["train"]["branch_start"]}
 
 
+def bitc_objective(cfg: dict, token_layout: dict) -> str:
+    """``train.bitc_objective`` of the token config a run trains on (B: paired tokens, else A)."""
+    name = "B" if token_layout["paired"] else "A"
+    objective = cfg["train"]["bitc_objective"][name]
+    if objective not in BITC_OBJECTIVES:
+        raise ValueError(f"train.bitc_objective.{name}: expected one of {list(BITC_OBJECTIVES)}, got {objective!r}")
+    if objective == "none":
+        log.warning("train.bitc_objective.%s is none: the BiT-C heads stay untrained, so LASP and Cos-SEM of "
+                    "this run read untrained heads", name)
+    return objective
+
+
 def check_bitc_width(cfg: dict, model) -> None:
     """BiT-C aligns the token embedding and LASP applies its heads to every layer: on a
     backbone with a configurable token width (``token_dim_key``: DiT, Voicebox) the two
@@ -373,9 +387,13 @@ def initial_state(loop: Loop, clips: TrainingData, method: str, init_ck: dict | 
     seed_everything(derive_seed(seed, "init"))
     model = build_model(cfg, clips.vocab_size, clips.token_layout)
     check_bitc_width(cfg, model)
-    bitc = BiTCHeads(model.token_dim, clips.teacher_dims, tc["bitc_weight"])
+    bitc = BiTCHeads(model.token_dim, clips.teacher_dims, tc["bitc_weight"], affine=bool(tc["bitc_head_affine"]))
     plan = {}
     if init_ck is not None:
+        if BiTCHeads.affine_of(init_ck["bitc"]) != bitc.affine:
+            raise ValueError(f"train.bitc_head_affine is {bitc.affine} but the warm-up {init_ck['path']} holds the "
+                             f"{'affine' if not bitc.affine else 'bias-free'} BiT-C head: train the warm-up again "
+                             f"with this config")
         model.load_state_dict(init_ck["model"])
         bitc.load_state_dict(init_ck["bitc"])
         plan = method_plan(cfg, method, selection, model.n_layers)
@@ -424,7 +442,7 @@ def losses(loop: Loop, forward: nn.Module, state: TrainState, batch: dict,
         fm = flow_matching_loss(forward, batch, draw.t[j].to(dev), x0, loss_on_prompt=loop.loss_on_prompt,
                                 drop_tokens=drop_tokens, drop_prompt=draw.drop_prompt[j].to(dev), return_hidden=True)
         tok = state.model.embed_tokens(batch["tokens"], batch["mask"], T)   # BiT-C: the token embedding
-        l_bitc = state.bitc.loss(tok, batch, keep=~drop_tokens)
+        l_bitc = state.bitc.loss(tok, batch, keep=~drop_tokens, objective=loop.bitc_objective)
         l_repa = state.repa.loss(fm.hidden, batch) if state.repa.active else torch.zeros((), device=dev)
         l_rr = None if loop.rr is None else \
             loop.rr.loss(fm.hidden, batch, drop_tokens, state.model.token_emb, loop.dist)
