@@ -49,12 +49,30 @@ CONFIG_KEYS = ("audio.n_mels", "model.n_layers", "model.dim", "model.n_heads", "
                "model.token_dim", "model.token_l2_normalize")  # config sections this module reads (the DiT's sizes)
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, scale: float = 1000.0) -> Tensor:
-    """Sinusoidal embedding of flow time ``t`` in [0, 1] (scaled by ``scale``) -> [B, dim]."""
+TIME_BASES = ("cos_sin", "sin_cos")
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, scale: float = 1000.0,
+                       order: str = "cos_sin", endpoint: bool = False) -> Tensor:
+    """Sinusoidal embedding of flow time ``t`` in [0, 1] (scaled by ``scale``) -> [B, dim].
+
+    ``order``: ``"cos_sin"`` = [cos | sin] (the DiT's basis, DiT / ADM style) or ``"sin_cos"`` =
+    [sin | cos] (F5-TTS's ``SinusPositionEmbedding``). Frequencies ``max_period^(-i / n)``, i = 0..half-1,
+    with n = half, or n = half - 1 with ``endpoint`` (F5-TTS: the last frequency is exactly
+    1 / max_period). The defaults are the DiT's embedding, unchanged."""
+    if order not in TIME_BASES:
+        raise ValueError(f"timestep_embedding: order must be one of {TIME_BASES}, got {order!r}")
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    i = torch.arange(half, dtype=torch.float32, device=t.device)
+    if endpoint:
+        if half < 2:
+            raise ValueError(f"timestep_embedding: dim {dim} too small for endpoint frequencies")
+        freqs = torch.exp(i * -(math.log(max_period) / (half - 1)))     # F5-TTS's rounding, to the bit
+    else:
+        freqs = torch.exp(-math.log(max_period) * i / half)
     args = (t.float() * scale)[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    pair = (torch.cos(args), torch.sin(args)) if order == "cos_sin" else (torch.sin(args), torch.cos(args))
+    emb = torch.cat(pair, dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
