@@ -237,3 +237,28 @@ def test_forward_equals_upstream_f5_tts_when_installed():
     text, t = torch.randint(0, V, (2, 20), generator=g), torch.rand(2, generator=g)
     with torch.no_grad():
         torch.testing.assert_close(m(x, t, text + 1, cond), u(x, cond, text, t), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["dit", "f5"])
+def test_attention_dropout_acts_where_each_reference_puts_it(arch):
+    """F5 (as F5-TTS's ``Attention.to_out[1]``): dropout on the attention output, every element
+    either 0 or its eval value / (1 - p). The DiT keeps dropout on the attention probabilities."""
+    from agrepa.model.dit import Attention, Context
+
+    torch.manual_seed(0)
+    att = Attention(DIM, HEADS, 0.5, "output" if arch == "f5" else "probs")
+    if arch == "f5":
+        assert ours().blocks[0].attn.dropout_on == "output"
+    else:
+        assert DiT(n_layers=1, dim=DIM, n_heads=HEADS).blocks[0].attn.dropout_on == "probs"
+    T = 12
+    x = torch.randn(2, T, DIM)
+    cos, sin = F5(n_layers=1, conv_layers=0, dim=DIM, n_heads=HEADS).rotary(T, x.device)
+    ctx = Context(torch.zeros(2, DIM), cos, sin, None, None)
+    with torch.no_grad():
+        ref = att.eval()(x, ctx)
+        out = att.train()(x, ctx)
+    on_output = (out == 0) | torch.isclose(out, 2 * ref, rtol=1e-5, atol=1e-6)
+    assert bool(on_output.all()) == (arch == "f5")
+    if arch == "f5":
+        assert 0.3 < float((out == 0).float().mean()) < 0.7

@@ -121,31 +121,43 @@ class Context(BatchContext):
         return dataclasses.replace(super().repeat(k), cache=None)
 
 
+ATTN_DROPOUT = ("probs", "output")
+
+
 class Attention(nn.Module):
-    def __init__(self, dim: int, n_heads: int, dropout: float):
+    """Multi-head self-attention with rotary positions. ``dropout_on``: ``"probs"`` drops attention
+    probabilities (the DiT's default), ``"output"`` the projected output instead (F5-TTS's
+    ``Attention.to_out[1]``)."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float, dropout_on: str = "probs"):
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"dim {dim} is not divisible by n_heads {n_heads}")
+        if dropout_on not in ATTN_DROPOUT:
+            raise ValueError(f"attention dropout_on must be one of {ATTN_DROPOUT}, got {dropout_on!r}")
         self.n_heads = n_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.dropout = dropout
+        self.dropout, self.dropout_on = dropout, dropout_on
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+        p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+                                           dropout_p=p if self.dropout_on == "probs" else 0.0)
+        y = self.proj(y.transpose(1, 2).reshape(B, T, D))
+        return F.dropout(y, p, training=True) if self.dropout_on == "output" and p > 0 else y
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, n_heads: int, ff_mult: int, dropout: float, layer: int):
+    def __init__(self, dim: int, n_heads: int, ff_mult: int, dropout: float, layer: int,
+                 attn_dropout_on: str = "probs"):
         super().__init__()
         self.layer = layer  # 1-based index: names this block's features in a step cache
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, n_heads, dropout)
+        self.attn = Attention(dim, n_heads, dropout, attn_dropout_on)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(approximate="tanh"),
                                  nn.Dropout(dropout), nn.Linear(ff_mult * dim, dim))

@@ -106,7 +106,8 @@ class F5(Backbone):
         self.time_freq_dim = time_freq_dim
         self.time_mlp = nn.Sequential(nn.Linear(time_freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.rotary = Rotary(dim // n_heads)
-        self.blocks = nn.ModuleList([Block(dim, n_heads, ff_mult, dropout, layer=conv_layers + l)
+        self.blocks = nn.ModuleList([Block(dim, n_heads, ff_mult, dropout, layer=conv_layers + l,
+                                           attn_dropout_on="output")       # F5-TTS drops the attention output
                                      for l in range(1, n_layers + 1)])
         self.long_skip = nn.Linear(2 * dim, dim, bias=False) if long_skip else None
         self.final = FinalLayer(dim, n_mels)
