@@ -262,3 +262,31 @@ def test_attention_dropout_acts_where_each_reference_puts_it(arch):
     assert bool(on_output.all()) == (arch == "f5")
     if arch == "f5":
         assert 0.3 < float((out == 0).float().mean()) < 0.7
+
+
+def test_paper_size_parameters_at_the_configured_vocabulary():
+    """docs/fidelity.md's F5 count: paper.yaml's F5 at Config A's vocabulary (1 + 4096 speech + 4096
+    audio = 8193, Table 4's ``token_config: A``); without the token table it is F5-TTS v1 Base's
+    network, counted from upstream's shapes (``upstream_layout`` at v1 Base sizes), exactly."""
+    from agrepa import config as config_mod
+    from agrepa.model import build_model
+    from agrepa.tokenizers.vocab import Vocab
+    from test_workflow_support import REPO
+
+    cfg = config_mod.load([REPO / "config" / "config.yaml", REPO / "config" / "paper.yaml"])
+    cfg = config_mod.deep_merge(cfg, {"model": {"arch": "f5"}})
+    assert cfg["report"]["table4"]["token_config"] == "A"
+    vocab = Vocab({s: cfg["tokens"][s]["k"] for s in ("speech", "audio")}).vocab_size
+    assert vocab == 8193
+    with torch.device("meta"):
+        m = build_model(cfg, vocab)
+    total = sum(p.numel() for p in m.parameters())
+    table = m.token_emb.table.weight.numel()
+    assert (total, table) == (339_988_068, 8193 * 512)
+    d, td, mel, ff = 1024, 512, 100, 2                                   # F5TTS_v1_Base.yaml
+    lin = lambda i, o: i * o + o                                         # noqa: E731
+    block = lin(d, 6 * d) + 4 * lin(d, d) + lin(d, ff * d) + lin(ff * d, d)
+    convnext = td * 7 + td + 2 * td + lin(td, 2 * td) + 2 * 2 * td + lin(2 * td, td)
+    network = (lin(256, d) + lin(d, d) + 4 * convnext + lin(2 * mel + td, d) + 2 * (d * d // 16 * 31 + d)
+               + 22 * block + lin(d, 2 * d) + lin(d, mel))
+    assert total - table == network == 335_793_252
