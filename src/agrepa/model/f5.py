@@ -18,7 +18,12 @@ output first merges ``W [h_L | m]``. BiT-C aligns the token embedding (``token_d
 text_dim, before the positions), so LASP scores the text stream when text_dim != dim.
 
 The DiT blocks are :class:`agrepa.model.dit.Block` (the same adaLN-Zero block, rotary
-attention, GELU feed-forward with ``ff_mult``).
+attention, GELU feed-forward with ``ff_mult``), here with dropout on the attention output as
+F5-TTS (``Attention.to_out[1]``; the DiT drops attention probabilities). The time embedding is
+F5-TTS's basis (:func:`f5_time_embedding`, [sin | cos] of 1000 t; the DiT keeps [cos | sin]), so
+an upstream ``DiT`` state dict (f5-tts 1.1.x, e.g. an official checkpoint's
+``ema_model.transformer.*``) loads through :func:`load_upstream_state_dict`, all but its
+character embedding table (docs/fidelity.md, the F5 rows).
 """
 from __future__ import annotations
 
@@ -306,7 +311,8 @@ def load_upstream_state_dict(model: F5, sd: dict[str, Tensor], prefix: str | Non
                 if w.shape[0] != model.dim:
                     raise ValueError(f"upstream key '{up}.to_{x}.{p}' has {w.shape[0]} rows (heads x dim_head); "
                                      f"ours needs dim {model.dim}")
-            put(f"blocks.{l}.attn.qkv.{p}", torch.cat([q[perm], k[perm], v]), f"{up}.to_q/k/v.{p}")
+            idx = perm.to(q.device)
+            put(f"blocks.{l}.attn.qkv.{p}", torch.cat([q[idx], k[idx], v]), f"{up}.to_q/k/v.{p}")
     for p in ("weight", "bias"):
         scale, shift = sd[f"norm_out.linear.{p}"].chunk(2, dim=0)
         put(f"final.ada.1.{p}", torch.cat([shift, scale]), f"norm_out.linear.{p}")
