@@ -49,12 +49,30 @@ CONFIG_KEYS = ("audio.n_mels", "model.n_layers", "model.dim", "model.n_heads", "
                "model.token_dim", "model.token_l2_normalize")  # config sections this module reads (the DiT's sizes)
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, scale: float = 1000.0) -> Tensor:
-    """Sinusoidal embedding of flow time ``t`` in [0, 1] (scaled by ``scale``) -> [B, dim]."""
+TIME_BASES = ("cos_sin", "sin_cos")
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, scale: float = 1000.0,
+                       order: str = "cos_sin", endpoint: bool = False) -> Tensor:
+    """Sinusoidal embedding of flow time ``t`` in [0, 1] (scaled by ``scale``) -> [B, dim].
+
+    ``order``: ``"cos_sin"`` = [cos | sin] (the DiT's basis, DiT / ADM style) or ``"sin_cos"`` =
+    [sin | cos] (F5-TTS's ``SinusPositionEmbedding``). Frequencies ``max_period^(-i / n)``, i = 0..half-1,
+    with n = half, or n = half - 1 with ``endpoint`` (F5-TTS: the last frequency is exactly
+    1 / max_period). The defaults are the DiT's embedding, unchanged."""
+    if order not in TIME_BASES:
+        raise ValueError(f"timestep_embedding: order must be one of {TIME_BASES}, got {order!r}")
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    i = torch.arange(half, dtype=torch.float32, device=t.device)
+    if endpoint:
+        if half < 2:
+            raise ValueError(f"timestep_embedding: dim {dim} too small for endpoint frequencies")
+        freqs = torch.exp(i * -(math.log(max_period) / (half - 1)))     # F5-TTS's rounding, to the bit
+    else:
+        freqs = torch.exp(-math.log(max_period) * i / half)
     args = (t.float() * scale)[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    pair = (torch.cos(args), torch.sin(args)) if order == "cos_sin" else (torch.sin(args), torch.cos(args))
+    emb = torch.cat(pair, dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
@@ -103,31 +121,43 @@ class Context(BatchContext):
         return dataclasses.replace(super().repeat(k), cache=None)
 
 
+ATTN_DROPOUT = ("probs", "output")
+
+
 class Attention(nn.Module):
-    def __init__(self, dim: int, n_heads: int, dropout: float):
+    """Multi-head self-attention with rotary positions. ``dropout_on``: ``"probs"`` drops attention
+    probabilities (the DiT's default), ``"output"`` the projected output instead (F5-TTS's
+    ``Attention.to_out[1]``)."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float, dropout_on: str = "probs"):
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"dim {dim} is not divisible by n_heads {n_heads}")
+        if dropout_on not in ATTN_DROPOUT:
+            raise ValueError(f"attention dropout_on must be one of {ATTN_DROPOUT}, got {dropout_on!r}")
         self.n_heads = n_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.dropout = dropout
+        self.dropout, self.dropout_on = dropout, dropout_on
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+        p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+                                           dropout_p=p if self.dropout_on == "probs" else 0.0)
+        y = self.proj(y.transpose(1, 2).reshape(B, T, D))
+        return F.dropout(y, p, training=True) if self.dropout_on == "output" and p > 0 else y
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, n_heads: int, ff_mult: int, dropout: float, layer: int):
+    def __init__(self, dim: int, n_heads: int, ff_mult: int, dropout: float, layer: int,
+                 attn_dropout_on: str = "probs"):
         super().__init__()
         self.layer = layer  # 1-based index: names this block's features in a step cache
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, n_heads, dropout)
+        self.attn = Attention(dim, n_heads, dropout, attn_dropout_on)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(approximate="tanh"),
                                  nn.Dropout(dropout), nn.Linear(ff_mult * dim, dim))
