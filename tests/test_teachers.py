@@ -286,3 +286,39 @@ def test_unknown_teacher_name():
         build_teacher(cfg, "acoustic")
     with pytest.raises(ValueError, match="teacher role"):
         build_teacher(cfg, "visual")
+
+
+def test_a_long_clip_is_embedded_on_its_training_window(tmp_path):
+    """A clip longer than audio.max_seconds gets the target of its first max_seconds (the
+    window training cuts it to), not of the whole clip: its second half differs from its
+    first, and the stored frames and pooled embedding equal the teacher's on the window."""
+    from agrepa.teachers.cache import embed_manifest
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "beats.pt"
+    save_checkpoint(BEATs(tiny_beats_cfg()), ckpt)
+    first, second = speechlike(1.0, sr=16000, seed=1), 0.5 * torch.randn(16000, generator=torch.Generator().manual_seed(2))
+    A.write_wav(tmp_path / "long.wav", torch.cat([first, second]).numpy(), 16000)
+    A.write_wav(tmp_path / "short.wav", first[:12000].numpy(), 16000)
+    rows = [{"id": i, "path": f"{i}.wav", "duration": d, "sample_rate": 16000, "domain": "audio", "split": "train",
+             "labels": "tone"} for i, d in (("long", 2.0), ("short", 0.75))]
+    manifest = tmp_path / "manifest.csv"
+    write_manifest(make_manifest(rows), manifest)
+    cfg = C.load(DEFAULT_CONFIG, overrides=["teachers.acoustic.name=beats", f"teachers.acoustic.checkpoint={ckpt}",
+                                            "audio.max_seconds=1.0", "audio.peak_normalize=null"])
+    meta = embed_manifest(cfg, "acoustic", manifest, tmp_path / "emb")
+    assert meta["n_cut"] == 1 and meta["window_seconds"] == 1.0
+    teacher = build_teacher(cfg, "acoustic")
+    store = Store(tmp_path / "emb")
+    wave = A.load_audio(tmp_path / "long.wav", sample_rate=16000, peak=None)
+    on_window, whole = teacher.embed(wave[:16000], 16000), teacher.embed(wave, 16000)
+    long = store.get("long")
+    assert torch.allclose(long["frames"], on_window[0], atol=1e-6) and torch.allclose(long["pooled"], on_window[1], atol=1e-6)
+    assert not torch.allclose(long["pooled"], whole[1], atol=1e-3)       # the whole clip's target is another
+    short = store.get("short")                                            # a shorter clip is embedded whole
+    short_wave = A.load_audio(tmp_path / "short.wav", sample_rate=16000, peak=None)
+    assert torch.allclose(short["pooled"], teacher.embed(short_wave, 16000)[1], atol=1e-6)
+    # another window is another cache key: the store is recomputed
+    cfg["audio"]["max_seconds"] = 2.0
+    assert embed_manifest(cfg, "acoustic", manifest, tmp_path / "emb")["cache_key"] != meta["cache_key"]
+    assert torch.allclose(Store(tmp_path / "emb").get("long")["pooled"], whole[1], atol=1e-5)

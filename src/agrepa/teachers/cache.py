@@ -3,8 +3,13 @@
 Output: an :mod:`agrepa.store` with, per clip id, ``pooled`` [D] (mean over real
 frames) and ``frames`` [T', D] (float32). ``index.json`` meta::
 
-    role, teacher, fingerprint, dim, frame_rate, granularity, sample_rate,
-    manifest_sha256, cache_key = sha256(role, fingerprint, manifest_sha256), n_clips
+    role, teacher, fingerprint, dim, frame_rate, granularity, sample_rate, window_seconds,
+    manifest_sha256, cache_key = sha256(role, fingerprint, window, manifest_sha256), n_clips, n_cut
+
+The teacher sees the clip's training window: its first ``audio.max_seconds``
+(``window_seconds``), the span training cuts the mel and the tokens to
+(:mod:`agrepa.training.dataset`), so a clip's target describes the audio the model
+trains on; ``n_cut`` counts the clips that were longer.
 
 A second run with the same teacher (same fingerprint: weights + settings) and
 the same manifest bytes finds ``cache_key`` in the existing index and returns
@@ -31,8 +36,14 @@ CONFIG_KEYS = ("audio", "teachers.shard_size", "teachers.{role}")  # config sect
 log = logging.getLogger(__name__)
 
 
-def cache_key(role: str, fingerprint: str, manifest_sha256: str) -> str:
-    return io.sha256_json({"role": role, "fingerprint": fingerprint, "manifest": manifest_sha256})
+def cache_key(role: str, fingerprint: str, manifest_sha256: str, window_seconds: float) -> str:
+    return io.sha256_json({"role": role, "fingerprint": fingerprint, "manifest": manifest_sha256,
+                           "window_seconds": float(window_seconds)})
+
+
+def training_window(wave, sample_rate: int, max_seconds: float):
+    """The first ``max_seconds`` of a waveform (the whole one if shorter)."""
+    return wave[: int(round(float(max_seconds) * sample_rate))]
 
 
 def cached_meta(out_dir: str | os.PathLike, key: str, ids: list[str]) -> dict | None:
@@ -62,7 +73,8 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
         teacher = build_teacher(cfg, role, teacher_dir=teacher_dir)
     fingerprint = teacher.fingerprint()
     manifest_sha = io.sha256_file(manifest_path)
-    key = cache_key(role, fingerprint, manifest_sha)
+    window = float(cfg["audio"]["max_seconds"])
+    key = cache_key(role, fingerprint, manifest_sha, window)
     ids = manifest["id"].tolist()
     hit = cached_meta(out_dir, key, ids)
     if hit is not None:
@@ -75,18 +87,23 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
         stale.unlink()
     meta = {"role": role, "teacher": teacher.name, "fingerprint": fingerprint, "dim": teacher.dim,
             "frame_rate": teacher.frame_rate, "granularity": int(teacher.granularity),
-            "sample_rate": teacher.sample_rate,
+            "sample_rate": teacher.sample_rate, "window_seconds": window,
             "manifest_sha256": manifest_sha, "cache_key": key, "n_clips": len(ids)}
     peak = cfg["audio"]["peak_normalize"]
     writer = StoreWriter(out, meta=meta, shard_size=int(cfg["teachers"]["shard_size"]))
+    n_cut = 0
     for _, row in tqdm(manifest.iterrows(), total=len(manifest), desc=f"embed {role} ({teacher.name})"):
         path = resolve_path(manifest_path, row["path"])
         wave = A.load_audio(path, sample_rate=teacher.sample_rate, peak=peak)
-        frames, pooled = teacher.embed(torch.from_numpy(wave), teacher.sample_rate)
+        cut = training_window(wave, teacher.sample_rate, window)
+        n_cut += len(cut) < len(wave)
+        frames, pooled = teacher.embed(torch.from_numpy(cut), teacher.sample_rate)
         if not torch.isfinite(frames).all():
             raise ValueError(f"{path}: teacher {teacher.name} produced non-finite features")
         writer.add(row["id"], {"pooled": pooled.float(), "frames": frames.float()})
+    writer.meta["n_cut"] = n_cut
     writer.close()
     C.save_resolved(cfg, out)
-    log.info("embedded %d clips with %s into %s", len(ids), teacher.name, out)
-    return meta
+    log.info("embedded %d clips with %s into %s (%d longer than the %.3g-s training window: their first %.3g s)",
+             len(ids), teacher.name, out, n_cut, window, window)
+    return {**meta, "n_cut": n_cut}

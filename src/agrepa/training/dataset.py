@@ -28,7 +28,9 @@ store's ``position_rate`` / ``granularity`` per domain give each clip's token gr
 On loading, a clip whose token and mel durations disagree by more than one token
 is rejected with the reason (``rejected``), and a clip longer than
 ``audio.max_seconds`` is cut to its first whole token steps within that length --
-tokens and mel to the same span. Crop: ``n = floor(train.crop_seconds * r)``
+tokens and mel to the same span (the durations are compared within that window:
+tokens made from the teachers' frames cover the window only, as the teachers embed
+it, :mod:`agrepa.teachers.cache`). Crop: ``n = floor(train.crop_seconds * r)``
 tokens (whole steps) starting at step ``floor(u * n_starts)``, ``u`` in [0, 1),
 and the mel frames of exactly that span (``timing.token_window``); a clip no
 longer than the crop is taken whole. Config B's rows hold both streams (primary,
@@ -227,10 +229,13 @@ class TrainingData:
                              f"expected [T, {self.n_mels}]")
         tok = toks.load("tokens", [clip_id])[clip_id].long()
         grid = self.grids[DOMAINS.index(dom)]
-        why = self._token_problem(tok) or duration_mismatch(tok.shape[0], mel.shape[0], grid)
+        window = grid.positions(self.max_seconds)
+        # compared within the training window: tokens of a teacher's frames cover that window only
+        why = self._token_problem(tok) or duration_mismatch(min(tok.shape[0], window),
+                                                            min(mel.shape[0], grid.frame_at(window)), grid)
         if why:
             return why
-        _, b, _, f1 = token_window(tok.shape[0], mel.shape[0], grid, grid.positions(self.max_seconds))
+        _, b, _, f1 = token_window(tok.shape[0], mel.shape[0], grid, window)
         self.ids.append(clip_id)
         self.domain.append(DOMAINS.index(dom))
         self.mels.append(((mel[:f1] - self.mean) / self.std).contiguous())
