@@ -210,3 +210,37 @@ def test_checkpoint_with_the_affine_bitc_head_still_loads(tmp_path):
     with pytest.raises(ValueError, match="train.bitc_head_affine"):
         train.run(plain, phase="branch", method="baseline", init=warm, out=tmp_path / "b", seed=0, steps=1,
                   **_kw(paths))
+
+
+def test_snapshots_hold_the_ema_only_and_read_as_the_full_state(setup):
+    """A convergence snapshot holds the EMA weights (model + BiT-C) and the run's identity, at
+    most 1.1 x the EMA's bytes; load_run reads the same EMA model from it as from the full
+    state of that step (so held-out and convergence numbers are unchanged), and refuses the
+    training weights, which only last.pt / final.pt hold."""
+    import io as _io
+
+    from agrepa.training.checkpoint import snapshot_dict
+
+    tmp, cfg, _, paths, warm = setup
+    final = train.run(cfg, phase="branch", method="baseline", init=warm, out=tmp / "snap", seed=0, **_kw(paths))
+    snaps = sorted((tmp / "snap" / "snapshots").glob("step_*.pt"))
+    last = snaps[-1]
+    full = _load(final)
+    assert _load(last)["step"] == full["step"]                       # the last snapshot is the final step
+
+    def nbytes(obj) -> int:
+        buf = _io.BytesIO()
+        torch.save(obj, buf)
+        return buf.tell()
+
+    # the run's identity (its config, ~20 kB) is a constant; the weights are the EMA's, no more
+    identity = nbytes({k: v for k, v in snapshot_dict(full).items() if k != "ema"})
+    assert last.stat().st_size - identity <= 1.1 * nbytes(full["ema"])
+    assert last.stat().st_size < 0.6 * final.stat().st_size
+    assert _tensors_equal(_load(last), snapshot_dict(full))
+    a, b = load_run(last), load_run(final)
+    assert (a.step, a.method, a.seed, a.plan) == (b.step, b.method, b.seed, b.plan)
+    for x, y in ((a.model, b.model), (a.bitc, b.bitc)):
+        assert _tensors_equal(x.state_dict(), y.state_dict())
+    with pytest.raises(ValueError, match="EMA-only convergence snapshot"):
+        load_run(last, use_ema=False)

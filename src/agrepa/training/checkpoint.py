@@ -184,6 +184,15 @@ class TrainState:
         return self
 
 
+def snapshot_dict(ck: dict) -> dict:
+    """A convergence snapshot (``snapshots/step_*.pt``) of the checkpoint dict ``ck``: what its
+    readers read (the held-out and convergence curves: :func:`load_run` with the EMA weights),
+    i.e. the run's identity and the EMA of the model and the BiT-C heads, fp32 as evaluated;
+    no training weights, optimiser, sampler or RNG (``last.pt`` and ``final.pt`` keep those)."""
+    keep = {"format", *RunSpec.__dataclass_fields__, "step"}
+    return {**{k: v for k, v in ck.items() if k in keep}, "ema": ck["ema"], "snapshot": True}
+
+
 def read_checkpoint(path: str | os.PathLike, what: str = "training checkpoint") -> dict:
     """A checkpoint dict written by ``agrepa train`` (weights only); errors name the file."""
     path = Path(path)
@@ -302,6 +311,9 @@ def load_run(path: str | os.PathLike, map_location="cpu", use_ema: bool = True) 
     ck = read_checkpoint(path, "checkpoint")
     cfg = ck["config"]
     model = build_model(cfg, ck["vocab_size"], ck.get("token_layout"))  # absent: an older Config A checkpoint
+    if not use_ema and ck.get("snapshot"):
+        raise ValueError(f"{path}: an EMA-only convergence snapshot holds no training weights "
+                         f"(the training weights are in the run's last.pt / final.pt)")
     src = ck["ema"] if use_ema else {"model": ck["model"], "bitc": ck["bitc"]}
     # the head's form from its weights: checkpoints written before train.bitc_head_affine hold the affine one
     bitc = BiTCHeads(model.token_dim, ck["teacher_dims"], cfg["train"]["bitc_weight"],

@@ -62,7 +62,7 @@ from ..model import build_model, recipe
 from ..model.tokens import CONFIG_A_LAYOUT
 from . import distributed as dist_mod
 from .checkpoint import (EMA, RunSpec, TrainState, prepare_resume, read_checkpoint, resume, rng_state, seed_everything,
-                         set_rng_state)
+                         set_rng_state, snapshot_dict)
 from .dataset import BalancedSampler, DataPaths, TrainingData, crop_frames, derive_seed, generator, shard
 from . import similarity
 from .objectives import BITC_OBJECTIVES, BiTCHeads, REPAHeads, flow_matching_loss, method_config, method_plan, plan_to_json
@@ -505,7 +505,7 @@ def write_checkpoints(loop: Loop, state: TrainState, metrics: MetricsLog, done: 
             metrics.write()
             return
         if done in loop.snapshots:
-            io.torch_save(loop.out / "snapshots" / f"step_{done:06d}.pt", ck)
+            io.torch_save(loop.out / "snapshots" / f"step_{done:06d}.pt", snapshot_dict(ck))
         if done == total:
             io.torch_save(loop.out / "final.pt", ck)
         if done % loop.every == 0:
