@@ -214,3 +214,58 @@ def test_same_seed_same_bytes(paper_fixtures, tmp_path):
     again = build_paper_fixtures(CFG, tmp_path / "again", seed=0)
     first = json.loads((paper_fixtures / "fixtures.json").read_text())
     assert json.loads(again.read_text())["sha256"] == first["sha256"]
+
+
+# --scale K (issue 23, item 6). Golden hashes measured with main's code before --scale existed
+# (cd29f93): the speech jobs (every utterance's seed key, speaker and length) and the whole AudioSet tree.
+SCALE1_JOBS_SHA = "9340d4f08374f9f199f2c4414429331e6e3c7607ed2307bfd35019c28658e1ad"
+SCALE1_AUDIOSET_SHA = "e7fd23cba7e716e38173d01647eac986c8bc3f5f33a46f4f7807e3cbdf386cba"
+
+
+def _tree_sha(root) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_scale_1_writes_todays_corpora(tmp_path):
+    import hashlib
+
+    from agrepa.fixtures import audioset, speech
+
+    jobs = speech.utterance_jobs(0, CFG["data"]["librispeech"]["subsets"], scale=1)
+    assert hashlib.sha256(repr(jobs).encode()).hexdigest() == SCALE1_JOBS_SHA
+    audioset.write_audioset(tmp_path, CFG["data"]["audioset"], 0, scale=1)
+    assert _tree_sha(tmp_path) == SCALE1_AUDIOSET_SHA
+    with pytest.raises(ValueError, match="--scale"):
+        speech.utterance_jobs(0, CFG["data"]["librispeech"]["subsets"], scale=0)
+
+
+def test_scale_2_doubles_the_smallest_split_with_unique_ids(tmp_path):
+    from agrepa.corpora.audioset import load_audioset
+    from agrepa.corpora.librispeech import load_librispeech
+    from agrepa.fixtures import audioset, speech
+
+    subsets = {"valid": ["dev-clean"]}                              # the smallest speech split (2 utterances)
+    counts = {k: len(speech.utterance_jobs(0, subsets, scale=k)) for k in (1, 2)}
+    assert counts[2] == 2 * counts[1]
+    speech.write_librispeech(tmp_path / "ls", subsets, 0, workers=2, scale=2)
+    rows, rejects = load_librispeech(tmp_path / "ls", subsets, CFG["audio"])
+    assert rejects == [] and len(rows) == counts[2] and len({r["id"] for r in rows}) == len(rows)
+    assert len({r["speaker"] for r in rows}) == 2                  # a new speaker id for the replica
+    waves = [sf.read(r["path"])[0] for r in rows]
+    assert not any(np.array_equal(waves[0], w) for w in waves[1:])  # new audio
+
+    one = audioset.write_audioset(tmp_path / "as1", CFG["data"]["audioset"], 0, scale=1)
+    two = audioset.write_audioset(tmp_path / "as2", CFG["data"]["audioset"], 0, scale=2)
+    assert len(two) == 2 * len(one) and len({p["ytid"] for p in two}) == len(two)
+    _, _, s1 = load_audioset(tmp_path / "as1", CFG["data"]["audioset"], CFG["audio"])
+    rows2, _, s2 = load_audioset(tmp_path / "as2", CFG["data"]["audioset"], CFG["audio"])
+    assert all(s2[k]["listed"] == 2 * s1[k]["listed"] for k in s1)
+    assert sum(v["kept"] for v in s2.values()) == sum(1 for p in two if not p["missing"])
+    assert len({r["id"] for r in rows2}) == len(rows2)

@@ -196,3 +196,29 @@ def test_rr_rate_overrides_on_another_backbone_fail_with_the_key(wf, tmp_path):
     rc, out = plan_with(wf, tmp_path, "model: {arch: f5}\nreport:\n  rr:\n    r2: {in_all: true}\n")
     assert rc != 0
     assert "methods.rr_lam0p3_cfg0p05.train: ['cfg_drop_tokens'] are the DiT recipe's CFG rates" in out
+
+
+def test_every_rule_writes_a_benchmark_file(wf):
+    """Issue 23, item 7: each rule names a benchmark file next to its log, and in a dry run of the
+    default every planned job has its own, named like its log (results/benchmarks/<rule>/ for
+    results/logs/<rule>/; a derived rule may share its parent's folder, as its log does)."""
+    import re
+
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        if smk.name != "common.smk":
+            text = smk.read_text()
+            assert text.count("log:") == text.count("benchmark:") == text.count("bench_path("), smk.name
+    r = snakemake(["-n", "--cores", "2"], wf)
+    assert r.returncode == 0, r.stderr + r.stdout
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", r.stdout, flags=re.M)
+    assert len(jobs) > 10
+    seen = set()
+    for rule, block in jobs:
+        if "    output: " not in block:
+            continue                                    # the Snakefile's target rules (all, ...) run nothing
+        bench = re.search(r"^    benchmark: (\S+)$", block, flags=re.M)
+        log = re.search(r"^    log: (\S+)\.log$", block, flags=re.M)
+        assert bench and log, (rule, block)
+        assert bench.group(1) == log.group(1).replace("results/logs/", "results/benchmarks/", 1) + ".tsv"
+        assert bench.group(1) not in seen
+        seen.add(bench.group(1))

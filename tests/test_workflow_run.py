@@ -58,6 +58,18 @@ def test_the_run_forked_every_job_from_the_warm_server(wf):
     assert len(forked) == sum(counts.values()) - counts["all"]      # every job but `all` runs `agrepa`
 
 
+def test_every_job_wrote_its_benchmark_file(wf):
+    # issue 23, item 7: Snakemake's benchmark table (wall clock, max RSS, I/O) per job, named like its log
+    counts = job_counts((wf / "first_run.log").read_text())
+    benches = sorted((wf / "results" / "benchmarks").rglob("*.tsv"))
+    assert len(benches) >= sum(counts.values()) - counts["all"]
+    for path in benches:
+        header, row = path.read_text().splitlines()[:2]
+        assert header.split("\t")[:3] == ["s", "h:m:s", "max_rss"] and float(row.split("\t")[0]) >= 0
+        log = wf / "results" / "logs" / path.relative_to(wf / "results" / "benchmarks").with_suffix(".log")
+        assert log.exists(), path
+
+
 def test_every_target_is_produced(wf):
     res = wf / "results"
     for t in TARGETS:

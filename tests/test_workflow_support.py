@@ -57,10 +57,11 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 def mtimes(root: Path) -> dict[str, int]:
-    """Relative path -> mtime_ns of every file under root (logs and hidden files excluded)."""
+    """Relative path -> mtime_ns of every file under root (logs, benchmarks and hidden files excluded)."""
     out = {}
     for p in root.rglob("*"):
         rel = p.relative_to(root)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts) and rel.parts[0] != "logs":
+        top = rel.parts[0]
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts) and top not in ("logs", "benchmarks"):
             out[str(rel)] = p.stat().st_mtime_ns
     return out

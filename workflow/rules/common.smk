@@ -98,6 +98,13 @@ def log_path(rule_name, *wildcard_parts):
     return res_path("logs", rule_name, name + ".log")
 
 
+def bench_path(rule_name, *wildcard_parts):
+    """One Snakemake benchmark file per job, named like its log: {results_dir}/benchmarks/<rule>/<wildcards>.tsv
+    (wall clock, max RSS/VMS/USS/PSS, I/O and CPU time of the job's process tree; locally and under SLURM)."""
+    name = "_".join(wildcard_parts) if wildcard_parts else rule_name
+    return res_path("benchmarks", rule_name, name + ".tsv")
+
+
 # --- the experiment grid -----------------------------------------------------------
 def experiment_grid(cfg):
     """Token configs, seeds, trained methods and the selection strategies they need.

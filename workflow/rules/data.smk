@@ -14,6 +14,8 @@ if config["data"]["source"] == "synth":
             cfg=config_hash("agrepa.corpora.cli"),
         log:
             log_path("data_synth"),
+        benchmark:
+            bench_path("data_synth")
         threads: res("data", "threads")
         resources:
             **resources_of("data"),
@@ -35,6 +37,8 @@ else:
             corpus="librispeech|audioset",
         log:
             log_path("data_corpus", "{corpus}"),
+        benchmark:
+            bench_path("data_corpus", "{corpus}")
         threads: res("data", "threads")
         resources:
             **resources_of("data"),
@@ -55,6 +59,8 @@ else:
             dirs=lambda wc, input: " ".join(os.path.dirname(p) for p in input),
         log:
             log_path("data_merge"),
+        benchmark:
+            bench_path("data_merge")
         threads: 1
         resources:
             **resources_of("default"),
@@ -74,6 +80,8 @@ rule data_mels:
         cfg=config_hash("agrepa.corpora.cli"),
     log:
         log_path("data_mels"),
+    benchmark:
+        bench_path("data_mels")
     threads: res("data", "threads")
     resources:
         **resources_of("data"),

@@ -18,6 +18,8 @@ rule sample:
         cfg=lambda wc: config_hash("agrepa.generation.cli", method=wc.method, arch=config["model"]["arch"]),
     log:
         log_path("sample", "{tc}", "seed{seed}", "{method}"),
+    benchmark:
+        bench_path("sample", "{tc}", "seed{seed}", "{method}")
     threads: res("sample", "threads")
     resources:
         **resources_of("sample"),
@@ -44,6 +46,8 @@ use rule sample as sample_arch with:
         cfg=lambda wc: config_hash("agrepa.generation.cli", method=wc.method, arch=wc.arch),
     log:
         log_path("sample", "{arch}", "{tc}", "seed{seed}", "{method}"),
+    benchmark:
+        bench_path("sample", "{arch}", "{tc}", "seed{seed}", "{method}")
 
 
 EVENTS_CLASSIFIER = config["eval"]["events"]["classifier"] == "events"
@@ -65,6 +69,8 @@ if EVENTS_CLASSIFIER:
             cfg=config_hash("agrepa.teachers.cli", role="acoustic"),
         log:
             log_path("eval_classifier_train"),
+        benchmark:
+            bench_path("eval_classifier_train")
         threads: res("teacher_train", "threads")
         resources:
             **resources_of("teacher_train"),
@@ -100,6 +106,8 @@ rule heldout:
         cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method, arch=config["model"]["arch"]),
     log:
         log_path("heldout", "{tc}", "seed{seed}", "{method}"),
+    benchmark:
+        bench_path("heldout", "{tc}", "seed{seed}", "{method}")
     threads: res("evaluate", "threads")
     resources:
         **resources_of("evaluate"),
@@ -127,6 +135,8 @@ use rule heldout as heldout_arch with:
         cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method, arch=wc.arch),
     log:
         log_path("heldout", "{arch}", "{tc}", "seed{seed}", "{method}"),
+    benchmark:
+        bench_path("heldout", "{arch}", "{tc}", "seed{seed}", "{method}")
 
 
 def scorer_inputs(tcs):
@@ -169,6 +179,8 @@ rule evaluate:
         cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method, arch=config["model"]["arch"]),
     log:
         log_path("evaluate", "{tc}", "seed{seed}", "{method}"),
+    benchmark:
+        bench_path("evaluate", "{tc}", "seed{seed}", "{method}")
     threads: res("evaluate", "threads")
     resources:
         **resources_of("evaluate"),
@@ -197,6 +209,8 @@ use rule evaluate as evaluate_arch with:
         cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method, arch=wc.arch),
     log:
         log_path("evaluate", "{arch}", "{tc}", "seed{seed}", "{method}"),
+    benchmark:
+        bench_path("evaluate", "{arch}", "{tc}", "seed{seed}", "{method}")
 
 
 rule evaluate_reference:
@@ -212,6 +226,8 @@ rule evaluate_reference:
         cfg=config_hash("agrepa.evaluation.cli"),
     log:
         log_path("evaluate_reference"),
+    benchmark:
+        bench_path("evaluate_reference")
     threads: res("evaluate", "threads")
     resources:
         **resources_of("evaluate"),
@@ -239,6 +255,8 @@ if CURVE_METRIC == "fad":
             cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method, arch=config["model"]["arch"]),
         log:
             log_path("convergence", "{tc}", "seed{seed}", "{method}"),
+        benchmark:
+            bench_path("convergence", "{tc}", "seed{seed}", "{method}")
         threads: res("evaluate", "threads")
         resources:
             **resources_of("evaluate"),
@@ -266,6 +284,8 @@ rule listening_test:
         cfg=config_hash("agrepa.evaluation.cli"),
     log:
         log_path("listening_test"),
+    benchmark:
+        bench_path("listening_test")
     threads: 1
     resources:
         **resources_of("report"),

@@ -27,6 +27,8 @@ rule lsac_probe:
         cfg=config_hash("agrepa.caching.probe"),
     log:
         log_path("lsac_probe", "{tc}", "seed{seed}", "{method}"),
+    benchmark:
+        bench_path("lsac_probe", "{tc}", "seed{seed}", "{method}")
     threads: res("sample", "threads")
     resources:
         **resources_of("sample"),
@@ -48,6 +50,8 @@ rule lsac_select:
         cfg=config_hash("agrepa.caching.selection"),
     log:
         log_path("lsac_select", "{tc}", "seed{seed}", "{method}"),
+    benchmark:
+        bench_path("lsac_select", "{tc}", "seed{seed}", "{method}")
     threads: 1
     resources:
         **resources_of("default"),
@@ -82,6 +86,8 @@ rule lsac_eval:
         cfg=config_hash("agrepa.caching.experiment"),
     log:
         log_path("lsac_eval", "{tc}", "seed{seed}", "{method}"),
+    benchmark:
+        bench_path("lsac_eval", "{tc}", "seed{seed}", "{method}")
     threads: res("sample", "threads")
     resources:
         **resources_of("sample"),
@@ -106,6 +112,8 @@ rule report_lsac_table:
         **REPORT_PARAMS,
     log:
         log_path("report_lsac_table"),
+    benchmark:
+        bench_path("report_lsac_table")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -122,6 +130,8 @@ rule report_lsac_figure:
         **REPORT_PARAMS,
     log:
         log_path("report_lsac_figure", "{tc}"),
+    benchmark:
+        bench_path("report_lsac_figure", "{tc}")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -140,6 +150,8 @@ rule report_lsac_probe_figure:
         **REPORT_PARAMS,
     log:
         log_path("report_lsac_probe_figure", "{tc}"),
+    benchmark:
+        bench_path("report_lsac_probe_figure", "{tc}")
     conda:
         "../../envs/agrepa.yaml"
     shell:

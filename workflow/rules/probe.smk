@@ -16,6 +16,8 @@ rule probe:
         cfg=config_hash("agrepa.probing.cli", arch=config["model"]["arch"]),
     log:
         log_path("probe", "{tc}", "seed{seed}"),
+    benchmark:
+        bench_path("probe", "{tc}", "seed{seed}")
     threads: res("probe", "threads")
     resources:
         **resources_of("probe"),
@@ -36,6 +38,8 @@ rule select:
         cfg=config_hash("agrepa.probing.cli"),
     log:
         log_path("select", "{tc}", "seed{seed}", "{strategy}"),
+    benchmark:
+        bench_path("select", "{tc}", "seed{seed}", "{strategy}")
     threads: 1
     resources:
         **resources_of("default"),
@@ -62,6 +66,8 @@ use rule probe as probe_arch with:
         cfg=lambda wc: config_hash("agrepa.probing.cli", arch=wc.arch),
     log:
         log_path("probe", "{arch}", "{tc}", "seed{seed}"),
+    benchmark:
+        bench_path("probe", "{arch}", "{tc}", "seed{seed}")
 
 
 use rule select as select_arch with:
@@ -71,3 +77,5 @@ use rule select as select_arch with:
         json=SELECTION_ARCH,
     log:
         log_path("select", "{arch}", "{tc}", "seed{seed}", "{strategy}"),
+    benchmark:
+        bench_path("select", "{arch}", "{tc}", "seed{seed}", "{strategy}")

@@ -37,6 +37,8 @@ rule report_metrics:
         **REPORT_PARAMS,
     log:
         log_path("report_metrics"),
+    benchmark:
+        bench_path("report_metrics")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -53,6 +55,8 @@ rule report_table1:
         **REPORT_PARAMS,
     log:
         log_path("report_table1"),
+    benchmark:
+        bench_path("report_table1")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -70,6 +74,8 @@ rule report_metrics_table2:
         **REPORT_PARAMS,
     log:
         log_path("report_metrics_table2"),
+    benchmark:
+        bench_path("report_metrics_table2")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -89,6 +95,8 @@ rule report_paired:
         **REPORT_PARAMS,
     log:
         log_path("report_paired"),
+    benchmark:
+        bench_path("report_paired")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -106,6 +114,8 @@ rule report_paired_table2:
         **REPORT_PARAMS,
     log:
         log_path("report_paired_table2"),
+    benchmark:
+        bench_path("report_paired_table2")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -122,6 +132,8 @@ rule report_summary:
         **REPORT_PARAMS,
     log:
         log_path("report_summary"),
+    benchmark:
+        bench_path("report_summary")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -140,6 +152,8 @@ rule report_table2:
         **REPORT_PARAMS,
     log:
         log_path("report_table2"),
+    benchmark:
+        bench_path("report_table2")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -160,6 +174,8 @@ rule report_table3:
         **REPORT_PARAMS,
     log:
         log_path("report_table3"),
+    benchmark:
+        bench_path("report_table3")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -178,6 +194,8 @@ rule report_forest:
         **REPORT_PARAMS,
     log:
         log_path("report_forest"),
+    benchmark:
+        bench_path("report_forest")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -195,6 +213,8 @@ rule report_figure1:
         **REPORT_PARAMS,
     log:
         log_path("report_figure1", "{tc}"),
+    benchmark:
+        bench_path("report_figure1", "{tc}")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -212,6 +232,8 @@ rule report_layer_scores:
         **REPORT_PARAMS,
     log:
         log_path("report_layer_scores", "{tc}"),
+    benchmark:
+        bench_path("report_layer_scores", "{tc}")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -229,6 +251,8 @@ rule report_convergence:
         **REPORT_PARAMS,
     log:
         log_path("report_convergence", "{tc}"),
+    benchmark:
+        bench_path("report_convergence", "{tc}")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -246,6 +270,8 @@ rule report_seed_scatter:
         **REPORT_PARAMS,
     log:
         log_path("report_seed_scatter"),
+    benchmark:
+        bench_path("report_seed_scatter")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -286,6 +312,8 @@ rule report_table4:
         **REPORT_PARAMS,
     log:
         log_path("report_table4"),
+    benchmark:
+        bench_path("report_table4")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -303,6 +331,8 @@ rule report_table4_figure:
         **REPORT_PARAMS,
     log:
         log_path("report_table4_figure"),
+    benchmark:
+        bench_path("report_table4_figure")
     conda:
         "../../envs/agrepa.yaml"
     shell:

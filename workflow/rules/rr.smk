@@ -51,6 +51,8 @@ rule rr_rsa:
         cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method, arch=config["model"]["arch"]),
     log:
         log_path("rr_rsa", "{tc}", "seed{seed}", "{method}"),
+    benchmark:
+        bench_path("rr_rsa", "{tc}", "seed{seed}", "{method}")
     threads: res("evaluate", "threads")
     resources:
         **resources_of("evaluate"),
@@ -75,6 +77,8 @@ rule rr_sample_scale:
         scale_key=scale_key(),
     log:
         log_path("rr_sample_scale", "cfg{scale}", "{tc}", "seed{seed}", "{method}"),
+    benchmark:
+        bench_path("rr_sample_scale", "cfg{scale}", "{tc}", "seed{seed}", "{method}")
     threads: res("sample", "threads")
     resources:
         **resources_of("sample"),
@@ -106,6 +110,8 @@ rule rr_evaluate_scale:
         cfg=lambda wc: config_hash("agrepa.evaluation.cli", method=wc.method, arch=config["model"]["arch"]),
     log:
         log_path("rr_evaluate_scale", "cfg{scale}", "{tc}", "seed{seed}", "{method}"),
+    benchmark:
+        bench_path("rr_evaluate_scale", "cfg{scale}", "{tc}", "seed{seed}", "{method}")
     threads: res("evaluate", "threads")
     resources:
         **resources_of("evaluate"),
@@ -128,6 +134,8 @@ rule report_rr_metrics:
         **REPORT_PARAMS,
     log:
         log_path("report_rr_metrics", "{table}"),
+    benchmark:
+        bench_path("report_rr_metrics", "{table}")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -144,6 +152,8 @@ rule report_rr_table1:
         **REPORT_PARAMS,
     log:
         log_path("report_rr_table1"),
+    benchmark:
+        bench_path("report_rr_table1")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -160,6 +170,8 @@ rule report_rr_table2:
         **REPORT_PARAMS,
     log:
         log_path("report_rr_table2"),
+    benchmark:
+        bench_path("report_rr_table2")
     conda:
         "../../envs/agrepa.yaml"
     shell:
@@ -178,6 +190,8 @@ rule report_rr_figure3:
         **REPORT_PARAMS,
     log:
         log_path("report_rr_figure3"),
+    benchmark:
+        bench_path("report_rr_figure3")
     conda:
         "../../envs/agrepa.yaml"
     shell:

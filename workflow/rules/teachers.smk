@@ -18,6 +18,8 @@ if EVENTS:
             cfg=config_hash("agrepa.teachers.cli", role="acoustic"),
         log:
             log_path("teacher_train"),
+        benchmark:
+            bench_path("teacher_train")
         threads: res("teacher_train", "threads")
         resources:
             **resources_of("teacher_train"),
@@ -52,6 +54,8 @@ rule teacher_embed:
         cfg=lambda wc: config_hash("agrepa.teachers.cli", role=wc.role),
     log:
         log_path("teacher_embed", "{role}"),
+    benchmark:
+        bench_path("teacher_embed", "{role}")
     threads: res("teacher_embed", "threads")
     resources:
         **resources_of("teacher_embed"),
@@ -73,6 +77,8 @@ rule tokens_fit:
         cfg=config_hash("agrepa.tokenizers.cli"),
     log:
         log_path("tokens_fit", "{stream}"),
+    benchmark:
+        bench_path("tokens_fit", "{stream}")
     threads: res("tokens", "threads")
     resources:
         **resources_of("tokens"),
@@ -109,6 +115,8 @@ rule tokens_encode:
         cfg=config_hash("agrepa.tokenizers.cli"),
     log:
         log_path("tokens_encode", "{tc}"),
+    benchmark:
+        bench_path("tokens_encode", "{tc}")
     threads: res("tokens", "threads")
     resources:
         **resources_of("tokens"),

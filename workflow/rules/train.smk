@@ -73,6 +73,8 @@ rule train_warmup:
         cfg=config_hash("agrepa.training.cli", arch=config["model"]["arch"]),
     log:
         log_path("train_warmup", "{tc}", "seed{seed}"),
+    benchmark:
+        bench_path("train_warmup", "{tc}", "seed{seed}")
     threads: res("train", "threads") * train_processes()
     resources:
         **train_resources(),
@@ -111,6 +113,8 @@ rule train_branch:
         cfg=lambda wc: config_hash("agrepa.training.cli", method=wc.method, arch=config["model"]["arch"]),
     log:
         log_path("train_branch", "{tc}", "seed{seed}", "{method}"),
+    benchmark:
+        bench_path("train_branch", "{tc}", "seed{seed}", "{method}")
     threads: res("train", "threads") * train_processes()
     resources:
         **train_resources(),
@@ -138,6 +142,8 @@ use rule train_warmup as train_warmup_arch with:
         cfg=lambda wc: config_hash("agrepa.training.cli", arch=wc.arch),
     log:
         log_path("train_warmup", "{arch}", "{tc}", "seed{seed}"),
+    benchmark:
+        bench_path("train_warmup", "{arch}", "{tc}", "seed{seed}")
 
 
 use rule train_branch as train_branch_arch with:
@@ -155,3 +161,5 @@ use rule train_branch as train_branch_arch with:
         cfg=lambda wc: config_hash("agrepa.training.cli", method=wc.method, arch=wc.arch),
     log:
         log_path("train_branch", "{arch}", "{tc}", "seed{seed}", "{method}"),
+    benchmark:
+        bench_path("train_branch", "{arch}", "{tc}", "seed{seed}", "{method}")
