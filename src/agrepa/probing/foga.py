@@ -115,22 +115,30 @@ def foga_train_mode(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, pro
     """FoG-A per sample and layer -> [B, L] with the model in train mode: the clean pass and
     each ablated pass (g_l = 0) are full forwards with their own dropout masks, drawn from
     torch's generator seeded by ``seed`` (the global RNG state is restored afterwards)."""
-    L = model.n_layers
     was_training = model.training
     devices = [x_t.device] if x_t.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed))
         model.train()
         try:
-            v = model(x_t, t, tokens, prompt, mask)
-            scores = torch.empty(L, v.shape[0], dtype=v.dtype, device=v.device)
-            for l in range(L):
-                gates = torch.ones(L, dtype=v.dtype, device=v.device)
-                gates[l] = 0
-                scores[l] = relative_deviation(v, model(x_t, t, tokens, prompt, mask, gates=gates), mask, eps)[0]
+            scores = gated_ablations(model, x_t, t, tokens, prompt, mask, eps)
         finally:
             model.train(was_training)
     return scores.T.contiguous()
+
+
+def gated_ablations(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
+                    mask: Tensor | None, eps: float) -> Tensor:
+    """[L, B]: the relative deviation of one full forward with g_l = 0 (every other gate 1)
+    from one clean forward, per layer l and sample, in the model's current mode."""
+    L = model.n_layers
+    v = model(x_t, t, tokens, prompt, mask)
+    scores = torch.empty(L, v.shape[0], dtype=v.dtype, device=v.device)
+    for l in range(L):
+        gates = torch.ones(L, dtype=v.dtype, device=v.device)
+        gates[l] = 0
+        scores[l] = relative_deviation(v, model(x_t, t, tokens, prompt, mask, gates=gates), mask, eps)[0]
+    return scores
 
 
 @torch.no_grad()
@@ -201,13 +209,5 @@ def foga(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor
 def foga_naive(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
                mask: Tensor | None = None, eps: float = 1e-6) -> Tensor:
     """Reference FoG-A -> Tensor[L]: one full gated forward per layer (g_l = 0, others 1)."""
-    L = model.n_layers
     with eval_mode(model):
-        v = model(x_t, t, tokens, prompt, mask)
-        out = []
-        for l in range(L):
-            gates = torch.ones(L, dtype=v.dtype, device=v.device)
-            gates[l] = 0
-            v_abl = model(x_t, t, tokens, prompt, mask, gates=gates)
-            out.append(relative_deviation(v, v_abl, mask, eps)[0].mean())
-        return torch.stack(out)
+        return gated_ablations(model, x_t, t, tokens, prompt, mask, eps).mean(1)

@@ -154,10 +154,15 @@ def gradnorm(model: Backbone, batch: dict, x0: Tensor, t_grid: Sequence[float],
 
 # --------------------------------------------------------------------------- the probe sweep
 
+def batch_seed(seed: int, domain_index: int, batch_index: int) -> int:
+    """The seed of one probe batch (its noise; with ``* 1_009 + k``, its k-th flow time's dropout)."""
+    return int(seed) * 1_000_003 + domain_index * 10_007 + batch_index
+
+
 def fixed_noise(like: Tensor, seed: int, domain_index: int, batch_index: int) -> Tensor:
     """x0 for one probe batch: standard normal drawn on CPU from a generator seeded by
     (seed, domain, batch), so it depends on nothing else (device, other batches)."""
-    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + domain_index * 10_007 + batch_index)
+    g = torch.Generator().manual_seed(batch_seed(seed, domain_index, batch_index))
     return torch.randn(like.shape, generator=g, dtype=torch.float32).to(device=like.device, dtype=like.dtype)
 
 
@@ -221,7 +226,7 @@ def run_probes(model: Backbone, batches: dict[str, list[dict]], t_grid: Sequence
                 tt = torch.full((x1.shape[0],), float(t), dtype=x1.dtype, device=x1.device)
                 x_t, _ = ot_path(x0, x1, tt)
                 if "foga" in probes:                   # LASP reuses FoG-A's clean forward
-                    dropout_seed = (int(noise_seed) * 1_000_003 + d_idx * 10_007 + i) * 1_009 + k
+                    dropout_seed = batch_seed(noise_seed, d_idx, i) * 1_009 + k
                     scores, hidden = foga_per_sample(model, x_t, tt, tokens, prompt, mask, eps,
                                                      max_streams, return_hidden=True, mode=foga_mode,
                                                      seed=dropout_seed)
