@@ -195,7 +195,9 @@ def test_batches_hold_the_tokens_of_the_cropped_mel(stores, frames, token_config
 
 
 def test_rejects_a_clip_whose_tokens_do_not_match_its_audio(stores, tmp_path):
-    """A token store written for other audio (here: the 20 s clip's tokens halved) is caught."""
+    """A token store written for other audio (here: the 20 s clip's tokens halved) is caught.
+    The durations are compared within the training window (8 s): the teachers embedded the
+    clip's first 8 s, so its 400 tokens halved are 200 against the window's 750 mel frames."""
     from agrepa.store import StoreWriter
 
     root = stores["root"]
@@ -209,7 +211,7 @@ def test_rejects_a_clip_whose_tokens_do_not_match_its_audio(stores, tmp_path):
     data = TrainingData(cfg, DataPaths(stores["manifest"], root / "mels", tmp_path / "tokens", root / "semantic",
                                        stores["time"]["acoustic"]))
     assert LONG not in data.ids and [i for i, _ in data.rejected] == [LONG]
-    assert "500 tokens at 50/s (10.000 s) but 1876 mel frames (20.011 s)" in dict(data.rejected)[LONG]
+    assert "200 tokens at 50/s (4.000 s) but 750 mel frames (8.000 s)" in dict(data.rejected)[LONG]
 
 
 def test_beats_tokenizer_checkpoint_format(stores, tmp_path):
