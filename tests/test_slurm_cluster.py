@@ -238,6 +238,9 @@ def test_gpu_requests_are_accepted_and_training_gets_one_process_per_gpu(slice_r
     assert re.search(r"NumCPUs=2\b", info), info        # 2 processes x resources.train.threads (1)
     log = (slice_run.root / WARMUP_LOG).read_text()
     assert "rank 1/2 joined the gloo process group" in log
+    # through the multi-node launch path (resources.train.nodes: 1): a torchrun c10d rendezvous at
+    # the job's first node, found by `scontrol show job` inside the job (agrepa.training.launch)
+    assert "torchrun --nnodes 1 --nproc_per_node 2 --rdzv-backend c10d" in slice_run.output
 
 
 def _resumed_at(log: str) -> int:
@@ -284,9 +287,11 @@ def references(slice_run):
     run = slice_run
     assert run.rc == 0, _fail_text(run)
     two = _warmup_command(run, "ref/two", "ref/two.log")
-    launcher = "OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m agrepa.cli train "
-    assert two.startswith(launcher), two
-    one = "agrepa train " + two[len(launcher):].replace("ref/two", "ref/one")
+    launcher = re.match(r"OMP_NUM_THREADS=1 torchrun --nnodes 1 --nproc_per_node 2 --rdzv-backend c10d "
+                        r"--rdzv-endpoint \$\(python -m agrepa\.training\.launch\) "
+                        r"--rdzv-id \$\{SLURM_JOB_ID:-agrepa\} -m agrepa\.cli train ", two)
+    assert launcher, two               # outside SLURM the endpoint is localhost:0 (agrepa.training.launch)
+    one = "agrepa train " + two[launcher.end():].replace("ref/two", "ref/one")
     env = dict(os.environ, PATH=os.pathsep.join([str(BIN), os.environ["PATH"]]), OMP_NUM_THREADS="1")
     (run.root / "ref").mkdir(exist_ok=True)
     for cmd in (two, one):

@@ -76,6 +76,45 @@ def test_paper_dry_run_plans_the_table4_grid(wf):
         assert sum(f"--set model.arch={arch} " in line for line in warmups) == n_seed, arch
 
 
+def test_multi_node_training_is_srun_starting_torchrun_on_every_node(wf, tmp_path):
+    """resources.train.nodes: 2 (4 GPUs each): one task per node, 4 GPUs per node (gres), the
+    rule's shell once on the first node (mpi), srun starting torchrun with a c10d rendezvous."""
+    (tmp_path / "nodes.yaml").write_text("resources: {train: {gpu: 4, nodes: 2, threads: 8}}\n")
+    r = snakemake(["--profile", "slurm", "-n", "-p", "results/runs/A/seed0/warmup/final.pt",
+                   "--configfile", "config/paper.yaml", str(tmp_path / "nodes.yaml")], wf, env=SKIP)
+    assert r.returncode == 0, r.stdout + r.stderr
+    line = next(x for x in r.stdout.splitlines() if "--phase warmup" in x).split("Shell command: ", 1)[-1]
+    assert line.startswith("OMP_NUM_THREADS=8 srun --nodes 2 --ntasks-per-node 1 --kill-on-bad-exit=1 "
+                                    "torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d "
+                                    "--rdzv-endpoint $(python -m agrepa.training.launch) "
+                                    "--rdzv-id ${SLURM_JOB_ID:-agrepa} -m agrepa.cli train "), line
+    block = r.stdout[r.stdout.index("rule train_warmup:"):]
+    block = block[:block.index("\n\n")]
+    for key in ("nodes=2", "tasks=2", "tasks_per_gpu=0", "mpi=srun", "gres=gpu:4"):
+        assert key in block, block
+    assert "gpu=" not in block.replace("tasks_per_gpu=", ""), block     # --gpus would count the whole job's
+
+
+def test_rendezvous_endpoint_is_the_jobs_first_node():
+    from agrepa.training.launch import rendezvous_endpoint
+
+    calls = []
+
+    def scontrol(*args):
+        calls.append(args)
+        if args[:2] == ("show", "job"):
+            return "JobId=12345 JobName=x NodeList=gpu[07-08] BatchHost=gpu07 NumNodes=2\n"
+        assert args == ("show", "hostnames", "gpu[07-08]")
+        return "gpu07\ngpu08\n"
+
+    assert rendezvous_endpoint({"SLURM_JOB_ID": "12345"}, scontrol) == "gpu07:41845"   # 29500 + 12345
+    assert calls[0] == ("show", "job", "-o", "12345")
+    assert rendezvous_endpoint({"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "gpu[07-08]"}, scontrol) == "gpu07:29507"
+    assert rendezvous_endpoint({}, scontrol) == "localhost:0"
+    with pytest.raises(ValueError, match="SLURM job 9: scontrol show job gives no NodeList"):
+        rendezvous_endpoint({"SLURM_JOB_ID": "9"}, lambda *a: "JobId=9 JobState=PENDING\n")
+
+
 FAKE = {
     # log the arguments and answer like `sbatch --parsable`: a job id
     "sbatch": 'n=$(( $(cat "$FAKE_SLURM_DIR/sbatch.log" 2>/dev/null | wc -l) + 1000 ))\n'

@@ -9,11 +9,9 @@
 # retrains (prepare_resume in src/agrepa/training/checkpoint.py).
 #
 # Multi-GPU: resources.train.gpu = N > 1 runs N processes (torchrun, one per GPU) in
-# the job; the job asks for N GPUs and N x resources.train.threads CPUs.
-
-
-def train_resources():
-    return dict(**resources_of("train"), train_attempt=lambda wildcards, attempt: attempt)
+# the job; the job asks for N GPUs and N x resources.train.threads CPUs. Multi-node:
+# resources.train.nodes = M > 1 runs N processes on each of M nodes (srun starts one
+# torchrun per node; they meet at a c10d rendezvous on the first node).
 
 
 def arch_set(wildcards):
@@ -22,18 +20,39 @@ def arch_set(wildcards):
 
 
 def train_processes():
-    """Processes per training job: one per GPU (resources.train.gpu), at least one."""
+    """Processes per node of a training job: one per GPU (resources.train.gpu), at least one."""
     return max(1, int(res("train", "gpu")))
 
 
+def train_nodes():
+    return int(res("train", "nodes"))
+
+
+def train_resources():
+    """Resources of a training job. On M > 1 nodes (resources.train.nodes) it asks SLURM for M
+    tasks, one per node, each with resources.train.gpu GPUs (gres: --gpus would count the whole
+    job's) and the threads of its processes; `mpi` makes the job step run the rule's shell once
+    on the first node, where `srun` starts one torchrun per node (train_command)."""
+    r = dict(**resources_of("train"), train_attempt=lambda wildcards, attempt: attempt)
+    m = train_nodes()
+    if m > 1:
+        gpus = r.pop("gpu")
+        r.update(nodes=m, tasks=m, tasks_per_gpu=0, mpi="srun", **({"gres": f"gpu:{gpus}"} if gpus else {}))
+    return r
+
+
 def train_command():
-    """`agrepa train --config --threads`; with resources.train.gpu = N > 1, torchrun running
-    N such processes with resources.train.threads threads each."""
-    n = train_processes()
-    if n == 1:
+    """`agrepa train --config --threads`. Several processes (resources.train.gpu = G > 1 per
+    node, or resources.train.nodes = M > 1): torchrun with a c10d rendezvous at the job's first
+    node (agrepa.training.launch), started once per node by srun when M > 1; each process has
+    resources.train.threads threads."""
+    n, m = train_processes(), train_nodes()
+    if n == 1 and m == 1:
         return "agrepa train --config {CFG}{params.arch} --threads {threads}"
     t = res("train", "threads")
-    return (f"OMP_NUM_THREADS={t} torchrun --standalone --nproc_per_node {n} "
+    srun = f"srun --nodes {m} --ntasks-per-node 1 --kill-on-bad-exit=1 " if m > 1 else ""
+    return (f"OMP_NUM_THREADS={t} {srun}torchrun --nnodes {m} --nproc_per_node {n} --rdzv-backend c10d "
+            f"--rdzv-endpoint $(python -m agrepa.training.launch) --rdzv-id ${{{{SLURM_JOB_ID:-agrepa}}}} "
             f"-m agrepa.cli train --config {{CFG}}{{params.arch}} --threads {t}")
 
 
