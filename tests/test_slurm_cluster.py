@@ -288,7 +288,7 @@ def references(slice_run):
     assert run.rc == 0, _fail_text(run)
     two = _warmup_command(run, "ref/two", "ref/two.log")
     launcher = re.match(r"OMP_NUM_THREADS=1 torchrun --nnodes 1 --nproc_per_node 2 --rdzv-backend c10d "
-                        r"--rdzv-endpoint \$\(python -m agrepa\.training\.launch\) "
+                        r"--rdzv-endpoint \$\(agrepa-rendezvous\) "
                         r"--rdzv-id \$\{SLURM_JOB_ID:-agrepa\} -m agrepa\.cli train ", two)
     assert launcher, two               # outside SLURM the endpoint is localhost:0 (agrepa.training.launch)
     one = "agrepa train " + two[launcher.end():].replace("ref/two", "ref/one")

@@ -86,7 +86,7 @@ def test_multi_node_training_is_srun_starting_torchrun_on_every_node(wf, tmp_pat
     line = next(x for x in r.stdout.splitlines() if "--phase warmup" in x).split("Shell command: ", 1)[-1]
     assert line.startswith("OMP_NUM_THREADS=8 srun --nodes 2 --ntasks-per-node 1 --kill-on-bad-exit=1 "
                                     "torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d "
-                                    "--rdzv-endpoint $(python -m agrepa.training.launch) "
+                                    "--rdzv-endpoint $(agrepa-rendezvous) "
                                     "--rdzv-id ${SLURM_JOB_ID:-agrepa} -m agrepa.cli train "), line
     block = r.stdout[r.stdout.index("rule train_warmup:"):]
     block = block[:block.index("\n\n")]

@@ -164,7 +164,7 @@ def test_training_with_several_gpus_runs_one_process_per_gpu(wf, tmp_path):
     assert len(jobs) == 2 + 8 + 1 + 2 + 3
     for threads, cmd in jobs:
         assert cmd.startswith("Shell command: OMP_NUM_THREADS=3 torchrun --nnodes 1 --nproc_per_node 2 "
-                              "--rdzv-backend c10d --rdzv-endpoint $(python -m agrepa.training.launch) "
+                              "--rdzv-backend c10d --rdzv-endpoint $(agrepa-rendezvous) "
                               "--rdzv-id ${SLURM_JOB_ID:-agrepa} -m agrepa.cli train --config results/config.yaml"), cmd
         assert " --threads 3 " in cmd and " --attempt 1 > " in cmd
         assert threads == 2 * 3                        # the job's CPUs: 3 threads for each of 2 processes

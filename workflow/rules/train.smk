@@ -52,7 +52,7 @@ def train_command():
     t = res("train", "threads")
     srun = f"srun --nodes {m} --ntasks-per-node 1 --kill-on-bad-exit=1 " if m > 1 else ""
     return (f"OMP_NUM_THREADS={t} {srun}torchrun --nnodes {m} --nproc_per_node {n} --rdzv-backend c10d "
-            f"--rdzv-endpoint $(python -m agrepa.training.launch) --rdzv-id ${{{{SLURM_JOB_ID:-agrepa}}}} "
+            f"--rdzv-endpoint $(agrepa-rendezvous) --rdzv-id ${{{{SLURM_JOB_ID:-agrepa}}}} "
             f"-m agrepa.cli train --config {{CFG}}{{params.arch}} --threads {t}")
 
 

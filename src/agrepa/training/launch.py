@@ -5,7 +5,7 @@ A training job of ``resources.train.gpu`` = G processes per node on
 
     [srun --nodes M --ntasks-per-node 1 --kill-on-bad-exit=1]      # only when M > 1
     torchrun --nnodes M --nproc_per_node G --rdzv-backend c10d \\
-             --rdzv-endpoint $(python -m agrepa.training.launch) --rdzv-id $SLURM_JOB_ID -m agrepa.cli train ...
+             --rdzv-endpoint $(agrepa-rendezvous) --rdzv-id $SLURM_JOB_ID -m agrepa.cli train ...
 
 ``srun`` starts one ``torchrun`` per node, and every ``torchrun`` must name the same
 endpoint: the job's first node, on a port derived from the job id (two jobs sharing a
@@ -56,5 +56,8 @@ def rendezvous_endpoint(env: Mapping[str, str] | None = None, scontrol: Callable
     return f"{first_node(job_id, env, scontrol)}:{rendezvous_port(job_id)}"
 
 
-if __name__ == "__main__":
+def main() -> int:
+    """``agrepa-rendezvous``: print the endpoint (a console script beside ``agrepa``, so a job
+    that finds one finds the other; it imports nothing heavy)."""
     print(rendezvous_endpoint())
+    return 0
