@@ -137,7 +137,7 @@ def test_host_draws_unchanged_and_device_noise_leaves_the_host_stream():
 
 
 @pytest.mark.skipif(os.environ.get("AGREPA_COMPILE_TESTS") != "1",
-                    reason="torch.compile on the CPU takes longer than a unit test (set AGREPA_COMPILE_TESTS=1)")
+                    reason="torch.compile on the CPU takes ~60 s here, over a unit test (set AGREPA_COMPILE_TESTS=1)")
 def test_compiled_dit_equals_eager_without_graph_breaks():
     from agrepa.model.dit import DiT
     torch.manual_seed(0)
