@@ -95,17 +95,18 @@ def setup(cfg: dict, plan: dict, opts: train.StepOptions, device: torch.device, 
     return loop, state, forward
 
 
-def time_step(cfg, plan, opts, device, args) -> float:
-    """Median seconds per step over ``--repeats`` steps after ``--warmup`` (the meter read at log steps)."""
+def time_step(cfg, plan, opts, device, args) -> tuple[float, float]:
+    """Median seconds per step over ``--repeats`` steps after ``--warmup`` (the meter read at log
+    steps): wall time, and this process's CPU time (which other jobs on shared cores do not inflate)."""
     loop, state, forward = setup(cfg, plan, opts, device, args.compile and opts != train.StepOptions.legacy(),
                                  args.seed)
     batch = batch_of(cfg, loop.batch_size, 1024, device, args.seed)
-    meter, times = train.Meter(), []
+    meter, times, cpu = train.Meter(), [], []
     if opts.dense_attention:
         batch["padded"] = False          # what the collate knows on the host (every clip a whole crop)
     for step in range(args.warmup + args.repeats):
         sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         draw = loop.draw(step)
         loss, terms = train.losses(loop, forward, state, batch, draw)
         if not opts.deferred_metrics:
@@ -120,7 +121,8 @@ def time_step(cfg, plan, opts, device, args) -> float:
         sync(device)
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            cpu.append(time.process_time() - c0)
+    return statistics.median(times), statistics.median(cpu)
 
 
 def sync(device):
@@ -168,17 +170,20 @@ def main(argv=None) -> None:
           f"{flop / 1e12:.3f} TFLOP per step (analytic, forward + backward)"
           + (f"; MFU vs {peak:g} TFLOP/s" if peak else ""))
     time_step(cfg, {}, train.StepOptions.legacy(), device, argparse.Namespace(**{**vars(args), "repeats": 1}))  # warm
-    print(f"{'method':10s} {'step':7s} {'ms/step':>9s} {'samples/s':>10s} {'TFLOP/s':>9s} {'MFU':>7s} {'legacy/new':>11s}")
+    print(f"{'method':10s} {'step':7s} {'ms/step':>9s} {'samples/s':>10s} {'TFLOP/s':>9s} {'MFU':>7s} "
+          f"{'legacy/new':>11s} {'cpu ms':>8s} {'cpu legacy/new':>15s}")
     for method, plan in plans(args.layers, float(cfg["train"]["repa_lambda"])).items():
         if method not in args.methods.split(","):
             continue
         res = {}
         for label, opts in (("legacy", train.StepOptions.legacy()), ("new", train.StepOptions())):
-            s = res[label] = time_step(cfg, plan, opts, device, args)
+            s, c = res[label] = time_step(cfg, plan, opts, device, args)
             tf = flop / s / 1e12
             mfu = f"{100 * tf / peak:6.1f}%" if peak else "    -"
-            ratio = f"{res['legacy'] / s:10.2f}x" if label == "new" else ""
-            print(f"{method:10s} {label:7s} {1e3 * s:9.1f} {args.batch / s:10.1f} {tf:9.3f} {mfu:>7s} {ratio:>11s}")
+            ratio = f"{res['legacy'][0] / s:10.2f}x" if label == "new" else ""
+            cratio = f"{res['legacy'][1] / c:14.2f}x" if label == "new" else ""
+            print(f"{method:10s} {label:7s} {1e3 * s:9.1f} {args.batch / s:10.1f} {tf:9.3f} {mfu:>7s} {ratio:>11s} "
+                  f"{1e3 * c:8.1f} {cratio:>15s}")
 
 
 if __name__ == "__main__":
