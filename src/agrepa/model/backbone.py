@@ -185,6 +185,8 @@ class Backbone(nn.Module):
     def unit_names(self) -> list[str]:
         return [f"block{l}" for l in range(1, self.n_layers + 1)]
 
+    dense_attention = False   # prepare takes ``padded`` (forward)
+
     def prepare(self, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None = None,
                 drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None) -> tuple[Stream, Any]:
         raise NotImplementedError
@@ -213,10 +215,13 @@ class Backbone(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None = None,
                 gates: Tensor | None = None, return_hidden: bool = False,
                 drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None,
-                cache: StepCache | None = None):
+                cache: StepCache | None = None, padded: bool | None = None):
         """Velocity [B, T, n_mels]; with ``return_hidden`` also [h_0, ..., h_L] (probe_hidden).
-        ``cache``: a step cache of the sampler (backbones with ``supports_cache`` only)."""
-        extra = {}
+        ``cache``: a step cache of the sampler (backbones with ``supports_cache`` only).
+        ``padded=False``: the caller knows on the host that ``mask`` is all True, so a backbone with
+        ``dense_attention`` calls attention without a mask (SDPA's flash kernel; the same values
+        within fp32 rounding); None or True: the mask as given."""
+        extra = {"padded": padded} if padded is not None and self.dense_attention else {}
         if cache is not None:
             if not self.supports_cache:
                 raise ValueError(f"{self.arch}: step caching (layer-selective caching) is implemented for "
@@ -230,6 +235,12 @@ class Backbone(nn.Module):
                 hidden.append(self.probe_hidden(l, state, ctx)[0])
         v = self.output(state, ctx)
         return (v, hidden) if return_hidden else v
+
+
+def attention_mask(mask: Tensor | None, padded: bool | None = None) -> Tensor | None:
+    """The [B, 1, 1, T] boolean attention mask of a frame ``mask`` [B, T], or None where no frame is
+    padded: ``mask`` None, or ``padded`` False (decided on the host, so no device sync)."""
+    return None if mask is None or padded is False else mask.bool()[:, None, None, :]
 
 
 # --------------------------------------------------------------------------- recipes

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import Backbone, BatchContext, Stream, gate_columns, keep
+from .backbone import Backbone, BatchContext, Stream, attention_mask, gate_columns, keep
 from .cache import StepCache
 from .tokens import CONFIG_A_LAYOUT, TokenEmbedding
 
@@ -206,6 +206,7 @@ class DiT(Backbone):
 
     arch = "dit"
     supports_cache = True
+    dense_attention = True
 
     def __init__(self, n_layers: int = 12, dim: int = 192, n_heads: int = 4, n_mels: int = 100,
                  vocab_size: int = 1024, ff_mult: int = 4, dropout: float = 0.0,
@@ -232,15 +233,16 @@ class DiT(Backbone):
 
     def prepare(self, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None = None,
                 drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None,
-                cache: StepCache | None = None) -> tuple[Stream, Context]:
-        """Input interface h_0 [B, T, dim] and the shared per-forward context (with ``cache``, if any)."""
+                cache: StepCache | None = None, padded: bool | None = None) -> tuple[Stream, Context]:
+        """Input interface h_0 [B, T, dim] and the shared per-forward context (with ``cache``, if any;
+        no attention mask with ``padded=False``: :func:`agrepa.model.backbone.attention_mask`)."""
         B, T, _ = x_t.shape
         tok = keep(self.embed_tokens(tokens, mask, T, batch=B), drop_tokens)
         h0 = self.input_proj(torch.cat([x_t, tok, keep(prompt, drop_prompt)], dim=-1))
         c = self.time_mlp(timestep_embedding(t.reshape(B), self.time_freq_dim).to(h0.dtype))
         cos, sin = self.rotary(T, x_t.device)
-        attn_mask = None if mask is None else mask.bool()[:, None, None, :]
-        return Stream(h0), Context(c, cos, sin, attn_mask, None if mask is None else mask.bool(), cache)
+        return Stream(h0), Context(c, cos, sin, attention_mask(mask, padded), None if mask is None else mask.bool(),
+                                   cache)
 
     def update(self, l: int, state: Stream, ctx: Context) -> Tensor:
         return self.blocks[l - 1].update(state.h, ctx)

@@ -33,7 +33,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .backbone import Backbone, BatchContext, Stream, keep
+from .backbone import Backbone, BatchContext, Stream, attention_mask, keep
 from .dit import Block, FinalLayer, Rotary, timestep_embedding
 from .layers import ConvPositionEmbedding, masked, sinusoidal_positions
 from .tokens import CONFIG_A_LAYOUT, TokenEmbedding
@@ -95,6 +95,7 @@ class ConvNeXtV2Block(nn.Module):
 
 class F5(Backbone):
     arch = "f5"
+    dense_attention = True
 
     def __init__(self, n_layers: int = 22, conv_layers: int = 4, dim: int = 1024, n_heads: int = 16,
                  n_mels: int = 100, vocab_size: int = 1024, ff_mult: int = 2, text_dim: int = 512,
@@ -131,14 +132,13 @@ class F5(Backbone):
         return x + self.conv_pos(x, ctx.mask)
 
     def prepare(self, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor, mask: Tensor | None = None,
-                drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None):
+                drop_tokens: Tensor | None = None, drop_prompt: Tensor | None = None, padded: bool | None = None):
         B, T, _ = x_t.shape
         tok = keep(self.embed_tokens(tokens, mask, T, batch=B), drop_tokens)
         s0 = masked(tok + sinusoidal_positions(T, self.text_dim, x_t.device).to(tok.dtype), mask)
         c = self.time_mlp(f5_time_embedding(t.reshape(B), self.time_freq_dim).to(s0.dtype))
         cos, sin = self.rotary(T, x_t.device)
-        attn_mask = None if mask is None else mask.bool()[:, None, None, :]
-        ctx = F5Context(c, cos, sin, attn_mask, None if mask is None else mask.bool(), x_t, keep(prompt, drop_prompt))
+        ctx = F5Context(c, cos, sin, attention_mask(mask, padded), None if mask is None else mask.bool(), x_t, keep(prompt, drop_prompt))
         state = Stream(s0)
         if self.n_text == 0:
             state = self._enter_trunk(state, ctx)

@@ -80,14 +80,18 @@ def loss_weights(batch: dict, loss_on_prompt: bool = True) -> Tensor:
 
 def flow_matching_loss(model: nn.Module, batch: dict, t: Tensor, x0: Tensor, *,
                        loss_on_prompt: bool = True, drop_tokens: Tensor | None = None,
-                       drop_prompt: Tensor | None = None, return_hidden: bool = False) -> FMOutput:
-    """Masked flow-matching MSE of ``model`` on ``batch`` at times ``t`` [B] from noise ``x0``."""
+                       drop_prompt: Tensor | None = None, return_hidden: bool = False,
+                       padded: bool | None = None) -> FMOutput:
+    """Masked flow-matching MSE of ``model`` on ``batch`` at times ``t`` [B] from noise ``x0``.
+    ``padded=False`` (known on the host): the batch has no padding, so attention needs no mask
+    (:meth:`agrepa.model.backbone.Backbone.forward`); None: the model reads the mask."""
     x1 = batch["mel"]
     if x0.shape != x1.shape:
         raise ValueError(f"x0 has shape {tuple(x0.shape)}, the batch mel {tuple(x1.shape)}")
     x_t, target = ot_path(x0, x1, t)
+    extra = {} if padded is None else {"padded": padded}
     out = model(x_t, t, batch["tokens"], batch["prompt"], mask=batch["mask"],
-                return_hidden=return_hidden, drop_tokens=drop_tokens, drop_prompt=drop_prompt)
+                return_hidden=return_hidden, drop_tokens=drop_tokens, drop_prompt=drop_prompt, **extra)
     v, hidden = out if return_hidden else (out, None)
     w = loss_weights(batch, loss_on_prompt)
     err = ((v.float() - target.float()) ** 2).sum(-1)                       # [B, T]

@@ -27,15 +27,17 @@ from ..config import DOMAINS
 CONFIG_KEYS = ("train",)  # config sections this module reads
 
 
-def make_optimizer(cfg: dict, modules: list[nn.Module]) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices (dim >= 2), none on biases, norms and gains."""
+def make_optimizer(cfg: dict, modules: list[nn.Module], fused: bool = False) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (dim >= 2), none on biases, norms and gains. ``fused``: the
+    fused CUDA kernel (every parameter on one CUDA device; the training step asks for it there)."""
     params = [p for m in modules for p in m.parameters()]
     decay = [p for p in params if p.dim() >= 2]
     other = [p for p in params if p.dim() < 2]
     tc = cfg["train"]
     return torch.optim.AdamW([{"params": decay, "weight_decay": float(tc["weight_decay"])},
                               {"params": other, "weight_decay": 0.0}],
-                             lr=float(tc["lr"]), betas=tuple(float(b) for b in tc["betas"]))
+                             lr=float(tc["lr"]), betas=tuple(float(b) for b in tc["betas"]),
+                             **({"fused": True} if fused else {}))
 
 
 def continue_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:

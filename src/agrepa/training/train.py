@@ -80,6 +80,34 @@ class NonFiniteLoss(ValueError):
     """A loss term became NaN/inf; the run stops, the last good checkpoint stays."""
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """How the training step runs (issue 24, item 1). The defaults are the fast step; every field
+    False is the step as it was before (:meth:`legacy`, which ``benchmarks/bench_step.py`` times
+    against the default). On the CPU both give the same numbers: the CUDA-only fields do nothing
+    there, and the others change where values live and when they are read, not their arithmetic.
+
+    ``device_noise``: on CUDA the flow-matching noise x0 is drawn on the device from its own
+    generator (seeded by ``derive_seed(seed, stream, "noise", step)``) instead of the full global
+    batch on the CPU every step; the CPU always draws it on the host, unchanged.
+    ``dense_attention``: a batch without padding calls attention with no mask (SDPA's flash
+    kernel), decided on the host (the batch's ``padded`` flag, or its CPU mask).
+    ``deferred_metrics``: the loss terms and the gradient norm stay device tensors, summed in the
+    :class:`Meter` and read (and checked finite) only at ``train.log_every`` steps and before a
+    checkpoint is written: no host sync in the step.
+    ``fused_adam``, ``tf32``: AdamW(fused=True) and TF32 matmuls / cuDNN, on CUDA only."""
+
+    device_noise: bool = True
+    dense_attention: bool = True
+    deferred_metrics: bool = True
+    fused_adam: bool = True
+    tf32: bool = True
+
+    @classmethod
+    def legacy(cls) -> "StepOptions":
+        return cls(device_noise=False, dense_attention=False, deferred_metrics=False, fused_adam=False, tf32=False)
+
+
 # -- pieces of the run --
 
 def autocast_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
@@ -103,21 +131,34 @@ class StepDraw:
     t: torch.Tensor            # [G] flow times
     drop_tokens: torch.Tensor  # [G] bool
     drop_prompt: torch.Tensor  # [G] bool
-    x0: torch.Tensor           # [G, crop, n_mels] noise
+    x0: torch.Tensor | None    # [G, crop, n_mels] noise; None: drawn on the device from noise_seed (noise)
+    noise_seed: int | None = None
 
 
-def draw_step(cfg: dict, seed: int, stream: str, step: int, G: int) -> StepDraw:
+def noise(cfg: dict, draw: StepDraw, G: int, device: torch.device) -> torch.Tensor:
+    """The step's x0 [G, crop, n_mels]: the host draw, or (``draw_step(..., host_noise=False)``) one
+    drawn on ``device`` from a generator of that device seeded by ``draw.noise_seed``."""
+    if draw.x0 is not None:
+        return draw.x0
+    g = torch.Generator(device=device)
+    g.manual_seed(draw.noise_seed)
+    return torch.randn(G, crop_frames(cfg), int(cfg["audio"]["n_mels"]), generator=g, device=device)
+
+
+def draw_step(cfg: dict, seed: int, stream: str, step: int, G: int, host_noise: bool = True) -> StepDraw:
     """The step's draws; CFG dropout and the flow-time schedule follow the architecture's
     recipe (:func:`agrepa.model.recipe`). ``train.cfg_mode``: ``sample`` blanks each sample's
     tokens and prompt independently, or both at once with ``cfg_drop_both`` (drawn last, so
     the other draws do not depend on it); ``batch`` decides the drops of the whole step at once
-    (:func:`batch_drops`). Both modes draw the same crops, prompts, flow times and noise."""
+    (:func:`batch_drops`). Both modes draw the same crops, prompts, flow times and noise.
+    ``host_noise=False`` (CUDA, :class:`StepOptions`): the noise is not drawn here but on the device
+    (:func:`noise`), so the ``cfg_drop_both`` draws after it differ from the host stream's."""
     g = generator(seed, stream, "batch", step)
     r = recipe(cfg)
     crop, prompt, t = torch.rand(G, generator=g), torch.rand(G, generator=g), torch.rand(G, generator=g)
     drop_tokens = torch.rand(G, generator=g) < r.cfg_drop_tokens
     drop_prompt = torch.rand(G, generator=g) < r.cfg_drop_prompt
-    x0 = torch.randn(G, crop_frames(cfg), int(cfg["audio"]["n_mels"]), generator=g)
+    x0 = torch.randn(G, crop_frames(cfg), int(cfg["audio"]["n_mels"]), generator=g) if host_noise else None
     both = torch.rand(G, generator=g) < r.cfg_drop_both
     if r.t_train == "cosine":
         t = 1 - torch.cos(t * (math.pi / 2))
@@ -129,7 +170,8 @@ def draw_step(cfg: dict, seed: int, stream: str, step: int, G: int) -> StepDraw:
         drop_tokens, drop_prompt = drop_tokens | both, drop_prompt | both
     else:
         raise ValueError(f"train.cfg_mode: expected sample or batch, got {mode!r}")
-    return StepDraw(crop=crop, prompt=prompt, t=t, drop_tokens=drop_tokens, drop_prompt=drop_prompt, x0=x0)
+    return StepDraw(crop=crop, prompt=prompt, t=t, drop_tokens=drop_tokens, drop_prompt=drop_prompt, x0=x0,
+                    noise_seed=None if host_noise else derive_seed(seed, stream, "noise", step))
 
 
 def batch_drops(seed: int, stream: str, step: int, G: int, p_cfg: float,
@@ -145,24 +187,44 @@ def batch_drops(seed: int, stream: str, step: int, G: int, p_cfg: float,
 
 
 class Meter:
-    """Running means of named scalars over a logging interval (and the samples/s rate)."""
+    """Running means of named scalars over a logging interval (and the samples/s rate).
+
+    Values may be Python floats or 0-d tensors on the device (:class:`StepOptions`
+    ``deferred_metrics``): tensors are summed on their device in float64, which is the Python
+    float arithmetic of the host path, so the means are the same to the bit; they are read only
+    by :meth:`means` and :meth:`check_finite` (the log steps)."""
 
     def __init__(self):
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, float | torch.Tensor] = {}
         self.counts: dict[str, int] = {}
         self.n = 0
         self.t0 = time.perf_counter()
+        self.pending: list[tuple[int, dict]] = []   # (step, loss terms) not yet checked finite
 
-    def add(self, values: dict[str, float]) -> None:
+    def add(self, values: dict, step: int | None = None) -> None:
         """One step's values; a name absent this step (RR on a step it does not apply to) is
-        averaged over the steps that had it."""
+        averaged over the steps that had it. With ``step``, the loss terms among them wait for
+        :meth:`check_finite`."""
         for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.sums[k] = self.sums.get(k, 0.0) + (v.detach().double() if torch.is_tensor(v) else float(v))
             self.counts[k] = self.counts.get(k, 0) + 1
         self.n += 1
+        if step is not None:
+            self.pending.append((step, {k: values[k] for k in LOSS_TERMS if k in values}))
 
     def means(self) -> dict[str, float]:
-        return {k: v / self.counts[k] for k, v in self.sums.items()}
+        return {k: float(v) / self.counts[k] for k, v in self.sums.items()}
+
+    def check_finite(self, last: Path) -> None:
+        """:func:`check_finite` of every step added since the last call, with one host read."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        flat = torch.stack([torch.as_tensor(v).detach().double().reshape(()) for _, terms in pending
+                            for v in terms.values()]).cpu().tolist()
+        values = iter(flat)
+        for step, terms in pending:
+            check_finite({k: next(values) for k in terms}, step, last)
 
     def rate(self, per_step: int) -> float:
         """Items per second since the last reset, ``per_step`` items a step."""
@@ -214,6 +276,7 @@ class Loop:
     snapshots: set[int]
     bitc_objective: str = "full"   # train.bitc_objective of this run's token config (set by run)
     rr: similarity.SimilarityRegulariser | None = None   # a Phase II method's RR term (set by run)
+    opts: StepOptions = StepOptions()   # how the step runs (the fast step; legacy: the step before issue 24)
 
     @classmethod
     def build(cls, cfg: dict, phase: str, seed: int, out: Path, d: dist_mod.Dist, lengths: Lengths,
@@ -255,6 +318,18 @@ class Loop:
         """The step number the draws of this phase's step ``step`` are keyed by."""
         return self.global_step(step) if self.continues else step
 
+    def draw(self, step: int) -> StepDraw:
+        """The draws of this phase's step ``step``; on CUDA with ``opts.device_noise`` the noise is
+        left to the device (:func:`noise`)."""
+        host_noise = not (self.opts.device_noise and self.device.type == "cuda")
+        return draw_step(self.cfg, self.seed, self.stream, self.draw_step(step), self.batch_size, host_noise)
+
+    def fast_math(self) -> None:
+        """TF32 matmuls and cuDNN convolutions on CUDA (``opts.tf32``); nothing on the CPU."""
+        if self.device.type == "cuda" and self.opts.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
 
 def snapshot_steps(cfg: dict, total: int) -> set[int]:
     """Branch steps kept for convergence curves: ``train.snapshot_fractions`` of the phase, and its end."""
@@ -284,6 +359,7 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
         init_ck = read_init(Path(init), clips) if phase == "branch" else None
         loop = Loop.build(cfg, phase, int(seed), Path(out), d, Lengths.of(cfg, clips.domain), init_ck, steps)
         loop.bitc_objective = bitc_objective(cfg, clips.token_layout)
+        loop.fast_math()
         state = initial_state(loop, clips, method, init_ck, selection)
         if phase == "branch":
             loop.rr = similarity.build(cfg, method, state.model, init_ck, clips.token_store.meta,
@@ -308,11 +384,15 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
         for step in bar:
             batch, draw = draw_batch(loop, clips, state.sampler, step)
             loss, terms = losses(loop, forward, state, batch, draw)
-            check_finite(terms, step, last)
+            if not loop.opts.deferred_metrics:
+                check_finite(terms, step, last)
             grad_norm, lr = optimise(loop, state, loss)
             state.step = done = step + 1
-            meter.add({**terms, "grad_norm": grad_norm})
-            if d.is_main and (done % loop.log_every == 0 or done == total):
+            meter.add({**terms, "grad_norm": grad_norm}, step if loop.opts.deferred_metrics else None)
+            log_due = done % loop.log_every == 0 or done == total
+            if log_due or done in loop.snapshots or done % loop.every == 0:
+                meter.check_finite(last)     # deferred: the terms since the last check, before any write
+            if d.is_main and log_due:
                 row = log_row(loop, state, meter, done, lr)
                 metrics.add(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", fm=f"{row['fm']:.4f}")
@@ -403,7 +483,7 @@ def initial_state(loop: Loop, clips: TrainingData, method: str, init_ck: dict | 
         m.to(loop.device)
     dist_mod.broadcast_parameters(loop.dist, [model, bitc, repa])
     ema = EMA({"model": model, "bitc": bitc}, float(tc["ema_decay"]), bool(tc["ema_warmup"]))
-    opt = make_optimizer(cfg, [model, bitc, repa])
+    opt = make_optimizer(cfg, [model, bitc, repa], fused=loop.opts.fused_adam and loop.device.type == "cuda")
     sampler = BalancedSampler(clips.domain, loop.batch_size, seed, tag=loop.stream)
     if init_ck is not None:
         ema.load_state_dict(init_ck["ema"])
@@ -425,22 +505,36 @@ def initial_state(loop: Loop, clips: TrainingData, method: str, init_ck: dict | 
 def draw_batch(loop: Loop, clips: TrainingData, sampler: BalancedSampler, step: int) -> tuple[dict, StepDraw]:
     """This process's shard of the global batch of ``step`` on the device, and the step's draws."""
     idx = sampler.next_batch()
-    draw = draw_step(loop.cfg, loop.seed, loop.stream, loop.draw_step(step), loop.batch_size)
+    draw = loop.draw(step)
     j = loop.local
     return move_batch(clips.collate(idx[j], draw.crop[j], draw.prompt[j]), loop.device), draw
 
 
+def padded(loop: Loop, batch: dict) -> bool | None:
+    """Whether the batch has padding, known on the host (``opts.dense_attention``): the batch's own
+    ``padded`` flag, else its mask when that is on the CPU; None (keep the attention mask) when it
+    is not known without a device sync, or with the legacy step."""
+    if not loop.opts.dense_attention:
+        return None
+    if "padded" in batch:
+        return bool(batch["padded"])
+    mask = batch["mask"]
+    return None if mask.device.type != "cpu" else not bool(mask.all())
+
+
 def losses(loop: Loop, forward: nn.Module, state: TrainState, batch: dict,
-           draw: StepDraw) -> tuple[torch.Tensor, dict[str, float]]:
+           draw: StepDraw) -> tuple[torch.Tensor, dict]:
     """The total loss of one batch (with its graph) and the process-averaged values of the
     terms ``loss``, ``fm``, ``bitc``, ``repa`` (0 without REPA heads) and ``rr`` (only on the
-    steps where the method's RR applies)."""
+    steps where the method's RR applies): Python floats, or 0-d fp32 device tensors with
+    ``opts.deferred_metrics`` (no host sync)."""
     j, dev, T = loop.local, loop.device, batch["mel"].shape[1]
-    x0 = draw.x0[j, :T].to(dev) * loop.noise_scale
+    x0 = noise(loop.cfg, draw, loop.batch_size, dev)[j, :T].to(dev) * loop.noise_scale
     drop_tokens = draw.drop_tokens[j].to(dev)
     with (torch.autocast(dev.type, dtype=loop.amp) if loop.amp is not None else contextlib.nullcontext()):
         fm = flow_matching_loss(forward, batch, draw.t[j].to(dev), x0, loss_on_prompt=loop.loss_on_prompt,
-                                drop_tokens=drop_tokens, drop_prompt=draw.drop_prompt[j].to(dev), return_hidden=True)
+                                drop_tokens=drop_tokens, drop_prompt=draw.drop_prompt[j].to(dev), return_hidden=True,
+                                padded=padded(loop, batch))
         tok = state.model.embed_tokens(batch["tokens"], batch["mask"], T)   # BiT-C: the token embedding
         l_bitc = state.bitc.loss(tok, batch, keep=~drop_tokens, objective=loop.bitc_objective)
         l_repa = state.repa.loss(fm.hidden, batch) if state.repa.active else torch.zeros((), device=dev)
@@ -450,7 +544,11 @@ def losses(loop: Loop, forward: nn.Module, state: TrainState, batch: dict,
     if l_rr is not None:
         loss = loss + loop.rr.settings.lam * l_rr
     values = {"loss": loss, "fm": fm.loss, "bitc": l_bitc, "repa": l_repa, **({} if l_rr is None else {"rr": l_rr})}
-    return loss, dist_mod.all_reduce_mean_dict(loop.dist, {k: v.detach().float() for k, v in values.items()})
+    values = {k: v.detach().float() for k, v in values.items()}
+    if not loop.opts.deferred_metrics:
+        return loss, dist_mod.all_reduce_mean_dict(loop.dist, values)
+    mean = dist_mod.all_reduce_mean(loop.dist, torch.stack(list(values.values())))
+    return loss, dict(zip(values, mean.unbind()))
 
 
 def check_finite(terms: dict, step: int, last: Path) -> None:
@@ -461,9 +559,10 @@ def check_finite(terms: dict, step: int, last: Path) -> None:
                                 f"checkpoint kept ({last if last.exists() else 'none written yet'})")
 
 
-def optimise(loop: Loop, state: TrainState, loss: torch.Tensor) -> tuple[float, float]:
+def optimise(loop: Loop, state: TrainState, loss: torch.Tensor) -> tuple[float | torch.Tensor, float]:
     """Backward, averaged gradients, clipping, optimiser and scheduler step, EMA update;
-    returns (gradient norm before clipping, the learning rate this step used)."""
+    returns (gradient norm before clipping: a device tensor with ``opts.deferred_metrics``,
+    the learning rate this step used)."""
     opt = state.optimizer
     params = [p for m in state.modules() for p in m.parameters()]
     opt.zero_grad(set_to_none=False)
@@ -472,7 +571,9 @@ def optimise(loop: Loop, state: TrainState, loss: torch.Tensor) -> tuple[float, 
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     dist_mod.all_reduce_grads(loop.dist, params)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, loop.clip))
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, loop.clip)
+    if not loop.opts.deferred_metrics:
+        grad_norm = float(grad_norm)
     lr = opt.param_groups[0]["lr"]
     opt.step()
     state.scheduler.step()
