@@ -133,3 +133,11 @@ def test_same_seed_same_codebook(store, tmp_path):
     one = fitted_codebook(store, tmp_path / "a")
     assert torch.equal(one, fitted_codebook(store, tmp_path / "b"))
     assert not torch.equal(one, fitted_codebook(store, tmp_path / "c", seed=1))
+
+
+def test_every_clip_shorter_than_the_window_still_fits(store, tmp_path):
+    """A window longer than every clip (the paper's 496 patches on a miniature of short clips):
+    every window is padded, the fit still trains on the configured length."""
+    metrics = fit(store, tmp_path / "tok", window=128)
+    assert metrics["short_clips"] == len(LENGTHS) and metrics["padded_windows"] == 12
+    assert metrics["batch_shapes"] == [[4, 128, DIM]] and metrics["used_codes"] >= 1
