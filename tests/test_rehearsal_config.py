@@ -20,7 +20,7 @@ SIZES = [
     "train.batch_size", "train.warmup_epochs", "train.branch_epochs", "train.checkpoint_every",
     "train.log_every", "train.repa_hidden",
     "tokens.audio.k", "tokens.audio.dim", "tokens.audio.hidden", "tokens.audio.steps",
-    "tokens.audio.batch_size", "tokens.audio.window", "tokens.beats.k",
+    "tokens.audio.batch_size", "tokens.audio.window", "tokens.audio.fit_windows", "tokens.beats.k",
     "probe.t_grid", "probe.n_clips", "probe.batch_size",
     "sample.steps", "sample.batch_size", "sample.max_clips.*",
     "eval.bootstrap", "eval.fad.fad_inf.*", "eval.listening_test.max_clips.*", "eval.convergence.max_clips",

@@ -111,6 +111,13 @@ class Store:
         prefix = f"{key}{SEP}"
         return {k[len(prefix):]: h.get_tensor(k) for k in h.keys() if k.startswith(prefix)}
 
+    def shape(self, name: str, key: str) -> list[int]:
+        """The shape of one clip's tensor ``name``, read from the shard header (no data read)."""
+        shard = self._shards.get(key)
+        if shard is None:
+            raise KeyError(f"{self.dir}: no entry for clip id {key!r}")
+        return list(self._handle(shard).get_slice(f"{key}{SEP}{name}").get_shape())
+
     def load(self, name: str, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """``{clip id: tensor}`` for one tensor name, for all (or the given) clips."""
         out = {}

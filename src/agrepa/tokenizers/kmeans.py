@@ -70,9 +70,53 @@ def perplexity(codes: Tensor, k: int) -> float:
 
 
 def usage_stats(codes: Tensor, k: int) -> dict:
-    counts = torch.bincount(codes.flatten(), minlength=k)
-    return {"perplexity": perplexity(codes, k), "used_codes": int((counts > 0).sum()), "k": k,
-            "usage_fraction": float((counts > 0).float().mean()), "n_frames": int(codes.numel())}
+    return usage_from_counts(torch.bincount(codes.flatten(), minlength=k), k)
+
+
+def usage_from_counts(counts: Tensor, k: int) -> dict:
+    """:func:`usage_stats` from a code histogram [k] (accumulated clip by clip)."""
+    n = int(counts.sum())
+    p = counts.double() / max(1, n)
+    p = p[p > 0]
+    return {"perplexity": float(torch.exp(-(p * p.log()).sum())) if n else float("nan"),
+            "used_codes": int((counts > 0).sum()), "k": k,
+            "usage_fraction": float((counts > 0).float().mean()), "n_frames": n}
+
+
+# randperm over more frames than this would cost more memory than the sample (8 B per frame)
+PERMUTE_MAX = 1 << 27
+
+
+def sample_frames(lengths: list[int], read, cap: int | None, seed: int) -> tuple[Tensor, dict]:
+    """At most ``cap`` frames [N, D] of clips of ``lengths`` frames, read one clip at a time with
+    ``read(i)`` -> [T_i, D] (memory: the sample plus one clip; clips without a sampled frame are
+    not read). Every frame when ``cap`` is falsy or covers them all; else the frames at
+    ``randperm(total)[:cap]`` of the clips' concatenation (seeded), in that order, or, beyond
+    ``PERMUTE_MAX`` frames in all, ``cap`` uniform draws with replacement."""
+    total = int(sum(lengths))
+    offsets = torch.tensor([0, *lengths]).cumsum(0)
+    if not cap or total <= int(cap):
+        pick = torch.arange(total)
+    else:
+        gen = torch.Generator().manual_seed(int(seed))
+        pick = torch.randperm(total, generator=gen)[: int(cap)] if total <= PERMUTE_MAX else \
+            torch.randint(total, (int(cap),), generator=gen)
+    clip = torch.searchsorted(offsets, pick, right=True) - 1   # the clip of each picked frame
+    order = clip.argsort(stable=True)
+    out, read_clips = None, 0
+    bounds = torch.searchsorted(clip[order], torch.arange(len(lengths) + 1))
+    for c in range(len(lengths)):
+        rows = order[bounds[c]: bounds[c + 1]]
+        if len(rows) == 0:
+            continue
+        frames = read(c).float()
+        if frames.shape[0] != lengths[c]:
+            raise ValueError(f"k-means: clip {c} has {frames.shape[0]} frames, its header says {lengths[c]}")
+        if out is None:
+            out = torch.zeros(len(pick), frames.shape[1])
+        out[rows] = frames[pick[rows] - offsets[c]]
+        read_clips += 1
+    return out, {"sampled_frames": len(pick), "total_frames": total, "clips_read": read_clips}
 
 
 class KMeans:

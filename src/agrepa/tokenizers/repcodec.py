@@ -128,14 +128,22 @@ class RepCodec(nn.Module):
         zq = self.codebook.embed[codes].view(z.shape[0], z.shape[2], -1).transpose(1, 2)
         return codes.view(z.shape[0], z.shape[2]), zq, flat
 
-    def forward(self, x: Tensor, commitment: float) -> dict:
+    def forward(self, x: Tensor, commitment: float, mask: Tensor | None = None) -> dict:
+        """Losses on x [B, T, D]; ``mask`` [B, T] (True: a real frame) keeps padding out of the
+        losses, the codebook EMA and the returned codes / z (padded positions are zero after
+        normalisation, as the convolutions' own padding)."""
         xn = self.normalise(x)
+        if mask is not None:
+            xn = xn * mask[:, None, :].to(xn.dtype)
         z = self.project(xn)
         codes, zq, flat = self.quantise(z)
+        real = None if mask is None else mask.reshape(-1)
+        if real is not None:
+            flat, codes = flat[real], codes.reshape(-1)[real]
         if self.training:
             self.codebook.update(flat.detach(), codes.reshape(-1))
-        commit_loss = F.mse_loss(z, zq.detach())
-        recon = F.mse_loss(self.decoder(z + (zq - z).detach()), xn)
+        recon = _masked_mse(self.decoder(z + (zq - z).detach()), xn, mask)
+        commit_loss = _masked_mse(z, zq.detach(), mask)
         return {"loss": recon + commitment * commit_loss, "recon": recon, "commit": commit_loss,
                 "codes": codes, "z": flat.detach()}
 
@@ -166,47 +174,112 @@ class RepCodec(nn.Module):
         return model.eval()
 
 
-def _windows(clips: list[Tensor], n: int, length: int, gen: torch.Generator, granularity: int) -> Tensor:
-    """``n`` random windows [n, length, D] from clips at least ``length`` frames long,
-    starting on a step boundary (a multiple of ``granularity``)."""
-    which = torch.randint(len(clips), (n,), generator=gen).tolist()
-    out = []
-    for i in which:
-        c = clips[i]
-        n_starts = (c.shape[0] - length) // granularity + 1
-        start = int(torch.randint(n_starts, (1,), generator=gen)) * granularity
-        out.append(c[start: start + length])
-    return torch.stack(out)
+def _masked_mse(a: Tensor, b: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean squared error of [B, C, T] tensors over the positions where ``mask`` [B, T] is True."""
+    if mask is None:
+        return F.mse_loss(a, b)
+    m = mask[:, None, :].to(a.dtype)
+    return ((a - b).pow(2) * m).sum() / (m.sum() * a.shape[1]).clamp(min=1)
 
 
-def fit_repcodec(clips: list[Tensor], k: int, code_dim: int, hidden: int, steps: int, lr: float,
-                 commitment: float, seed: int, batch_size: int = 16, window: int = 16,
-                 restart_every: int = 50, ema_decay: float = 0.8, weight_decay: float = 0.0,
-                 granularity: int = 1, device: str | torch.device = "cpu") -> tuple[RepCodec, dict]:
-    """Train a RepCodec VQ on a list of per-clip frame tensors [T_i, D] (module doc) on ``device``;
-    the random draws (windows, restarts) come from a CPU generator, so they do not depend on it."""
-    if not clips:
+def fit_window(window: int, granularity: int) -> int:
+    """The configured window, rounded down to whole steps of ``granularity`` frames (at least one)."""
+    return max(int(granularity), int(window) // int(granularity) * int(granularity))
+
+
+def sample_windows(lengths: list[int], read, n: int, window: int, seed: int,
+                   granularity: int = 1) -> tuple[Tensor, Tensor, dict]:
+    """A seeded sample of ``n`` windows of exactly ``window`` frames from clips of ``lengths`` frames,
+    read one clip at a time with ``read(i)`` -> frames [T_i, D] (memory: the sample plus one clip).
+
+    Rule (generator seeded with ``seed``): window j takes clip ``c_j`` uniform over the clips and,
+    when the clip is at least ``window`` long, a start uniform over the step boundaries (multiples of
+    ``granularity``) that keep the window inside it. A shorter clip gives its whole length, zero-padded
+    to ``window``: ``mask`` [n, window] is False on the padding. Returns (windows [n, window, D],
+    mask, info: windows, window, clips_read, padded_windows, short_clips in the store)."""
+    if not lengths:
         raise ValueError("repcodec: no training clips")
+    if n < 1:
+        raise ValueError(f"repcodec: fit_windows = {n}, expected at least 1")
+    gen = torch.Generator().manual_seed(int(seed))
+    which = torch.randint(len(lengths), (int(n),), generator=gen).tolist()
+    starts = []
+    for c in which:
+        n_starts = max(0, (lengths[c] - window) // granularity + 1)
+        starts.append(int(torch.randint(n_starts, (1,), generator=gen)) * granularity if n_starts else 0)
+    by_clip: dict[int, list[int]] = {}
+    for j, c in enumerate(which):
+        by_clip.setdefault(c, []).append(j)
+    x = mask = None
+    for c in sorted(by_clip):  # each sampled clip is read once, in store order
+        frames = read(c)
+        if frames.shape[0] != lengths[c]:
+            raise ValueError(f"repcodec: clip {c} has {frames.shape[0]} frames, its header says {lengths[c]}")
+        if x is None:
+            x = torch.zeros(int(n), window, frames.shape[1])
+            mask = torch.zeros(int(n), window, dtype=torch.bool)
+        for j in by_clip[c]:
+            piece = frames[starts[j]: starts[j] + window]
+            x[j, : piece.shape[0]] = piece.float()
+            mask[j, : piece.shape[0]] = True
+    info = {"windows": int(n), "window": int(window), "clips_read": len(by_clip),
+            "padded_windows": int((~mask[:, -1]).sum()),
+            "short_clips": sum(1 for t in lengths if t < window), "clips": len(lengths)}
+    return x, mask, info
+
+
+def _masked_moments(x: Tensor, mask: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
+    """Per-dimension mean and (unbiased) std of the real frames, accumulated in float64 by chunks."""
+    s1 = torch.zeros(x.shape[2], dtype=torch.float64)
+    s2 = torch.zeros_like(s1)
+    count = 0
+    for i in range(0, x.shape[0], chunk):
+        real = x[i: i + chunk][mask[i: i + chunk]].double()
+        s1 += real.sum(0)
+        s2 += real.pow(2).sum(0)
+        count += real.shape[0]
+    mean = s1 / count
+    var = (s2 - count * mean.pow(2)) / max(1, count - 1)
+    return mean.float(), var.clamp(min=0).sqrt().float()
+
+
+def fit_repcodec(windows: Tensor, mask: Tensor, k: int, code_dim: int, hidden: int, steps: int, lr: float,
+                 commitment: float, seed: int, batch_size: int = 16, restart_every: int = 50,
+                 ema_decay: float = 0.8, weight_decay: float = 0.0,
+                 device: str | torch.device = "cpu") -> tuple[RepCodec, dict]:
+    """Train a RepCodec VQ (module doc) on ``device`` on a fixed sample of windows [N, L, D] with their
+    padding ``mask`` [N, L] (:func:`sample_windows`): every step a batch of ``batch_size`` windows drawn
+    from the sample, each of the full length L. The random draws (batches, restarts) come from a CPU
+    generator, so they do not depend on the device. Usage and reconstruction are reported on the sample."""
+    if windows.dim() != 3 or mask.shape != windows.shape[:2]:
+        raise ValueError(f"repcodec: windows {tuple(windows.shape)} / mask {tuple(mask.shape)}, "
+                         "expected [N, L, D] / [N, L]")
+    n, window, dim = windows.shape
     torch.manual_seed(int(seed))
     gen = torch.Generator().manual_seed(int(seed))
-    shortest = min(c.shape[0] for c in clips)
-    window = max(granularity, min(int(window), shortest) // granularity * granularity)
-    clips = [c.float() for c in clips if c.shape[0] >= window]
-    allx = torch.cat(clips)
-    model = RepCodec(allx.shape[1], hidden, code_dim, k, ema_decay)
-    model.mean.copy_(allx.mean(0))
-    model.std.copy_(allx.std(0).clamp(min=1e-5))
+    model = RepCodec(dim, hidden, code_dim, k, ema_decay)
+    mean, std = _masked_moments(windows, mask)
+    model.mean.copy_(mean)
+    model.std.copy_(std.clamp(min=1e-5))
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def batch(size: int) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(n, (size,), generator=gen)
+        return windows[idx].to(device), mask[idx].to(device)
+
     with torch.no_grad():  # data-dependent codebook init
-        x0 = _windows(clips, max(batch_size, math.ceil(k / window) + 1), window, gen, granularity).to(device)
-        z0 = model.project(model.normalise(x0)).transpose(1, 2).reshape(-1, code_dim)
-        model.codebook.reset(torch.arange(k, device=device),
-                             z0[torch.randperm(z0.shape[0], generator=gen)[:k].to(device)])
+        x0, m0 = batch(max(batch_size, math.ceil(k / window) + 1))
+        z0 = model.project(model.normalise(x0) * m0[:, None, :]).transpose(1, 2)[m0]
+        pick = torch.randperm(z0.shape[0], generator=gen)[:k] if z0.shape[0] >= k else \
+            torch.randint(z0.shape[0], (k,), generator=gen)
+        model.codebook.reset(torch.arange(k, device=device), z0[pick.to(device)])
     last_used = torch.zeros(k, dtype=torch.long)
-    history = []
+    history, shapes = [], set()
     for step in tqdm(range(1, int(steps) + 1), desc="repcodec", leave=False):
-        out = model(_windows(clips, batch_size, window, gen, granularity).to(device), commitment)
+        xb, mb = batch(batch_size)
+        shapes.add(tuple(xb.shape))
+        out = model(xb, commitment, mb)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
@@ -222,20 +295,29 @@ def fit_repcodec(clips: list[Tensor], k: int, code_dim: int, hidden: int, steps:
         if step % 100 == 0:
             log.info("repcodec step %d: recon %.4f commit %.4f", step, history[-1], float(out["commit"].detach()))
     model.eval()
-    codes = torch.cat([model.encode(c.to(device)).cpu() for c in clips])
-    with torch.no_grad():  # reconstruction error over every train frame, clip by clip
-        recon = sum(float(model(c[None].to(device), commitment)["recon"]) * c.shape[0] for c in clips) / allx.shape[0]
+    codes, sq, real = [], 0.0, 0
+    with torch.no_grad():  # usage and reconstruction error over the sample's real frames
+        for i in range(0, n, batch_size):
+            xb, mb = windows[i: i + batch_size].to(device), mask[i: i + batch_size].to(device)
+            out = model(xb, commitment, mb)
+            codes.append(out["codes"].cpu())
+            frames = int(mb.sum())
+            sq += float(out["recon"]) * frames
+            real += frames
     model.cpu()
-    stats = usage_stats(codes, k)
-    stats.update({"recon_mse_first": history[0], "recon_mse_last": history[-1], "recon_mse_train": recon,
-                  "steps": int(steps), "window": window})
+    stats = usage_stats(torch.cat(codes), k)
+    stats.update({"recon_mse_first": history[0] if history else float("nan"),
+                  "recon_mse_last": history[-1] if history else float("nan"),
+                  "recon_mse_train": sq / max(1, real), "steps": int(steps), "window": int(window),
+                  "batch_shapes": sorted(list(s) for s in shapes)})
     return model, stats
 
 
 def repcodec_settings(scfg: dict) -> dict:
-    """``fit_repcodec`` keyword arguments from a ``tokens.<stream>`` section."""
+    """``fit_repcodec`` keyword arguments from a ``tokens.<stream>`` section (the window length and
+    ``fit_windows`` go to :func:`sample_windows`)."""
     return {"code_dim": int(scfg["dim"]), "hidden": int(scfg["hidden"]), "steps": int(scfg["steps"]),
             "lr": float(scfg["lr"]), "commitment": float(scfg["commitment"]),
-            "batch_size": int(scfg["batch_size"]), "window": int(scfg["window"]),
+            "batch_size": int(scfg["batch_size"]),
             "restart_every": int(scfg["restart_every"]), "ema_decay": float(scfg["ema_decay"]),
             "weight_decay": float(scfg["weight_decay"])}

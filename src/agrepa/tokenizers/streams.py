@@ -41,8 +41,8 @@ from ..config import DOMAINS
 from .. import io
 from ..device import cpu_threads
 from ..store import Store, StoreWriter
-from .kmeans import KMeans, usage_stats
-from .repcodec import RepCodec, fit_repcodec, repcodec_settings
+from .kmeans import KMeans, sample_frames, usage_from_counts, usage_stats
+from .repcodec import RepCodec, fit_repcodec, fit_window, repcodec_settings, sample_windows
 from .timing import grid_granularity, pair_by_time
 from .vocab import STREAMS, Vocab, rate_summary
 
@@ -117,12 +117,14 @@ def train_ids(manifest, stream: str, cfg: dict) -> list[str]:
     return rows["id"].tolist()
 
 
-def _load_frames(store: Store, ids: list[str]) -> list[Tensor]:
+def _frame_lengths(store: Store, ids: list[str]) -> tuple[list[int], int]:
+    """Frames per clip and the frame width, from the store's shard headers (no frames read)."""
     missing = [i for i in ids if i not in store]
     if missing:
         raise KeyError(f"{store.dir}: no features for clip id {missing[0]!r} "
                        f"({len(missing)} manifest clips missing; re-run `agrepa teacher embed`)")
-    return [store.load("frames", [i])[i].float() for i in ids]
+    shapes = [store.shape("frames", i) for i in ids]
+    return [s[0] for s in shapes], int(shapes[0][1])
 
 
 def fit_stream(cfg: dict, stream: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -214,25 +216,39 @@ def _fit_on_frames(cfg: dict, stream: str, store: Store, ids: list[str], conf: d
     for key in ("frame_rate", "granularity"):
         if key not in store.meta:
             raise KeyError(f"{store.dir / 'index.json'}: meta has no {key!r} (re-run `agrepa teacher embed`)")
-    frames = _load_frames(store, ids)
+    lengths, dim = _frame_lengths(store, ids)
+
+    def read(i: int) -> Tensor:  # one clip's frames
+        return store.load("frames", [ids[i]])[ids[i]].float()
+
     conf.update({"frame_rate": float(store.meta["frame_rate"]), "granularity": int(store.meta["granularity"]),
-                 "dim": int(frames[0].shape[1]),
+                 "dim": dim,
                  "features": {k_: store.meta.get(k_) for k_ in ("teacher", "fingerprint", "cache_key")}})
     if kind == "kmeans":
-        x = torch.cat(frames)
-        cap = int(scfg["max_frames"] or 0)
-        if cap and x.shape[0] > cap:
-            x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:cap]]
+        x, sample = sample_frames(lengths, read, scfg["max_frames"], seed)
         model, fit_info = KMeans.fit(x, k, seed=seed, iters=int(scfg["iters"]))
+        del x
         model.save(out)
-        metrics = usage_stats(torch.cat([model.encode(f) for f in frames]), k)
+        counts = torch.zeros(k, dtype=torch.long)
+        for i in range(len(ids)):  # usage over every train frame, one clip at a time
+            counts += torch.bincount(model.encode(read(i)), minlength=k)
+        metrics = usage_from_counts(counts, k)
         metrics.update(fit_info)
+        metrics.update(sample)
     elif kind == "repcodec":
         from ..device import resolve_device
-        model, metrics = fit_repcodec(frames, k=k, seed=seed, granularity=conf["granularity"],
-                                      device=resolve_device(cfg), **repcodec_settings(scfg))
+        window = fit_window(scfg["window"], conf["granularity"])
+        x, mask, sample = sample_windows(lengths, read, int(scfg["fit_windows"]), window, seed,
+                                         conf["granularity"])
+        log.info("repcodec fit: %d windows of %d frames from %d of %d train clips; %d clips shorter than the "
+                 "window (%d sampled windows zero-padded, padding masked out of the loss)", sample["windows"],
+                 window, sample["clips_read"], len(ids), sample["short_clips"], sample["padded_windows"])
+        model, metrics = fit_repcodec(x, mask, k=k, seed=seed, device=resolve_device(cfg),
+                                      **repcodec_settings(scfg))
+        del x, mask
         model.save(out)
         conf["arch"] = model.arch
+        metrics.update(sample)
     else:
         raise ValueError(f"tokens.{stream}.kind: unknown tokenizer kind {kind!r}")
     return metrics
