@@ -315,7 +315,7 @@ class TrainingData:
         store and the clip (checked on the rows read: the index is built from shapes only)."""
         tok = self._read("tokens", i, "tokens", (a, b)).long()
         if tok.numel() and (int(tok.min()) < 1 or int(tok.max()) >= self.vocab_size):
-            raise ValueError(f"{self.dirs['tokens']}: tokens of {self._ids[i]!r} rows [{a}, {b}) hold ids outside "
+            raise ValueError(f"{self.dirs['tokens']}: tokens of {str(self._ids[i])!r} rows [{a}, {b}) hold ids outside "
                              f"[1, {self.vocab_size}) (re-run `agrepa tokens encode`)")
         return tok.contiguous()
 
