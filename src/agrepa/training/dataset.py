@@ -1,10 +1,10 @@
 """Training data for the flow-matching model: clips, crops, prompts and balanced sampling.
 
-A :class:`TrainingData` holds one split in memory (the embedded default is
-toy-scale): per clip the normalised mel ``(mel - mean) / std`` (train-split
-statistics from the mel store's meta), its token ids, its domain and the cached
-teacher embeddings. :meth:`TrainingData.collate` turns a list of clip indices into
-a batch dict:
+A :class:`TrainingData` indexes one split of the stores (numpy arrays built from the
+safetensors headers; no clip data in memory) and reads on demand, by byte range, per
+clip the normalised mel ``(mel - mean) / std`` (train-split statistics from the mel
+store's meta), its token ids and the cached teacher embeddings.
+:meth:`TrainingData.collate` reads the crops of a list of clip indices into a batch dict:
 
 =================  ==================  =============================================
 key                shape / type        meaning
@@ -25,7 +25,7 @@ key                shape / type        meaning
 
 Tokens and mel share one time axis (:mod:`agrepa.tokenizers.timing`): the token
 store's ``position_rate`` / ``granularity`` per domain give each clip's token grid.
-On loading, a clip whose token and mel durations disagree by more than one token
+On indexing (from the stored shapes), a clip whose token and mel durations disagree by more than one token
 is rejected with the reason (``rejected``), and a clip longer than
 ``audio.max_seconds`` is cut to its first whole token steps within that length --
 tokens and mel to the same span (the durations are compared within that window:
