@@ -422,25 +422,27 @@ class BalancedSampler:
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         self.batch_size, self.seed, self.tag = batch_size, int(seed), str(tag)
-        self.pools = [[i for i, d in enumerate(domains) if d == k] for k in range(len(DOMAINS))]
-        if not any(self.pools):
+        domains = np.asarray(domains)
+        # arrays (not lists of ints): each DataLoader worker holds its own sampler
+        self.pools = [np.flatnonzero(domains == k) for k in range(len(DOMAINS))]
+        if not any(len(p) for p in self.pools):
             raise ValueError("sampler: no clips")
         self.batches = 0
         self.cursor = [[0, 0] for _ in self.pools]   # per domain: epoch, position
-        self._perm: dict[tuple[int, int], list[int]] = {}
+        self._perm: dict[tuple[int, int], np.ndarray] = {}
 
-    def _permutation(self, d: int, epoch: int) -> list[int]:
+    def _permutation(self, d: int, epoch: int) -> np.ndarray:
         key = (d, epoch)
         if key not in self._perm:
             self._perm = {k: v for k, v in self._perm.items() if k[0] != d}
             g = generator(self.seed, self.tag, "sampler", DOMAINS[d], epoch)
-            self._perm[key] = [self.pools[d][i] for i in torch.randperm(len(self.pools[d]), generator=g).tolist()]
+            self._perm[key] = self.pools[d][torch.randperm(len(self.pools[d]), generator=g).numpy()]
         return self._perm[key]
 
     def _draw(self, d: int) -> int:
         epoch, pos = self.cursor[d]
         perm = self._permutation(d, epoch)
-        item = perm[pos]
+        item = int(perm[pos])
         pos += 1
         if pos == len(perm):
             epoch, pos = epoch + 1, 0
@@ -448,7 +450,7 @@ class BalancedSampler:
         return item
 
     def next_batch(self) -> list[int]:
-        live = [d for d, p in enumerate(self.pools) if p]
+        live = [d for d, p in enumerate(self.pools) if len(p)]
         first = live[self.batches % len(live)] if len(live) > 1 else live[0]
         order = [first] + [d for d in live if d != first]
         out = [self._draw(order[k % len(order)]) for k in range(self.batch_size)]
