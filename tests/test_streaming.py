@@ -126,7 +126,8 @@ def _long_corpus(root, n: int, frames: int = 1500) -> dict:
 
 
 def test_dataset_holds_no_mel(tmp_path):
-    """Memory kept by the dataset grows by far less than the corpus's mel: 8 vs 32 clips of 1500 frames."""
+    """Memory kept by the dataset grows by < 1 % of the corpus's mel: 8 vs 32 clips of 1500 frames (the
+    in-memory loader kept >= 100 %)."""
     cfg, _ = tiny_cfg(tmp_path, {"audio": {"max_seconds": 20.0}})
     kept = {}
     for n in (8, 32):
@@ -138,4 +139,4 @@ def test_dataset_holds_no_mel(tmp_path):
         tracemalloc.stop()
         assert len(data) == n and int(data.frames.min()) > 1000
     mel_growth = (32 - 8) * 1500 * N_MELS * 4
-    assert (kept[32] - kept[8]) / mel_growth < 0.05, kept
+    assert (kept[32] - kept[8]) / mel_growth < 0.01, (kept, mel_growth)
