@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import tracemalloc
 
-import pandas as pd
 import pytest
 import torch
 
