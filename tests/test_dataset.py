@@ -122,7 +122,7 @@ def test_normalised_mels_and_embeddings(corpus):
     data = load_data(cfg, paths)
     assert len(data) == 12 and data.vocab_size == VOCAB
     assert data.teacher_dims == {"semantic": DIM_SEM, "acoustic": DIM_AC}
-    allmel = torch.cat(data.mels)
+    allmel = torch.cat([data.clip_mel(i) for i in range(len(data))])
     assert allmel.mean(0).abs().max() < 1e-4          # train-split stats -> zero mean, unit std
     assert (allmel.std(0) - 1).abs().max() < 1e-3
     b = data.eval_batches(4, limit=1)[0]
@@ -145,7 +145,7 @@ def test_collate_crop_tokens_prompt(corpus):
     B, T, M = b["mel"].shape
     assert (B, M) == (12, N_MELS) and T <= L
     for j, i in enumerate(idx):
-        full, tok = data.mels[i], data.tokens[i]
+        full, tok = data.clip_mel(i), data.clip_tokens(i)
         n = int(b["mask"][j].sum())
         f0, f1 = b["crop"][j].tolist()
         a, e = b["token_span"][j].tolist()
@@ -170,7 +170,7 @@ def test_collate_crop_tokens_prompt(corpus):
     j = e1[0]["ids"].index("speech_000")
     n = int(e1[0]["mask"][j].sum())
     assert e1[0]["crop"][j, 0] == 0 and e1[0]["token_span"][j, 0] == 0
-    assert torch.equal(e1[0]["mel"][j, :n], data.mels[data.ids.index("speech_000")][:n])
+    assert torch.equal(e1[0]["mel"][j, :n], data.clip_mel(data.ids.index("speech_000"))[:n])
     assert int(e1[0]["prompt_mask"][j].sum()) == math.floor(0.3 * n)
     assert all(int(d) == 1 for b in data.eval_batches(3, domain="audio") for d in b["domain"])
 
@@ -186,7 +186,7 @@ def test_config_b_rows_and_rejects(tmp_path):
     for j in range(6):
         a, e = b["token_span"][j].tolist()
         n = int((b["tokens"][j, :, 0] != 0).sum())
-        assert n == e - a and torch.equal(b["tokens"][j, :n], data.tokens[j][a:e])
+        assert n == e - a and torch.equal(b["tokens"][j, :n], data.clip_tokens(j)[a:e])
     # too many tokens for the audio: rejected with the reason
     w = StoreWriter(tmp_path / "bad_tokens", meta=token_store_meta(), shard_size=5)
     for cid, t in paths["raw_tokens"].items():
@@ -213,8 +213,8 @@ def test_long_clip_cut_to_max_seconds_with_its_tokens(tmp_path):
         w.close()
     data = load_data(cfg, paths)
     i = data.ids.index("speech_000")
-    assert data.tokens[i].shape[0] == 23 and data.mels[i].shape[0] == round(23 * 4) == 92
-    assert torch.equal(data.tokens[i], long_tok[:23])
+    assert data.clip_tokens(i).shape[0] == 23 and data.clip_mel(i).shape[0] == round(23 * 4) == 92
+    assert torch.equal(data.clip_tokens(i), long_tok[:23])
 
 
 def test_sampler_balanced_and_resumable():

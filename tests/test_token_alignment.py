@@ -159,7 +159,7 @@ def test_batches_hold_the_tokens_of_the_cropped_mel(stores, frames, token_config
     mel_store, tok_store = Store(root / "mels"), Store(tokens_dir)
     full_mel = mel_store.get(LONG)["mel"]
     assert full_mel.shape[0] == 1 + 20 * 24000 // 256                     # the 20 s clip ...
-    assert data.mels[i_long].shape[0] <= math.ceil(8.0 * FR)              # ... cut to max_seconds
+    assert data.clip_mel(i_long).shape[0] <= math.ceil(8.0 * FR)              # ... cut to max_seconds
     own = own_tokens(stores, frames, LONG)
     grid = data.grids[0]
     # Config B's speech grid: 50 /s; a BEATs step (160 ms) spans 8 rows, whichever BEATs stream
@@ -170,7 +170,7 @@ def test_batches_hold_the_tokens_of_the_cropped_mel(stores, frames, token_config
             f0, f1 = batch["crop"][j].tolist()
             a, b = batch["token_span"][j].tolist()
             n = int(batch["mask"][j].sum())
-            assert n == f1 - f0 and torch.equal(batch["mel"][j, :n], data.mels[i][f0:f1])
+            assert n == f1 - f0 and torch.equal(batch["mel"][j, :n], data.clip_mel(i)[f0:f1])
             stored = tok_store.get(data.ids[i])["tokens"]
             assert torch.equal(batch["tokens"][j, :b - a], stored[a:b])     # exactly the stored rows
             assert (batch["tokens"][j, b - a:] == 0).all()
@@ -178,7 +178,7 @@ def test_batches_hold_the_tokens_of_the_cropped_mel(stores, frames, token_config
                 continue
             seen += 1
             s, e = f0 / FR, f1 / FR                                          # the crop, in seconds
-            assert 0 < f1 - f0 <= math.ceil(1.5 * FR) and f1 <= data.mels[i].shape[0]
+            assert 0 < f1 - f0 <= math.ceil(1.5 * FR) and f1 <= data.clip_mel(i).shape[0]
             rows = batch["tokens"][j, :b - a]
             columns = {"speech": rows} if token_config == "A" else {"speech": rows[:, 0], "beats": rows[:, 1]}
             for stream, got in columns.items():

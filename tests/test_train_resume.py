@@ -49,12 +49,14 @@ def one_thread():
 
 
 def test_sigkill_and_resume_is_exact(tmp_path, one_thread):
-    # dropout on: the restored RNG states matter; the REPA heads, EMA and optimiser moments are all resumed
+    # dropout on: the restored RNG states matter; the REPA heads, EMA and optimiser moments are all resumed.
+    # The killed and resumed runs read through 2 DataLoader workers, the reference in-process (0 workers)
     cfg, cfg_path = tiny_cfg(tmp_path, {"model": {"dropout": 0.1},
-                                        "train": {"checkpoint_every": 10, "log_every": 5,
+                                        "train": {"checkpoint_every": 10, "log_every": 5, "num_workers": 2,
                                                   "snapshot_fractions": [50 / STEPS, 100 / STEPS]}})
     paths = make_corpus(tmp_path / "data")
     kw = dict(data=data_paths(paths))
+    cfg = {**cfg, "train": {**cfg["train"], "num_workers": 0}}
     warm = train.run(cfg, phase="warmup", out=tmp_path / "warm", seed=3, **kw)
     ref = train.run(cfg, phase="branch", method="repa_l1_2", init=warm, out=tmp_path / "ref", seed=3,
                     steps=STEPS, **kw)

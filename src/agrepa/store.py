@@ -13,8 +13,9 @@ their output.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import torch
 from safetensors import safe_open
@@ -88,6 +89,36 @@ class Store:
         self._shards: dict[str, str] = index["shards"]
         self._handles: dict[str, Any] = {}
 
+    def shard_of(self, key: str) -> str:
+        """The shard file name holding clip ``key``."""
+        try:
+            return self._shards[key]
+        except KeyError:
+            raise KeyError(f"{self.dir}: no entry for clip id {key!r}") from None
+
+    def shard_names(self) -> list[str]:
+        """The shard file names the index refers to."""
+        return sorted(set(self._shards.values()))
+
+    def shapes(self, name: str, keys: Iterable[str] | None = None) -> dict[str, list[int]]:
+        """``{clip id: shape}`` of tensor ``name`` for the stored clips among ``keys`` (all by
+        default), read from the safetensors headers shard by shard (no tensor data)."""
+        wanted = set(self.keys() if keys is None else keys)
+        by_shard: dict[str, list[str]] = {}
+        for key in wanted:
+            if key in self._shards:
+                by_shard.setdefault(self._shards[key], []).append(key)
+        out = {}
+        for shard, ks in sorted(by_shard.items()):
+            with safe_open(str(self.dir / shard), framework="pt") as h:
+                names = set(h.keys())
+                for key in ks:
+                    t = f"{key}{SEP}{name}"
+                    if t not in names:
+                        raise KeyError(f"{self.dir / shard}: clip {key!r} has no tensor {name!r}")
+                    out[key] = list(h.get_slice(t).get_shape())
+        return out
+
     def keys(self) -> list[str]:
         return list(self._shards)
 
@@ -127,3 +158,43 @@ class Store:
                 raise KeyError(f"{self.dir}: no entry for clip id {key!r}")
             out[key] = self._handle(shard).get_tensor(f"{key}{SEP}{name}")
         return out
+
+
+class StoreInfo(NamedTuple):
+    """A store's place and meta, without its per-clip index."""
+
+    dir: Path
+    meta: dict[str, Any]
+
+
+class ShardPool:
+    """At most ``max_open`` open shard files (least recently used closed first), so a reader of
+    thousands of shards stays within the file-descriptor limit. Handles are not shared across a
+    fork: a DataLoader worker opens its own."""
+
+    def __init__(self, max_open: int = 64):
+        if max_open < 1:
+            raise ValueError(f"train.open_shards: must be >= 1, got {max_open}")
+        self.max_open = max_open
+        self._open: OrderedDict[Path, Any] = OrderedDict()
+        self._pid = os.getpid()
+
+    def get(self, path: Path):
+        if os.getpid() != self._pid:                      # a forked worker: its own handles
+            self._open, self._pid = OrderedDict(), os.getpid()
+        h = self._open.get(path)
+        if h is None:
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: shard missing (store changed since it was indexed?)")
+            h = self._open[path] = safe_open(str(path), framework="pt")
+            while len(self._open) > self.max_open:
+                self._open.popitem(last=False)
+        else:
+            self._open.move_to_end(path)
+        return h
+
+    def __getstate__(self):
+        return {"max_open": self.max_open}
+
+    def __setstate__(self, state):
+        self.__init__(state["max_open"])

@@ -1,10 +1,10 @@
 """Training data for the flow-matching model: clips, crops, prompts and balanced sampling.
 
-A :class:`TrainingData` holds one split in memory (the embedded default is
-toy-scale): per clip the normalised mel ``(mel - mean) / std`` (train-split
-statistics from the mel store's meta), its token ids, its domain and the cached
-teacher embeddings. :meth:`TrainingData.collate` turns a list of clip indices into
-a batch dict:
+A :class:`TrainingData` indexes one split of the stores (numpy arrays built from the
+safetensors headers; no clip data in memory) and reads on demand, by byte range, per
+clip the normalised mel ``(mel - mean) / std`` (train-split statistics from the mel
+store's meta), its token ids and the cached teacher embeddings.
+:meth:`TrainingData.collate` reads the crops of a list of clip indices into a batch dict:
 
 =================  ==================  =============================================
 key                shape / type        meaning
@@ -21,11 +21,12 @@ key                shape / type        meaning
 ``emb_semantic``   [B, Ds] float32     cached pooled semantic-teacher embedding (0 if none)
 ``emb_acoustic``   [B, Da] float32     cached pooled acoustic-teacher embedding (0 if none)
 ``ids``            list[str]           clip ids
+``padded``         bool                whether any item is shorter than T (host-side, no sync)
 =================  ==================  =============================================
 
 Tokens and mel share one time axis (:mod:`agrepa.tokenizers.timing`): the token
 store's ``position_rate`` / ``granularity`` per domain give each clip's token grid.
-On loading, a clip whose token and mel durations disagree by more than one token
+On indexing (from the stored shapes), a clip whose token and mel durations disagree by more than one token
 is rejected with the reason (``rejected``), and a clip longer than
 ``audio.max_seconds`` is cut to its first whole token steps within that length --
 tokens and mel to the same span (the durations are compared within that window:
@@ -59,13 +60,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
 from ..config import DOMAINS
 from ..corpora.mels import load_stats
-from ..store import Store
+from ..store import SEP, ShardPool, Store, StoreInfo
 from ..tokenizers.timing import Grid, duration_mismatch, token_window
 
 CONFIG_KEYS = ("audio", "train")  # config sections this module reads
@@ -170,8 +172,15 @@ def split_rows(manifest: str | os.PathLike | pd.DataFrame, split: str) -> pd.Dat
 
 
 class TrainingData:
-    """One split of the corpus in memory (or the clips ``ids`` of it), with crop/prompt
-    batching (see module doc)."""
+    """One split of the corpus (or the clips ``ids`` of it) read from its stores on demand,
+    with crop/prompt batching (see module doc).
+
+    Only a per-clip index lives in memory, in numpy arrays (no Python object per clip, so
+    DataLoader workers do not copy it page by page): domain, usable token rows and mel
+    frames, and which shard file of each store holds the clip. It is built from the
+    safetensors headers (shapes), never from tensor data; :meth:`collate` reads the
+    crop's rows by byte range through a bounded pool of open shards
+    (:class:`agrepa.store.ShardPool`)."""
 
     def __init__(self, cfg: dict, data: DataPaths, split: str = "train", ids: Sequence[str] | None = None):
         self.cfg = cfg
@@ -189,80 +198,80 @@ class TrainingData:
         df = split_rows(data.manifest, split)
         if ids is not None:                                  # a subset (the probe sample)
             df = df[df["id"].astype(str).isin(set(ids))]
-        self.mel_store, self.token_store = Store(data.mels), Store(data.tokens)
-        self.teacher_stores = {name: Store(path) for name, path in data.teachers().items()}
-        self.mean, self.std = load_stats(self.mel_store, self.n_mels)
-        self.vocab_size, self.token_layout, self.grids = token_meta(self.token_store, frames_per_second(cfg),
+        mel_store, token_store = Store(data.mels), Store(data.tokens)
+        teacher_stores = {name: Store(path) for name, path in data.teachers().items()}
+        self.mean, self.std = load_stats(mel_store, self.n_mels)
+        self.vocab_size, self.token_layout, self.grids = token_meta(token_store, frames_per_second(cfg),
                                                                     self.crop_seconds)
-        self.teacher_dims = {name: self._teacher_dim(store) for name, store in self.teacher_stores.items()}
-
-        self.ids: list[str] = []
-        self.domain: list[int] = []
-        self.mels: list[Tensor] = []
-        self.tokens: list[Tensor] = []
-        self.emb = {name: [] for name in TEACHERS}
-        skipped = [(cid, why) for cid, dom in zip(df["id"].astype(str), df["domain"])
-                   if (why := self._add_clip(cid, dom)) is not None]
-        self.rejected = skipped   # (clip id, why)
-        if skipped:
-            log.warning("%s split: skipped %d clip(s) (e.g. %s)", split, len(skipped),
-                        "; ".join(f"{i}: {why}" for i, why in skipped[:3]))
-        if not self.ids:
+        self.teacher_dims = {name: self._teacher_dim(store) for name, store in teacher_stores.items()}
+        self.token_store = StoreInfo(token_store.dir, token_store.meta)   # meta and place, not the index
+        self.dirs = {"mels": mel_store.dir, "tokens": token_store.dir,
+                     **{name: s.dir for name, s in teacher_stores.items()}}
+        self.pool = ShardPool(int(cfg["train"]["open_shards"]))
+        self._index(df, mel_store, token_store, teacher_stores)
+        if self.rejected:
+            log.warning("%s split: skipped %d clip(s) (e.g. %s)", split, len(self.rejected),
+                        "; ".join(f"{i}: {why}" for i, why in self.rejected[:3]))
+        if not len(self._ids):
             raise ValueError(f"{data.manifest}: none of the {len(df)} clips of split {split!r} is usable "
-                             f"(first: {skipped[0][0]}: {skipped[0][1]})")
-        self.emb_tensor = {name: torch.stack(v) for name, v in self.emb.items()}
-        log.info("%s split: %d clips (%d speech, %d audio)", split, len(self.ids),
-                 self.domain.count(0), self.domain.count(1))
+                             f"(first: {self.rejected[0][0]}: {self.rejected[0][1]})")
+        log.info("%s split: %d clips (%d speech, %d audio)", split, len(self._ids),
+                 int((self.domain == 0).sum()), int((self.domain == 1).sum()))
 
-    def _add_clip(self, clip_id: str, dom: str) -> str | None:
-        """Load one clip (normalised mel and tokens cut to the same span within
-        ``audio.max_seconds``, teacher embeddings); the reason if it is skipped."""
-        mels, toks = self.mel_store, self.token_store
-        teacher = DOMAIN_TEACHER[dom]
-        missing = [name for name, s in (("mels", mels), ("tokens", toks), (teacher, self.teacher_stores[teacher]))
-                   if clip_id not in s]
-        if missing:
-            return "not in " + ", ".join(missing)
-        mel = mels.load("mel", [clip_id])[clip_id].float()
-        if mel.dim() != 2 or mel.shape[1] != self.n_mels:
-            raise ValueError(f"{mels.dir}: mel of {clip_id!r} has shape {tuple(mel.shape)}, "
-                             f"expected [T, {self.n_mels}]")
-        tok = toks.load("tokens", [clip_id])[clip_id].long()
-        grid = self.grids[DOMAINS.index(dom)]
-        window = grid.positions(self.max_seconds)
-        # compared within the training window: tokens of a teacher's frames cover that window only
-        why = self._token_problem(tok) or duration_mismatch(min(tok.shape[0], window),
-                                                            min(mel.shape[0], grid.frame_at(window)), grid)
-        if why:
-            return why
-        _, b, _, f1 = token_window(tok.shape[0], mel.shape[0], grid, window)
-        self.ids.append(clip_id)
-        self.domain.append(DOMAINS.index(dom))
-        self.mels.append(((mel[:f1] - self.mean) / self.std).contiguous())
-        self.tokens.append(tok[:b].contiguous())
-        for name in TEACHERS:
-            self.emb[name].append(self._embedding(name, clip_id))
+    def _index(self, df: pd.DataFrame, mels: Store, toks: Store, teachers: dict[str, Store]) -> None:
+        """The per-clip arrays and ``rejected`` (clip id, why), from the stores' headers."""
+        stores = {"mels": mels, "tokens": toks, **teachers}
+        self.shard_files = {k: sorted(set(s.shard_names())) for k, s in stores.items()}
+        number = {k: {f: n for n, f in enumerate(v)} for k, v in self.shard_files.items()}
+        shapes = {k: {} for k in stores}                       # header shapes, read shard by shard
+        wanted = set(df["id"].astype(str))
+        for k, s in stores.items():
+            name = {"mels": "mel", "tokens": "tokens"}.get(k, "pooled")
+            shapes[k] = s.shapes(name, wanted)
+        keep, dom, f1s, bs, shard = [], [], [], [], {k: [] for k in stores}
+        rejected = []
+        for cid, d in zip(df["id"].astype(str), df["domain"]):
+            teacher = DOMAIN_TEACHER[d]
+            missing = [n for n in ("mels", "tokens", teacher) if cid not in shapes[n]]
+            if missing:
+                rejected.append((cid, "not in " + ", ".join(missing)))
+                continue
+            mel, tok = shapes["mels"][cid], shapes["tokens"][cid]
+            if len(mel) != 2 or mel[1] != self.n_mels:
+                raise ValueError(f"{mels.dir}: mel of {cid!r} has shape {tuple(mel)}, expected [T, {self.n_mels}]")
+            for name in TEACHERS:
+                e = shapes[name].get(cid)
+                if e is not None and math.prod(e) != self.teacher_dims[name]:
+                    raise ValueError(f"{teachers[name].dir}: pooled embedding of {cid!r} has {math.prod(e)} "
+                                     f"entries, expected {self.teacher_dims[name]}")
+            grid = self.grids[DOMAINS.index(d)]
+            window = grid.positions(self.max_seconds)
+            # compared within the training window: tokens of a teacher's frames cover that window only
+            why = self._token_problem(tok) or duration_mismatch(min(tok[0], window),
+                                                                min(mel[0], grid.frame_at(window)), grid)
+            if why:
+                rejected.append((cid, why))
+                continue
+            _, b, _, f1 = token_window(tok[0], mel[0], grid, window)
+            keep.append(cid)
+            dom.append(DOMAINS.index(d))
+            f1s.append(f1)
+            bs.append(b)
+            for k in stores:
+                shard[k].append(number[k][stores[k].shard_of(cid)] if cid in shapes[k] else -1)
+        self.rejected = rejected
+        self._ids = np.array(keep, dtype=str)
+        self.domain = np.array(dom, dtype=np.int64)
+        self.frames = np.array(f1s, dtype=np.int64)       # usable mel frames f1 (cut to max_seconds)
+        self.rows = np.array(bs, dtype=np.int64)          # usable token rows b
+        self.shard = {k: np.array(v, dtype=np.int32) for k, v in shard.items()}
+
+    def _token_problem(self, shape: Sequence[int]) -> str | None:
+        want = "[N, 2]" if self.token_layout["paired"] else "[N]"
+        if len(shape) != (2 if self.token_layout["paired"] else 1) or (len(shape) == 2 and shape[1] != 2) \
+                or shape[0] == 0:
+            return f"tokens of shape {tuple(shape)}, expected {want}"
         return None
-
-    def _token_problem(self, tok: Tensor) -> str | None:
-        shape = "[N, 2]" if self.token_layout["paired"] else "[N]"
-        if tok.dim() != (2 if self.token_layout["paired"] else 1) or (tok.dim() == 2 and tok.shape[1] != 2) \
-                or tok.shape[0] == 0:
-            return f"tokens of shape {tuple(tok.shape)}, expected {shape}"
-        if int(tok.min()) < 1 or int(tok.max()) >= self.vocab_size:
-            return f"token ids outside [1, {self.vocab_size})"
-        return None
-
-    def _embedding(self, teacher: str, clip_id: str) -> Tensor:
-        """The cached pooled embedding of ``teacher`` for a clip (zeros when the store has none)."""
-        s = self.teacher_stores[teacher]
-        if clip_id not in s:
-            return torch.zeros(self.teacher_dims[teacher])
-        e = s.load("pooled", [clip_id])[clip_id].float().reshape(-1)
-        if e.numel() != self.teacher_dims[teacher]:
-            raise ValueError(f"{s.dir}: pooled embedding of {clip_id!r} has {e.numel()} "
-                             f"entries, expected {self.teacher_dims[teacher]}")
-        return e
 
     @staticmethod
     def _teacher_dim(store: Store) -> int:
@@ -274,21 +283,62 @@ class TrainingData:
             dim = store.load("pooled", keys[:1])[keys[0]].numel()
         return int(dim)
 
+    @property
+    def ids(self) -> list[str]:
+        """Clip ids in index order (a fresh list; the index holds a numpy array)."""
+        return self._ids.tolist()
+
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self._ids)
 
     def indices(self, domain: int | str | None = None) -> list[int]:
         """Clip indices, all or of one domain (id 0/1 or name)."""
         if domain is None:
-            return list(range(len(self.ids)))
+            return list(range(len(self)))
         d = DOMAINS.index(domain) if isinstance(domain, str) else int(domain)
-        return [i for i, x in enumerate(self.domain) if x == d]
+        return np.flatnonzero(self.domain == d).tolist()
+
+    # -- reading --
+
+    def _read(self, store: str, i: int, name: str, rows: tuple[int, int] | None = None) -> Tensor:
+        """Rows ``[r0, r1)`` (or all) of tensor ``name`` of clip ``i`` in ``store``, by byte range."""
+        n = int(self.shard[store][i])
+        h = self.pool.get(self.dirs[store] / self.shard_files[store][n])
+        key = f"{self._ids[i]}{SEP}{name}"
+        return h.get_tensor(key) if rows is None else h.get_slice(key)[rows[0]:rows[1]]
+
+    def mel_rows(self, i: int, f0: int, f1: int) -> Tensor:
+        """Normalised mel frames ``[f0, f1)`` of clip ``i``."""
+        return ((self._read("mels", i, "mel", (f0, f1)).float() - self.mean) / self.std).contiguous()
+
+    def token_rows(self, i: int, a: int, b: int) -> Tensor:
+        """Token rows ``[a, b)`` of clip ``i``; ids outside ``[1, vocab_size)`` are an error naming the
+        store and the clip (checked on the rows read: the index is built from shapes only)."""
+        tok = self._read("tokens", i, "tokens", (a, b)).long()
+        if tok.numel() and (int(tok.min()) < 1 or int(tok.max()) >= self.vocab_size):
+            raise ValueError(f"{self.dirs['tokens']}: tokens of {str(self._ids[i])!r} rows [{a}, {b}) hold ids outside "
+                             f"[1, {self.vocab_size}) (re-run `agrepa tokens encode`)")
+        return tok.contiguous()
+
+    def clip_mel(self, i: int) -> Tensor:
+        """The whole usable normalised mel of clip ``i`` (cut to ``audio.max_seconds``)."""
+        return self.mel_rows(i, 0, int(self.frames[i]))
+
+    def clip_tokens(self, i: int) -> Tensor:
+        """The whole usable token rows of clip ``i``."""
+        return self.token_rows(i, 0, int(self.rows[i]))
+
+    def embedding(self, teacher: str, i: int) -> Tensor:
+        """The cached pooled embedding of ``teacher`` for clip ``i`` (zeros when the store has none)."""
+        if self.shard[teacher][i] < 0:
+            return torch.zeros(self.teacher_dims[teacher])
+        return self._read(teacher, i, "pooled").float().reshape(-1)
 
     # -- batching --
 
     def collate(self, indices: Sequence[int], crop_pos: Tensor | None = None,
                 prompt_pos: Tensor | None = None) -> dict:
-        """The batch dict for clips ``indices`` (see module doc).
+        """The batch dict for clips ``indices`` (see module doc), read from the stores.
 
         ``crop_pos`` / ``prompt_pos``: per-item uniforms in [0, 1) choosing the crop
         start and the prompt length; ``None`` gives the deterministic crop (start 0)
@@ -299,14 +349,14 @@ class TrainingData:
             raise ValueError("collate: empty list of clips")
         crops, spans, plens, windows = [], [], [], []
         for j, i in enumerate(indices):
-            mel, tok = self.mels[i], self.tokens[i]
-            grid = self.grids[self.domain[i]]
+            grid = self.grids[int(self.domain[i])]
             u = None if crop_pos is None else float(crop_pos[j])
-            a, b, f0, f1 = token_window(tok.shape[0], mel.shape[0], grid, grid.positions(self.crop_seconds), u)
+            a, b, f0, f1 = token_window(int(self.rows[i]), int(self.frames[i]), grid,
+                                        grid.positions(self.crop_seconds), u)
             windows.append((f0, f1, a, b))
             L = f1 - f0
-            crops.append(mel[f0:f1])
-            spans.append(tok[a:b])
+            crops.append(self.mel_rows(i, f0, f1))
+            spans.append(self.token_rows(i, a, b))
             if prompt_pos is None:
                 p = int(math.floor(self.eval_prompt_fraction * L))
             else:
@@ -324,7 +374,6 @@ class TrainingData:
             mask[j, :c.shape[0]] = True
             tokens[j, :s.shape[0]] = s
             prompt_mask[j, :p] = True
-        idx = torch.as_tensor(list(indices), dtype=torch.long)
         return {
             "mel": mel,
             "mask": mask,
@@ -333,10 +382,11 @@ class TrainingData:
             "token_span": torch.tensor([w[2:] for w in windows], dtype=torch.long),
             "prompt": mel * prompt_mask[..., None],
             "prompt_mask": prompt_mask,
-            "domain": torch.as_tensor([self.domain[i] for i in indices], dtype=torch.long),
-            "emb_semantic": self.emb_tensor["semantic"][idx],
-            "emb_acoustic": self.emb_tensor["acoustic"][idx],
-            "ids": [self.ids[i] for i in indices],
+            "domain": torch.as_tensor([int(self.domain[i]) for i in indices], dtype=torch.long),
+            "emb_semantic": torch.stack([self.embedding("semantic", i) for i in indices]),
+            "emb_acoustic": torch.stack([self.embedding("acoustic", i) for i in indices]),
+            "ids": [str(self._ids[i]) for i in indices],
+            "padded": any(c.shape[0] < T for c in crops),   # a host bool: attention needs no mask when False
         }
 
     def eval_batches(self, batch_size: int, domain: int | str | None = None,
@@ -347,7 +397,7 @@ class TrainingData:
         interleaved (s, a, s, a, ...; the rest of the longer domain at the end) so the
         first batches cover both domains. Crops start at frame 0; prompts are the
         first ``train.eval_prompt_fraction`` of each crop. ``limit``: at most that
-        many batches.
+        many batches (only those are read).
         """
         if batch_size < 1:
             raise ValueError(f"eval_batches: batch_size must be >= 1, got {batch_size}")
@@ -356,8 +406,9 @@ class TrainingData:
             order = [i for pair in zip(s, a) for i in pair] + s[len(a):] + a[len(s):]
         else:
             order = self.indices(domain)
-        batches = [self.collate(order[k:k + batch_size]) for k in range(0, len(order), batch_size)]
-        return batches if limit is None else batches[:limit]
+        starts = range(0, len(order), batch_size)
+        starts = starts if limit is None else starts[:limit]
+        return [self.collate(order[k:k + batch_size]) for k in starts]
 
 
 class BalancedSampler:
@@ -373,25 +424,27 @@ class BalancedSampler:
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         self.batch_size, self.seed, self.tag = batch_size, int(seed), str(tag)
-        self.pools = [[i for i, d in enumerate(domains) if d == k] for k in range(len(DOMAINS))]
-        if not any(self.pools):
+        domains = np.asarray(domains)
+        # arrays (not lists of ints): each DataLoader worker holds its own sampler
+        self.pools = [np.flatnonzero(domains == k) for k in range(len(DOMAINS))]
+        if not any(len(p) for p in self.pools):
             raise ValueError("sampler: no clips")
         self.batches = 0
         self.cursor = [[0, 0] for _ in self.pools]   # per domain: epoch, position
-        self._perm: dict[tuple[int, int], list[int]] = {}
+        self._perm: dict[tuple[int, int], np.ndarray] = {}
 
-    def _permutation(self, d: int, epoch: int) -> list[int]:
+    def _permutation(self, d: int, epoch: int) -> np.ndarray:
         key = (d, epoch)
         if key not in self._perm:
             self._perm = {k: v for k, v in self._perm.items() if k[0] != d}
             g = generator(self.seed, self.tag, "sampler", DOMAINS[d], epoch)
-            self._perm[key] = [self.pools[d][i] for i in torch.randperm(len(self.pools[d]), generator=g).tolist()]
+            self._perm[key] = self.pools[d][torch.randperm(len(self.pools[d]), generator=g).numpy()]
         return self._perm[key]
 
     def _draw(self, d: int) -> int:
         epoch, pos = self.cursor[d]
         perm = self._permutation(d, epoch)
-        item = perm[pos]
+        item = int(perm[pos])
         pos += 1
         if pos == len(perm):
             epoch, pos = epoch + 1, 0
@@ -399,7 +452,7 @@ class BalancedSampler:
         return item
 
     def next_batch(self) -> list[int]:
-        live = [d for d, p in enumerate(self.pools) if p]
+        live = [d for d, p in enumerate(self.pools) if len(p)]
         first = live[self.batches % len(live)] if len(live) > 1 else live[0]
         order = [first] + [d for d in live if d != first]
         out = [self._draw(order[k % len(order)]) for k in range(self.batch_size)]

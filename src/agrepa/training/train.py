@@ -65,6 +65,7 @@ from .checkpoint import (EMA, RunSpec, TrainState, prepare_resume, read_checkpoi
                          set_rng_state, snapshot_dict)
 from .dataset import BalancedSampler, DataPaths, TrainingData, crop_frames, derive_seed, generator, shard
 from . import similarity
+from .loader import StepBatches, loader, next_batch, positions, step_generator
 from .objectives import BITC_OBJECTIVES, BiTCHeads, REPAHeads, flow_matching_loss, method_config, method_plan, plan_to_json
 from .schedule import Lengths, Schedule, continue_optimizer, make_optimizer
 
@@ -153,9 +154,10 @@ def draw_step(cfg: dict, seed: int, stream: str, step: int, G: int, host_noise: 
     (:func:`batch_drops`). Both modes draw the same crops, prompts, flow times and noise.
     ``host_noise=False`` (CUDA, :class:`StepOptions`): the noise is not drawn here but on the device
     (:func:`noise`), so the ``cfg_drop_both`` draws after it differ from the host stream's."""
-    g = generator(seed, stream, "batch", step)
+    g = step_generator(seed, stream, step)
     r = recipe(cfg)
-    crop, prompt, t = torch.rand(G, generator=g), torch.rand(G, generator=g), torch.rand(G, generator=g)
+    crop, prompt = positions(g, G)              # first: the loader's workers draw them alone
+    t = torch.rand(G, generator=g)
     drop_tokens = torch.rand(G, generator=g) < r.cfg_drop_tokens
     drop_prompt = torch.rand(G, generator=g) < r.cfg_drop_prompt
     x0 = torch.randn(G, crop_frames(cfg), int(cfg["audio"]["n_mels"]), generator=g) if host_noise else None
@@ -381,8 +383,12 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
         bar = tqdm(range(start, total), initial=start, total=total, desc=f"{phase}:{method}",
                    disable=not d.is_main, dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
         # loop: draw batch, forward, losses, step, log, checkpoint
+        batches = iter(loader(cfg, StepBatches(clips, state.sampler.state_dict(), batch_size=loop.batch_size,
+                                                seed=loop.seed, stream=loop.stream, local=loop.local, start=start,
+                                                total=total, draw_offset=loop.draw_step(0)),
+                              pin_memory=loop.device.type == "cuda"))
         for step in bar:
-            batch, draw = draw_batch(loop, clips, state.sampler, step)
+            batch, draw = draw_batch(loop, batches, state.sampler, step)
             loss, terms = losses(loop, forward, state, batch, draw)
             if not loop.opts.deferred_metrics:
                 check_finite(terms, step, last)
@@ -502,12 +508,11 @@ def initial_state(loop: Loop, clips: TrainingData, method: str, init_ck: dict | 
     return state
 
 
-def draw_batch(loop: Loop, clips: TrainingData, sampler: BalancedSampler, step: int) -> tuple[dict, StepDraw]:
-    """This process's shard of the global batch of ``step`` on the device, and the step's draws."""
-    idx = sampler.next_batch()
-    draw = loop.draw(step)
-    j = loop.local
-    return move_batch(clips.collate(idx[j], draw.crop[j], draw.prompt[j]), loop.device), draw
+def draw_batch(loop: Loop, batches, sampler: BalancedSampler, step: int) -> tuple[dict, StepDraw]:
+    """This process's shard of the global batch of ``step`` (from the loader ``batches``; the
+    consumed ``sampler`` advanced by one batch) on the device, and the step's draws."""
+    batch = next_batch(batches, sampler, step)
+    return move_batch(batch, loop.device), loop.draw(step)
 
 
 def padded(loop: Loop, batch: dict) -> bool | None:
