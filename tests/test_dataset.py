@@ -164,6 +164,10 @@ def test_collate_crop_tokens_prompt(corpus):
         p = int(b["prompt_mask"][j].sum())
         assert p <= 0.3 * n                                                # prefix <= 30 % of the crop
         assert torch.equal(b["prompt"][j, :p], b["mel"][j, :p]) and b["prompt"][j, p:].abs().sum() == 0
+    # the host flag `padded` (attention without a mask when False) says whether any row is padded
+    assert b["padded"] is bool((~b["mask"]).any())
+    full = [i for i in idx if b["mask"][i].all()]
+    assert len(full) >= 2 and data.collate(full[:2], u[full[:2]], v[full[:2]])["padded"] is False
     # deterministic batches: crop from frame 0, prompt exactly eval_prompt_fraction
     e1, e2 = data.eval_batches(5), data.eval_batches(5)
     assert len(e1) == 3 and all(torch.equal(x["mel"], y["mel"]) for x, y in zip(e1, e2))

@@ -52,7 +52,7 @@ def _padded(batch: dict, pad: bool) -> dict:
     if pad:
         for k in out:
             out[k][1:, T - 6:] = 0
-    return {**batch, **out}
+    return {**batch, **out, "padded": pad}
 
 
 def _step(warm, method, opts, pad: bool):
