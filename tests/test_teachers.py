@@ -322,3 +322,50 @@ def test_a_long_clip_is_embedded_on_its_training_window(tmp_path):
     cfg["audio"]["max_seconds"] = 2.0
     assert embed_manifest(cfg, "acoustic", manifest, tmp_path / "emb")["cache_key"] != meta["cache_key"]
     assert torch.allclose(Store(tmp_path / "emb").get("long")["pooled"], whole[1], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- batched inference
+#: batched vs batch-1 tolerance (max abs difference of frames and pooled, fp32 on CPU): the
+#: batched call runs the same windows through the same kernels, only stacked, so any
+#: difference is the BLAS's batch-dependent summation order.
+BATCH_ATOL = 1e-4
+
+
+def assert_batched_equals_single(teacher, waves, sample_rate=16000):
+    batched = teacher.embed_batch(waves, sample_rate)
+    assert len(batched) == len(waves)
+    worst = 0.0
+    for wave, (frames_b, pooled_b) in zip(waves, batched):
+        frames_1, pooled_1 = teacher.embed(wave, sample_rate)
+        assert frames_b.shape == frames_1.shape
+        worst = max(worst, float((frames_b - frames_1).abs().max()), float((pooled_b - pooled_1).abs().max()))
+    assert worst <= BATCH_ATOL, worst
+    return worst
+
+
+def test_ct2_batched_equals_batch_1(ct2_teacher):
+    """30-s windows: clips of 2, 3.3 and 0.7 s are encoded in one call, each pooled over its own frames."""
+    waves = [speechlike(2.0, seed=3), speechlike(3.3, seed=4), speechlike(0.7, seed=5)]
+    assert_batched_equals_single(ct2_teacher, waves)
+
+
+def test_ct2_real_frames_batched_equals_batch_1():
+    """pad_to_window=false: only windows of equal mel length share a call (two 2-s clips), the rest alone."""
+    cfg = C.load(DEFAULT_CONFIG, overrides=["teachers.semantic.pad_to_window=false"])
+    fast = build_teacher(cfg, "semantic")
+    calls = []
+    encode = fast.encoder.encode
+    fast.encoder.encode = lambda feats: calls.append(feats.shape) or encode(feats)
+    waves = [speechlike(2.0, seed=3), speechlike(3.3, seed=4), speechlike(2.0, seed=6)]
+    fast.embed_batch(waves, 16000)
+    assert sorted(c[0] for c in calls) == [1, 2] and {c[2] for c in calls} == {200, 330}
+    assert_batched_equals_single(fast, waves)
+
+
+def test_transformers_whisper_batched_equals_batch_1(hf_whisper_dir):
+    """Clips of 2, 6.5 (two 4-s windows) and 1.1 s; 24 kHz input resampled per clip."""
+    t = WhisperTeacher.from_config({"backend": "transformers", "model": str(hf_whisper_dir), "pad_to_window": True})
+    waves = [speechlike(2.0, seed=1), speechlike(6.5, seed=2), speechlike(1.1, seed=7)]
+    assert_batched_equals_single(t, waves)
+    out = t.embed_batch(waves, 16000)
+    assert [f.shape[0] for f, _ in out] == [100, 200 + real_encoder_frames(int(2.5 * 16000)), 55]
