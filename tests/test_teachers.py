@@ -369,3 +369,19 @@ def test_transformers_whisper_batched_equals_batch_1(hf_whisper_dir):
     assert_batched_equals_single(t, waves)
     out = t.embed_batch(waves, 16000)
     assert [f.shape[0] for f, _ in out] == [100, 200 + real_encoder_frames(int(2.5 * 16000)), 55]
+
+
+@pytest.mark.parametrize("frame_kind", ["patches", "time"])
+def test_beats_batched_equals_batch_1(frame_kind):
+    """Clips of 1.0, 2.3 and 0.1 s (shorter than one 160-ms patch) in one padded, masked call."""
+    torch.manual_seed(0)
+    model = BEATs(tiny_beats_cfg()).eval()
+    t = BeatsTeacher(model, "0" * 64, frames=frame_kind)
+    waves = [speechlike(1.0, seed=8), speechlike(2.3, seed=9), speechlike(0.1, seed=10)]
+    assert_batched_equals_single(t, waves)
+    # without the mask the padding would leak into the shorter clips
+    fb = [BEATs.fbank(w)[: (BEATs.fbank(w).shape[0] // 16) * 16] for w in waves[:2]]
+    batch = torch.stack([torch.nn.functional.pad(fb[0], (0, 0, 0, fb[1].shape[0] - fb[0].shape[0])), fb[1]])
+    with torch.no_grad():
+        leaky = model.extract_features(batch)[0, : fb[0].shape[0] // 16 * 8]
+    assert (leaky - model.patch_frames(waves[0])).abs().max() > 1e-3
