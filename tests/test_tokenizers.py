@@ -309,3 +309,38 @@ def test_s3_onnx_front_end_and_missing_file(tmp_path, corpus):
                "--out", str(tmp_path / "s3"), "--set", "tokens.speech.kind=s3-onnx",
                "--set", f"tokens.speech.onnx_path={tmp_path / 'missing.onnx'}"])
     assert rc == 2
+
+
+def test_s3_onnx_provider_choice_and_silent_cpu_fallback(tmp_path, monkeypatch, caplog):
+    """CUDA provider only on a GPU with onnxruntime-gpu; a session that fell back to the CPU is an error."""
+    import logging
+
+    import onnxruntime
+
+    from agrepa.tokenizers.s3onnx import CPU, CUDA, check_session_providers, session_providers
+
+    with caplog.at_level(logging.INFO, logger="agrepa.tokenizers.s3onnx"):
+        assert session_providers("cpu", [CUDA, CPU]) == [CPU]
+        assert session_providers("cuda:0", [CUDA, CPU]) == [CUDA, CPU]
+        assert session_providers("cuda", [CPU]) == [CPU]
+    assert "no CUDAExecutionProvider" in caplog.text and "provider CPUExecutionProvider" in caplog.text
+    check_session_providers("m.onnx", [CUDA, CPU], [CUDA, CPU])
+    check_session_providers("m.onnx", [CPU], [CPU])
+    with pytest.raises(RuntimeError, match="m.onnx: asked onnxruntime for CUDAExecutionProvider"):
+        check_session_providers("m.onnx", [CUDA, CPU], [CPU])
+    # end to end: an onnxruntime that offers CUDA but whose session silently runs on the CPU
+    model = tmp_path / "toy.onnx"
+    write_argmax_onnx(model)
+    real_session = onnxruntime.InferenceSession
+    asked = []
+
+    def fake_session(path, sess_options=None, providers=None):
+        asked.append(list(providers))
+        return real_session(path, sess_options=sess_options, providers=[CPU])
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", fake_session)
+    with pytest.raises(RuntimeError, match="toy.onnx: asked onnxruntime for CUDA"):
+        S3OnnxTokenizer(model, k=128, device="cuda:0")
+    assert asked == [[CUDA, CPU]]
+    assert S3OnnxTokenizer(model, k=128, device="cpu").providers == [CPU]

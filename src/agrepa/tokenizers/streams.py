@@ -95,7 +95,7 @@ def load_tokenizer(directory: str | os.PathLike, threads: int = 1, device: str =
         impl = RepCodec.load(directory, conf["arch"])
     elif kind == "s3-onnx":
         from .s3onnx import S3OnnxTokenizer
-        impl = S3OnnxTokenizer(conf["onnx_path"], threads=threads, k=conf["k"])
+        impl = S3OnnxTokenizer(conf["onnx_path"], threads=threads, k=conf["k"], device=device)
         if impl.sha256 != conf["sha256"]:
             raise ValueError(f"{conf['onnx_path']}: sha256 changed since `tokens fit` ({conf_path})")
     elif kind == "beats-tokenizer":
