@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,13 @@ class Tokenizer:
 
     def encode_wave(self, wave16k: np.ndarray) -> Tensor:
         return torch.from_numpy(self.impl.encode_wave(wave16k))
+
+    def encode_waves(self, waves16k: list[np.ndarray]) -> list[Tensor]:
+        """:meth:`encode_wave` of several clips: one batch where the implementation has
+        ``encode_waves`` (beats-tokenizer), clip by clip otherwise (the S3 export's batch is 1)."""
+        if hasattr(self.impl, "encode_waves"):
+            return [torch.from_numpy(c) for c in self.impl.encode_waves(waves16k)]
+        return [self.encode_wave(w) for w in waves16k]
 
     def fingerprint(self) -> str:
         files = sorted(p for p in self.directory.iterdir() if p.suffix in (".json", ".safetensors")
@@ -297,16 +305,19 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
     manifest = read_manifest(manifest_path)
     peak = cfg["audio"]["peak_normalize"]
 
-    def codes(stream: str, row) -> Tensor:
+    def codes(stream: str, rows: list) -> list[Tensor]:
+        """Local codes of ``stream`` for a batch of manifest rows."""
         tok = toks[stream]
         if tok.input == "audio":
             from .. import audio as A
-            wave = A.load_audio(resolve_path(manifest_path, row["path"]), 16000, peak=peak)
-            return tok.encode_wave(wave)
+            waves = [A.load_audio(resolve_path(manifest_path, row["path"]), 16000, peak=peak) for row in rows]
+            return tok.encode_waves(waves)
         store = stores[FEATURE_ROLE[stream]]
-        if row["id"] not in store:
-            raise KeyError(f"{store.dir}: no features for clip id {row['id']!r}")
-        return tok.encode_frames(store.load("frames", [row["id"]])[row["id"]])
+        for row in rows:
+            if row["id"] not in store:
+                raise KeyError(f"{store.dir}: no features for clip id {row['id']!r}")
+        frames = store.load("frames", [row["id"] for row in rows])
+        return [tok.encode_frames(frames[row["id"]]) for row in rows]
 
     timing = store_timing(toks, token_config, cfg["audio"])
     meta = {"token_config": token_config, **vocab.to_meta(), **timing,
@@ -318,15 +329,32 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
     if stale.exists():
         stale.unlink()
     writer = StoreWriter(out, meta=meta, shard_size=int(cfg["tokens"]["shard_size"]))
+    batch_size = int(cfg["tokens"]["batch_size"])
+    if batch_size < 1:
+        raise ValueError(f"tokens.batch_size: must be >= 1, got {batch_size}")
+    rows = [row for _, row in manifest.iterrows()]
     lengths = []
-    for _, row in tqdm(manifest.iterrows(), total=len(manifest), desc=f"tokens {token_config}"):
-        primary = row["domain"]  # speech -> speech stream, audio -> audio stream
-        ids = vocab.to_global(primary, codes(primary, row))
-        if token_config == "B":
-            ids, _ = pair_by_time(ids, vocab.to_global("beats", codes("beats", row)),
-                                  toks[primary].frame_rate, toks["beats"].frame_rate)
-        writer.add(row["id"], {"tokens": ids.to(torch.int64)})
-        lengths.append(int(ids.shape[0]))
+    started = time.perf_counter()
+    with tqdm(total=len(rows), desc=f"tokens {token_config}") as bar:
+        for first in range(0, len(rows), batch_size):
+            batch = rows[first: first + batch_size]
+            primary = {}  # speech -> speech stream, audio -> audio stream
+            for stream in ("speech", "audio"):
+                members = [i for i, row in enumerate(batch) if row["domain"] == stream]
+                if members:
+                    primary.update(zip(members, codes(stream, [batch[i] for i in members])))
+            beats = codes("beats", batch) if token_config == "B" else None
+            for i, row in enumerate(batch):
+                ids = vocab.to_global(row["domain"], primary[i])
+                if beats is not None:
+                    ids, _ = pair_by_time(ids, vocab.to_global("beats", beats[i]),
+                                          toks[row["domain"]].frame_rate, toks["beats"].frame_rate)
+                writer.add(row["id"], {"tokens": ids.to(torch.int64)})
+                lengths.append(int(ids.shape[0]))
+            bar.update(len(batch))
+    elapsed = time.perf_counter() - started
+    log.info("throughput: tokens %s: %d clips in %.2f s = %.2f clips/s (batch size %d)", token_config,
+             len(rows), elapsed, len(rows) / max(elapsed, 1e-9), batch_size)
     writer.close()
     C.save_resolved(cfg, out)
     log.info("tokens %s: %d clips, vocab %d, mean length %.1f", token_config, len(lengths), vocab.vocab_size,
