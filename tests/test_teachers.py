@@ -385,3 +385,30 @@ def test_beats_batched_equals_batch_1(frame_kind):
     with torch.no_grad():
         leaky = model.extract_features(batch)[0, : fb[0].shape[0] // 16 * 8]
     assert (leaky - model.patch_frames(waves[0])).abs().max() > 1e-3
+
+
+def test_events_batched_equals_batch_1():
+    """The embedded default's acoustic teacher: clips of 0.6, 1.7, 1.05 s and 30 ms (3 mel frames,
+    under the 4-frame minimum) in one call; conv outputs past each clip are zeroed, so the batch
+    gives the one-clip frames; without that the edge frames would see the others' padding."""
+    from agrepa.teachers.events import EventEncoder, EventsTeacher
+
+    cfg = C.load(DEFAULT_CONFIG)
+    torch.manual_seed(0)
+    arch = dict(n_mels=int(cfg["audio"]["n_mels"]), dim=32, n_layers=2, n_heads=4, n_labels=3)
+    model = EventEncoder(**arch).eval()
+    with torch.no_grad():
+        model.mel_mean.fill_(-4.0)
+        model.mel_std.fill_(2.0)
+    meta = {"audio": cfg["audio"], "downsample": 4, "arch": arch, "labels": ["a", "b", "c"]}
+    t = EventsTeacher(model, meta, "0" * 64)
+    sr = t.sample_rate
+    waves = [speechlike(s, sr=sr, seed=11 + i) for i, s in enumerate((0.6, 1.7, 1.05, 0.03))]
+    assert_batched_equals_single(t, waves, sample_rate=sr)
+    from agrepa.teachers.events import pad_mels
+    mels = [A.log_mel(w, cfg["audio"]) for w in waves[:2]]
+    x, n = pad_mels(mels)
+    with torch.no_grad():
+        naive, _ = model.frames(x, n)
+        alone = t.frames(waves[0])
+    assert (naive[0, : alone.shape[0]] - alone).abs().max() > 1e-3
