@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ from tqdm import tqdm
 from .. import audio as A
 from .. import config as C
 from .. import io
+from ..batching import Throughput, batches
 from ..store import Store, StoreWriter
 from .base import Teacher
 from .registry import build_teacher
@@ -97,33 +97,27 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
     peak = cfg["audio"]["peak_normalize"]
     writer = StoreWriter(out, meta=meta, shard_size=int(cfg["teachers"]["shard_size"]))
     batch_size = int(cfg["teachers"]["batch_size"])
-    if batch_size < 1:
-        raise ValueError(f"teachers.batch_size: must be >= 1, got {batch_size}")
     n_cut = 0
-    started = time.perf_counter()
-    rows = list(manifest.iterrows())
-    with tqdm(total=len(rows), desc=f"embed {role} ({teacher.name})") as bar:
-        for first in range(0, len(rows), batch_size):
-            batch = rows[first: first + batch_size]
+    rows = [row for _, row in manifest.iterrows()]
+    with Throughput(log, f"embed {role} ({teacher.name})", len(rows), batch_size), \
+            tqdm(total=len(rows), desc=f"embed {role} ({teacher.name})") as bar:
+        for batch in batches(rows, batch_size, "teachers.batch_size"):
             paths, cuts = [], []
-            for _, row in batch:
+            for row in batch:
                 path = resolve_path(manifest_path, row["path"])
                 wave = A.load_audio(path, sample_rate=teacher.sample_rate, peak=peak)
                 cut = training_window(wave, teacher.sample_rate, window)
                 n_cut += len(cut) < len(wave)
                 paths.append(path)
                 cuts.append(torch.from_numpy(cut))
-            for (_, row), path, (frames, pooled) in zip(batch, paths, teacher.embed_batch(cuts, teacher.sample_rate)):
+            for row, path, (frames, pooled) in zip(batch, paths, teacher.embed_batch(cuts, teacher.sample_rate)):
                 if not torch.isfinite(frames).all():
                     raise ValueError(f"{path}: teacher {teacher.name} produced non-finite features")
                 writer.add(row["id"], {"pooled": pooled.float(), "frames": frames.float()})
             bar.update(len(batch))
-    elapsed = time.perf_counter() - started
     writer.meta["n_cut"] = n_cut
     writer.close()
     C.save_resolved(cfg, out)
     log.info("embedded %d clips with %s into %s (%d longer than the %.3g-s training window: their first %.3g s)",
              len(ids), teacher.name, out, n_cut, window, window)
-    log.info("throughput: embed %s (%s): %d clips in %.2f s = %.2f clips/s (batch size %d)",
-             role, teacher.name, len(ids), elapsed, len(ids) / max(elapsed, 1e-9), batch_size)
     return {**meta, "n_cut": n_cut}

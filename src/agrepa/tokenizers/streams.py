@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ from tqdm import tqdm
 from .. import config as C
 from ..config import DOMAINS
 from .. import io
+from ..batching import Throughput, batches
 from ..device import cpu_threads
 from ..store import Store, StoreWriter
 from .kmeans import KMeans, usage_stats
@@ -273,6 +273,17 @@ def _check_features(tok: Tokenizer, store: Store) -> None:
                          f"{tok.stream} tokenizer in {tok.directory} was fitted on ({want[:12]})")
 
 
+def primary_codes(rows: list, codes) -> dict[int, Tensor]:
+    """Each row's codes from its own domain's stream (speech -> speech, audio -> audio), one
+    ``codes(stream, rows)`` call per stream for the rows of that domain; keyed by row position."""
+    out = {}
+    for stream in DOMAINS:
+        members = [i for i, row in enumerate(rows) if row["domain"] == stream]
+        if members:
+            out.update(zip(members, codes(stream, [rows[i] for i in members])))
+    return out
+
+
 def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
                     speech_model: str | os.PathLike, audio_model: str | os.PathLike,
                     beats_model: str | os.PathLike | None = None,
@@ -330,19 +341,12 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
         stale.unlink()
     writer = StoreWriter(out, meta=meta, shard_size=int(cfg["tokens"]["shard_size"]))
     batch_size = int(cfg["tokens"]["batch_size"])
-    if batch_size < 1:
-        raise ValueError(f"tokens.batch_size: must be >= 1, got {batch_size}")
     rows = [row for _, row in manifest.iterrows()]
     lengths = []
-    started = time.perf_counter()
-    with tqdm(total=len(rows), desc=f"tokens {token_config}") as bar:
-        for first in range(0, len(rows), batch_size):
-            batch = rows[first: first + batch_size]
-            primary = {}  # speech -> speech stream, audio -> audio stream
-            for stream in ("speech", "audio"):
-                members = [i for i, row in enumerate(batch) if row["domain"] == stream]
-                if members:
-                    primary.update(zip(members, codes(stream, [batch[i] for i in members])))
+    with Throughput(log, f"tokens {token_config}", len(rows), batch_size), \
+            tqdm(total=len(rows), desc=f"tokens {token_config}") as bar:
+        for batch in batches(rows, batch_size, "tokens.batch_size"):
+            primary = primary_codes(batch, codes)
             beats = codes("beats", batch) if token_config == "B" else None
             for i, row in enumerate(batch):
                 ids = vocab.to_global(row["domain"], primary[i])
@@ -352,9 +356,6 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
                 writer.add(row["id"], {"tokens": ids.to(torch.int64)})
                 lengths.append(int(ids.shape[0]))
             bar.update(len(batch))
-    elapsed = time.perf_counter() - started
-    log.info("throughput: tokens %s: %d clips in %.2f s = %.2f clips/s (batch size %d)", token_config,
-             len(rows), elapsed, len(rows) / max(elapsed, 1e-9), batch_size)
     writer.close()
     C.save_resolved(cfg, out)
     log.info("tokens %s: %d clips, vocab %d, mean length %.1f", token_config, len(lengths), vocab.vocab_size,
