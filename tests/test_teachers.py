@@ -415,17 +415,24 @@ def test_events_batched_equals_batch_1():
     assert (naive[0, : alone.shape[0]] - alone).abs().max() > 1e-3
 
 
-def test_embedding_store_batched_equals_batch_1(tmp_path):
+def test_embedding_store_batched_equals_batch_1(tmp_path, caplog):
     """The embedded default's semantic teacher (tiny.en, real frames) over 5 clips of 0.6-1.4 s:
     teachers.batch_size 3 writes the batch-1 store within BATCH_ATOL, and logs clips/s."""
     from agrepa.teachers.cache import embed_manifest
+
+    import logging
 
     manifest, _ = write_clips(tmp_path, 5)
     stores = {}
     for b in (1, 3):
         cfg = C.load(DEFAULT_CONFIG, overrides=[f"teachers.batch_size={b}"])
-        embed_manifest(cfg, "semantic", manifest, tmp_path / f"b{b}")
+        with caplog.at_level(logging.INFO, logger="agrepa.teachers.cache"):
+            embed_manifest(cfg, "semantic", manifest, tmp_path / f"b{b}")
+        assert "throughput: embed semantic (whisper): 5 clips in" in caplog.text
+        assert f"clips/s (batch size {b})" in caplog.text
         stores[b] = Store(tmp_path / f"b{b}")
+    with pytest.raises(ValueError, match="teachers.batch_size: must be >= 1"):
+        embed_manifest(C.load(DEFAULT_CONFIG, overrides=["teachers.batch_size=0"]), "semantic", manifest, tmp_path / "b0")
     assert sorted(stores[1].keys()) == sorted(stores[3].keys()) and len(stores[1]) == 5
     for cid in stores[1].keys():
         one, three = stores[1].get(cid), stores[3].get(cid)
