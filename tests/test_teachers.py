@@ -245,9 +245,9 @@ def test_embedding_cache_hit_and_miss(tmp_path, monkeypatch):
     save_checkpoint(BEATs(tiny_beats_cfg()), ckpt)
     manifest, rows = write_clips(tmp_path, 3)
     cfg = C.load(DEFAULT_CONFIG, overrides=["teachers.acoustic.name=beats", f"teachers.acoustic.checkpoint={ckpt}"])
-    calls = []
-    original = BeatsTeacher.frames
-    monkeypatch.setattr(BeatsTeacher, "frames", lambda self, w: calls.append(1) or original(self, w))
+    calls = []  # one entry per clip the teacher runs on (the cache embeds through frames_batch)
+    original = BeatsTeacher.frames_batch
+    monkeypatch.setattr(BeatsTeacher, "frames_batch", lambda self, ws: calls.extend([1] * len(ws)) or original(self, ws))
     out = tmp_path / "emb"
 
     meta = embed_manifest(cfg, "acoustic", manifest, out)
@@ -322,3 +322,120 @@ def test_a_long_clip_is_embedded_on_its_training_window(tmp_path):
     cfg["audio"]["max_seconds"] = 2.0
     assert embed_manifest(cfg, "acoustic", manifest, tmp_path / "emb")["cache_key"] != meta["cache_key"]
     assert torch.allclose(Store(tmp_path / "emb").get("long")["pooled"], whole[1], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- batched inference
+#: batched vs batch-1 tolerance (max abs difference of frames and pooled, fp32 on CPU): the
+#: batched call runs the same windows through the same kernels, only stacked, so any
+#: difference is the BLAS's batch-dependent summation order.
+BATCH_ATOL = 1e-4
+
+
+def assert_batched_equals_single(teacher, waves, sample_rate=16000):
+    batched = teacher.embed_batch(waves, sample_rate)
+    assert len(batched) == len(waves)
+    worst = 0.0
+    for wave, (frames_b, pooled_b) in zip(waves, batched):
+        frames_1, pooled_1 = teacher.embed(wave, sample_rate)
+        assert frames_b.shape == frames_1.shape
+        worst = max(worst, float((frames_b - frames_1).abs().max()), float((pooled_b - pooled_1).abs().max()))
+    assert worst <= BATCH_ATOL, worst
+    return worst
+
+
+def test_ct2_batched_equals_batch_1(ct2_teacher):
+    """30-s windows: clips of 2 and 0.7 s are encoded in one call, each pooled over its own frames
+    (two clips only: a 30-s tiny.en window costs ~1 s on a shared CPU)."""
+    waves = [speechlike(2.0, seed=3), speechlike(0.7, seed=5)]
+    assert_batched_equals_single(ct2_teacher, waves)
+
+
+def test_ct2_real_frames_batched_equals_batch_1():
+    """pad_to_window=false: only windows of equal mel length share a call (two 2-s clips), the rest alone."""
+    cfg = C.load(DEFAULT_CONFIG, overrides=["teachers.semantic.pad_to_window=false"])
+    fast = build_teacher(cfg, "semantic")
+    calls = []
+    encode = fast.encoder.encode
+    fast.encoder.encode = lambda feats: calls.append(feats.shape) or encode(feats)
+    waves = [speechlike(2.0, seed=3), speechlike(3.3, seed=4), speechlike(2.0, seed=6)]
+    fast.embed_batch(waves, 16000)
+    assert sorted(c[0] for c in calls) == [1, 2] and {c[2] for c in calls} == {200, 330}
+    assert_batched_equals_single(fast, waves)
+
+
+def test_transformers_whisper_batched_equals_batch_1(hf_whisper_dir):
+    """Clips of 2, 6.5 (two 4-s windows) and 1.1 s; 24 kHz input resampled per clip."""
+    t = WhisperTeacher.from_config({"backend": "transformers", "model": str(hf_whisper_dir), "pad_to_window": True})
+    waves = [speechlike(2.0, seed=1), speechlike(6.5, seed=2), speechlike(1.1, seed=7)]
+    assert_batched_equals_single(t, waves)
+    out = t.embed_batch(waves, 16000)
+    assert [f.shape[0] for f, _ in out] == [100, 200 + real_encoder_frames(int(2.5 * 16000)), 55]
+
+
+@pytest.mark.parametrize("frame_kind", ["patches", "time"])
+def test_beats_batched_equals_batch_1(frame_kind):
+    """Clips of 1.0, 2.3 and 0.1 s (shorter than one 160-ms patch) in one padded, masked call."""
+    torch.manual_seed(0)
+    model = BEATs(tiny_beats_cfg()).eval()
+    t = BeatsTeacher(model, "0" * 64, frames=frame_kind)
+    waves = [speechlike(1.0, seed=8), speechlike(2.3, seed=9), speechlike(0.1, seed=10)]
+    assert_batched_equals_single(t, waves)
+    # without the mask the padding would leak into the shorter clips
+    fb = [BEATs.fbank(w)[: (BEATs.fbank(w).shape[0] // 16) * 16] for w in waves[:2]]
+    batch = torch.stack([torch.nn.functional.pad(fb[0], (0, 0, 0, fb[1].shape[0] - fb[0].shape[0])), fb[1]])
+    with torch.no_grad():
+        leaky = model.extract_features(batch)[0, : fb[0].shape[0] // 16 * 8]
+    assert (leaky - model.patch_frames(waves[0])).abs().max() > 1e-3
+
+
+def test_events_batched_equals_batch_1():
+    """The embedded default's acoustic teacher: clips of 0.6, 1.7, 1.05 s and 30 ms (3 mel frames,
+    under the 4-frame minimum) in one call; conv outputs past each clip are zeroed, so the batch
+    gives the one-clip frames; without that the edge frames would see the others' padding."""
+    from agrepa.teachers.events import EventEncoder, EventsTeacher
+
+    cfg = C.load(DEFAULT_CONFIG)
+    torch.manual_seed(0)
+    arch = dict(n_mels=int(cfg["audio"]["n_mels"]), dim=32, n_layers=2, n_heads=4, n_labels=3)
+    model = EventEncoder(**arch).eval()
+    with torch.no_grad():
+        model.mel_mean.fill_(-4.0)
+        model.mel_std.fill_(2.0)
+    meta = {"audio": cfg["audio"], "downsample": 4, "arch": arch, "labels": ["a", "b", "c"]}
+    t = EventsTeacher(model, meta, "0" * 64)
+    sr = t.sample_rate
+    waves = [speechlike(s, sr=sr, seed=11 + i) for i, s in enumerate((0.6, 1.7, 1.05, 0.03))]
+    assert_batched_equals_single(t, waves, sample_rate=sr)
+    from agrepa.teachers.events import pad_mels
+    mels = [A.log_mel(w, cfg["audio"]) for w in waves[:2]]
+    x, n = pad_mels(mels)
+    with torch.no_grad():
+        naive, _ = model.frames(x, n)
+        alone = t.frames(waves[0])
+    assert (naive[0, : alone.shape[0]] - alone).abs().max() > 1e-3
+
+
+def test_embedding_store_batched_equals_batch_1(tmp_path, caplog):
+    """The embedded default's semantic teacher (tiny.en, real frames) over 5 clips of 0.6-1.4 s:
+    teachers.batch_size 3 writes the batch-1 store within BATCH_ATOL, and logs clips/s."""
+    from agrepa.teachers.cache import embed_manifest
+
+    import logging
+
+    manifest, _ = write_clips(tmp_path, 5)
+    stores = {}
+    for b in (1, 3):
+        cfg = C.load(DEFAULT_CONFIG, overrides=[f"teachers.batch_size={b}"])
+        with caplog.at_level(logging.INFO, logger="agrepa.teachers.cache"):
+            embed_manifest(cfg, "semantic", manifest, tmp_path / f"b{b}")
+        assert "throughput: embed semantic (whisper): 5 clips in" in caplog.text
+        assert f"clips/s (batch size {b})" in caplog.text
+        stores[b] = Store(tmp_path / f"b{b}")
+    with pytest.raises(ValueError, match="teachers.batch_size: must be >= 1"):
+        embed_manifest(C.load(DEFAULT_CONFIG, overrides=["teachers.batch_size=0"]), "semantic", manifest, tmp_path / "b0")
+    assert sorted(stores[1].keys()) == sorted(stores[3].keys()) and len(stores[1]) == 5
+    for cid in stores[1].keys():
+        one, three = stores[1].get(cid), stores[3].get(cid)
+        for name in ("frames", "pooled"):
+            assert one[name].shape == three[name].shape
+            assert (one[name] - three[name]).abs().max() <= BATCH_ATOL, (cid, name)

@@ -309,3 +309,74 @@ def test_s3_onnx_front_end_and_missing_file(tmp_path, corpus):
                "--out", str(tmp_path / "s3"), "--set", "tokens.speech.kind=s3-onnx",
                "--set", f"tokens.speech.onnx_path={tmp_path / 'missing.onnx'}"])
     assert rc == 2
+
+
+def test_s3_onnx_provider_choice_and_silent_cpu_fallback(tmp_path, monkeypatch, caplog):
+    """CUDA provider only on a GPU with onnxruntime-gpu; a session that fell back to the CPU is an error."""
+    import logging
+
+    import onnxruntime
+
+    from agrepa.tokenizers.s3onnx import CPU, CUDA, check_session_providers, session_providers
+
+    with caplog.at_level(logging.INFO, logger="agrepa.tokenizers.s3onnx"):
+        assert session_providers("cpu", [CUDA, CPU]) == [CPU]
+        assert session_providers("cuda:0", [CUDA, CPU]) == [CUDA, CPU]
+        assert session_providers("cuda", [CPU]) == [CPU]
+    assert "no CUDAExecutionProvider" in caplog.text and "provider CPUExecutionProvider" in caplog.text
+    check_session_providers("m.onnx", [CUDA, CPU], [CUDA, CPU])
+    check_session_providers("m.onnx", [CPU], [CPU])
+    with pytest.raises(RuntimeError, match="m.onnx: asked onnxruntime for CUDAExecutionProvider"):
+        check_session_providers("m.onnx", [CUDA, CPU], [CPU])
+    # end to end: an onnxruntime that offers CUDA but whose session silently runs on the CPU
+    model = tmp_path / "toy.onnx"
+    write_argmax_onnx(model)
+    real_session = onnxruntime.InferenceSession
+    asked = []
+
+    def fake_session(path, sess_options=None, providers=None):
+        asked.append(list(providers))
+        return real_session(path, sess_options=sess_options, providers=[CPU])
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", fake_session)
+    with pytest.raises(RuntimeError, match="toy.onnx: asked onnxruntime for CUDA"):
+        S3OnnxTokenizer(model, k=128, device="cuda:0")
+    assert asked == [[CUDA, CPU]]
+    assert S3OnnxTokenizer(model, k=128, device="cpu").providers == [CPU]
+
+
+def test_encode_batched_equals_batch_1(corpus, fitted, tmp_path):
+    """tokens.batch_size 5 (batches mixing domains, a short last batch) writes the batch-1 store."""
+    common = ["tokens", "encode", "--token-config", "B", "--beats-model", str(fitted / "beats"),
+              "--speech-model", str(fitted / "speech"), "--audio-model", str(fitted / "audio"),
+              "--semantic", str(corpus["semantic"]), "--acoustic", str(corpus["acoustic"]),
+              "--manifest", str(corpus["manifest"])]
+    assert run(*common, "--out", str(tmp_path / "b1"), "--set", "tokens.batch_size=1") == 0
+    assert run(*common, "--out", str(tmp_path / "b5"), "--set", "tokens.batch_size=5") == 0
+    one, five = Store(tmp_path / "b1"), Store(tmp_path / "b5")
+    assert sorted(one.keys()) == sorted(five.keys()) and len(one) == 16
+    for cid in one.keys():
+        assert torch.equal(one.get(cid)["tokens"], five.get(cid)["tokens"]), cid
+
+
+def test_beats_tokenizer_batched_equals_batch_1(tmp_path):
+    """The BEATs tokenizer's ids of clips of 1.0, 2.3 and 0.5 s: one masked batch = clip by clip."""
+    from agrepa.teachers.beats import BEATsConfig
+    from agrepa.tokenizers.beats_tokenizer import BeatsTokenizer, BeatsTokenizerModel, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = BEATsConfig(input_patch_size=16, embed_dim=32, encoder_layers=2, encoder_embed_dim=48,
+                      encoder_ffn_embed_dim=96, encoder_attention_heads=4, conv_pos=16, conv_pos_groups=4,
+                      relative_position_embedding=True, num_buckets=32, max_distance=128, gru_rel_pos=True,
+                      deep_norm=True)
+    save_checkpoint(BeatsTokenizerModel(cfg, quant_n=16, quant_dim=8).eval(), tmp_path / "tok.pt")
+    tok = BeatsTokenizer(tmp_path / "tok.pt")
+    g = np.random.default_rng(0)
+    waves = [(0.3 * np.sin(np.arange(int(s * 16000)) * f) + 0.05 * g.standard_normal(int(s * 16000))).astype(np.float32)
+             for s, f in ((1.0, 0.05), (2.3, 0.11), (0.5, 0.2))]
+    batched = tok.encode_waves(waves)
+    for wave, ids in zip(waves, batched):
+        single = tok.encode_wave(wave)
+        assert ids.dtype == np.int64 and np.array_equal(ids, single)
+        assert len(set(single.tolist())) > 1  # not a degenerate codebook

@@ -49,6 +49,11 @@ class Teacher:
         ``self.sample_rate``; the waveform holds real samples only."""
         raise NotImplementedError
 
+    def frames_batch(self, waves: list[Tensor]) -> list[Tensor]:
+        """Real frames of several unpadded waveforms; teachers that can batch
+        exactly override this (the default runs :meth:`frames` clip by clip)."""
+        return [self.frames(w) for w in waves]
+
     def weights_sha256(self) -> str:
         raise NotImplementedError
 
@@ -80,10 +85,27 @@ class Teacher:
         if wave.numel() == 0:
             raise ValueError(f"{self.name}: empty waveform")
         frames = self.frames(wave).float().cpu()
+        self._check_frames(frames)
+        return frames, pool_frames(frames)
+
+    @torch.no_grad()
+    def embed_batch(self, waves: list, sample_rate: int) -> list[tuple[Tensor, Tensor]]:
+        """:meth:`embed` of several unpadded waveforms of any lengths, run as one batch
+        (:meth:`frames_batch`): each clip pools over its own real frames only."""
+        waves = [self.resample(w, sample_rate) for w in waves]
+        if any(w.numel() == 0 for w in waves):
+            raise ValueError(f"{self.name}: empty waveform")
+        out = []
+        for frames in self.frames_batch(waves):
+            frames = frames.float().cpu()
+            self._check_frames(frames)
+            out.append((frames, pool_frames(frames)))
+        return out
+
+    def _check_frames(self, frames: Tensor) -> None:
         if frames.dim() != 2 or frames.shape[1] != self.dim or frames.shape[0] < 1:
             raise RuntimeError(f"{self.name}: frames have shape {tuple(frames.shape)}, "
                                f"expected [T' >= 1, {self.dim}]")
-        return frames, pool_frames(frames)
 
     @torch.no_grad()
     def embed_padded(self, waves: Tensor, lengths: Tensor | list[int], sample_rate: int) -> list[tuple[Tensor, Tensor]]:
@@ -93,7 +115,7 @@ class Teacher:
         if waves.dim() != 2 or len(lengths) != waves.shape[0]:
             raise ValueError(f"{self.name}: expected waves [B, N] and B lengths, got "
                              f"{tuple(waves.shape)} and {len(lengths)} lengths")
-        return [self.embed(waves[b, : int(n)], sample_rate) for b, n in enumerate(lengths)]
+        return self.embed_batch([waves[b, : int(n)] for b, n in enumerate(lengths)], sample_rate)
 
     def describe(self) -> dict:
         return {"teacher": self.name, "dim": self.dim, "frame_rate": self.frame_rate,

@@ -292,14 +292,39 @@ class BEATs(nn.Module):
                          frame_length=25, frame_shift=10)
         return (fb - FBANK_MEAN) / (2 * FBANK_STD)
 
-    def extract_features(self, fbank: Tensor) -> Tensor:
-        """[B, T, 128] normalised fbank -> encoder output [B, (T // p) * (128 // p), D]."""
+    def extract_features(self, fbank: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+        """[B, T, 128] normalised fbank -> encoder output [B, (T // p) * (128 // p), D];
+        ``pad_mask`` [B, patches] marks padding patches (zeroed, never attended to)."""
         x = self.patch_embedding(fbank[:, None])                 # [B, E, T/p, F/p]
         x = x.flatten(2).transpose(1, 2)                          # time-major patch order
         x = self.layer_norm(x)
         if self.post_extract_proj is not None:
             x = self.post_extract_proj(x)
-        return self.encoder(self.dropout_input(x))
+        return self.encoder(self.dropout_input(x), pad_mask)
+
+    def patch_frames_batch(self, waves: list[Tensor]) -> list[Tensor]:
+        """:meth:`patch_frames` of several 16 kHz waveforms in one encoder call.
+
+        Each clip's fbank is zero-padded in time to the longest; the patch embedding
+        does not overlap patches, and the encoder zeroes the padding patches before
+        its convolutional position embedding (so a real patch at the edge sees the
+        zeros the one-clip convolution pads with) and masks them as attention keys;
+        the relative position bias depends on j - i only. Real patches therefore get
+        the one-clip values (up to float summation order)."""
+        p, nf = self.cfg.input_patch_size, self.n_freq_patches
+        fbanks = []
+        for wave in waves:
+            fb = self.fbank(wave)
+            if fb.shape[0] < p:
+                fb = F.pad(fb, (0, 0, 0, p - fb.shape[0]))
+            fbanks.append(fb)
+        steps = [fb.shape[0] // p for fb in fbanks]
+        T = max(steps) * p
+        batch = torch.stack([F.pad(fb[: n * p], (0, 0, 0, T - n * p)) for fb, n in zip(fbanks, steps)])
+        n_patches = torch.tensor(steps, device=batch.device) * nf
+        pad_mask = torch.arange(max(steps) * nf, device=batch.device)[None] >= n_patches[:, None]
+        out = self.extract_features(batch, pad_mask if bool(pad_mask.any()) else None)
+        return [out[b, : int(n)] for b, n in enumerate(n_patches)]
 
     def patch_frames(self, wave: Tensor) -> Tensor:
         """Encoder output [(T // p) * (128 // p), D] of one 16 kHz waveform, (time, freq) order."""
@@ -386,3 +411,16 @@ class BeatsTeacher(Teacher):
         if self.frame_kind == "patches":
             return self.model.patch_frames(wave.to(self.device)).cpu()
         return self.model.time_frames(wave.to(self.device)).cpu()
+
+    def frames_batch(self, waves: list[Tensor]) -> list[Tensor]:
+        """One padded, masked encoder call for the batch (fp32 on CPU, bf16 autocast on CUDA)."""
+        on_cuda = torch.device(self.device).type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and torch.cuda.is_bf16_supported()):
+            patches = self.model.patch_frames_batch([w.to(self.device) for w in waves])
+        out = []
+        for x in patches:
+            x = x.float()
+            if self.frame_kind == "time":
+                x = x.view(-1, self.model.n_freq_patches, x.shape[-1]).mean(1)
+            out.append(x.cpu())
+        return out

@@ -11,6 +11,10 @@ The teacher sees the clip's training window: its first ``audio.max_seconds``
 (:mod:`agrepa.training.dataset`), so a clip's target describes the audio the model
 trains on; ``n_cut`` counts the clips that were longer.
 
+Clips go through the teacher ``teachers.batch_size`` at a time
+(:meth:`Teacher.embed_batch`; each clip pools over its own real frames only) and
+the job ends with a throughput line (clips/s).
+
 A second run with the same teacher (same fingerprint: weights + settings) and
 the same manifest bytes finds ``cache_key`` in the existing index and returns
 without running the teacher; any change to either recomputes everything.
@@ -27,11 +31,12 @@ from tqdm import tqdm
 from .. import audio as A
 from .. import config as C
 from .. import io
+from ..batching import Throughput, batches
 from ..store import Store, StoreWriter
 from .base import Teacher
 from .registry import build_teacher
 
-CONFIG_KEYS = ("audio", "teachers.shard_size", "teachers.{role}")  # config sections this module reads
+CONFIG_KEYS = ("audio", "teachers.shard_size", "teachers.batch_size", "teachers.{role}")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +96,25 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
             "manifest_sha256": manifest_sha, "cache_key": key, "n_clips": len(ids)}
     peak = cfg["audio"]["peak_normalize"]
     writer = StoreWriter(out, meta=meta, shard_size=int(cfg["teachers"]["shard_size"]))
+    batch_size = int(cfg["teachers"]["batch_size"])
     n_cut = 0
-    for _, row in tqdm(manifest.iterrows(), total=len(manifest), desc=f"embed {role} ({teacher.name})"):
-        path = resolve_path(manifest_path, row["path"])
-        wave = A.load_audio(path, sample_rate=teacher.sample_rate, peak=peak)
-        cut = training_window(wave, teacher.sample_rate, window)
-        n_cut += len(cut) < len(wave)
-        frames, pooled = teacher.embed(torch.from_numpy(cut), teacher.sample_rate)
-        if not torch.isfinite(frames).all():
-            raise ValueError(f"{path}: teacher {teacher.name} produced non-finite features")
-        writer.add(row["id"], {"pooled": pooled.float(), "frames": frames.float()})
+    rows = [row for _, row in manifest.iterrows()]
+    with Throughput(log, f"embed {role} ({teacher.name})", len(rows), batch_size), \
+            tqdm(total=len(rows), desc=f"embed {role} ({teacher.name})") as bar:
+        for batch in batches(rows, batch_size, "teachers.batch_size"):
+            paths, cuts = [], []
+            for row in batch:
+                path = resolve_path(manifest_path, row["path"])
+                wave = A.load_audio(path, sample_rate=teacher.sample_rate, peak=peak)
+                cut = training_window(wave, teacher.sample_rate, window)
+                n_cut += len(cut) < len(wave)
+                paths.append(path)
+                cuts.append(torch.from_numpy(cut))
+            for row, path, (frames, pooled) in zip(batch, paths, teacher.embed_batch(cuts, teacher.sample_rate)):
+                if not torch.isfinite(frames).all():
+                    raise ValueError(f"{path}: teacher {teacher.name} produced non-finite features")
+                writer.add(row["id"], {"pooled": pooled.float(), "frames": frames.float()})
+            bar.update(len(batch))
     writer.meta["n_cut"] = n_cut
     writer.close()
     C.save_resolved(cfg, out)

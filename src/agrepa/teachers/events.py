@@ -93,6 +93,32 @@ class EventEncoder(nn.Module):
         x = self.transformer(x, src_key_padding_mask=~mask)
         return self.norm(x), mask
 
+    def frames_batch(self, mels: list[Tensor]) -> list[Tensor]:
+        """Real frames [T_i // 4, dim] of several unpadded mels [n_mels, T_i] in one call, each
+        equal to :meth:`frames` of that mel alone: the normalised input and every conv layer's
+        output are zeroed past the clip's own length (its conv then sees the zeros a one-clip
+        conv pads with) and the transformer masks the padding frames as keys."""
+        solo = [F.pad(m, (0, max(0, DOWNSAMPLE - m.shape[-1]))) for m in mels]  # as pad_mels does alone
+        x, padded_len = pad_mels(solo)
+        true_len = torch.tensor([m.shape[-1] for m in mels], device=x.device)
+        padded_len = padded_len.to(x.device)
+
+        def keep(h: Tensor, n: Tensor) -> Tensor:
+            return h * (torch.arange(h.shape[-1], device=h.device)[None] < n[:, None])[:, None].to(h.dtype)
+
+        h = keep((x - self.mel_mean) / self.mel_std, padded_len)
+        n = padded_len
+        for i in range(0, len(self.conv), 2):
+            conv = self.conv[i]
+            n = torch.div(n + 2 * conv.padding[0] - conv.kernel_size[0], conv.stride[0], rounding_mode="floor") + 1
+            h = keep(self.conv[i + 1](conv(h)), n)
+        h = h.transpose(1, 2)
+        real = self.frame_lengths(true_len)
+        mask = torch.arange(h.shape[1], device=h.device)[None] < real[:, None]
+        h = h + sinusoid(h.shape[1], self.dim).to(h)
+        h = self.norm(self.transformer(h, src_key_padding_mask=~mask))
+        return [h[b, : int(real[b])] for b in range(len(mels))]
+
     def forward(self, mel: Tensor, mel_lengths: Tensor) -> Tensor:
         h, mask = self.frames(mel, mel_lengths)
         m = mask.unsqueeze(-1).to(h.dtype)
@@ -342,6 +368,10 @@ class EventsTeacher(Teacher):
         x, n = pad_mels([mel])
         h, mask = self.model.frames(x, n.to(self.device))
         return h[0, : int(mask[0].sum())].cpu()
+
+    def frames_batch(self, waves: list[Tensor]) -> list[Tensor]:
+        mels = [A.log_mel(w.to(self.device), self.cfg_audio) for w in waves]
+        return [h.cpu() for h in self.model.frames_batch(mels)]
 
     @torch.no_grad()
     def logits(self, wave: Tensor) -> Tensor:

@@ -23,6 +23,16 @@ holding ``n`` real samples has ``n_mel = ceil(n / 160)`` real mel frames and
 real encoder frames; only those are returned (the rest encode padding). Audio
 longer than one window is cut into consecutive windows whose real frames are
 concatenated.
+
+Batched inference (:meth:`WhisperTeacher.frames_batch`): the windows of a batch of
+clips go through the encoder together. With ``pad_to_window: true`` every window
+is exactly 30 s of log-mel, so stacking them adds no padding at all (the encoder
+ignores an attention mask; the padding is Whisper's own and only the real frames
+are kept, as for one clip). With ``pad_to_window: false`` windows of different
+lengths cannot share a call without padding that the encoder would attend to, so
+only windows with the same mel length are stacked (exact; in practice the last
+windows of equal-length clips). On CUDA the transformers encoder runs under bf16
+autocast (``bf16: true`` in :class:`HFEncoder`); on CPU it stays fp32.
 """
 from __future__ import annotations
 
@@ -147,8 +157,11 @@ class HFEncoder:
 
     @torch.no_grad()
     def encode(self, features: np.ndarray) -> np.ndarray:
+        """[B, n_mels, n_input_frames] log-mel -> [B, n_input_frames / 2, D]; bf16 autocast on CUDA."""
         x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
-        out = self.encoder(input_features=x).last_hidden_state
+        on_cuda = torch.device(self.device).type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and torch.cuda.is_bf16_supported()):
+            out = self.encoder(input_features=x).last_hidden_state
         return out.float().cpu().numpy()
 
     def weights_sha256(self) -> str:
@@ -238,6 +251,28 @@ class WhisperTeacher(Teacher):
             enc = self.encoder.encode(mel[None])[0]
             out.append(enc[:n_enc])
         return torch.from_numpy(np.concatenate(out, 0))
+
+    def frames_batch(self, waves: list[Tensor]) -> list[Tensor]:
+        """Real frames of several unpadded clips, their windows encoded together
+        (stacked only where their mel inputs have the same length; see the module doc)."""
+        windows = []  # (clip, mel, n_enc)
+        for i, wave in enumerate(waves):
+            x = wave.detach().cpu().numpy().astype(np.float32)
+            for start in range(0, len(x), self.window_samples):
+                mel, n_enc = self.window_features(x[start: start + self.window_samples])
+                windows.append((i, mel, n_enc))
+        groups: dict[int, list[int]] = {}
+        for w, (_, mel, _) in enumerate(windows):
+            groups.setdefault(mel.shape[1], []).append(w)
+        encoded: list[np.ndarray | None] = [None] * len(windows)
+        for members in groups.values():
+            enc = self.encoder.encode(np.stack([windows[w][1] for w in members]))
+            for row, w in zip(enc, members):
+                encoded[w] = row[: windows[w][2]]
+        out: list[list[np.ndarray]] = [[] for _ in waves]
+        for (i, _, _), enc in zip(windows, encoded):
+            out[i].append(enc)
+        return [torch.from_numpy(np.concatenate(parts, 0)) for parts in out]
 
     def all_window_frames(self, wave: Tensor) -> Tensor:
         """Encoder output of the first window *including* its padding frames (for checks)."""

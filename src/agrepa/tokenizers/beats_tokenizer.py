@@ -51,7 +51,17 @@ class BeatsTokenizerModel(nn.Module):
     @torch.no_grad()
     def labels(self, wave: Tensor) -> Tensor:
         """Token ids int64 [(T // 16) * 8] of one 16 kHz waveform [N] in [-1, 1]."""
-        q = F.normalize(self.quantize_layer(self.trunk.patch_frames(wave)), dim=-1)
+        return self.quantize(self.trunk.patch_frames(wave))
+
+    @torch.no_grad()
+    def labels_batch(self, waves: list[Tensor]) -> list[Tensor]:
+        """:meth:`labels` of several waveforms, their patches encoded in one padded, masked
+        call (:meth:`BEATs.patch_frames_batch`); the quantizer is per patch."""
+        return [self.quantize(x) for x in self.trunk.patch_frames_batch(waves)]
+
+    def quantize(self, patches: Tensor) -> Tensor:
+        """Nearest codebook entry (l2-normalised) of each patch feature [P, D] -> int64 [P]."""
+        q = F.normalize(self.quantize_layer(patches.float()), dim=-1)
         d2 = q.pow(2).sum(1, keepdim=True) + self.codebook.pow(2).sum(1)[None] - 2 * q @ self.codebook.T
         return d2.argmin(1)
 
@@ -109,3 +119,9 @@ class BeatsTokenizer:
     def encode_wave(self, wave16k: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.asarray(wave16k, dtype=np.float32).reshape(-1)).to(self.device)
         return self.model.labels(x).cpu().numpy().astype(np.int64)
+
+    def encode_waves(self, waves16k: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`encode_wave` of several clips in one batch (fp32: an argmin over the codebook
+        is where a bf16 rounding would flip ids, so no autocast here)."""
+        xs = [torch.from_numpy(np.asarray(w, dtype=np.float32).reshape(-1)).to(self.device) for w in waves16k]
+        return [ids.cpu().numpy().astype(np.int64) for ids in self.model.labels_batch(xs)]

@@ -11,6 +11,14 @@ feeds it,
 and returns the token ids (``[1, T']``, 4096 codes, 50 tokens/s for v1). Input
 names are read from the session (``get_inputs()``), not assumed. CosyVoice
 refuses clips over 30 s; longer audio is tokenized in consecutive 30 s pieces.
+
+Execution provider (:func:`session_providers`): onnxruntime's
+``CUDAExecutionProvider`` when the job runs on a GPU (``device`` resolves to cuda)
+and the installed onnxruntime has it, else ``CPUExecutionProvider``; the choice is
+logged. onnxruntime silently falls back to the CPU when its CUDA / cuDNN libraries
+do not match, so after the session is built its providers are checked and a
+fallback is an error (:func:`check_session_providers`). The export's batch
+dimension is 1, so clips go through the session one at a time.
 """
 from __future__ import annotations
 
@@ -37,10 +45,36 @@ def s3_features(wave16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(mel, dtype=np.float32), np.array([mel.shape[2]], dtype=np.int32)
 
 
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+def session_providers(device: str, available: list[str]) -> list[str]:
+    """The providers to ask for: CUDA first (CPU behind it) when ``device`` is a GPU and
+    onnxruntime offers CUDA; CPU only otherwise (logged either way)."""
+    on_gpu = str(device).startswith("cuda")
+    if on_gpu and CUDA in available:
+        log.info("s3-onnx: onnxruntime provider %s (device %s)", CUDA, device)
+        return [CUDA, CPU]
+    if on_gpu:
+        log.warning("s3-onnx: device %s but this onnxruntime has no %s (providers %s): running on the CPU "
+                    "(install onnxruntime-gpu for the GPU)", device, CUDA, available)
+    else:
+        log.info("s3-onnx: onnxruntime provider %s (device %s)", CPU, device)
+    return [CPU]
+
+
+def check_session_providers(path, requested: list[str], active: list[str]) -> None:
+    """Fail when CUDA was requested but the session runs on the CPU (onnxruntime's silent fallback)."""
+    if requested[0] == CUDA and (not active or active[0] != CUDA):
+        raise RuntimeError(f"{path}: asked onnxruntime for {CUDA} but the session runs on {active}: its "
+                           "CUDA / cuDNN libraries do not match this onnxruntime build (see onnxruntime's "
+                           "CUDA requirements), or set device: cpu")
+
+
 class S3OnnxTokenizer:
     kind = "s3-onnx"
 
-    def __init__(self, path: str | os.PathLike, threads: int = 1, k: int = N_CODES):
+    def __init__(self, path: str | os.PathLike, threads: int = 1, k: int = N_CODES, device: str = "cpu"):
         self.path = Path(path) if path else None
         if self.path is None or not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: CosyVoice speech tokenizer ONNX file not found "
@@ -51,11 +85,13 @@ class S3OnnxTokenizer:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.providers = session_providers(device, list(onnxruntime.get_available_providers()))
         try:
             self.session = onnxruntime.InferenceSession(str(self.path), sess_options=opts,
-                                                        providers=["CPUExecutionProvider"])
+                                                        providers=self.providers)
         except Exception as err:  # onnxruntime raises its own exception types
             raise ValueError(f"{self.path}: not a loadable ONNX model ({err})") from None
+        check_session_providers(self.path, self.providers, list(self.session.get_providers()))
         inputs = self.session.get_inputs()
         if len(inputs) != 2:
             raise ValueError(f"{self.path}: expected 2 inputs (features, length), found {len(inputs)}")

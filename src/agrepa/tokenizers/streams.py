@@ -39,6 +39,7 @@ from tqdm import tqdm
 from .. import config as C
 from ..config import DOMAINS
 from .. import io
+from ..batching import Throughput, batches
 from ..device import cpu_threads
 from ..store import Store, StoreWriter
 from .kmeans import KMeans, sample_frames, usage_from_counts, usage_stats
@@ -76,6 +77,13 @@ class Tokenizer:
     def encode_wave(self, wave16k: np.ndarray) -> Tensor:
         return torch.from_numpy(self.impl.encode_wave(wave16k))
 
+    def encode_waves(self, waves16k: list[np.ndarray]) -> list[Tensor]:
+        """:meth:`encode_wave` of several clips: one batch where the implementation has
+        ``encode_waves`` (beats-tokenizer), clip by clip otherwise (the S3 export's batch is 1)."""
+        if hasattr(self.impl, "encode_waves"):
+            return [torch.from_numpy(c) for c in self.impl.encode_waves(waves16k)]
+        return [self.encode_wave(w) for w in waves16k]
+
     def fingerprint(self) -> str:
         files = sorted(p for p in self.directory.iterdir() if p.suffix in (".json", ".safetensors")
                        and p.name != "metrics.json")
@@ -95,7 +103,7 @@ def load_tokenizer(directory: str | os.PathLike, threads: int = 1, device: str =
         impl = RepCodec.load(directory, conf["arch"])
     elif kind == "s3-onnx":
         from .s3onnx import S3OnnxTokenizer
-        impl = S3OnnxTokenizer(conf["onnx_path"], threads=threads, k=conf["k"])
+        impl = S3OnnxTokenizer(conf["onnx_path"], threads=threads, k=conf["k"], device=device)
         if impl.sha256 != conf["sha256"]:
             raise ValueError(f"{conf['onnx_path']}: sha256 changed since `tokens fit` ({conf_path})")
     elif kind == "beats-tokenizer":
@@ -281,6 +289,17 @@ def _check_features(tok: Tokenizer, store: Store) -> None:
                          f"{tok.stream} tokenizer in {tok.directory} was fitted on ({want[:12]})")
 
 
+def primary_codes(rows: list, codes) -> dict[int, Tensor]:
+    """Each row's codes from its own domain's stream (speech -> speech, audio -> audio), one
+    ``codes(stream, rows)`` call per stream for the rows of that domain; keyed by row position."""
+    out = {}
+    for stream in DOMAINS:
+        members = [i for i, row in enumerate(rows) if row["domain"] == stream]
+        if members:
+            out.update(zip(members, codes(stream, [rows[i] for i in members])))
+    return out
+
+
 def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
                     speech_model: str | os.PathLike, audio_model: str | os.PathLike,
                     beats_model: str | os.PathLike | None = None,
@@ -313,16 +332,19 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
     manifest = read_manifest(manifest_path)
     peak = cfg["audio"]["peak_normalize"]
 
-    def codes(stream: str, row) -> Tensor:
+    def codes(stream: str, rows: list) -> list[Tensor]:
+        """Local codes of ``stream`` for a batch of manifest rows."""
         tok = toks[stream]
         if tok.input == "audio":
             from .. import audio as A
-            wave = A.load_audio(resolve_path(manifest_path, row["path"]), 16000, peak=peak)
-            return tok.encode_wave(wave)
+            waves = [A.load_audio(resolve_path(manifest_path, row["path"]), 16000, peak=peak) for row in rows]
+            return tok.encode_waves(waves)
         store = stores[FEATURE_ROLE[stream]]
-        if row["id"] not in store:
-            raise KeyError(f"{store.dir}: no features for clip id {row['id']!r}")
-        return tok.encode_frames(store.load("frames", [row["id"]])[row["id"]])
+        for row in rows:
+            if row["id"] not in store:
+                raise KeyError(f"{store.dir}: no features for clip id {row['id']!r}")
+        frames = store.load("frames", [row["id"] for row in rows])
+        return [tok.encode_frames(frames[row["id"]]) for row in rows]
 
     timing = store_timing(toks, token_config, cfg["audio"])
     meta = {"token_config": token_config, **vocab.to_meta(), **timing,
@@ -334,15 +356,22 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
     if stale.exists():
         stale.unlink()
     writer = StoreWriter(out, meta=meta, shard_size=int(cfg["tokens"]["shard_size"]))
+    batch_size = int(cfg["tokens"]["batch_size"])
+    rows = [row for _, row in manifest.iterrows()]
     lengths = []
-    for _, row in tqdm(manifest.iterrows(), total=len(manifest), desc=f"tokens {token_config}"):
-        primary = row["domain"]  # speech -> speech stream, audio -> audio stream
-        ids = vocab.to_global(primary, codes(primary, row))
-        if token_config == "B":
-            ids, _ = pair_by_time(ids, vocab.to_global("beats", codes("beats", row)),
-                                  toks[primary].frame_rate, toks["beats"].frame_rate)
-        writer.add(row["id"], {"tokens": ids.to(torch.int64)})
-        lengths.append(int(ids.shape[0]))
+    with Throughput(log, f"tokens {token_config}", len(rows), batch_size), \
+            tqdm(total=len(rows), desc=f"tokens {token_config}") as bar:
+        for batch in batches(rows, batch_size, "tokens.batch_size"):
+            primary = primary_codes(batch, codes)
+            beats = codes("beats", batch) if token_config == "B" else None
+            for i, row in enumerate(batch):
+                ids = vocab.to_global(row["domain"], primary[i])
+                if beats is not None:
+                    ids, _ = pair_by_time(ids, vocab.to_global("beats", beats[i]),
+                                          toks[row["domain"]].frame_rate, toks["beats"].frame_rate)
+                writer.add(row["id"], {"tokens": ids.to(torch.int64)})
+                lengths.append(int(ids.shape[0]))
+            bar.update(len(batch))
     writer.close()
     C.save_resolved(cfg, out)
     log.info("tokens %s: %d clips, vocab %d, mean length %.1f", token_config, len(lengths), vocab.vocab_size,
