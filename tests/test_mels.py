@@ -1,4 +1,7 @@
 """agrepa data mels: the log-mel store and its train-split statistics."""
+import logging
+import re
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -28,10 +31,12 @@ def _corpus(tmp_path):
     return mf.write_manifest(mf.make_manifest(rows), tmp_path / "manifest.csv")
 
 
-def test_mel_store_and_train_only_stats(tmp_path):
+def test_mel_store_and_train_only_stats(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     man = _corpus(tmp_path)
     out = tmp_path / "mels"
     assert cli.main(["data", "mels", "--config", str(DEFAULT_CONFIG), "--manifest", str(man), "--out", str(out)]) == 0
+    assert re.search(r"throughput: mels: \d+ clips in [\d.]+ s = [\d.]+ clips/s", caplog.text)   # the job's rate
     cfg = config.load(DEFAULT_CONFIG)
     store = Store(out / "index.json")
     assert sorted(store.keys()) == [f"c{i}" for i in range(6)]

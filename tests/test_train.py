@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import pandas as pd
 import pytest
@@ -45,9 +47,12 @@ def setup(tmp_path_factory):
     return tmp, cfg, cfg_path, paths, warm
 
 
-def test_warmup_same_seed_identical_other_seed_differs(setup):
+def test_warmup_same_seed_identical_other_seed_differs(setup, caplog):
     tmp, cfg, _, paths, warm = setup
+    caplog.set_level(logging.INFO, logger="agrepa.training.train")
     again = train.run(cfg, phase="warmup", out=tmp / "warm0b", seed=0, **_kw(paths))
+    assert re.search(r"throughput: train warmup warmup: 6 steps in [\d.]+ s = [\d.]+ steps/s, [\d.]+ samples/s "
+                     r"\(global batch \d+, 1 process\(es\)\)", caplog.text), caplog.text
     other = train.run(cfg, phase="warmup", out=tmp / "warm1", seed=1, **_kw(paths))
     a, b, c = _load(warm), _load(again), _load(other)
     for key in ("model", "ema", "bitc", "optimizer", "scheduler", "sampler", "rng"):

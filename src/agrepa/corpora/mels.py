@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from .. import audio as audio_mod
 from .. import io
+from ..batching import Throughput
 from ..store import Store, StoreWriter
 from . import manifest as mf
 
@@ -57,17 +58,18 @@ def build_mels(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, cfg
     # an index from an earlier build must not describe the shards being rewritten
     (Path(out_dir) / "index.json").unlink(missing_ok=True)
     writer = StoreWriter(out_dir, shard_size=int(cfg["data"]["mels"]["shard_size"]))
-    for row in tqdm(df.itertuples(index=False), total=len(df), desc="mels", unit="clip"):
-        wave = audio_mod.load_audio(mf.resolve_path(manifest_path, row.path), sr, peak=peak,
-                                    resampler=cfg_audio["resample"])
-        mel = audio_mod.log_mel(torch.from_numpy(wave), cfg_audio).T.contiguous()  # [T, n_mels]
-        writer.add(row.id, {"mel": mel})
-        if row.split == "train":
-            m = mel.double().numpy()
-            total += m.sum(axis=0)
-            total_sq += (m * m).sum(axis=0)
-            n_frames += m.shape[0]
-            n_train += 1
+    with Throughput(log, "mels", len(df), 1):
+        for row in tqdm(df.itertuples(index=False), total=len(df), desc="mels", unit="clip"):
+            wave = audio_mod.load_audio(mf.resolve_path(manifest_path, row.path), sr, peak=peak,
+                                        resampler=cfg_audio["resample"])
+            mel = audio_mod.log_mel(torch.from_numpy(wave), cfg_audio).T.contiguous()  # [T, n_mels]
+            writer.add(row.id, {"mel": mel})
+            if row.split == "train":
+                m = mel.double().numpy()
+                total += m.sum(axis=0)
+                total_sq += (m * m).sum(axis=0)
+                n_frames += m.shape[0]
+                n_train += 1
     mean, std = normalisation_stats(total, total_sq, n_frames, cfg["data"]["mels"]["normalization"], floor)
     writer.meta = {
         "stats": {"mean": mean.tolist(), "std": std.tolist(), "n_frames": int(n_frames),

@@ -387,6 +387,7 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
                                                 seed=loop.seed, stream=loop.stream, local=loop.local, start=start,
                                                 total=total, draw_offset=loop.draw_step(0)),
                               pin_memory=loop.device.type == "cuda"))
+        started = time.perf_counter()
         for step in bar:
             batch, draw = draw_batch(loop, batches, state.sampler, step)
             loss, terms = losses(loop, forward, state, batch, draw)
@@ -413,6 +414,11 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
         if tb is not None:
             tb.close()
         log.info("%s %s: %d steps done -> %s", phase, method, total, loop.out / "final.pt")
+        if d.is_main and total > start:
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            log.info("throughput: train %s %s: %d steps in %.2f s = %.3f steps/s, %.2f samples/s (global batch %d, "
+                     "%d process(es))", phase, method, total - start, elapsed, (total - start) / elapsed,
+                     (total - start) * loop.batch_size / elapsed, loop.batch_size, d.world_size)
         return loop.out / "final.pt"
     finally:
         dist_mod.teardown(d)
