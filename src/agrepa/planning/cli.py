@@ -12,7 +12,7 @@ def cmd_plan(args) -> int:
     cfg = config_mod.from_args(args)
     if args.set:
         raise ValueError("agrepa plan: --set is not passed to Snakemake's dry run; put the keys in an overlay file")
-    p = plan(cfg, job_counts(args.config, args.targets, forceall=args.forceall))
+    p = plan(cfg, job_counts(args.config, args.targets))
     print(json.dumps(p, indent=1) if args.json else table(p))
     return 0
 
@@ -22,5 +22,4 @@ def register(subparsers) -> None:
     config_mod.add_cli_args(p)
     p.add_argument("targets", nargs="*", help="Snakemake targets (default: the Snakefile's first rule, all)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (totals under total)")
-    p.add_argument("--forceall", action="store_true", help="count every job, also those whose outputs exist")
     p.set_defaults(func=cmd_plan)

@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from ..caching.flops import Dims, forward_flops
@@ -29,6 +30,7 @@ from ..training.schedule import Lengths
 
 CONFIG_KEYS = ("plan", "train", "model", "audio", "resources")  # config sections this module reads
 
+SKIPPED = {"results", ".snakemake", ".git"}   # not linked into the dry run's scratch directory
 TRAIN_RULES = {"train_warmup": "warmup", "train_branch": "branch"}
 # rule -> resources group of the workflow's GPU rules (workflow/rules/*.smk, resources_of(...))
 RULE_GROUPS = {"teacher_embed": "teacher_embed", "tokens_fit": "tokens", "tokens_encode": "tokens",
@@ -69,8 +71,11 @@ def repo_root(start: Path | None = None) -> Path:
     raise FileNotFoundError(f"no Snakefile at or above {here} (run agrepa plan in the repository)")
 
 
-def job_counts(configs: list[str], targets: list[str], forceall: bool = False, root: Path | None = None) -> dict[str, int]:
-    """Rule -> jobs of ``snakemake -n`` on the targets (the path check skipped: nothing need be on disk)."""
+def job_counts(configs: list[str], targets: list[str], root: Path | None = None) -> dict[str, int]:
+    """Rule -> jobs of ``snakemake -n`` on the targets as if nothing were on disk: it runs in a scratch
+    directory that links the repository's files but not its results (the Snakefile writes
+    {results_dir}/config.yaml when it is read, and existing outputs would hide their jobs); the path
+    check is skipped, so no dataset need exist."""
     root = root or repo_root()
     exe = Path(sys.executable).parent / "snakemake"
     exe = str(exe) if exe.is_file() else shutil.which("snakemake")
@@ -78,9 +83,12 @@ def job_counts(configs: list[str], targets: list[str], forceall: bool = False, r
         raise FileNotFoundError("snakemake not found on PATH (agrepa plan counts jobs with its dry run)")
     env = {**os.environ, "AGREPA_SKIP_PATH_CHECK": "1",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    cmd = [exe, *targets, "-n", "--quiet", "rules", *(["--forceall"] if forceall else []),
-           "--configfile", *[str(Path(c).resolve()) for c in configs]]
-    run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    cmd = [exe, *targets, "-n", "--quiet", "rules", "--configfile", *[str(Path(c).resolve()) for c in configs]]
+    with tempfile.TemporaryDirectory(prefix="agrepa-plan-") as scratch:
+        for entry in root.iterdir():
+            if entry.name not in SKIPPED:
+                os.symlink(entry, Path(scratch) / entry.name)
+        run = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True, timeout=600)
     if run.returncode != 0:
         raise ValueError(f"snakemake -n failed:\n{(run.stdout + run.stderr)[-2000:]}")
     return parse_job_stats(run.stdout + run.stderr)
