@@ -34,7 +34,8 @@ SKIPPED = {"results", ".snakemake", ".git"}   # not linked into the dry run's sc
 TRAIN_RULES = {"train_warmup": "warmup", "train_branch": "branch"}
 # rule -> resources group of the workflow's GPU rules (workflow/rules/*.smk, resources_of(...))
 RULE_GROUPS = {"teacher_embed": "teacher_embed", "tokens_fit": "tokens", "tokens_encode": "tokens",
-               "train_warmup": "train", "train_branch": "train", "probe": "probe", "heldout": "evaluate",
+               "train_warmup": "train", "train_branch": "train", "train_warmup_arch": "train",
+               "train_branch_arch": "train", "probe": "probe", "heldout": "evaluate",
                "sample": "sample", "evaluate": "evaluate", "evaluate_reference": "evaluate",
                "lsac_probe": "sample", "lsac_eval": "sample", "rr_sample_scale": "sample",
                "rr_evaluate_scale": "evaluate", "rr_rsa": "evaluate"}
@@ -126,7 +127,8 @@ def plan(cfg: dict, counts: dict[str, int]) -> dict:
             row.update(steps_per_job=steps, basis=f"{steps} steps x {step / 1e12:.1f} TFLOP at MFU {pc['mfu']}")
         elif group:
             per_job = float(pc["job_gpu_hours"][rule]) if rule in pc["job_gpu_hours"] else 0.0
-            row["basis"] = "plan.job_gpu_hours" if rule in pc["job_gpu_hours"] else "not estimated"
+            row["basis"] = "plan.job_gpu_hours" if rule in pc["job_gpu_hours"] else \
+                "not estimated" + (" (Table 4 backbone: no FLOP count)" if rule.endswith("_arch") else "")
         else:
             per_job, row["basis"] = 0.0, "CPU"
         wall = per_job / max(gpus, 1)
