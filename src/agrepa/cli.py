@@ -25,6 +25,7 @@ STAGES = [
     ("attention caching", "agrepa.caching.cli"),
     ("reports", "agrepa.reports.cli"),
     ("fixtures", "agrepa.fixtures.cli"),
+    ("planning", "agrepa.planning.cli"),
 ]
 
 

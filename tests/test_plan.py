@@ -1,0 +1,99 @@
+"""`agrepa plan` (issue 24, item 6): the analytic FLOPs of a training step equal torch's FLOP counter on
+the DiT (forward + backward, a small width on the CPU and the paper size on the meta device), the
+plan's job counts are Snakemake's dry run's at paper.yaml with nothing on disk, in under 10 s, and
+--json's total is the sum of its stages."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from agrepa import cli
+from agrepa import config as config_mod
+from agrepa.caching.flops import Dims, forward_flops
+from agrepa.model.dit import DiT
+from agrepa.planning import estimate
+from test_workflow_support import REPO, copy_workflow, job_counts, snakemake
+
+CONFIGS = [str(REPO / "config" / "config.yaml"), str(REPO / "config" / "paper.yaml")]
+
+
+def step_flops_counted(m: DiT, B: int, T: int, N: int, device: str) -> int:
+    """FLOPs torch counts for one training step of the model: forward and backward of a loss."""
+    x = torch.randn(B, T, m.n_mels, device=device)
+    t = torch.rand(B, device=device)
+    tokens = torch.randint(1, m.vocab_size, (B, N), device=device)
+    prompt = torch.randn(B, T, m.n_mels, device=device)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        m(x, t, tokens, prompt).square().mean().backward()
+    return fc.get_total_flops()
+
+
+def test_train_step_flops_agree_with_the_flop_counter_at_a_small_width():
+    torch.manual_seed(0)
+    m = DiT(n_layers=4, dim=64, n_heads=4, n_mels=16, vocab_size=50, ff_mult=4).train()
+    B, T = 4, 48
+    counted = step_flops_counted(m, B, T, N=12, device="cpu")
+    analytic = 3 * forward_flops(Dims.of(m), B, T)["total"]
+    assert abs(analytic - counted) / counted < 0.05, (analytic, counted)
+
+
+def test_train_step_flops_agree_with_the_flop_counter_at_paper_size_on_meta():
+    cfg = config_mod.load(CONFIGS)
+    with torch.device("meta"):
+        m = DiT(n_layers=cfg["model"]["n_layers"], dim=cfg["model"]["dim"], n_heads=cfg["model"]["n_heads"],
+                n_mels=cfg["audio"]["n_mels"], vocab_size=4096, ff_mult=cfg["model"]["ff_mult"]).train()
+    T, B = estimate.crop_frames(cfg), 2           # FLOPs are linear in the rows: 2 of the 32
+    counted = step_flops_counted(m, B, T, N=500, device="meta")
+    per_step = estimate.train_step_flops(cfg)
+    assert T == 938 and int(cfg["train"]["batch_size"]) == 32
+    assert abs(per_step * B / 32 - counted) / counted < 0.05, (per_step, counted)
+    assert 60e12 < per_step < 66e12               # the issue's "about 63 TFLOP per step at batch 32"
+
+
+def plan_rows(text: str) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split() for line in text.splitlines()[2:]}
+
+
+def test_plan_counts_the_dry_runs_jobs_at_paper_scale_with_nothing_on_disk(tmp_path, monkeypatch):
+    work = copy_workflow(tmp_path / "wf")
+    assert not (work / "results").exists()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "agrepa.cli", "plan", "--config", CONFIGS[0], "--config", CONFIGS[1],
+                          "results/table2.csv"], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    seconds = time.perf_counter() - start
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = plan_rows(run.stdout)
+    assert run.stdout.startswith("estimate (MFU 0.4")
+    assert not (work / "results").exists() and not (work / ".snakemake").exists()   # it wrote nothing
+    dry = snakemake(["results/table2.csv", "-n", "--configfile", *CONFIGS], cwd=work,
+                    env={"AGREPA_SKIP_PATH_CHECK": "1"}, timeout=120)
+    want = job_counts(dry.stdout + dry.stderr)
+    assert want["train_warmup"] == 6 and want["train_branch"] == 48
+    assert {rule: int(r[1]) for rule, r in rows.items() if rule != "total"} == want
+    assert int(rows["total"][1]) == sum(want.values()) == 225
+    assert seconds < 10, f"agrepa plan took {seconds:.1f} s"
+
+
+def test_plan_json_total_is_the_sum_of_its_stages(tmp_path, monkeypatch, capsys):
+    work = copy_workflow(tmp_path / "wf")
+    monkeypatch.chdir(work)
+    assert cli.main(["plan", "--config", CONFIGS[0], "--config", CONFIGS[1], "results/table2.csv", "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    stages = p["stages"]
+    assert p["total"]["gpu_hours"] == pytest.approx(sum(s["gpu_hours"] for s in stages.values()))
+    assert p["total"]["jobs"] == sum(s["jobs"] for s in stages.values()) == 225
+    assert p["total"]["wall_hours"] == pytest.approx(sum(s["wall_hours_per_job"] for s in stages.values()))
+    # a warm-up is one epoch: 2 x AudioSet's clips / batch 32 steps (epoch_size balanced)
+    assert stages["train_warmup"]["steps_per_job"] == -(-2 * 2041789 // 32)
+    assert stages["train_branch"]["steps_per_job"] == -(-4 * 2041789 // 32)
+    cfg = config_mod.load(CONFIGS)
+    one = stages["train_branch"]["steps_per_job"] * estimate.train_step_flops(cfg) / (0.4 * 989e12) / 3600
+    assert stages["train_branch"]["gpu_hours"] == pytest.approx(48 * one)
+    assert stages["data_mels"]["gpu_hours"] == 0 and stages["teacher_embed"]["gpu_hours_per_job"] == 3.0
