@@ -19,6 +19,7 @@ SIZES = [
     "model.n_layers", "model.dim", "model.n_heads", "model.ff_mult",
     "train.batch_size", "train.warmup_epochs", "train.branch_epochs", "train.checkpoint_every",
     "train.log_every", "train.repa_hidden",
+    "train.compile",       # not a size: inductor builds C++ per job on the CPU (tests/test_train_step.py checks compile)
     "tokens.audio.k", "tokens.audio.dim", "tokens.audio.hidden", "tokens.audio.steps",
     "tokens.audio.batch_size", "tokens.audio.window", "tokens.audio.fit_windows", "tokens.beats.k",
     "probe.t_grid", "probe.n_clips", "probe.batch_size",
