@@ -143,7 +143,7 @@ def test_paper_training_memory_and_checkpoints_are_of_the_issues_size():
     cfg = config_mod.load(CONFIGS)
     P = estimate.dit_params(cfg)
     assert 460e6 < P < 480e6                                        # the issue's 466.5 M (+ the token table)
-    ck = estimate.checkpoint_bytes(cfg)
+    ck = estimate.checkpoint_bytes(P)
     assert ck["full"] == 16 * P and ck["snapshot"] == 4 * P         # ~7.5 GB and ~1.9 GB
-    assert 20e9 < estimate.train_gpu_memory_bytes(cfg, 1) < 78e9    # fits one H100 at batch 32 (estimate)
-    assert estimate.train_gpu_memory_bytes(cfg, 8) < estimate.train_gpu_memory_bytes(cfg, 1)
+    assert 20e9 < estimate.train_gpu_memory_bytes(cfg, 1, P) < 78e9    # fits one H100 at batch 32 (estimate)
+    assert estimate.train_gpu_memory_bytes(cfg, 8, P) < estimate.train_gpu_memory_bytes(cfg, 1, P)

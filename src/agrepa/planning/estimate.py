@@ -116,24 +116,24 @@ def teacher_store_bytes_per_clip(cfg: dict, role: str, domain: str) -> float:
     return D * TEACHER_POOLED_BYTES + float(t["frame_rate"]) * window_seconds(cfg, domain) * D * TEACHER_FRAME_BYTES
 
 
-def checkpoint_bytes(cfg: dict) -> dict[str, int]:
+def checkpoint_bytes(p: int) -> dict[str, int]:
     """``full``: last.pt / final.pt (fp32 weights, EMA and Adam's two moments); ``snapshot``: a
-    convergence snapshot (the EMA weights: training/checkpoint.py ``snapshot_dict``). DiT only."""
-    p = dit_params(cfg)
+    convergence snapshot (the EMA weights: training/checkpoint.py ``snapshot_dict``) of a model of
+    ``p`` parameters (:func:`dit_params`)."""
     return {k: STATE_COPIES[k] * p * 4 for k in ("full", "snapshot")}
 
 
-def train_gpu_memory_bytes(cfg: dict, gpus: int) -> float:
+def train_gpu_memory_bytes(cfg: dict, gpus: int, params: int) -> float:
     """Peak memory of one training process (estimate): fp32 weights, gradients, Adam m and v and EMA
     (5 x params x 4 B, every DDP rank holds them) + activations L x (batch / gpus) x crop x dim x
     :data:`ACTIVATION_BYTES` (bf16, flash attention); no allocator overhead, workspace or heads."""
     mc = cfg["model"]
     rows = math.ceil(int(cfg["train"]["batch_size"]) / max(gpus, 1))
     acts = int(mc["n_layers"]) * rows * crop_frames(cfg) * int(mc["dim"]) * ACTIVATION_BYTES
-    return STATE_COPIES["train_gpu"] * dit_params(cfg) * 4 + acts
+    return STATE_COPIES["train_gpu"] * params * 4 + acts
 
 
-def disk_per_job(cfg: dict, rule: str, ln: Lengths | None) -> tuple[float | None, str]:
+def disk_per_job(cfg: dict, rule: str, ln: Lengths | None, params: int | None) -> tuple[float | None, str]:
     """(bytes one job of ``rule`` writes, basis); None where not estimated (module docstring)."""
     clips = {d: int(cfg["plan"]["clips"][d]) for d in DOMAINS}
     if rule == "data_mels":
@@ -145,7 +145,7 @@ def disk_per_job(cfg: dict, rule: str, ln: Lengths | None) -> tuple[float | None
     if rule in TRAIN_RULES:
         from ..training.train import snapshot_steps
 
-        ck = checkpoint_bytes(cfg)
+        ck = checkpoint_bytes(params)
         snaps = len(snapshot_steps(cfg, ln.steps("branch"))) if rule == "train_branch" else 0
         return 2 * ck["full"] + snaps * ck["snapshot"], f"last + final full state, {snaps} EMA snapshots"
     if rule == "sample":
@@ -212,6 +212,7 @@ def plan(cfg: dict, counts: dict[str, int]) -> dict:
     rate = float(pc["mfu"]) * float(pc["peak_tflops"]) * 1e12            # FLOP/s achieved per GPU
     step = train_step_flops(cfg)
     ln = lengths(cfg) if set(counts) & set(TRAIN_RULES) else None
+    params = dit_params(cfg) if ln is not None else None
     stages = {}
     for rule, jobs in counts.items():
         group = RULE_GROUPS.get(rule)
@@ -232,21 +233,22 @@ def plan(cfg: dict, counts: dict[str, int]) -> dict:
         wall = per_job / max(gpus, 1)
         row.update(gpu_hours_per_job=per_job, gpu_hours=per_job * jobs, wall_hours_per_job=wall,
                    runtime_min=int(res["runtime"]), submissions=max(1, math.ceil(wall * 60 / int(res["runtime"]) - 1e-9)))
-        row.update(disk_and_memory(cfg, rule, res, gpus, jobs, ln))
+        row.update(disk_and_memory(cfg, rule, res, gpus, jobs, ln, params))
         stages[rule] = row
     return {"estimate": f"MFU {pc['mfu']} of {pc['peak_tflops']} TFLOP/s ({pc['gpu']}); not measured",
             "train_step_tflop": step / 1e12, "crop_frames": crop_frames(cfg), "stages": stages,
             "total": totals(stages)}
 
 
-def disk_and_memory(cfg: dict, rule: str, res: dict, gpus: int, jobs: int, ln: Lengths | None) -> dict:
+def disk_and_memory(cfg: dict, rule: str, res: dict, gpus: int, jobs: int, ln: Lengths | None,
+                    params: int | None) -> dict:
     """A stage's disk (GB per job and in all, basis; None: not estimated), the memory its jobs request
     (GB per node) and, for the DiT training rules, the estimated GPU memory per process."""
-    disk, basis = disk_per_job(cfg, rule, ln)
+    disk, basis = disk_per_job(cfg, rule, ln, params)
     row = {"disk_gb_per_job": None if disk is None else disk / GB, "disk_gb": None if disk is None else disk * jobs / GB,
            "disk_basis": basis, "mem_gb_requested": int(res["mem_mb"]) / 1000, "gpu_mem_gb_est": None}
     if rule in TRAIN_RULES:
-        row["gpu_mem_gb_est"] = train_gpu_memory_bytes(cfg, gpus) / GB
+        row["gpu_mem_gb_est"] = train_gpu_memory_bytes(cfg, gpus, params) / GB
     return row
 
 
