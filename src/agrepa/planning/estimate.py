@@ -60,9 +60,13 @@ MEL_BYTES = 4                  # float32 mel frames (corpora/mels.py)
 WAV_BYTES = 2                  # PCM_16 samples of a generated clip (audio.write_wav)
 TEACHER_POOLED_BYTES = 4       # float32 pooled [D] of every clip (teachers/cache.py)
 TEACHER_FRAME_BYTES = 4        # float32 frames [T', D] of every clip, written for every clip (teachers/cache.py today)
-STATE_COPIES = {"full": 4, "snapshot": 1, "train_gpu": 5}   # fp32 copies of the weights: weights + EMA + Adam m, v;
-#                                the EMA alone; in training weights + gradients + Adam m, v + EMA
-ACTIVATION_BYTES = 34          # bytes per layer x token x width kept for the backward (bf16, Korthikanti et al. 2022, flash attention: no T^2 term)
+# fp32 copies of the weights: a full checkpoint (weights, EMA, Adam m and v), a snapshot (the EMA),
+# a training process (weights, gradients, Adam m and v, EMA)
+STATE_COPIES = {"full": 4, "snapshot": 1, "train_gpu": 5}
+# bytes per layer x token x width a training step keeps for the backward: bf16 activations of a
+# transformer block (Korthikanti et al. 2022, "Reducing activation recomputation"), flash attention
+# (no T^2 term)
+ACTIVATION_BYTES = 34
 
 
 def dims(cfg: dict) -> Dims:
