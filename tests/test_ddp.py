@@ -54,7 +54,7 @@ def _torchrun(configs: list[Path], paths: dict, out: Path, *extra: str) -> str:
                           "-m", "agrepa.cli", "train", *conf, "--seed", "0", "--out", str(out), *extra, *_args(paths)],
                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "DistributedDataParallel over 2 processes" in res.stderr and "2 micro-step(s)" in res.stderr
+    assert "DistributedDataParallel over 2 processes" in res.stderr and "2 micro-steps" in res.stderr
     return res.stderr
 
 

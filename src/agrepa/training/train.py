@@ -444,9 +444,9 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
         if d.is_main and total > start:
             elapsed = max(time.perf_counter() - started, 1e-9)
             log.info("throughput: train %s %s: %d steps in %.2f s = %.3f steps/s, %.2f samples/s (global batch %d, "
-                     "%d process(es), %d micro-step(s))", phase, method, total - start, elapsed,
+                     "%d process(es)%s)", phase, method, total - start, elapsed,
                      (total - start) / elapsed, (total - start) * loop.batch_size / elapsed, loop.batch_size,
-                     d.world_size, loop.accumulate)
+                     d.world_size, f", {loop.accumulate} micro-steps" if loop.accumulate > 1 else "")
         return loop.out / "final.pt"
     finally:
         dist_mod.teardown(d)
