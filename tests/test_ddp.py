@@ -177,3 +177,17 @@ def test_resume_at_another_layout_with_dropout_is_refused(tmp_path):
     torch.save(ck, out / "last.pt")       # the same layout: resumes
     train.run(cfg, phase="warmup", out=out, seed=0, steps=4, data=data_paths(paths))
     assert _load(out / "final.pt")["step"] == 4
+
+
+@pytest.mark.slow
+def test_compiled_backbone_under_ddp_with_accumulation_equals_one_compiled_process(warm):
+    """``train.compile`` composes with DDP: the compiled backbone runs inside DDP's forward (dynamo's
+    DDPOptimizer splits it at the buckets); 2 processes x 2 micro-steps equal one compiled process
+    within the module doc's tolerance. Slow: inductor builds C++ in every process (minutes on a CPU)."""
+    tmp, cfg, cfg_path, paths, _ = warm
+    comp, acc2 = _overlay(tmp, "compile", {"train": {"compile": True}}), _overlay(tmp, "acc2", {"train": {"accumulate": 2}})
+    one, two = tmp / "one_compiled", tmp / "two_compiled"
+    train.run(config_mod.load([DEFAULT_CONFIG, cfg_path, comp]), phase="warmup", out=one, seed=0, steps=3,
+              data=data_paths(paths))
+    _torchrun([cfg_path, comp, acc2], paths, two, "--phase", "warmup", "--steps", "3")
+    _same_run(one, two)
