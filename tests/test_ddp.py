@@ -134,9 +134,10 @@ def test_micro_slices_and_the_divisibility_error(warm):
     assert dist_mod.micro_slices(8, 2, 0, 1) == [slice(0, 4), slice(4, 8)]   # micro-step k: the same rows
     with pytest.raises(ValueError, match=r"train.batch_size 4 .*world size 1.*train.accumulate 3"):
         dist_mod.micro_slices(4, 3, 0, 1)
-    bad = config_mod.load([DEFAULT_CONFIG, cfg_path, _overlay(tmp, "acc3", {"train": {"accumulate": 3}})])
-    with pytest.raises(ValueError, match=r"train.batch_size 4 is not divisible .*train.accumulate 3"):
-        train.run(bad, phase="warmup", out=tmp / "bad", seed=0, steps=1, data=data_paths(paths))
+    # a training job started by hand (torchrun at any world size) meets the same check in Loop.build
+    loop_cfg = config_mod.deep_merge(cfg, {"train": {"accumulate": 2}})
+    with pytest.raises(ValueError, match=r"train.batch_size 4 is not divisible by the world size 4 .*train.accumulate 2"):
+        train.Loop.build(loop_cfg, "warmup", 0, tmp / "bad", dist_mod.Dist(0, 4, 0), None, None, 1)
 
 
 def test_resume_at_another_world_size_and_accumulate_continues_exactly(warm):
@@ -191,3 +192,15 @@ def test_compiled_backbone_under_ddp_with_accumulation_equals_one_compiled_proce
               data=data_paths(paths))
     _torchrun([cfg_path, comp, acc2], paths, two, "--phase", "warmup", "--steps", "3")
     _same_run(one, two)
+
+
+def test_config_refuses_a_batch_the_training_job_cannot_split():
+    """The workflow's processes (resources.train.gpu x nodes) x train.accumulate must divide the global batch."""
+    assert config_mod.load([DEFAULT_CONFIG], ["train.accumulate=2", "resources.train.gpu=2"])["train"]["accumulate"] == 2
+    with pytest.raises(ValueError, match=r"train.batch_size: 6 is not divisible .*resources.train.gpu x "
+                                         r"resources.train.nodes = 4\) x train.accumulate 1"):
+        config_mod.load([DEFAULT_CONFIG], ["resources.train.gpu=4", "train.batch_size=6"])
+    with pytest.raises(ValueError, match=r"train.batch_size: 8 is not divisible .* = 4\) x train.accumulate 4"):
+        config_mod.load([DEFAULT_CONFIG], ["resources.train.gpu=2", "resources.train.nodes=2", "train.accumulate=4"])
+    with pytest.raises(ValueError, match=r"train.accumulate: must be >= 1"):
+        config_mod.load([DEFAULT_CONFIG], ["train.accumulate=0"])

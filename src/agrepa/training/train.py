@@ -403,7 +403,7 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
         start, total = state.step, loop.total
         bar = tqdm(range(start, total), initial=start, total=total, desc=f"{phase}:{method}",
                    disable=not d.is_main, dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
-        # loop: draw batch, forward, losses, step, log, checkpoint
+        # loop: draw batch, micro-steps (forward, losses, backward), optimiser step, log, checkpoint
         batches = iter(loader(cfg, StepBatches(clips, state.sampler.state_dict(), batch_size=loop.batch_size,
                                                 seed=loop.seed, stream=loop.stream, local=list(loop.micro), start=start,
                                                 total=total, draw_offset=loop.draw_step(0)),
@@ -411,13 +411,13 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
         started = time.perf_counter()
         for step in bar:
             micro, draw = draw_batch(loop, batches, state.sampler, step)
-            steps_terms = []
+            micro_terms = []
             for k, (batch, j) in enumerate(zip(micro, loop.micro)):   # train.accumulate micro-steps
                 with dist_mod.no_sync(trained, sync=k == loop.accumulate - 1):   # all-reduce on the last
                     loss, terms = trained(loop, forward, state, batch, draw, j)
                     backward(loop, state, loss, first=k == 0)
-                steps_terms.append(terms)
-            terms = step_terms(steps_terms)
+                micro_terms.append(terms)
+            terms = step_terms(micro_terms)
             if not loop.opts.deferred_metrics:
                 check_finite(terms, step, last)
             grad_norm, lr = optimise(loop, state)
