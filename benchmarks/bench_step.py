@@ -262,7 +262,8 @@ def main(argv=None) -> None:
     if args.ddp > 1:
         res = time_ddp(args)
         (fs, fc), (ds, dc) = res["flat"], res["ddp"]
-        print(f"data parallelism, baseline new step, {args.ddp} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        print(f"data parallelism, baseline new step, {args.ddp} processes ({backend}), "
               f"global batch {args.batch}: flat all-reduce {1e3 * fs:.1f} ms/step, DDP {1e3 * ds:.1f} ms/step, "
               f"flat/DDP {fs / ds:.2f}x (cpu ms {1e3 * fc:.1f} vs {1e3 * dc:.1f}, {fc / dc:.2f}x)")
 

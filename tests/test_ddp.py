@@ -136,7 +136,8 @@ def test_micro_slices_and_the_divisibility_error(warm):
         dist_mod.micro_slices(4, 3, 0, 1)
     # a training job started by hand (torchrun at any world size) meets the same check in Loop.build
     loop_cfg = config_mod.deep_merge(cfg, {"train": {"accumulate": 2}})
-    with pytest.raises(ValueError, match=r"train.batch_size 4 is not divisible by the world size 4 .*train.accumulate 2"):
+    with pytest.raises(ValueError,
+                       match=r"train.batch_size 4 is not divisible by the world size 4 .*train.accumulate 2"):
         train.Loop.build(loop_cfg, "warmup", 0, tmp / "bad", dist_mod.Dist(0, 4, 0), None, None, 1)
 
 
@@ -186,7 +187,8 @@ def test_compiled_backbone_under_ddp_with_accumulation_equals_one_compiled_proce
     DDPOptimizer splits it at the buckets); 2 processes x 2 micro-steps equal one compiled process
     within the module doc's tolerance. Slow: inductor builds C++ in every process (minutes on a CPU)."""
     tmp, cfg, cfg_path, paths, _ = warm
-    comp, acc2 = _overlay(tmp, "compile", {"train": {"compile": True}}), _overlay(tmp, "acc2", {"train": {"accumulate": 2}})
+    comp = _overlay(tmp, "compile", {"train": {"compile": True}})
+    acc2 = _overlay(tmp, "acc2", {"train": {"accumulate": 2}})
     one, two = tmp / "one_compiled", tmp / "two_compiled"
     train.run(config_mod.load([DEFAULT_CONFIG, cfg_path, comp]), phase="warmup", out=one, seed=0, steps=3,
               data=data_paths(paths))
@@ -196,7 +198,8 @@ def test_compiled_backbone_under_ddp_with_accumulation_equals_one_compiled_proce
 
 def test_config_refuses_a_batch_the_training_job_cannot_split():
     """The workflow's processes (resources.train.gpu x nodes) x train.accumulate must divide the global batch."""
-    assert config_mod.load([DEFAULT_CONFIG], ["train.accumulate=2", "resources.train.gpu=2"])["train"]["accumulate"] == 2
+    ok = config_mod.load([DEFAULT_CONFIG], ["train.accumulate=2", "resources.train.gpu=2"])
+    assert ok["train"]["accumulate"] == 2
     with pytest.raises(ValueError, match=r"train.batch_size: 6 is not divisible .*resources.train.gpu x "
                                          r"resources.train.nodes = 4\) x train.accumulate 1"):
         config_mod.load([DEFAULT_CONFIG], ["resources.train.gpu=4", "train.batch_size=6"])

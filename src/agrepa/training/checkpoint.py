@@ -168,7 +168,8 @@ class TrainState:
                 "model": self.model.state_dict(), "ema": self.ema.state_dict(), "bitc": self.bitc.state_dict(),
                 "repa": self.repa.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
-                "rng": rng, "world_size": world_size, "accumulate": int(accumulate), "metrics": [dict(r) for r in self.metrics]}
+                "rng": rng, "world_size": world_size, "accumulate": int(accumulate),
+                "metrics": [dict(r) for r in self.metrics]}
 
     def from_dict(self, ck: dict, rank: int = 0, world_size: int = 1) -> "TrainState":
         """Restore this state from a checkpoint dict of the same run (RNG of process ``rank``)."""
