@@ -105,7 +105,9 @@ def wrap(d: Dist, module: nn.Module, device: torch.device, accumulate: int = 1) 
     that, stops all-reducing after the first step (pytorch/pytorch#187732, open). The buckets are
     then in reverse parameter order, about the backward's. ``broadcast_buffers=False``: no buffer
     changes in training (no batch norm). The parameters were broadcast from rank 0 already
-    (:func:`broadcast_parameters`)."""
+    (:func:`broadcast_parameters`). ``train.compile``: a compiled backbone called inside DDP's
+    forward is split at the bucket boundaries by dynamo's DDPOptimizer (dynamo looks for the active
+    DDP module), so the all-reduces still overlap its backward."""
     if not d.enabled:
         return module
     from torch.nn.parallel import DistributedDataParallel

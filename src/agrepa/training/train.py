@@ -344,6 +344,14 @@ class Loop:
         host_noise = not (self.opts.device_noise and self.device.type == "cuda")
         return draw_step(self.cfg, self.seed, self.stream, self.draw_step(step), self.batch_size, host_noise)
 
+    def batches(self, clips: TrainingData, sampler: BalancedSampler, start: int):
+        """The loader's iterator over this process's micro-batches of the steps ``start ..`` (the
+        consumed ``sampler``'s state at ``start``; :class:`agrepa.training.loader.StepBatches`)."""
+        return iter(loader(self.cfg, StepBatches(clips, sampler.state_dict(), batch_size=self.batch_size,
+                                                 seed=self.seed, stream=self.stream, local=list(self.micro),
+                                                 start=start, total=self.total, draw_offset=self.draw_step(0)),
+                           pin_memory=self.device.type == "cuda"))
+
     def fast_math(self) -> None:
         """TF32 matmuls and cuDNN convolutions on CUDA (``opts.tf32``); nothing on the CPU."""
         if self.device.type == "cuda" and self.opts.tf32:
@@ -386,9 +394,7 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
                                        clips.token_store.dir)
             loop.rr = loop.rr.to(loop.device) if loop.rr is not None else None
         forward = torch.compile(state.model) if cfg["train"]["compile"] else state.model
-        # DDP across processes (the compiled backbone runs inside its forward: dynamo's DDPOptimizer
-        # splits the compiled graph at the buckets); one process: the modules as they are
-        trained = dist_mod.wrap(d, Trained(state), loop.device, loop.accumulate)
+        trained = dist_mod.wrap(d, Trained(state), loop.device, loop.accumulate)   # DDP; one process: as is
         # resume
         last = loop.out / "last.pt"
         resume(state, last, d.rank, d.world_size, loop.accumulate)
@@ -398,16 +404,12 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
             io.write_json(loop.out / "length.json", length_record(loop))
         metrics, meter = MetricsLog(loop.out / "metrics.csv", state.metrics), Meter()
         tb = _tensorboard(loop.out) if d.is_main else None
-        for m in state.modules():
-            m.train()
+        trained.train()      # model, BiT-C and REPA heads
         start, total = state.step, loop.total
         bar = tqdm(range(start, total), initial=start, total=total, desc=f"{phase}:{method}",
                    disable=not d.is_main, dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
         # loop: draw batch, micro-steps (forward, losses, backward), optimiser step, log, checkpoint
-        batches = iter(loader(cfg, StepBatches(clips, state.sampler.state_dict(), batch_size=loop.batch_size,
-                                                seed=loop.seed, stream=loop.stream, local=list(loop.micro), start=start,
-                                                total=total, draw_offset=loop.draw_step(0)),
-                              pin_memory=loop.device.type == "cuda"))
+        batches = loop.batches(clips, state.sampler, start)
         started = time.perf_counter()
         for step in bar:
             micro, draw = draw_batch(loop, batches, state.sampler, step)
@@ -442,14 +444,19 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
             tb.close()
         log.info("%s %s: %d steps done -> %s", phase, method, total, loop.out / "final.pt")
         if d.is_main and total > start:
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            log.info("throughput: train %s %s: %d steps in %.2f s = %.3f steps/s, %.2f samples/s (global batch %d, "
-                     "%d process(es)%s)", phase, method, total - start, elapsed,
-                     (total - start) / elapsed, (total - start) * loop.batch_size / elapsed, loop.batch_size,
-                     d.world_size, f", {loop.accumulate} micro-steps" if loop.accumulate > 1 else "")
+            log_throughput(loop, method, total - start, time.perf_counter() - started)
         return loop.out / "final.pt"
     finally:
         dist_mod.teardown(d)
+
+
+def log_throughput(loop: Loop, method: str, steps: int, seconds: float) -> None:
+    """The job's closing ``throughput:`` line (steps/s and samples/s of the global batch)."""
+    elapsed = max(seconds, 1e-9)
+    log.info("throughput: train %s %s: %d steps in %.2f s = %.3f steps/s, %.2f samples/s (global batch %d, "
+             "%d process(es)%s)", loop.phase, method, steps, elapsed, steps / elapsed,
+             steps * loop.batch_size / elapsed, loop.batch_size, loop.dist.world_size,
+             f", {loop.accumulate} micro-steps" if loop.accumulate > 1 else "")
 
 
 def check_phase(phase: str, method: str | None, init, selection) -> str:
