@@ -15,10 +15,19 @@ the CPU), and legacy / new as a ratio. Examples::
 
     python benchmarks/bench_step.py                                  # CPU: depth 4, width 256, batch 8, 2-s crops
     python benchmarks/bench_step.py --paper --compile                # CUDA: the paper DiT, 24 x 1024, batch 32, 10-s
+    python benchmarks/bench_step.py --ddp 2                          # + data parallelism: 2 gloo processes on the CPU
+
+``--ddp N`` (issue 24, item 2) adds, for the baseline's new step in N processes (gloo on the CPU,
+nccl on CUDA; one GPU each), the data parallelism before DDP (one flat all-reduce of every
+gradient after the whole backward, ``distributed.all_reduce_grads``) against torch DDP
+(``distributed.wrap``: bucket all-reduces overlapping the backward), each process training its
+``batch / N`` shard of the global batch, and flat / DDP as a ratio, in the same run.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import statistics
 import time
 from pathlib import Path
@@ -127,6 +136,70 @@ def time_step(cfg, plan, opts, device, args) -> tuple[float, float]:
     return statistics.median(times), statistics.median(cpu)
 
 
+def ddp_worker(rank: int, world: int, port: int, args, out) -> None:
+    """One process of ``--ddp``: median (wall, CPU) seconds per step of the flat all-reduce and of DDP."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    cfg = config(args)
+    use_cuda = args.device != "cpu" and torch.cuda.is_available()
+    d = dist_mod.setup("cuda" if use_cuda else "cpu")
+    device = torch.device("cuda", rank) if use_cuda else torch.device("cpu")
+    G = int(cfg["train"]["batch_size"])
+    full = batch_of(cfg, G, 1024, device, args.seed)
+    res = {}
+    for label in ("flat", "ddp"):
+        loop, state, forward = setup(cfg, {}, train.StepOptions(), device, args.compile, args.seed)
+        m = G // world
+        loop.dist, loop.local = d, slice(rank * m, (rank + 1) * m)
+        loop.micro = (loop.local,)
+        batch = {k: v[loop.local] for k, v in full.items()}
+        batch["padded"] = False
+        params = [p for mod in state.modules() for p in mod.parameters()]
+        trained = dist_mod.wrap(d, train.Trained(state), device) if label == "ddp" else None
+        times, cpu = [], []
+        for step in range(args.warmup + args.repeats):
+            sync(device)
+            dist_mod.barrier(d)
+            t0, c0 = time.perf_counter(), time.process_time()
+            draw = loop.draw(step)
+            if label == "ddp":
+                loss, _ = trained(loop, forward, state, batch, draw, loop.local)
+                train.backward(loop, state, loss)
+            else:
+                loss, _ = train.losses(loop, forward, state, batch, draw, loop.local)
+                train.backward(loop, state, loss)
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                dist_mod.all_reduce_grads(d, params)
+            train.optimise(loop, state)
+            state.step = step + 1
+            sync(device)
+            if step >= args.warmup:
+                times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+        res[label] = (statistics.median(times), statistics.median(cpu))
+    if rank == 0:
+        torch.save(res, out)
+    dist_mod.teardown(d)
+
+
+def time_ddp(args) -> dict:
+    """``--ddp``: the flat all-reduce against DDP in ``args.ddp`` processes (rank 0's medians)."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ddp.pt"
+        mp.spawn(ddp_worker, args=(args.ddp, port, args, str(out)), nprocs=args.ddp, join=True)
+        return torch.load(out)
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -159,6 +232,8 @@ def main(argv=None) -> None:
     p.add_argument("--peak", type=float, default=None, help="peak TFLOP/s for the MFU (default: H100 bf16 dense "
                                                             "989 on CUDA; none on the CPU)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ddp", type=int, default=0, help="also time the baseline step in this many processes: the flat "
+                                                      "all-reduce before DDP against DDP (0: not)")
     args = p.parse_args(argv)
     if args.paper:
         args.layers, args.dim, args.heads, args.batch, args.seconds = 24, 1024, 16, 32, 10.0
@@ -187,6 +262,13 @@ def main(argv=None) -> None:
             cratio = f"{res['legacy'][1] / c:14.2f}x" if label == "new" else ""
             print(f"{method:10s} {label:7s} {1e3 * s:9.1f} {args.batch / s:10.1f} {tf:9.3f} {mfu:>7s} {ratio:>11s} "
                   f"{1e3 * c:8.1f} {cratio:>15s}")
+    if args.ddp > 1:
+        res = time_ddp(args)
+        (fs, fc), (ds, dc) = res["flat"], res["ddp"]
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        print(f"data parallelism, baseline new step, {args.ddp} processes ({backend}), "
+              f"global batch {args.batch}: flat all-reduce {1e3 * fs:.1f} ms/step, DDP {1e3 * ds:.1f} ms/step, "
+              f"flat/DDP {fs / ds:.2f}x (cpu ms {1e3 * fc:.1f} vs {1e3 * dc:.1f}, {fc / dc:.2f}x)")
 
 
 if __name__ == "__main__":

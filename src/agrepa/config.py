@@ -179,6 +179,14 @@ def validate(cfg: dict, source: str = "config") -> dict:
     for method in rr_methods:
         if "layers" in cfg["methods"][method]:
             check_layers(cfg["methods"][method]["layers"], cfg["model"]["n_layers"], f"methods.{method}.layers ({source})")
+    G, A, job = int(cfg["train"]["batch_size"]), int(cfg["train"]["accumulate"]), cfg["resources"]["train"]
+    procs = max(1, int(job["gpu"])) * int(job["nodes"])       # a workflow training job's processes
+    if A < 1:
+        raise ValueError(f"{source}: config key train.accumulate: must be >= 1 (micro-steps per optimiser step), got {A}")
+    if G % (procs * A):
+        raise ValueError(f"{source}: config key train.batch_size: {G} is not divisible by the processes of a training "
+                         f"job (resources.train.gpu x resources.train.nodes = {procs}) x train.accumulate {A}: the "
+                         f"per-process micro-batch is train.batch_size / (processes x train.accumulate)")
     return cfg
 
 

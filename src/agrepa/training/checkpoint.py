@@ -8,8 +8,13 @@ A checkpoint is a dict of tensors and plain Python (lists, dicts, numbers, strin
 loads with ``torch.load(path, weights_only=True)``. Keys: ``format``, the run's identity
 (:class:`RunSpec`: phase, method, seed, total_steps, layers, weights, selection, init,
 vocab_size, token_layout, teacher_dims, config), the state (model, ema, bitc, repa, optimizer,
-scheduler, sampler, step), ``rng`` (one entry per process), ``world_size`` and
-``metrics`` (the metrics.csv rows so far).
+scheduler, sampler, step), ``rng`` (one entry per process), ``world_size``, ``accumulate`` (``train.accumulate``;
+absent in checkpoints written before it: 1) and ``metrics`` (the metrics.csv rows so far).
+
+Resume at another world size or ``train.accumulate``: the data, draws and loss do not depend on
+either (``train.batch_size`` is the global batch), so a model without dropout resumes exactly (up
+to floating-point reduction order); with dropout the per-process RNG streams cannot be carried
+over, and :func:`resume` refuses (:func:`check_layout`).
 """
 from __future__ import annotations
 
@@ -157,13 +162,14 @@ class TrainState:
         """The trained modules, in the optimiser's parameter order."""
         return [self.model, self.bitc, self.repa]
 
-    def to_dict(self, rng: list[dict], world_size: int) -> dict:
+    def to_dict(self, rng: list[dict], world_size: int, accumulate: int = 1) -> dict:
         """The checkpoint dict (``rng``: every process's :func:`rng_state`)."""
         return {"format": FORMAT, **asdict(self.spec), "step": self.step,
                 "model": self.model.state_dict(), "ema": self.ema.state_dict(), "bitc": self.bitc.state_dict(),
                 "repa": self.repa.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
-                "rng": rng, "world_size": world_size, "metrics": [dict(r) for r in self.metrics]}
+                "rng": rng, "world_size": world_size, "accumulate": int(accumulate),
+                "metrics": [dict(r) for r in self.metrics]}
 
     def from_dict(self, ck: dict, rank: int = 0, world_size: int = 1) -> "TrainState":
         """Restore this state from a checkpoint dict of the same run (RNG of process ``rank``)."""
@@ -207,9 +213,36 @@ def read_checkpoint(path: str | os.PathLike, what: str = "training checkpoint") 
     return ck
 
 
-def resume(state: TrainState, last: Path, rank: int = 0, world_size: int = 1) -> bool:
+def uses_dropout(modules: list[nn.Module]) -> bool:
+    """Whether any of ``modules`` draws dropout masks in training (a ``Dropout`` with p > 0)."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for mod in modules for m in mod.modules())
+
+
+def check_layout(ck: dict, last: Path, world_size: int, accumulate: int, dropout: bool) -> None:
+    """Refuse to resume ``ck`` at another process layout when that cannot continue the run exactly:
+    with dropout, each process draws its masks from its own RNG stream (saved per process), and the
+    masks of a micro-batch depend on the world size and ``train.accumulate``. Without dropout
+    nothing the run computes depends on either (the global batch and its draws are the same), so
+    the resume proceeds."""
+    was_world, was_acc = int(ck["world_size"]), int(ck.get("accumulate", 1))
+    if (was_world, was_acc) == (world_size, accumulate):
+        return
+    if dropout:
+        raise ValueError(
+            f"{last}: written by {was_world} process(es) with train.accumulate {was_acc}, this run has "
+            f"{world_size} process(es) (world size: resources.train.gpu x nodes) with train.accumulate "
+            f"{accumulate}: the model has dropout, whose masks come from per-process RNG streams, so it "
+            f"would not continue exactly; resume with resources.train.gpu / train.accumulate as written, "
+            f"or delete {last} to start again")
+    log.info("%s: written by %d process(es) x %d micro-step(s), resuming with %d x %d: no dropout, so the run "
+             "continues exactly (up to floating-point reduction order)", last, was_world, was_acc, world_size,
+             accumulate)
+
+
+def resume(state: TrainState, last: Path, rank: int = 0, world_size: int = 1, accumulate: int = 1) -> bool:
     """Restore ``state`` from ``last`` (a run directory's ``last.pt``) if it exists; refuse a
-    ``last.pt`` of another run. True when resumed."""
+    ``last.pt`` of another run, or of another process layout when the model has dropout
+    (:func:`check_layout`). True when resumed."""
     if not last.exists():
         return False
     ck = torch.load(last, map_location="cpu", weights_only=True)
@@ -218,6 +251,7 @@ def resume(state: TrainState, last: Path, rank: int = 0, world_size: int = 1) ->
         if ck.get(key) != want:
             raise ValueError(f"{last}: {key} is {ck.get(key)!r} but this run has {want!r}; "
                              f"use another --out or delete the directory")
+    check_layout(ck, last, world_size, accumulate, uses_dropout(state.modules()))
     state.from_dict(ck, rank, world_size)
     log.info("resuming %s from %s at step %d/%d", state.spec.method, last, state.step, state.spec.total_steps)
     return True

@@ -40,10 +40,12 @@ def positions(g: torch.Generator, G: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 class StepBatches(IterableDataset):
     """Local batches of the steps ``[start, total)`` (see module doc); each item is the batch dict
-    with ``step`` and ``indices`` (the global batch's clip indices) added."""
+    with ``step`` and ``indices`` (the global batch's clip indices) added. ``local`` a list of
+    slices (the micro-steps of gradient accumulation, :func:`agrepa.training.distributed.micro_slices`):
+    the item holds ``micro``, one batch dict per slice, each padded to its own longest clip."""
 
     def __init__(self, clips: TrainingData, sampler_state: dict, *, batch_size: int, seed: int, stream: str,
-                 local: slice, start: int, total: int, draw_offset: int = 0):
+                 local: slice | list[slice], start: int, total: int, draw_offset: int = 0):
         self.clips, self.sampler_state = clips, dict(sampler_state)
         self.batch_size, self.seed, self.stream, self.local = int(batch_size), int(seed), str(stream), local
         self.start, self.total, self.draw_offset = int(start), int(total), int(draw_offset)
@@ -59,8 +61,11 @@ class StepBatches(IterableDataset):
             if (step - self.start) % W != w:
                 continue
             crop, prompt = positions(step_generator(self.seed, self.stream, self.draw_offset + step), self.batch_size)
-            batch = self.clips.collate(idx[j], crop[j], prompt[j])
-            yield {**batch, "step": step, "indices": idx}
+            if isinstance(j, slice):
+                yield {**self.clips.collate(idx[j], crop[j], prompt[j]), "step": step, "indices": idx}
+            else:
+                yield {"micro": [self.clips.collate(idx[k], crop[k], prompt[k]) for k in j], "step": step,
+                       "indices": idx}
 
 
 def loader(cfg: dict, batches: StepBatches, pin_memory: bool) -> DataLoader:

@@ -32,12 +32,19 @@ A run started in a directory holding ``last.pt`` resumes from it exactly
 (:func:`agrepa.training.checkpoint.resume`); with ``--attempt N`` (the workflow) only a retried
 or requeued job does (:func:`agrepa.training.checkpoint.prepare_resume`).
 
-Multi-process: ``torchrun --nproc_per_node N -m agrepa.cli train ...``.
-``train.batch_size`` is the GLOBAL batch; rank r trains on the r-th contiguous shard of
-the same global batch (:func:`agrepa.training.dataset.shard`), gradients are averaged, only
-rank 0 writes. Every per-sample random draw depends on (seed, stream, step) and the
-sample's position in the global batch, so N processes reproduce one process up to
-floating-point reduction order.
+Multi-process: ``torchrun --nproc_per_node N -m agrepa.cli train ...``; the trained modules
+(model, BiT-C and REPA heads: :class:`Trained`) run in torch's DistributedDataParallel
+(:func:`agrepa.training.distributed.wrap`: gradient buckets all-reduced during the backward).
+Gradient accumulation: ``train.accumulate`` micro-steps per optimiser step, DDP's ``no_sync`` on
+all but the last. ``train.batch_size`` is the GLOBAL batch; micro-step k trains the k-th
+``batch_size / accumulate`` rows of it, rank r the r-th contiguous shard of those
+(:func:`agrepa.training.distributed.micro_slices`; per-process micro-batch
+``batch_size / (world size x accumulate)``); only rank 0 writes. Every per-sample random draw
+depends on (seed, stream, step) and the sample's position in the global batch, and every loss
+term is a mean over samples, so N processes x A micro-steps reproduce one process on the global
+batch up to floating-point reduction order -- except seed 003's RR term, whose within-batch
+similarities are over one micro-step's rows (gathered over the processes): with ``accumulate``
+> 1 it equals one process with the same ``accumulate``, not one process on the whole batch.
 """
 from __future__ import annotations
 
@@ -62,7 +69,7 @@ from ..model.tokens import CONFIG_A_LAYOUT
 from . import distributed as dist_mod
 from .checkpoint import (EMA, RunSpec, TrainState, prepare_resume, read_checkpoint, resume, rng_state, seed_everything,
                          set_rng_state, snapshot_dict)
-from .dataset import BalancedSampler, DataPaths, TrainingData, crop_frames, derive_seed, generator, shard
+from .dataset import BalancedSampler, DataPaths, TrainingData, crop_frames, derive_seed, generator
 from . import similarity
 from .loader import StepBatches, loader, next_batch, positions, step_generator
 from .objectives import BITC_OBJECTIVES, BiTCHeads, REPAHeads, flow_matching_loss, method_config, method_plan, plan_to_json
@@ -251,7 +258,7 @@ class Loop:
     device: torch.device
     amp: torch.dtype | None
     batch_size: int            # global
-    local: slice               # this process's shard of the global batch
+    local: slice               # this process's slice of the global batch (the first micro-step's)
     clip: float
     loss_on_prompt: bool
     noise_scale: float
@@ -266,6 +273,15 @@ class Loop:
     bitc_objective: str = "full"   # train.bitc_objective of this run's token config (set by run)
     rr: similarity.SimilarityRegulariser | None = None   # a Phase II method's RR term (set by run)
     opts: StepOptions = StepOptions()   # how the step runs (the fast step; legacy: the step before issue 24)
+    micro: tuple[slice, ...] = ()       # this process's slice of each micro-step (train.accumulate); () = (local,)
+
+    def __post_init__(self):
+        self.micro = tuple(self.micro) or (self.local,)
+
+    @property
+    def accumulate(self) -> int:
+        """Micro-steps per optimiser step (``train.accumulate``)."""
+        return len(self.micro)
 
     @classmethod
     def build(cls, cfg: dict, phase: str, seed: int, out: Path, d: dist_mod.Dist, lengths: Lengths,
@@ -285,10 +301,13 @@ class Loop:
             raise ValueError(f"--steps: must be >= 1, got {total}")
         start = 0 if init_ck is None else int(init_ck["start_step"]) + int(init_ck["step"])
         device, G = resolve_device(cfg, d.local_rank), int(tc["batch_size"])
-        return cls(cfg, phase, seed, out, d, device, autocast_dtype(cfg["train"]["precision"], device, "train.precision"), G, shard(G, d.rank, d.world_size),
+        micro = dist_mod.micro_slices(G, int(tc["accumulate"]), d.rank, d.world_size)
+        return cls(cfg, phase, seed, out, d, device, autocast_dtype(cfg["train"]["precision"], device, "train.precision"),
+                   G, micro[0],
                    float(tc["grad_clip"]) if tc["grad_clip"] else math.inf, recipe(cfg).loss_on_prompt,
                    float(tc["noise_scale"]), every, log_every, lengths, total, start, continues,
-                   "train" if continues else phase, snapshot_steps(cfg, total) if phase == "branch" else set())
+                   "train" if continues else phase, snapshot_steps(cfg, total) if phase == "branch" else set(),
+                   micro=tuple(micro))
 
     def schedule(self, opt: torch.optim.Optimizer, init_ck: dict | None) -> Schedule:
         """One schedule over warm-up + Phase II (continue; a branch continues the warm-up's),
@@ -312,6 +331,14 @@ class Loop:
         left to the device (:func:`noise`)."""
         host_noise = not (self.opts.device_noise and self.device.type == "cuda")
         return draw_step(self.cfg, self.seed, self.stream, self.draw_step(step), self.batch_size, host_noise)
+
+    def batches(self, clips: TrainingData, sampler: BalancedSampler, start: int):
+        """The loader's iterator over this process's micro-batches of the steps ``start ..`` (the
+        consumed ``sampler``'s state at ``start``; :class:`agrepa.training.loader.StepBatches`)."""
+        return iter(loader(self.cfg, StepBatches(clips, sampler.state_dict(), batch_size=self.batch_size,
+                                                 seed=self.seed, stream=self.stream, local=list(self.micro),
+                                                 start=start, total=self.total, draw_offset=self.draw_step(0)),
+                           pin_memory=self.device.type == "cuda"))
 
     def fast_math(self) -> None:
         """TF32 matmuls and cuDNN convolutions on CUDA (``opts.tf32``); nothing on the CPU."""
@@ -355,32 +382,35 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
                                        clips.token_store.dir)
             loop.rr = loop.rr.to(loop.device) if loop.rr is not None else None
         forward = torch.compile(state.model) if cfg["train"]["compile"] else state.model
+        trained = dist_mod.wrap(d, Trained(state), loop.device, loop.accumulate)   # DDP; one process: as is
         # resume
         last = loop.out / "last.pt"
-        resume(state, last, d.rank, d.world_size)
+        resume(state, last, d.rank, d.world_size, loop.accumulate)
         if d.is_main:
             loop.out.mkdir(parents=True, exist_ok=True)
             config_mod.save_resolved(cfg, loop.out)
             io.write_json(loop.out / "length.json", length_record(loop))
         metrics, meter = MetricsLog(loop.out / "metrics.csv", state.metrics), Meter()
         tb = _tensorboard(loop.out) if d.is_main else None
-        for m in state.modules():
-            m.train()
+        trained.train()      # model, BiT-C and REPA heads
         start, total = state.step, loop.total
         bar = tqdm(range(start, total), initial=start, total=total, desc=f"{phase}:{method}",
                    disable=not d.is_main, dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
-        # loop: draw batch, forward, losses, step, log, checkpoint
-        batches = iter(loader(cfg, StepBatches(clips, state.sampler.state_dict(), batch_size=loop.batch_size,
-                                                seed=loop.seed, stream=loop.stream, local=loop.local, start=start,
-                                                total=total, draw_offset=loop.draw_step(0)),
-                              pin_memory=loop.device.type == "cuda"))
+        # loop: draw batch, micro-steps (forward, losses, backward), optimiser step, log, checkpoint
+        batches = loop.batches(clips, state.sampler, start)
         started = time.perf_counter()
         for step in bar:
-            batch, draw = draw_batch(loop, batches, state.sampler, step)
-            loss, terms = losses(loop, forward, state, batch, draw)
+            micro, draw = draw_batch(loop, batches, state.sampler, step)
+            micro_terms = []
+            for k, (batch, j) in enumerate(zip(micro, loop.micro)):   # train.accumulate micro-steps
+                with dist_mod.no_sync(trained, sync=k == loop.accumulate - 1):   # all-reduce on the last
+                    loss, terms = trained(loop, forward, state, batch, draw, j)
+                    backward(loop, state, loss, first=k == 0)
+                micro_terms.append(terms)
+            terms = step_terms(micro_terms)
             if not loop.opts.deferred_metrics:
                 check_finite(terms, step, last)
-            grad_norm, lr = optimise(loop, state, loss)
+            grad_norm, lr = optimise(loop, state)
             state.step = done = step + 1
             meter.add({**terms, "grad_norm": grad_norm}, step if loop.opts.deferred_metrics else None)
             log_due = done % loop.log_every == 0 or done == total
@@ -402,13 +432,19 @@ def run(cfg: dict, *, phase: str, out: str | os.PathLike, data: DataPaths, seed:
             tb.close()
         log.info("%s %s: %d steps done -> %s", phase, method, total, loop.out / "final.pt")
         if d.is_main and total > start:
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            log.info("throughput: train %s %s: %d steps in %.2f s = %.3f steps/s, %.2f samples/s (global batch %d, "
-                     "%d process(es))", phase, method, total - start, elapsed, (total - start) / elapsed,
-                     (total - start) * loop.batch_size / elapsed, loop.batch_size, d.world_size)
+            log_throughput(loop, method, total - start, time.perf_counter() - started)
         return loop.out / "final.pt"
     finally:
         dist_mod.teardown(d)
+
+
+def log_throughput(loop: Loop, method: str, steps: int, seconds: float) -> None:
+    """The job's closing ``throughput:`` line (steps/s and samples/s of the global batch)."""
+    elapsed = max(seconds, 1e-9)
+    log.info("throughput: train %s %s: %d steps in %.2f s = %.3f steps/s, %.2f samples/s (global batch %d, "
+             "%d process(es)%s)", loop.phase, method, steps, elapsed, steps / elapsed,
+             steps * loop.batch_size / elapsed, loop.batch_size, loop.dist.world_size,
+             f", {loop.accumulate} micro-steps" if loop.accumulate > 1 else "")
 
 
 def check_phase(phase: str, method: str | None, init, selection) -> str:
@@ -501,11 +537,13 @@ def initial_state(loop: Loop, clips: TrainingData, method: str, init_ck: dict | 
     return state
 
 
-def draw_batch(loop: Loop, batches, sampler: BalancedSampler, step: int) -> tuple[dict, StepDraw]:
-    """This process's shard of the global batch of ``step`` (from the loader ``batches``; the
-    consumed ``sampler`` advanced by one batch) on the device, and the step's draws."""
-    batch = next_batch(batches, sampler, step)
-    return move_batch(batch, loop.device), loop.draw(step)
+def draw_batch(loop: Loop, batches, sampler: BalancedSampler, step: int) -> tuple[list[dict], StepDraw]:
+    """This process's micro-batches of the global batch of ``step`` (one per ``loop.micro`` slice;
+    from the loader ``batches``; the consumed ``sampler`` advanced by one batch) on the device, and
+    the step's draws."""
+    item = next_batch(batches, sampler, step)
+    micro = item["micro"] if "micro" in item else [item]
+    return [move_batch(batch, loop.device) for batch in micro], loop.draw(step)
 
 
 def padded(loop: Loop, batch: dict) -> bool | None:
@@ -520,13 +558,32 @@ def padded(loop: Loop, batch: dict) -> bool | None:
     return None if mask.device.type != "cpu" else not bool(mask.all())
 
 
+class Trained(nn.Module):
+    """The trained modules (model, BiT-C heads, REPA heads) as ONE module whose forward is
+    :func:`losses` of a micro-batch: what DDP wraps (:func:`agrepa.training.distributed.wrap`),
+    so the heads' gradients are bucketed and averaged with the backbone's. In one process it is
+    called as it is (the same arithmetic as calling :func:`losses`)."""
+
+    def __init__(self, state: TrainState):
+        super().__init__()
+        self.model, self.bitc, self.repa = state.model, state.bitc, state.repa
+
+    def forward(self, loop: "Loop", forward: nn.Module, state: TrainState, batch: dict, draw: StepDraw,
+                j: slice | None = None) -> tuple[torch.Tensor, dict]:
+        return losses(loop, forward, state, batch, draw, j)
+
+
 def losses(loop: Loop, forward: nn.Module, state: TrainState, batch: dict,
-           draw: StepDraw) -> tuple[torch.Tensor, dict]:
-    """The total loss of one batch (with its graph) and the process-averaged values of the
+           draw: StepDraw, j: slice | None = None) -> tuple[torch.Tensor, dict]:
+    """The total loss of one (micro-)batch (with its graph) and the process-averaged values of the
     terms ``loss``, ``fm``, ``bitc``, ``repa`` (0 without REPA heads) and ``rr`` (only on the
     steps where the method's RR applies): Python floats, or 0-d fp32 device tensors with
-    ``opts.deferred_metrics`` (no host sync)."""
-    j, dev, T = loop.local, loop.device, batch["mel"].shape[1]
+    ``opts.deferred_metrics`` (no host sync). ``j``: the batch's rows of the step's global draws
+    (default ``loop.local``; a micro-step's slice, ``loop.micro``). Under DDP every parameter
+    of the heads is kept in the graph (:func:`agrepa.training.distributed.touch`): a head of a domain
+    absent from a micro-batch gets no gradient otherwise (the backbone uses all its parameters)."""
+    j = loop.local if j is None else j
+    dev, T = loop.device, batch["mel"].shape[1]
     x0 = noise(loop.cfg, draw, loop.batch_size, dev)[j, :T].to(dev) * loop.noise_scale
     drop_tokens = draw.drop_tokens[j].to(dev)
     with autocast(loop.amp, dev):
@@ -541,6 +598,7 @@ def losses(loop: Loop, forward: nn.Module, state: TrainState, batch: dict,
     loss = fm.loss + l_bitc + (l_repa if state.repa.active else 0.0)
     if l_rr is not None:
         loss = loss + loop.rr.settings.lam * l_rr
+    loss = dist_mod.touch(loop.dist, loss, [state.bitc, state.repa])   # the backbone uses every parameter
     values = {"loss": loss, "fm": fm.loss, "bitc": l_bitc, "repa": l_repa, **({} if l_rr is None else {"rr": l_rr})}
     values = {k: v.detach().float() for k, v in values.items()}
     if not loop.opts.deferred_metrics:
@@ -557,18 +615,42 @@ def check_finite(terms: dict, step: int, last: Path) -> None:
                                 f"checkpoint kept ({last if last.exists() else 'none written yet'})")
 
 
-def optimise(loop: Loop, state: TrainState, loss: torch.Tensor) -> tuple[float | torch.Tensor, float]:
-    """Backward, averaged gradients, clipping, optimiser and scheduler step, EMA update;
-    returns (gradient norm before clipping: a device tensor with ``opts.deferred_metrics``,
-    the learning rate this step used)."""
+def step_terms(micro: list[dict]) -> dict:
+    """The step's loss terms from its micro-steps' (:func:`losses`): each term's mean over the
+    micro-steps that have it (equal micro-batches: the mean over the global batch; ``rr`` over the
+    micro-steps where it applied). One micro-step: its terms as they are."""
+    if len(micro) == 1:
+        return micro[0]
+    names = [k for k in LOSS_TERMS if any(k in m for m in micro)]
+    out = {}
+    for k in names:
+        vals = [m[k] for m in micro if k in m]
+        out[k] = torch.stack(vals).mean() if torch.is_tensor(vals[0]) else sum(vals) / len(vals)
+    return out
+
+
+def backward(loop: Loop, state: TrainState, loss: torch.Tensor, first: bool = True) -> None:
+    """One micro-step's backward: the gradients of ``loss / train.accumulate`` added to those of the
+    step's earlier micro-steps (``first``: zeroed before). Under DDP the last micro-step's backward
+    all-reduces the buckets as they fill (the others run in ``no_sync``)."""
+    if first:
+        state.optimizer.zero_grad(set_to_none=False)
+    (loss if loop.accumulate == 1 else loss / loop.accumulate).backward()
+
+
+def optimise(loop: Loop, state: TrainState,
+             loss: torch.Tensor | None = None) -> tuple[float | torch.Tensor, float]:
+    """(With ``loss``: its :func:`backward` first, one micro-step.) Clipping of the accumulated,
+    process-averaged gradients, optimiser and scheduler step, EMA update; returns (gradient norm
+    before clipping: a device tensor with ``opts.deferred_metrics``, the learning rate this step
+    used)."""
     opt = state.optimizer
     params = [p for m in state.modules() for p in m.parameters()]
-    opt.zero_grad(set_to_none=False)
-    loss.backward()
-    for p in params:  # parameters unused by this batch (a domain absent): explicit zero gradient
+    if loss is not None:
+        backward(loop, state, loss)
+    for p in params:  # parameters unused by this batch (a domain absent; one process): explicit zero gradient
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    dist_mod.all_reduce_grads(loop.dist, params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, loop.clip)
     if not loop.opts.deferred_metrics:
         grad_norm = float(grad_norm)
@@ -596,7 +678,7 @@ def write_checkpoints(loop: Loop, state: TrainState, metrics: MetricsLog, done: 
     ``only_missing``: a run resumed at its end writes only what is missing."""
     ck_rng = dist_mod.all_gather_object(loop.dist, rng_state())
     if loop.dist.is_main:
-        ck = state.to_dict(ck_rng, loop.dist.world_size)
+        ck = state.to_dict(ck_rng, loop.dist.world_size, loop.accumulate)
         total = state.spec.total_steps
         if only_missing:
             if not (loop.out / "final.pt").exists():
