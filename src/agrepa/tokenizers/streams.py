@@ -41,7 +41,7 @@ from ..config import DOMAINS
 from .. import io
 from ..batching import Throughput, batches
 from ..device import cpu_threads
-from ..store import Store, StoreWriter
+from ..store import Store, StoreWriter, gather, merge_meta, part_dir, part_range, start_part
 from .kmeans import KMeans, sample_frames, usage_from_counts, usage_stats
 from .repcodec import RepCodec, fit_repcodec, fit_window, repcodec_settings, sample_windows
 from .timing import grid_granularity, pair_by_time
@@ -303,9 +303,20 @@ def primary_codes(rows: list, codes) -> dict[int, Tensor]:
 def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
                     speech_model: str | os.PathLike, audio_model: str | os.PathLike,
                     beats_model: str | os.PathLike | None = None,
-                    semantic: str | os.PathLike | None = None, acoustic: str | os.PathLike | None = None) -> dict:
-    """Tokenize every clip of the manifest into the store ``out_dir`` (tensor ``tokens``)."""
+                    semantic: str | os.PathLike | None = None, acoustic: str | os.PathLike | None = None,
+                    part: int | None = None, parts: int = 1) -> dict:
+    """Tokenize every clip of the manifest into the store ``out_dir`` (tensor ``tokens``). With
+    ``part`` k: only part k of ``parts`` (its contiguous slice of the manifest) into
+    ``out_dir/part-...`` (:mod:`agrepa.store`; :func:`gather_tokens` writes the top-level index);
+    without: the whole manifest as part 0 of 1 and its gather."""
     from ..corpora.manifest import read_manifest, resolve_path
+
+    if part is None:
+        if parts != 1:
+            raise ValueError(f"parts={parts}: encode one part at a time (part=k), then gather_tokens")
+        encode_manifest(cfg, token_config, manifest_path, out_dir, speech_model, audio_model, beats_model,
+                        semantic, acoustic, part=0, parts=1)
+        return gather_tokens(cfg, manifest_path, out_dir, 1)
 
     if token_config not in TOKEN_CONFIGS:
         raise ValueError(f"--token-config {token_config!r}: expected A or B")
@@ -330,6 +341,8 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
             _check_features(tok, stores[role])
     vocab = Vocab({s: t.k for s, t in toks.items()})
     manifest = read_manifest(manifest_path)
+    start, stop = part_range(len(manifest), part, parts)
+    manifest = manifest.iloc[start:stop]
     peak = cfg["audio"]["peak_normalize"]
 
     def codes(stream: str, rows: list) -> list[Tensor]:
@@ -350,11 +363,9 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
     meta = {"token_config": token_config, **vocab.to_meta(), **timing,
             "tokenizers": {s: {"dir": str(t.directory), "kind": t.kind, "fingerprint": t.fingerprint()}
                            for s, t in toks.items()},
-            "manifest_sha256": io.sha256_file(manifest_path)}
-    out = Path(out_dir)
-    stale = out / "index.json"
-    if stale.exists():
-        stale.unlink()
+            "manifest_sha256": io.sha256_file(manifest_path),
+            "part": {"index": part, "of": parts, "n_clips": len(manifest)}}
+    out = start_part(out_dir, part, parts)   # no index may describe shards being rewritten
     writer = StoreWriter(out, meta=meta, shard_size=int(cfg["tokens"]["shard_size"]))
     batch_size = int(cfg["tokens"]["batch_size"])
     rows = [row for _, row in manifest.iterrows()]
@@ -377,3 +388,19 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
     log.info("tokens %s: %d clips, vocab %d, mean length %.1f", token_config, len(lengths), vocab.vocab_size,
              float(np.mean(lengths)) if lengths else 0.0)
     return meta
+
+
+def gather_tokens(cfg: dict, manifest_path: str | os.PathLike, out_dir: str | os.PathLike, parts: int) -> dict:
+    """``out_dir/index.json`` over the ``parts`` finished parts (no tensor copied); their metas
+    (token config, vocabulary, tokenizer fingerprints, manifest bytes) must agree. Returns the meta."""
+    from ..corpora.manifest import read_manifest
+
+    manifest = read_manifest(manifest_path)
+    metas = [Store(part_dir(out_dir, k, parts)).meta for k in range(parts)]
+    meta = merge_meta(metas, str(out_dir))
+    if meta["manifest_sha256"] != io.sha256_file(manifest_path):
+        raise ValueError(f"{out_dir}: parts encoded from another manifest than {manifest_path}; rebuild them")
+    gather(out_dir, parts, manifest["id"].tolist(), meta)
+    C.save_resolved(cfg, out_dir)
+    log.info("tokens %s: gathered %d parts, %d clips -> %s", meta["token_config"], parts, len(manifest), out_dir)
+    return {**meta, "parts": parts}
