@@ -226,6 +226,14 @@ def start_part(out_dir: str | os.PathLike, k: int, parts: int) -> Path:
     return d
 
 
+def part_metas(out_dir: str | os.PathLike, parts: int) -> list[dict]:
+    """The metas of the ``parts`` parts, read at the start of a gather (the gathered index, about
+    to be rewritten, is dropped first: a failed gather leaves none). FileNotFoundError names a
+    missing or incomplete part."""
+    (Path(out_dir) / "index.json").unlink(missing_ok=True)
+    return [Store(part_dir(out_dir, k, parts)).meta for k in range(parts)]
+
+
 def merge_meta(metas: list[dict], where: str, summed: tuple[str, ...] = (),
                dropped: tuple[str, ...] = ()) -> dict:
     """One meta from the parts' metas: every key but ``summed`` / ``dropped`` / ``part`` must be

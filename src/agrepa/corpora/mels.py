@@ -38,7 +38,7 @@ from tqdm import tqdm
 from .. import audio as audio_mod
 from .. import io
 from ..batching import Throughput
-from ..store import Store, StoreWriter, gather, merge_meta, part_dir, part_range, start_part
+from ..store import Store, StoreWriter, gather, merge_meta, part_metas, part_range, start_part
 from . import manifest as mf
 
 CONFIG_KEYS = ("audio", "data.mels")  # config sections this module reads
@@ -107,7 +107,7 @@ def gather_mels(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, cf
     another order (float64 rounding: relative 1e-12 here, far below the float32 the stats are read in)."""
     manifest_path = Path(manifest_path)
     df = mf.read_manifest(manifest_path)
-    metas = [Store(part_dir(out_dir, k, parts)).meta for k in range(parts)]
+    metas = part_metas(out_dir, parts)
     meta = merge_meta(metas, str(out_dir), dropped=("sums",))
     if meta["manifest_sha256"] != io.sha256_file(manifest_path):
         raise ValueError(f"{out_dir}: parts built from another manifest than {manifest_path}; rebuild them")

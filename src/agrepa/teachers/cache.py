@@ -32,7 +32,7 @@ from .. import audio as A
 from .. import config as C
 from .. import io
 from ..batching import Throughput, batches
-from ..store import Store, StoreWriter, gather, merge_meta, part_dir, part_range, start_part
+from ..store import Store, StoreWriter, gather, merge_meta, part_dir, part_metas, part_range, start_part
 from .base import Teacher
 from .registry import build_teacher
 
@@ -142,7 +142,7 @@ def gather_embeddings(cfg: dict, role: str, manifest_path: str | os.PathLike, ou
     from ..corpora.manifest import read_manifest
 
     manifest = read_manifest(manifest_path)
-    metas = [Store(part_dir(out_dir, k, parts)).meta for k in range(parts)]
+    metas = part_metas(out_dir, parts)
     meta = merge_meta(metas, str(out_dir), summed=("n_clips", "n_cut"))
     if meta.get("role") != role:
         raise ValueError(f"{out_dir}: parts of role {meta.get('role')!r}, expected {role!r}")

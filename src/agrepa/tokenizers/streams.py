@@ -41,7 +41,7 @@ from ..config import DOMAINS
 from .. import io
 from ..batching import Throughput, batches
 from ..device import cpu_threads
-from ..store import Store, StoreWriter, gather, merge_meta, part_dir, part_range, start_part
+from ..store import Store, StoreWriter, gather, merge_meta, part_metas, part_range, start_part
 from .kmeans import KMeans, sample_frames, usage_from_counts, usage_stats
 from .repcodec import RepCodec, fit_repcodec, fit_window, repcodec_settings, sample_windows
 from .timing import grid_granularity, pair_by_time
@@ -396,7 +396,7 @@ def gather_tokens(cfg: dict, manifest_path: str | os.PathLike, out_dir: str | os
     from ..corpora.manifest import read_manifest
 
     manifest = read_manifest(manifest_path)
-    metas = [Store(part_dir(out_dir, k, parts)).meta for k in range(parts)]
+    metas = part_metas(out_dir, parts)
     meta = merge_meta(metas, str(out_dir))
     if meta["manifest_sha256"] != io.sha256_file(manifest_path):
         raise ValueError(f"{out_dir}: parts encoded from another manifest than {manifest_path}; rebuild them")
