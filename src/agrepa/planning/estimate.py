@@ -33,7 +33,7 @@ CONFIG_KEYS = ("plan", "train", "model", "audio", "resources")  # config section
 SKIPPED = {"results", ".snakemake", ".git"}   # not linked into the dry run's scratch directory
 TRAIN_RULES = {"train_warmup": "warmup", "train_branch": "branch"}
 # rule -> resources group of the workflow's GPU rules (workflow/rules/*.smk, resources_of(...))
-RULE_GROUPS = {"teacher_embed": "teacher_embed", "tokens_fit": "tokens", "tokens_encode": "tokens",
+RULE_GROUPS = {"teacher_embed_part": "teacher_embed", "tokens_fit": "tokens", "tokens_encode_part": "tokens",
                "train_warmup": "train", "train_branch": "train", "train_warmup_arch": "train",
                "train_branch_arch": "train", "probe": "probe", "heldout": "evaluate",
                "sample": "sample", "evaluate": "evaluate", "evaluate_reference": "evaluate",
