@@ -309,14 +309,22 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
     ``part`` k: only part k of ``parts`` (its contiguous slice of the manifest) into
     ``out_dir/part-...`` (:mod:`agrepa.store`; :func:`gather_tokens` writes the top-level index);
     without: the whole manifest as part 0 of 1 and its gather."""
-    from ..corpora.manifest import read_manifest, resolve_path
-
     if part is None:
         if parts != 1:
             raise ValueError(f"parts={parts}: encode one part at a time (part=k), then gather_tokens")
-        encode_manifest(cfg, token_config, manifest_path, out_dir, speech_model, audio_model, beats_model,
-                        semantic, acoustic, part=0, parts=1)
+        encode_part(cfg, token_config, manifest_path, out_dir, speech_model, audio_model, beats_model,
+                    semantic, acoustic, part=0, parts=1)
         return gather_tokens(cfg, manifest_path, out_dir, 1)
+    return encode_part(cfg, token_config, manifest_path, out_dir, speech_model, audio_model, beats_model,
+                       semantic, acoustic, part=part, parts=parts)
+
+
+def encode_part(cfg: dict, token_config: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
+                speech_model: str | os.PathLike, audio_model: str | os.PathLike,
+                beats_model: str | os.PathLike | None, semantic: str | os.PathLike | None,
+                acoustic: str | os.PathLike | None, part: int, parts: int) -> dict:
+    """Part ``part`` of ``parts`` of :func:`encode_manifest` into ``out_dir/part-...``; returns its meta."""
+    from ..corpora.manifest import read_manifest, resolve_path
 
     if token_config not in TOKEN_CONFIGS:
         raise ValueError(f"--token-config {token_config!r}: expected A or B")
