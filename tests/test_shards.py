@@ -75,6 +75,10 @@ def test_dry_run_plans_k_part_jobs_and_one_gather_per_stage(wf):
         assert f"--gather --parts {k['mels']} --out results/data/mels" in r.stdout
         assert f"--part {last['embed']} --parts {k['embed']} --out results/embeddings/acoustic" in r.stdout
         assert f"--gather --parts {k['encode']} --out results/tokens/B" in r.stdout
+        # Config B's parts read A's tokens as their primary column (speech and audio encoded once)
+        b_parts = [line for line in r.stdout.splitlines() if "agrepa tokens encode" in line and "--part " in line]
+        assert len(b_parts) == 2 * k["encode"]
+        assert all(("--primary results/tokens/A " in line) == ("--token-config B" in line) for line in b_parts)
 
 
 # ----------------------------------------------------------------------------- 2. a killed part
@@ -258,3 +262,30 @@ def test_training_data_reads_gathered_stores_as_the_one_piece_ones(tmp_path):
         else:
             assert a[key] == b[key], key
     assert len(three.pool._open) <= 1
+
+
+# ----------------------------------------------------------------------------- B reads A's primary column
+def test_config_b_reading_a_s_store_equals_b_encoded_from_scratch(teacher_tokens, tmp_path):
+    from agrepa.tokenizers.streams import encode_manifest
+
+    root = teacher_tokens
+    cfg = config.load(DEFAULT_CONFIG)
+    cfg["device"] = "cpu"
+    tok = {s: root / "tok" / s for s in ("speech", "audio", "beats")}
+    kw = dict(speech_model=tok["speech"], audio_model=tok["audio"], beats_model=tok["beats"],
+              semantic=root / "one" / "semantic", acoustic=root / "one" / "acoustic")
+    manifest = root / "manifest_train.csv"
+    for k in range(2):                               # as the workflow runs it: parts reading the gathered A
+        encode_manifest(cfg, "B", manifest, tmp_path / "B", **kw, part=k, parts=2, primary=root / "three" / "tokens_A")
+    from agrepa.tokenizers.streams import gather_tokens
+    gather_tokens(cfg, manifest, tmp_path / "B", 2)
+    scratch, shared = Store(root / "one" / "tokens_B"), Store(tmp_path / "B")
+    assert assert_same_tensors(scratch, shared) == 0.0
+    drop = ("parts", "part")
+    assert {k: v for k, v in scratch.meta.items() if k not in drop} == {k: v for k, v in shared.meta.items() if k not in drop}
+    # A's store from other tokenizers (here: B's own store) is refused
+    with pytest.raises(ValueError, match="must be a Config A token store"):
+        encode_manifest(cfg, "B", manifest, tmp_path / "bad", **kw, primary=root / "one" / "tokens_B")
+    with pytest.raises(ValueError, match="only Config B"):
+        encode_manifest(cfg, "A", manifest, tmp_path / "bad", **{**kw, "beats_model": None},
+                        primary=root / "one" / "tokens_A")

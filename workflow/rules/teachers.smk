@@ -125,6 +125,8 @@ def encode_inputs(wildcards):
     }
     if wildcards.tc == "B":
         inputs["beats"] = TOKEN_MODEL.format(stream="beats")
+        if "A" in config["token_configs"]:    # the speech and audio streams are encoded once, for A
+            inputs["primary"] = TOKENS.format(tc="A")
     return inputs
 
 
@@ -136,6 +138,7 @@ rule tokens_encode_part:
     params:
         out=lambda wc: os.path.dirname(TOKENS.format(tc=wc.tc)),
         beats=lambda wc, input: f"--beats-model {input.beats}" if wc.tc == "B" else "",
+        primary=lambda wc, input: f"--primary {os.path.dirname(input.primary)}" if "primary" in input.keys() else "",
         semantic=lambda wc, input: os.path.dirname(input.semantic),
         acoustic=lambda wc, input: os.path.dirname(input.acoustic),
         k=lambda wc: int(wc.k),
@@ -152,7 +155,7 @@ rule tokens_encode_part:
         "../../envs/agrepa.yaml"
     shell:
         "agrepa tokens encode --config {CFG} --threads {threads} --token-config {wildcards.tc} "
-        "--speech-model {input.speech} --audio-model {input.audio} {params.beats} "
+        "--speech-model {input.speech} --audio-model {input.audio} {params.beats} {params.primary} "
         "--semantic {params.semantic} --acoustic {params.acoustic} --manifest {input.manifest} "
         "--part {params.k} --parts {params.n} --out {params.out} > {log} 2>&1"
 

@@ -28,7 +28,8 @@ def cmd_encode(args) -> int:
     set_threads(args.threads)
     encode_manifest(cfg, args.token_config, args.manifest, args.out, speech_model=args.speech_model,
                     audio_model=args.audio_model, beats_model=args.beats_model,
-                    semantic=args.semantic, acoustic=args.acoustic, part=args.part, parts=args.parts)
+                    semantic=args.semantic, acoustic=args.acoustic, part=args.part, parts=args.parts,
+                    primary=args.primary)
     return 0
 
 
@@ -54,6 +55,9 @@ def register(subparsers) -> None:
     e.add_argument("--beats-model", default=None, help="fitted beats tokenizer directory (Config B)")
     e.add_argument("--semantic", default=None, help="semantic teacher embedding store")
     e.add_argument("--acoustic", default=None, help="acoustic teacher embedding store")
+    e.add_argument("--primary", default=None,
+                   help="Config B: Config A's token store, read as B's primary column instead of encoding "
+                        "the speech and audio streams again")
     e.add_argument("--manifest", required=True)
     e.add_argument("--out", required=True, help="output token store directory")
     add_part_args(e)
