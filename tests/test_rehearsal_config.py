@@ -34,6 +34,7 @@ SIZES = [
     "model.f5.text_dim", "model.f5.conv_mult",
     "report.table4.seeds", "lsac.probe.max_clips.*",
     "report.rr.r1.seeds", "report.rr.r2.seeds", "report.rr.r3.seeds", "report.rr.r3.scales",
+    "shards.*",            # scatter / gather job counts (the gathered stores equal the K = 1 ones: tests/test_shards.py)
 ]
 #: keys naming files or directories: the overlay moves paper.yaml's /data/... under the fixtures
 PATHS = ["data.librispeech.root", "data.audioset.root", "teachers.semantic.model",

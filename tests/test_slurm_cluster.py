@@ -65,7 +65,8 @@ SLICE = {
 }
 # The data, teacher and token rules run as one SLURM job (a Snakemake group): a chain of
 # short jobs costs one status-check interval (>= 12 s with the plugin's back-off) each.
-PREP = ["data_corpus", "data_merge", "data_mels", "teacher_embed", "tokens_fit", "tokens_encode", "evaluate_reference"]
+PREP = ["data_corpus", "data_merge", "data_mels_part", "data_mels", "teacher_embed_part", "teacher_embed", "tokens_fit",
+        "tokens_encode_part", "tokens_encode", "evaluate_reference"]
 WARMUP_DIR = "results/runs/A/seed0/warmup"
 WARMUP_LOG = "results/logs/train_warmup/A_seed0.log"
 # the whole slice, seconds (275 s on a 2-core machine at load ~3, of which the prep group 106 s)

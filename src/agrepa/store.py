@@ -9,10 +9,18 @@ Layout of a store directory::
 ``index.json`` is written last and atomically, so a store without it is
 incomplete (a killed job) and is never read. Rules name ``DIR/index.json`` as
 their output.
+
+Scatter / gather (``shards.<stage>`` of the config, docs/architecture.md): part ``k`` of
+``K`` is a complete store of the ``k``-th contiguous slice of the manifest (:func:`part_range`)
+in ``DIR/part-0000kof0000K/`` (its own ``index.json`` last), and :func:`gather` writes
+``DIR/index.json`` whose shard entries name files inside the parts
+(``part-00003of00008/shard-00000.safetensors``); no tensor is copied, and :class:`Store`
+(which opens ``DIR / <entry>``) reads a gathered store like any other.
 """
 from __future__ import annotations
 
 import os
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
@@ -22,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import io
+from .parts import part_name, part_range  # noqa: F401  (re-exported)
 
 SEP = "::"
 
@@ -198,3 +207,80 @@ class ShardPool:
 
     def __setstate__(self, state):
         self.__init__(state["max_open"])
+
+
+# ----------------------------------------------------------------------------- scatter / gather
+PART_META = "part"          # a part's meta: {"index": k, "of": K, "n_clips": clips in its slice}
+
+
+def part_dir(out_dir: str | os.PathLike, k: int, parts: int) -> Path:
+    return Path(out_dir) / part_name(k, parts)
+
+
+def start_part(out_dir: str | os.PathLike, k: int, parts: int) -> Path:
+    """Before part ``k`` is (re)written: drop its index and the gathered one (neither may describe
+    shards being rewritten); returns the part's directory."""
+    (Path(out_dir) / "index.json").unlink(missing_ok=True)
+    d = part_dir(out_dir, k, parts)
+    (d / "index.json").unlink(missing_ok=True)
+    return d
+
+
+def part_metas(out_dir: str | os.PathLike, parts: int) -> list[dict]:
+    """The metas of the ``parts`` parts, read at the start of a gather (the gathered index, about
+    to be rewritten, is dropped first: a failed gather leaves none). FileNotFoundError names a
+    missing or incomplete part."""
+    (Path(out_dir) / "index.json").unlink(missing_ok=True)
+    return [Store(part_dir(out_dir, k, parts)).meta for k in range(parts)]
+
+
+def merge_meta(metas: list[dict], where: str, summed: tuple[str, ...] = (),
+               dropped: tuple[str, ...] = ()) -> dict:
+    """One meta from the parts' metas: every key but ``summed`` / ``dropped`` / ``part`` must be
+    equal in all parts (a part built with another config, teacher or manifest is an error naming
+    the key); ``summed`` keys are added up."""
+    skip = set(summed) | set(dropped) | {PART_META}
+    first = {k: v for k, v in metas[0].items() if k not in skip}
+    for i, m in enumerate(metas[1:], 1):
+        mine = {k: v for k, v in m.items() if k not in skip}
+        for key in sorted(set(first) | set(mine)):
+            if first.get(key) != mine.get(key):
+                raise ValueError(f"{where}: part {i} differs from part 0 in meta {key!r} "
+                                 f"({str(mine.get(key))[:60]} vs {str(first.get(key))[:60]}): "
+                                 "parts built from different inputs; rebuild them")
+    out = dict(first)
+    for key in summed:
+        out[key] = sum(m[key] for m in metas)
+    return out
+
+
+def gather(out_dir: str | os.PathLike, parts: int, ids: Iterable[str], meta: dict[str, Any]) -> Path:
+    """Write ``out_dir/index.json`` over the ``parts`` complete parts, whose clips must be exactly
+    ``ids`` (the manifest's); ``meta`` is the gathered store's meta (see :func:`merge_meta`).
+    Top-level shards and parts of another ``K`` (an earlier layout) are removed."""
+    out = Path(out_dir)
+    (out / "index.json").unlink(missing_ok=True)
+    shards: dict[str, str] = {}
+    names = [part_name(k, parts) for k in range(parts)]
+    for k, name in enumerate(names):
+        store = Store(out / name)         # FileNotFoundError if that part is missing or incomplete
+        info = store.meta.get(PART_META) or {}
+        if info.get("index") != k or info.get("of") != parts:
+            raise ValueError(f"{out / name / 'index.json'}: meta part {info} is not part {k} of {parts}")
+        for cid, shard in store._shards.items():
+            if cid in shards:
+                raise ValueError(f"{out / name}: clip id {cid!r} is also in {shards[cid].split('/')[0]}")
+            shards[cid] = f"{name}/{shard}"
+    want = set(ids)
+    if set(shards) != want:
+        missing, extra = sorted(want - set(shards)), sorted(set(shards) - want)
+        raise ValueError(f"{out}: the parts hold {len(shards)} clips, the manifest {len(want)} "
+                         f"(missing {missing[:3]}, not in the manifest {extra[:3]}): rebuild the parts")
+    for stale in out.glob("shard-*.safetensors"):
+        stale.unlink()
+    for stale in out.glob("part-*of*"):
+        if stale.is_dir() and stale.name not in names:
+            shutil.rmtree(stale)
+    index = out / "index.json"
+    io.write_json(index, {"meta": {**meta, "parts": parts}, "shards": shards})
+    return index

@@ -30,6 +30,19 @@ EVENTS_TEACHER = res_path("teachers", "events", "model.safetensors")
 EMBEDDINGS = res_path("embeddings", "{role}", "index.json")
 TOKEN_MODEL = res_path("tokens", "models", "{stream}")
 TOKENS = res_path("tokens", "{tc}", "index.json")
+# scatter / gather (agrepa/parts.py): part k of K of a store DIR/index.json is DIR/part-kofK/index.json
+PART = os.path.join("part-{k}of{n}", "index.json")
+
+
+def part_of(store):
+    """The part-job output pattern of a gathered store's index (wildcards k, n: 5 digits)."""
+    return os.path.join(os.path.dirname(store), PART)
+
+
+def parts_of(store, stage, **wildcards):
+    """The K part indexes (K = shards.<stage>) the gather of ``store`` reads."""
+    n = int(config["shards"][stage])
+    return [part_of(store).format(k=f"{k:05d}", n=f"{n:05d}", **wildcards) for k in range(n)]
 WARMUP = res_path("runs", "{tc}", "seed{seed}", "warmup", "final.pt")
 PROBES = res_path("probes", "{tc}", "seed{seed}", "probes.csv")
 SELECTION = res_path("selection", "{tc}", "seed{seed}", "{strategy}.json")
@@ -186,6 +199,8 @@ def _alternatives(values):
 
 wildcard_constraints:
     tc="A|B",
+    k=r"\d{5}",
+    n=r"\d{5}",
     seed=r"\d+",
     method=_alternatives(list(dict.fromkeys(METHODS + GRID["t4_pair"] + GRID["rr"]["methods"]))),
     arch=_alternatives(GRID["t4_extra"]) if GRID["t4_extra"] else "none^",

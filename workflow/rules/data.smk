@@ -70,22 +70,49 @@ else:
             "agrepa data merge {params.dirs} --config {CFG} --threads {threads} --out {params.out} > {log} 2>&1"
 
 
-rule data_mels:
+rule data_mels_part:
     input:
         manifest=MANIFEST,
     output:
-        index=MELS,
+        index=part_of(MELS),
     params:
         out=os.path.dirname(MELS),
+        k=lambda wc: int(wc.k),
+        n=lambda wc: int(wc.n),
         cfg=config_hash("agrepa.corpora.cli"),
     log:
-        log_path("data_mels"),
+        log_path("data_mels_part", "part-{k}of{n}"),
     benchmark:
-        bench_path("data_mels")
+        bench_path("data_mels_part", "part-{k}of{n}")
     threads: res("data", "threads")
     resources:
         **resources_of("data"),
     conda:
         "../../envs/agrepa.yaml"
     shell:
-        "agrepa data mels --config {CFG} --threads {threads} --manifest {input.manifest} --out {params.out} > {log} 2>&1"
+        "agrepa data mels --config {CFG} --threads {threads} --manifest {input.manifest} "
+        "--part {params.k} --parts {params.n} --out {params.out} > {log} 2>&1"
+
+
+rule data_mels:
+    input:
+        manifest=MANIFEST,
+        parts=parts_of(MELS, "mels"),
+    output:
+        index=MELS,
+    params:
+        out=os.path.dirname(MELS),
+        n=config["shards"]["mels"],
+        cfg=config_hash("agrepa.corpora.cli"),
+    log:
+        log_path("data_mels"),
+    benchmark:
+        bench_path("data_mels")
+    threads: 1
+    resources:
+        **resources_of("default"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa data mels --config {CFG} --threads {threads} --manifest {input.manifest} "
+        "--gather --parts {params.n} --out {params.out} > {log} 2>&1"

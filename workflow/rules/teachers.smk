@@ -43,19 +43,21 @@ def embed_teacher_arg(wildcards):
     return ""
 
 
-rule teacher_embed:
+rule teacher_embed_part:
     input:
         unpack(embed_inputs),
     output:
-        index=EMBEDDINGS,
+        index=part_of(EMBEDDINGS),
     params:
         out=lambda wc: os.path.dirname(EMBEDDINGS.format(role=wc.role)),
         teacher=embed_teacher_arg,
+        k=lambda wc: int(wc.k),
+        n=lambda wc: int(wc.n),
         cfg=lambda wc: config_hash("agrepa.teachers.cli", role=wc.role),
     log:
-        log_path("teacher_embed", "{role}"),
+        log_path("teacher_embed_part", "{role}", "part-{k}of{n}"),
     benchmark:
-        bench_path("teacher_embed", "{role}")
+        bench_path("teacher_embed_part", "{role}", "part-{k}of{n}")
     threads: res("teacher_embed", "threads")
     resources:
         **resources_of("teacher_embed"),
@@ -63,7 +65,31 @@ rule teacher_embed:
         "../../envs/agrepa.yaml"
     shell:
         "agrepa teacher embed --config {CFG} --threads {threads} --role {wildcards.role} --manifest {input.manifest} "
-        "{params.teacher} --out {params.out} > {log} 2>&1"
+        "{params.teacher} --part {params.k} --parts {params.n} --out {params.out} > {log} 2>&1"
+
+
+rule teacher_embed:
+    input:
+        manifest=MANIFEST,
+        parts=lambda wc: parts_of(EMBEDDINGS, "embed", role=wc.role),
+    output:
+        index=EMBEDDINGS,
+    params:
+        out=lambda wc: os.path.dirname(EMBEDDINGS.format(role=wc.role)),
+        n=config["shards"]["embed"],
+        cfg=lambda wc: config_hash("agrepa.teachers.cli", role=wc.role),
+    log:
+        log_path("teacher_embed", "{role}"),
+    benchmark:
+        bench_path("teacher_embed", "{role}")
+    threads: 1
+    resources:
+        **resources_of("default"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa teacher embed --config {CFG} --threads {threads} --role {wildcards.role} --manifest {input.manifest} "
+        "--gather --parts {params.n} --out {params.out} > {log} 2>&1"
 
 
 rule tokens_fit:
@@ -99,24 +125,29 @@ def encode_inputs(wildcards):
     }
     if wildcards.tc == "B":
         inputs["beats"] = TOKEN_MODEL.format(stream="beats")
+        if "A" in config["token_configs"]:    # the speech and audio streams are encoded once, for A
+            inputs["primary"] = TOKENS.format(tc="A")
     return inputs
 
 
-rule tokens_encode:
+rule tokens_encode_part:
     input:
         unpack(encode_inputs),
     output:
-        index=TOKENS,
+        index=part_of(TOKENS),
     params:
         out=lambda wc: os.path.dirname(TOKENS.format(tc=wc.tc)),
         beats=lambda wc, input: f"--beats-model {input.beats}" if wc.tc == "B" else "",
+        primary=lambda wc, input: f"--primary {os.path.dirname(input.primary)}" if "primary" in input.keys() else "",
         semantic=lambda wc, input: os.path.dirname(input.semantic),
         acoustic=lambda wc, input: os.path.dirname(input.acoustic),
+        k=lambda wc: int(wc.k),
+        n=lambda wc: int(wc.n),
         cfg=config_hash("agrepa.tokenizers.cli"),
     log:
-        log_path("tokens_encode", "{tc}"),
+        log_path("tokens_encode_part", "{tc}", "part-{k}of{n}"),
     benchmark:
-        bench_path("tokens_encode", "{tc}")
+        bench_path("tokens_encode_part", "{tc}", "part-{k}of{n}")
     threads: res("tokens", "threads")
     resources:
         **resources_of("tokens"),
@@ -124,6 +155,30 @@ rule tokens_encode:
         "../../envs/agrepa.yaml"
     shell:
         "agrepa tokens encode --config {CFG} --threads {threads} --token-config {wildcards.tc} "
-        "--speech-model {input.speech} --audio-model {input.audio} {params.beats} "
+        "--speech-model {input.speech} --audio-model {input.audio} {params.beats} {params.primary} "
         "--semantic {params.semantic} --acoustic {params.acoustic} --manifest {input.manifest} "
-        "--out {params.out} > {log} 2>&1"
+        "--part {params.k} --parts {params.n} --out {params.out} > {log} 2>&1"
+
+
+rule tokens_encode:
+    input:
+        manifest=MANIFEST,
+        parts=lambda wc: parts_of(TOKENS, "encode", tc=wc.tc),
+    output:
+        index=TOKENS,
+    params:
+        out=lambda wc: os.path.dirname(TOKENS.format(tc=wc.tc)),
+        n=config["shards"]["encode"],
+        cfg=config_hash("agrepa.tokenizers.cli"),
+    log:
+        log_path("tokens_encode", "{tc}"),
+    benchmark:
+        bench_path("tokens_encode", "{tc}")
+    threads: 1
+    resources:
+        **resources_of("default"),
+    conda:
+        "../../envs/agrepa.yaml"
+    shell:
+        "agrepa tokens encode --config {CFG} --threads {threads} --token-config {wildcards.tc} "
+        "--manifest {input.manifest} --gather --parts {params.n} --out {params.out} > {log} 2>&1"

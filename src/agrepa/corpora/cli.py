@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import config as config_mod
 from .. import io
+from ..parts import add_part_args
 
 CONFIG_KEYS = ("audio", "data")  # config sections this module reads
 
@@ -91,10 +92,17 @@ def cmd_merge(args) -> int:
 
 
 def cmd_mels(args) -> int:
-    from .mels import build_mels
+    from ..parts import part_mode
+    from .mels import build_mels, build_mels_part, gather_mels
 
     cfg = config_mod.from_args(args)
-    build_mels(args.manifest, args.out, cfg)
+    mode = part_mode(args)
+    if mode == "part":
+        build_mels_part(args.manifest, args.out, cfg, args.part, args.parts)
+    elif mode == "gather":
+        gather_mels(args.manifest, args.out, cfg, args.parts)
+    else:
+        build_mels(args.manifest, args.out, cfg)
     return 0
 
 
@@ -142,4 +150,5 @@ def register(subparsers) -> None:
     config_mod.add_cli_args(p)
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True, help="store directory (DIR/index.json written last)")
+    add_part_args(p)
     p.set_defaults(func=cmd_mels)

@@ -13,9 +13,10 @@ GPU-hours per job (``plan.job_gpu_hours``). Wall-clock per job = GPU-hours / the
 wall-clock (every job of a stage in parallel, the stages one after another).
 
 Disk written per job (GB = 1e9 bytes), from the store formats and ``plan.clip_seconds`` (the mean clip;
-``plan.clips`` train clips, so the valid and test clips add theirs): ``data_mels`` float32
-``audio.n_mels`` x ``sample_rate / hop_length`` frames per second; ``teacher_embed`` (one job per
-role, every clip of both domains) :func:`teacher_store_bytes_per_clip`; ``train_warmup`` /
+``plan.clips`` train clips, so the valid and test clips add theirs): ``data_mels_part`` (one of
+``shards.mels`` parts) float32 ``audio.n_mels`` x ``sample_rate / hop_length`` frames per second;
+``teacher_embed_part`` (``shards.embed`` parts per role, every clip of both domains)
+:func:`teacher_store_bytes_per_clip`; the gathers write only an index; ``train_warmup`` /
 ``train_branch`` :func:`checkpoint_bytes` (``last.pt`` and ``final.pt`` the full training state, a
 branch's ``train.snapshot_fractions`` snapshots the EMA weights); ``sample`` PCM_16 wav + float32 mel
 of ``sample.max_clips`` clips. Other rules: not estimated (``-``; most write CSV / JSON). Peak memory
@@ -38,20 +39,20 @@ from ..config import DOMAINS
 from ..model.dit import DiT
 from ..training.schedule import Lengths
 
-CONFIG_KEYS = ("plan", "train", "model", "audio", "resources", "sample.max_clips", "tokens.speech.k",
+CONFIG_KEYS = ("plan", "train", "model", "audio", "resources", "shards", "sample.max_clips", "tokens.speech.k",
                "tokens.audio.k")  # config sections this module reads
 
 SKIPPED = {"results", ".snakemake", ".git"}   # not linked into the dry run's scratch directory
 TRAIN_RULES = {"train_warmup": "warmup", "train_branch": "branch"}
 # rule -> resources group of the workflow's GPU rules (workflow/rules/*.smk, resources_of(...))
-RULE_GROUPS = {"teacher_embed": "teacher_embed", "tokens_fit": "tokens", "tokens_encode": "tokens",
+RULE_GROUPS = {"teacher_embed_part": "teacher_embed", "tokens_fit": "tokens", "tokens_encode_part": "tokens",
                "train_warmup": "train", "train_branch": "train", "train_warmup_arch": "train",
                "train_branch_arch": "train", "probe": "probe", "heldout": "evaluate",
                "sample": "sample", "evaluate": "evaluate", "evaluate_reference": "evaluate",
                "lsac_probe": "sample", "lsac_eval": "sample", "rr_sample_scale": "sample",
                "rr_evaluate_scale": "evaluate", "rr_rsa": "evaluate"}
 # rule -> resources group of the CPU rules that name one (the rest take resources.default)
-CPU_RULE_GROUPS = {"data_synth": "data", "data_corpus": "data", "data_mels": "data", "teacher_train": "teacher_train",
+CPU_RULE_GROUPS = {"data_synth": "data", "data_corpus": "data", "data_mels_part": "data", "teacher_train": "teacher_train",
                    "eval_classifier_train": "teacher_train", "listening_test": "report"}
 
 
@@ -140,12 +141,14 @@ def train_gpu_memory_bytes(cfg: dict, gpus: int, params: int) -> float:
 def disk_per_job(cfg: dict, rule: str, ln: Lengths | None, params: int | None) -> tuple[float | None, str]:
     """(bytes one job of ``rule`` writes, basis); None where not estimated (module docstring)."""
     clips = {d: int(cfg["plan"]["clips"][d]) for d in DOMAINS}
-    if rule == "data_mels":
-        return sum(clips[d] * float(cfg["plan"]["clip_seconds"][d]) for d in DOMAINS) * mel_bytes_per_second(cfg), \
-            "fp32 mels of plan.clips"
-    if rule == "teacher_embed":    # one job per role; the mean of the two roles' stores
+    shards = cfg["shards"]
+    if rule == "data_mels_part":   # one of shards.mels parts of the store
+        return sum(clips[d] * float(cfg["plan"]["clip_seconds"][d]) for d in DOMAINS) * mel_bytes_per_second(cfg) \
+            / int(shards["mels"]), f"fp32 mels of plan.clips / {shards['mels']} parts"
+    if rule == "teacher_embed_part":    # shards.embed parts per role; the mean of the two roles' stores
         per = [sum(clips[d] * teacher_store_bytes_per_clip(cfg, r, d) for d in DOMAINS) for r in ("semantic", "acoustic")]
-        return sum(per) / 2, "fp32 pooled + frames, every clip (mean of the 2 roles)"
+        return sum(per) / 2 / int(shards["embed"]), \
+            f"fp32 pooled + frames, every clip (mean of the 2 roles) / {shards['embed']} parts"
     if rule in TRAIN_RULES:
         from ..training.train import snapshot_steps
 

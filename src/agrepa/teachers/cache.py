@@ -32,7 +32,7 @@ from .. import audio as A
 from .. import config as C
 from .. import io
 from ..batching import Throughput, batches
-from ..store import Store, StoreWriter
+from ..store import Store, StoreWriter, gather, merge_meta, part_dir, part_metas, part_range, start_part
 from .base import Teacher
 from .registry import build_teacher
 
@@ -66,14 +66,27 @@ def cached_meta(out_dir: str | os.PathLike, key: str, ids: list[str]) -> dict | 
 
 
 def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
-                   teacher: Teacher | None = None, teacher_dir: str | os.PathLike | None = None) -> dict:
+                   teacher: Teacher | None = None, teacher_dir: str | os.PathLike | None = None,
+                   part: int | None = None, parts: int = 1) -> dict:
     """Embed every clip of the manifest (both domains) with the ``role`` teacher
-    into the store ``out_dir``; a no-op when the cache is current. Returns the meta."""
+    into the store ``out_dir``; a no-op when the cache is current. Returns the meta.
+    With ``part`` k: only part k of ``parts`` (its contiguous slice of the manifest) into
+    ``out_dir/part-...`` (:mod:`agrepa.store`; :func:`gather_embeddings` writes the top-level
+    index); without: the whole manifest as part 0 of 1 and its gather."""
+    if part is None:
+        if parts != 1:
+            raise ValueError(f"parts={parts}: embed one part at a time (part=k), then gather_embeddings")
+        embed_manifest(cfg, role, manifest_path, out_dir, teacher, teacher_dir, part=0, parts=1)
+        return gather_embeddings(cfg, role, manifest_path, out_dir, 1)
     from ..corpora.manifest import read_manifest, resolve_path
 
     manifest = read_manifest(manifest_path)
     if manifest.empty:
         raise ValueError(f"{manifest_path}: manifest has no clips to embed")
+    start, stop = part_range(len(manifest), part, parts)
+    manifest = manifest.iloc[start:stop]
+    top = out_dir
+    out_dir = part_dir(top, part, parts)
     if teacher is None:
         teacher = build_teacher(cfg, role, teacher_dir=teacher_dir)
     fingerprint = teacher.fingerprint()
@@ -86,14 +99,12 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
         log.info("embedding cache hit: %s (%s, %d clips) -- teacher not run", out_dir, teacher.name, len(ids))
         return hit
 
-    out = Path(out_dir)
-    stale = out / "index.json"
-    if stale.exists():  # never leave an old index pointing at shards being rewritten
-        stale.unlink()
+    out = start_part(top, part, parts)  # never leave an old index pointing at shards being rewritten
     meta = {"role": role, "teacher": teacher.name, "fingerprint": fingerprint, "dim": teacher.dim,
             "frame_rate": teacher.frame_rate, "granularity": int(teacher.granularity),
             "sample_rate": teacher.sample_rate, "window_seconds": window,
-            "manifest_sha256": manifest_sha, "cache_key": key, "n_clips": len(ids)}
+            "manifest_sha256": manifest_sha, "cache_key": key, "n_clips": len(ids),
+            "part": {"index": part, "of": parts, "n_clips": len(ids)}}
     peak = cfg["audio"]["peak_normalize"]
     writer = StoreWriter(out, meta=meta, shard_size=int(cfg["teachers"]["shard_size"]))
     batch_size = int(cfg["teachers"]["batch_size"])
@@ -121,3 +132,23 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
     log.info("embedded %d clips with %s into %s (%d longer than the %.3g-s training window: their first %.3g s)",
              len(ids), teacher.name, out, n_cut, window, window)
     return {**meta, "n_cut": n_cut}
+
+
+def gather_embeddings(cfg: dict, role: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
+                      parts: int) -> dict:
+    """``out_dir/index.json`` over the ``parts`` finished parts (no tensor copied): their metas
+    must agree (role, teacher fingerprint, window, manifest bytes: one ``cache_key``);
+    ``n_clips`` and ``n_cut`` are summed. Returns the gathered meta."""
+    from ..corpora.manifest import read_manifest
+
+    manifest = read_manifest(manifest_path)
+    metas = part_metas(out_dir, parts)
+    meta = merge_meta(metas, str(out_dir), summed=("n_clips", "n_cut"))
+    if meta.get("role") != role:
+        raise ValueError(f"{out_dir}: parts of role {meta.get('role')!r}, expected {role!r}")
+    if meta["manifest_sha256"] != io.sha256_file(manifest_path):
+        raise ValueError(f"{out_dir}: parts embedded from another manifest than {manifest_path}; rebuild them")
+    gather(out_dir, parts, manifest["id"].tolist(), meta)
+    C.save_resolved(cfg, out_dir)
+    log.info("embeddings %s: gathered %d parts, %d clips -> %s", role, parts, meta["n_clips"], out_dir)
+    return {**meta, "parts": parts}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import config as config_mod
+from ..parts import add_part_args, part_mode
 
 
 def cmd_train(args) -> int:
@@ -17,11 +18,15 @@ def cmd_train(args) -> int:
 
 def cmd_embed(args) -> int:
     from ..device import set_threads
-    from .cache import embed_manifest
+    from .cache import embed_manifest, gather_embeddings
 
     cfg = config_mod.from_args(args)
+    if part_mode(args) == "gather":
+        gather_embeddings(cfg, args.role, args.manifest, args.out, args.parts)
+        return 0
     set_threads(args.threads)
-    embed_manifest(cfg, args.role, args.manifest, args.out, teacher_dir=args.teacher_dir)
+    embed_manifest(cfg, args.role, args.manifest, args.out, teacher_dir=args.teacher_dir,
+                   part=args.part, parts=args.parts)
     return 0
 
 
@@ -45,5 +50,6 @@ def register(subparsers) -> None:
     e.add_argument("--manifest", required=True)
     e.add_argument("--teacher-dir", default=None, help="trained event teacher directory (events teacher)")
     e.add_argument("--out", required=True, help="output store directory")
+    add_part_args(e)
     config_mod.add_cli_args(e)
     e.set_defaults(func=cmd_embed)

@@ -41,7 +41,7 @@ from ..config import DOMAINS
 from .. import io
 from ..batching import Throughput, batches
 from ..device import cpu_threads
-from ..store import Store, StoreWriter
+from ..store import Store, StoreWriter, gather, merge_meta, part_metas, part_range, start_part
 from .kmeans import KMeans, sample_frames, usage_from_counts, usage_stats
 from .repcodec import RepCodec, fit_repcodec, fit_window, repcodec_settings, sample_windows
 from .timing import grid_granularity, pair_by_time
@@ -300,11 +300,60 @@ def primary_codes(rows: list, codes) -> dict[int, Tensor]:
     return out
 
 
+def shared_primary(primary: str | os.PathLike, token_config: str, toks: dict, vocab: Vocab,
+                   manifest_path: str | os.PathLike):
+    """``rows -> {row position: local codes}`` read from Config A's token store ``primary`` (its
+    tokens minus the domain stream's offset, which A and B share), after checking that A was
+    encoded from the same manifest with the same speech and audio tokenizers."""
+    if token_config != "B":
+        raise ValueError("--primary: only Config B reads its primary column from Config A's store")
+    store = Store(primary)
+    meta, where = store.meta, store.dir / "index.json"
+    if meta.get("token_config") != "A":
+        raise ValueError(f"{where}: --primary must be a Config A token store, got {meta.get('token_config')!r}")
+    if meta.get("manifest_sha256") != io.sha256_file(manifest_path):
+        raise ValueError(f"{where}: encoded from another manifest than {manifest_path}")
+    for stream in DOMAINS:
+        have = (meta.get("tokenizers") or {}).get(stream, {}).get("fingerprint")
+        if have != toks[stream].fingerprint():
+            raise ValueError(f"{where}: its {stream} tokenizer differs from {toks[stream].directory}")
+        if (meta.get("offsets") or {}).get(stream) != vocab.offsets[stream]:
+            raise ValueError(f"{where}: its {stream} offset differs from Config B's vocabulary")
+    log.info("tokens B: primary column read from Config A's store %s (not encoded again)", store.dir)
+
+    def codes(rows: list) -> dict[int, Tensor]:
+        got = store.load("tokens", [row["id"] for row in rows])
+        return {i: got[row["id"]] - vocab.offsets[row["domain"]] for i, row in enumerate(rows)}
+    return codes
+
+
 def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
                     speech_model: str | os.PathLike, audio_model: str | os.PathLike,
                     beats_model: str | os.PathLike | None = None,
-                    semantic: str | os.PathLike | None = None, acoustic: str | os.PathLike | None = None) -> dict:
-    """Tokenize every clip of the manifest into the store ``out_dir`` (tensor ``tokens``)."""
+                    semantic: str | os.PathLike | None = None, acoustic: str | os.PathLike | None = None,
+                    part: int | None = None, parts: int = 1, primary: str | os.PathLike | None = None) -> dict:
+    """Tokenize every clip of the manifest into the store ``out_dir`` (tensor ``tokens``). With
+    ``part`` k: only part k of ``parts`` (its contiguous slice of the manifest) into
+    ``out_dir/part-...`` (:mod:`agrepa.store`; :func:`gather_tokens` writes the top-level index);
+    without: the whole manifest as part 0 of 1 and its gather. ``primary`` (Config B only): Config
+    A's token store, whose tokens are B's primary column (the same tokenizers, the same ids), read
+    instead of encoded again, so the speech and audio streams are encoded once for A and B."""
+    if part is None:
+        if parts != 1:
+            raise ValueError(f"parts={parts}: encode one part at a time (part=k), then gather_tokens")
+        encode_part(cfg, token_config, manifest_path, out_dir, speech_model, audio_model, beats_model,
+                    semantic, acoustic, part=0, parts=1, primary=primary)
+        return gather_tokens(cfg, manifest_path, out_dir, 1)
+    return encode_part(cfg, token_config, manifest_path, out_dir, speech_model, audio_model, beats_model,
+                       semantic, acoustic, part=part, parts=parts, primary=primary)
+
+
+def encode_part(cfg: dict, token_config: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
+                speech_model: str | os.PathLike, audio_model: str | os.PathLike,
+                beats_model: str | os.PathLike | None, semantic: str | os.PathLike | None,
+                acoustic: str | os.PathLike | None, part: int, parts: int,
+                primary: str | os.PathLike | None = None) -> dict:
+    """Part ``part`` of ``parts`` of :func:`encode_manifest` into ``out_dir/part-...``; returns its meta."""
     from ..corpora.manifest import read_manifest, resolve_path
 
     if token_config not in TOKEN_CONFIGS:
@@ -329,7 +378,10 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
                 raise ValueError(f"the {stream} tokenizer ({tok.kind}) needs --{role} STORE")
             _check_features(tok, stores[role])
     vocab = Vocab({s: t.k for s, t in toks.items()})
+    shared = shared_primary(primary, token_config, toks, vocab, manifest_path) if primary else None
     manifest = read_manifest(manifest_path)
+    start, stop = part_range(len(manifest), part, parts)
+    manifest = manifest.iloc[start:stop]
     peak = cfg["audio"]["peak_normalize"]
 
     def codes(stream: str, rows: list) -> list[Tensor]:
@@ -350,11 +402,9 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
     meta = {"token_config": token_config, **vocab.to_meta(), **timing,
             "tokenizers": {s: {"dir": str(t.directory), "kind": t.kind, "fingerprint": t.fingerprint()}
                            for s, t in toks.items()},
-            "manifest_sha256": io.sha256_file(manifest_path)}
-    out = Path(out_dir)
-    stale = out / "index.json"
-    if stale.exists():
-        stale.unlink()
+            "manifest_sha256": io.sha256_file(manifest_path),
+            "part": {"index": part, "of": parts, "n_clips": len(manifest)}}
+    out = start_part(out_dir, part, parts)   # no index may describe shards being rewritten
     writer = StoreWriter(out, meta=meta, shard_size=int(cfg["tokens"]["shard_size"]))
     batch_size = int(cfg["tokens"]["batch_size"])
     rows = [row for _, row in manifest.iterrows()]
@@ -362,7 +412,7 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
     with Throughput(log, f"tokens {token_config}", len(rows), batch_size), \
             tqdm(total=len(rows), desc=f"tokens {token_config}") as bar:
         for batch in batches(rows, batch_size, "tokens.batch_size"):
-            primary = primary_codes(batch, codes)
+            primary = shared(batch) if shared else primary_codes(batch, codes)
             beats = codes("beats", batch) if token_config == "B" else None
             for i, row in enumerate(batch):
                 ids = vocab.to_global(row["domain"], primary[i])
@@ -377,3 +427,19 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
     log.info("tokens %s: %d clips, vocab %d, mean length %.1f", token_config, len(lengths), vocab.vocab_size,
              float(np.mean(lengths)) if lengths else 0.0)
     return meta
+
+
+def gather_tokens(cfg: dict, manifest_path: str | os.PathLike, out_dir: str | os.PathLike, parts: int) -> dict:
+    """``out_dir/index.json`` over the ``parts`` finished parts (no tensor copied); their metas
+    (token config, vocabulary, tokenizer fingerprints, manifest bytes) must agree. Returns the meta."""
+    from ..corpora.manifest import read_manifest
+
+    manifest = read_manifest(manifest_path)
+    metas = part_metas(out_dir, parts)
+    meta = merge_meta(metas, str(out_dir))
+    if meta["manifest_sha256"] != io.sha256_file(manifest_path):
+        raise ValueError(f"{out_dir}: parts encoded from another manifest than {manifest_path}; rebuild them")
+    gather(out_dir, parts, manifest["id"].tolist(), meta)
+    C.save_resolved(cfg, out_dir)
+    log.info("tokens %s: gathered %d parts, %d clips -> %s", meta["token_config"], parts, len(manifest), out_dir)
+    return {**meta, "parts": parts}
