@@ -146,6 +146,25 @@ def precision(cfg_paths: list[str], sets: list[str], work: Path, dirs: dict[str,
                 n, flip, err = n + a.numel(), flip + int((a != b).sum()), max(err, float((g - f).abs().max()))
             print(f"{stream:<8}{kind:<10}{str(dtype).split('.')[1]:<10}{n:>8}{flip:>9}{flip / n:>10.4%}"
                   f"{err:>11.3g}{big:>9.3g}")
+        # end to end: the tokenizer fitted on the store as written now (half-precision frames of the read
+        # domains) encoding those frames, against the float32 fit on the float32 frames
+        after = Store(dirs[f"emb_{role}"])
+        refit = work / f"tok_{stream}_after"
+        try:
+            if not (refit / "config.json").exists():
+                fit_stream(cfg, stream, manifest, refit, features=dirs[f"emb_{role}"])
+        except ValueError as e:          # the stream's train clips have no frames in this store
+            print(f"{stream:<8}{kind:<10}{'refit':<10}  not fitted on the new store ({str(e).split(';')[0][-60:]})")
+            continue
+        tok2 = load_tokenizer(refit)
+        n = flip = 0
+        for cid in after.keys():
+            if after.has(cid, "frames"):
+                a, b = tok.encode_frames(frames[cid]), tok2.encode_frames(after.get(cid)["frames"])
+                n, flip = n + a.numel(), flip + int((a != b).sum())
+        dt = after.meta["frames_dtype"]
+        print(f"{stream:<8}{kind:<10}{dt + '*':<10}{n:>8}{flip:>9}{flip / max(n, 1):>10.4%}"
+              "   * refitted on the new store's frames")
     mels = Store(dirs["mels"])
     mean, std = load_stats(mels, int(cfg["audio"]["n_mels"]))
     raw = norm = 0.0

@@ -23,12 +23,13 @@ def test_frames_read_at_config_and_paper():
     # audio clips and Config B's k-means BEATs stand-in on those of every clip
     assert frames_read(default, "semantic") == ("speech",)
     assert frames_read(default, "acoustic") == ("speech", "audio")
-    assert store_layout(default, "acoustic").frames_dtype == "float16"
+    assert store_layout(default, "acoustic").frames_dtype == "float32"   # the embedded default: tokens bitwise
     # paper.yaml: S3 ONNX reads audio (no semantic frames), BEATs' own tokenizer reads audio, so only the
     # RepCodec AudioSet tokens read BEATs frames, of the audio clips
     paper = C.load(PAPER)
     assert frames_read(paper, "semantic") == ()
     assert frames_read(paper, "acoustic") == ("audio",)
+    assert store_layout(paper, "acoustic").frames_dtype == "float16"
     assert frames_read(C.load(PAPER + [REPO / "config" / "rehearsal.yaml"]), "semantic") == ()
     # Config A alone: the BEATs stand-in is never encoded, so speech clips' acoustic frames are unread
     assert frames_read(C.load([DEFAULT_CONFIG, REPO / "config" / "test.yaml"]), "acoustic") == ("audio",)
@@ -42,7 +43,7 @@ def test_embed_store_keeps_read_frames_only_in_half_precision(tmp_path):
     save_checkpoint(BEATs(tiny_beats_cfg()), ckpt)
     manifest, rows = write_clips(tmp_path, 4)           # speech, audio, speech, audio
     cfg = C.load(DEFAULT_CONFIG, overrides=["teachers.acoustic.name=beats", f"teachers.acoustic.checkpoint={ckpt}",
-                                            "token_configs=[A]"])
+                                            "token_configs=[A]", "teachers.frames_dtype=float16"])
     meta = embed_manifest(cfg, "acoustic", manifest, tmp_path / "emb")
     assert meta["frames_domains"] == ["audio"] and meta["frames_dtype"] == "float16"
     assert meta["n_frames_clips"] == 2
