@@ -149,22 +149,38 @@ def precision(cfg_paths: list[str], sets: list[str], work: Path, dirs: dict[str,
         # end to end: the tokenizer fitted on the store as written now (half-precision frames of the read
         # domains) encoding those frames, against the float32 fit on the float32 frames
         after = Store(dirs[f"emb_{role}"])
-        refit = work / f"tok_{stream}_after"
+        refit = work / f"tok_{stream}_after_{after.meta['frames_dtype']}"
         try:
             if not (refit / "config.json").exists():
                 fit_stream(cfg, stream, manifest, refit, features=dirs[f"emb_{role}"])
         except ValueError as e:          # the stream's train clips have no frames in this store
             print(f"{stream:<8}{kind:<10}{'refit':<10}  not fitted on the new store ({str(e).split(';')[0][-60:]})")
             continue
-        tok2 = load_tokenizer(refit)
-        n = flip = 0
-        for cid in after.keys():
-            if after.has(cid, "frames"):
-                a, b = tok.encode_frames(frames[cid]), tok2.encode_frames(after.get(cid)["frames"])
-                n, flip = n + a.numel(), flip + int((a != b).sum())
+        again = work / f"tok_{stream}_again"           # the float32 fit repeated: is the fit deterministic?
+        if not (again / "config.json").exists():
+            fit_stream(cfg, stream, manifest, again, features=dirs[f"emb_{role}_before"])
+        seed1 = work / f"tok_{stream}_seed1"           # the float32 fit at tokens.seed + 1: a seed's worth of change
+        if not (seed1 / "config.json").exists():
+            cfg1 = {**cfg, "tokens": {**cfg["tokens"], "seed": int(cfg["tokens"]["seed"]) + 1}}
+            fit_stream(cfg1, stream, manifest, seed1, features=dirs[f"emb_{role}_before"])
         dt = after.meta["frames_dtype"]
-        print(f"{stream:<8}{kind:<10}{dt + '*':<10}{n:>8}{flip:>9}{flip / max(n, 1):>10.4%}"
-              "   * refitted on the new store's frames")
+        for label, other, source in ((dt + "*", load_tokenizer(refit), after), ("float32**", load_tokenizer(again), None),
+                                     ("seed+1***", load_tokenizer(seed1), None)):
+            a_all, b_all = [], []
+            for cid in after.keys():
+                if after.has(cid, "frames"):
+                    a_all.append(tok.encode_frames(frames[cid]))
+                    b_all.append(other.encode_frames(source.get(cid)["frames"] if source else frames[cid]))
+            a, b = torch.cat(a_all), torch.cat(b_all)
+            n, flip = a.numel(), int((a != b).sum())
+            # up to relabelling: each code of the refit mapped to the float32 fit's code it most often meets
+            k = int(max(a.max(), b.max())) + 1
+            joint = torch.bincount(b * k + a, minlength=k * k).reshape(k, k)
+            agree = int(joint.max(1).values.sum())
+            print(f"{stream:<8}{kind:<10}{label:<10}{n:>8}{flip:>9}{flip / max(n, 1):>10.4%}"
+                  f"   agree up to relabelling {agree / max(n, 1):.4%}")
+    print("* refitted on the new store's frames; ** refitted on the same float32 frames (the fit's own "
+          "repeatability); *** the float32 fit at tokens.seed + 1")
     mels = Store(dirs["mels"])
     mean, std = load_stats(mels, int(cfg["audio"]["n_mels"]))
     raw = norm = 0.0
