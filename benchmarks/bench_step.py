@@ -29,6 +29,7 @@ from torch import nn
 
 from agrepa import config as config_mod
 from agrepa.caching import flops as flops_mod
+from agrepa.device import autocast_dtype
 from agrepa.model import build_model
 from agrepa.training import distributed as dist_mod
 from agrepa.training import train
@@ -83,7 +84,8 @@ def setup(cfg: dict, plan: dict, opts: train.StepOptions, device: torch.device, 
         m.to(device)
     opt = make_optimizer(cfg, [model, bitc, repa], fused=opts.fused_adam and device.type == "cuda")
     G = int(tc["batch_size"])
-    loop = train.Loop(cfg, "warmup", seed, None, dist_mod.Dist(), device, train.autocast_dtype(cfg, device), G,
+    amp = autocast_dtype(cfg["train"]["precision"], device, "train.precision")
+    loop = train.Loop(cfg, "warmup", seed, None, dist_mod.Dist(), device, amp, G,
                       slice(0, G), float(tc["grad_clip"]) if tc["grad_clip"] else float("inf"), True,
                       float(tc["noise_scale"]), 10 ** 9, int(tc["log_every"]), None, 10 ** 9, 0, False, "bench",
                       set(), opts=opts)
@@ -165,8 +167,9 @@ def main(argv=None) -> None:
     peak = args.peak if args.peak is not None else (H100_BF16_DENSE if device.type == "cuda" else None)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     flop = step_flops(cfg)
+    amp = autocast_dtype(cfg["train"]["precision"], device, "train.precision")
     print(f"device {name}; DiT {args.layers} x {args.dim}, batch {args.batch}, {args.seconds:g}-s crops "
-          f"({crop_frames(cfg)} frames); precision {train.autocast_dtype(cfg, device) or 'fp32'}; "
+          f"({crop_frames(cfg)} frames); precision {amp or 'fp32'}; "
           f"{flop / 1e12:.3f} TFLOP per step (analytic, forward + backward)"
           + (f"; MFU vs {peak:g} TFLOP/s" if peak else ""))
     time_step(cfg, {}, train.StepOptions.legacy(), device, argparse.Namespace(**{**vars(args), "repeats": 1}))  # warm

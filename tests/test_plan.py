@@ -94,3 +94,56 @@ def test_plan_json_total_is_the_sum_of_its_stages(tmp_path, monkeypatch, capsys)
     one = stages["train_branch"]["steps_per_job"] * estimate.train_step_flops(cfg) / (0.4 * 989e12) / 3600
     assert stages["train_branch"]["gpu_hours"] == pytest.approx(48 * one)
     assert stages["data_mels"]["gpu_hours"] == 0 and stages["teacher_embed"]["gpu_hours_per_job"] == 3.0
+    assert p["total"]["disk_gb"] == pytest.approx(sum(s["disk_gb"] for s in stages.values() if s["disk_gb"] is not None))
+    assert p["total"]["peak_mem_gb_requested"] == max(s["mem_gb_requested"] for s in stages.values())
+    assert stages["data_mels"]["mem_gb_requested"] == 32.0               # resources.data of paper.yaml
+
+
+def test_disk_and_memory_per_job_match_a_hand_computation_at_the_embedded_default():
+    from agrepa.model.dit import build_model
+    from agrepa.model.layers import n_params
+
+    cfg = config_mod.load(CONFIGS[:1])
+    counts = {"data_mels": 1, "teacher_embed": 2, "train_warmup": 1, "train_branch": 2, "sample": 3, "select": 1}
+    p = estimate.plan(cfg, counts)
+    st, GB = p["stages"], 1e9
+    mel_s = 100 * 24000 / 256 * 4                                   # 100 bins x 93.75 fps x 4 B = 37.5 kB per second
+    assert st["data_mels"]["disk_gb_per_job"] == pytest.approx((240 * 3.75 + 240 * 2.5) * mel_s / GB)
+    # teacher stores: pooled [D] + frames [rate x seconds, D], fp32, both domains' 240 clips each
+    sem = 240 * ((384 * 4 + 50 * 3.75 * 384 * 4) + (384 * 4 + 50 * 2.5 * 384 * 4))
+    aco = 240 * ((128 * 4 + 23.4375 * 3.75 * 128 * 4) + (128 * 4 + 23.4375 * 2.5 * 128 * 4))
+    assert sem == 115_937_280 and aco == 18_245_760
+    assert st["teacher_embed"]["disk_gb_per_job"] == pytest.approx((sem + aco) / 2 / GB)
+    assert st["teacher_embed"]["disk_gb"] == pytest.approx((sem + aco) / GB)
+    # checkpoints: last.pt and final.pt = 4 fp32 copies (weights, EMA, Adam m, v); a snapshot = the EMA
+    P = n_params(build_model(cfg, 1 + 64 + 64))                      # built for real on the CPU
+    assert estimate.dit_params(cfg) == P
+    assert st["train_warmup"]["disk_gb_per_job"] == pytest.approx(2 * 16 * P / GB)
+    assert st["train_branch"]["disk_gb_per_job"] == pytest.approx((2 * 16 * P + 4 * 4 * P) / GB)   # 4 snapshot fractions
+    assert st["train_branch"]["disk_gb"] == pytest.approx(2 * st["train_branch"]["disk_gb_per_job"])
+    # samples: 8 + 8 clips of PCM_16 at 24 kHz + their fp32 mels
+    assert st["sample"]["disk_gb_per_job"] == pytest.approx((8 * 3.75 + 8 * 2.5) * (24000 * 2 + mel_s) / GB)
+    assert st["select"]["disk_gb_per_job"] is None and st["select"]["disk_basis"] == "not estimated"
+    # memory: the request (resources.<group>.mem_mb) and, for training, 5 fp32 copies + activations
+    assert st["data_mels"]["mem_gb_requested"] == cfg["resources"]["data"]["mem_mb"] / 1000
+    assert st["select"]["mem_gb_requested"] == cfg["resources"]["default"]["mem_mb"] / 1000
+    mc, B = cfg["model"], cfg["train"]["batch_size"]
+    acts = mc["n_layers"] * B * estimate.crop_frames(cfg) * mc["dim"] * 34
+    assert st["train_branch"]["gpu_mem_gb_est"] == pytest.approx((5 * 4 * P + acts) / GB)
+    assert st["sample"]["gpu_mem_gb_est"] is None
+    t = p["total"]
+    assert t["disk_gb"] == pytest.approx(sum(s["disk_gb"] for s in st.values() if s["disk_gb"] is not None))
+    assert t["peak_mem_gb_requested"] == max(s["mem_gb_requested"] for s in st.values())
+    assert t["peak_gpu_mem_gb_est"] == st["train_branch"]["gpu_mem_gb_est"]
+    text = estimate.table(p)
+    assert "disk-GB/job" in text and "GPU-mem-GB" in text and plan_rows(text)["select"][8] == "-"
+
+
+def test_paper_training_memory_and_checkpoints_are_of_the_issues_size():
+    cfg = config_mod.load(CONFIGS)
+    P = estimate.dit_params(cfg)
+    assert 460e6 < P < 480e6                                        # the issue's 466.5 M (+ the token table)
+    ck = estimate.checkpoint_bytes(P)
+    assert ck["full"] == 16 * P and ck["snapshot"] == 4 * P         # ~7.5 GB and ~1.9 GB
+    assert 20e9 < estimate.train_gpu_memory_bytes(cfg, 1, P) < 78e9    # fits one H100 at batch 32 (estimate)
+    assert estimate.train_gpu_memory_bytes(cfg, 8, P) < estimate.train_gpu_memory_bytes(cfg, 1, P)

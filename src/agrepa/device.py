@@ -1,11 +1,15 @@
-"""Where tensors live: the device from the config, moving a batch there, CPU threads."""
+"""Where tensors live: the device from the config, moving a batch there, CPU threads, and the
+autocast precision a job runs its forward passes in (training and inference share it)."""
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 CONFIG_KEYS = ("device",)  # config sections this module reads
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def resolve_device(cfg: dict, local_rank: int = 0) -> torch.device:
@@ -39,3 +43,27 @@ def cpu_threads() -> int:
     """The CPU thread count this process uses (``set_threads``); CTranslate2 and onnxruntime
     sessions are given the same number as torch."""
     return torch.get_num_threads()
+
+
+def autocast_dtype(precision: str, device: torch.device | str, key: str) -> torch.dtype | None:
+    """The autocast dtype of a precision setting (``train.precision``, ``inference.precision``;
+    ``key`` names it in the error): ``auto`` is bf16 on CUDA and none (fp32) elsewhere, ``bf16``
+    and ``fp32`` force it. Only ``device.type`` is read, so no CUDA call is made."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{key}: expected one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else None
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def autocast(dtype: torch.dtype | None, device: torch.device | str):
+    """The context a forward pass runs in: ``torch.autocast`` to ``dtype`` on the device's type,
+    or a null context (plain fp32) when ``dtype`` is None (:func:`autocast_dtype`)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def full_precision(device: torch.device | str):
+    """A context that turns an enclosing autocast off (the computations that need fp32)."""
+    return torch.autocast(torch.device(device).type, enabled=False)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .plan import CachePlan, read_plan
 from .flops import Dims, sampling_flops
-from ..generation.sampling import generate, guidance, split_requests
+from ..generation.sampling import generate, guidance, inference_dtype, split_requests
 from .quality import QualityScorer, mel_distortion
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def run_variant(model, split, v: Variant, cfg: dict, seed: int, device) -> tuple
     start, cpu = time.perf_counter(), time.process_time()
     mels = generate(model, split.requests, v.steps, sc["cfg_scale"], float(sc["sway"]), seed,
                     batch_size=int(sc["batch_size"]), device=device, progress=False, **guidance(cfg),
-                    new_cache=None if v.plan is None else v.plan.new_cache)
+                    new_cache=None if v.plan is None else v.plan.new_cache, amp=inference_dtype(cfg, device))
     if str(device).startswith("cuda"):
         import torch
         torch.cuda.synchronize()

@@ -35,8 +35,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..config import DOMAINS
-from ..generation.sampling import (batch_inputs, euler_solve, guidance, length_batches, split_requests,
-                                   sway_schedule, target_frames)
+from ..device import autocast
+from ..generation.sampling import (batch_inputs, euler_solve, guidance, inference_dtype, length_batches,
+                                   split_requests, sway_schedule, target_frames)
 from ..model.cache import StepCache
 from .quality import QualityScorer, mel_distortion
 
@@ -58,6 +59,7 @@ def freeze_steps(steps: int, fractions) -> list[int]:
 
 def row_change(y: Tensor, prev: Tensor, weights: Tensor, eps: float) -> Tensor:
     """||y - prev|| / (||prev|| + eps) per row over the real frames (``weights`` [rows, T, 1])."""
+    y, prev = y.float(), prev.float()                  # fp32 norms of bf16 features under autocast
     w = weights.to(y.dtype)
     return ((y - prev) * w).flatten(1).norm(dim=1) / ((prev * w).flatten(1).norm(dim=1) + eps)
 
@@ -99,11 +101,13 @@ def probe_runs(model, cfg: dict, split, seed: int, device) -> tuple[dict, dict, 
     times = sway_schedule(S, float(sc["sway"])).to(device)
     ks = freeze_steps(S, cfg["lsac"]["probe"]["freeze_at"])
     full, frozen, change = {}, defaultdict(dict), defaultdict(dict)
+    amp = inference_dtype(cfg, device)
     for idx in length_batches(split.requests, int(sc["batch_size"])):
         batch = [split.requests[i] for i in idx]
         inputs = tuple(x.to(device) for x in batch_inputs(batch, seed, model.n_mels, g["noise_scale"]))
-        x, states, changes = trace_changes(model, inputs, times, cfg_scale, float(cfg["lsac"]["eps"]),
-                                           g["uncond_prompt"])
+        with autocast(amp, device):
+            x, states, changes = trace_changes(model, inputs, times, cfg_scale, float(cfg["lsac"]["eps"]),
+                                               g["uncond_prompt"])
         full.update((r.id, m) for r, m in zip(batch, target_frames(x.float().cpu(), batch)))
         for (layer, step), r in changes.items():
             for j, req in enumerate(batch):
@@ -112,7 +116,8 @@ def probe_runs(model, cfg: dict, split, seed: int, device) -> tuple[dict, dict, 
                     change[("uncond", layer, step)][req.id] = float(r[len(batch) + j])
         freezes = [(k, layer) for k in ks for layer in range(1, model.n_layers + 1)]
         for k, layer in tqdm(freezes, desc=f"causal freezing, batch of {len(batch)}"):
-            xf = frozen_run(model, inputs, times, states, layer, k, cfg_scale, g["uncond_prompt"])
+            with autocast(amp, device):
+                xf = frozen_run(model, inputs, times, states, layer, k, cfg_scale, g["uncond_prompt"])
             frozen[(layer, k)].update((r.id, m) for r, m in zip(batch, target_frames(xf.float().cpu(), batch)))
     return full, dict(frozen), dict(change)
 

@@ -632,7 +632,7 @@ def convergence_curve(cfg: dict, run_dir, data, seed: int, embedding=None,
     """FAD against the ground truth at every snapshot of ``run_dir`` (module docstring); ``data``:
     the ``agrepa.training.dataset.DataPaths`` of the manifest, mel and token stores."""
     from ..corpora.mels import load_stats
-    from ..generation.sampling import build_requests, choose_prompts, config_targets, generate, run_settings
+    from ..generation.sampling import build_requests, choose_prompts, config_targets, generate, inference_dtype, run_settings
     from ..store import Store
 
     if load is None:
@@ -658,7 +658,7 @@ def convergence_curve(cfg: dict, run_dir, data, seed: int, embedding=None,
     for step, path in tqdm(snapshots(run_dir), desc="snapshots"):
         run = load(path)
         gen = generate(run.model.to(device).eval(), requests, seed=seed, batch_size=int(sc["batch_size"]),
-                       device=device, progress=False, **run_settings(cfg, run.cfg))
+                       device=device, progress=False, amp=inference_dtype(cfg, device), **run_settings(cfg, run.cfg))
         emb = {r.id: embedding.embed(vocoder(x * std + mean), sr) for r, x in zip(requests, gen)}
         for d in DOMAINS:
             ids = [c for c in targets if domain_of[c] == d]

@@ -14,6 +14,8 @@ with x0 ~ N(0, sigma^2 I) (sigma = ``train.noise_scale``, as in training) drawn 
 a clip's noise depends neither on the batch nor on the checkpoint: two checkpoints are compared on
 identical inputs (paired by clip). The per-clip value is recomputed from the objective's velocity
 and checked against the objective's batch mean, so a change of the objective cannot go unnoticed.
+The forward passes run under ``inference.precision`` (auto: bf16 autocast on CUDA, fp32 on the CPU;
+the squared errors and their sums are fp32 either way).
 
 Output CSV (one row per checkpoint x clip): ``step, phase, ckpt, id, domain, loss``. ``--init``
 adds the warm-up checkpoint as branch step 0 (the shared starting point of every method); every
@@ -35,7 +37,7 @@ from ..config import DOMAINS
 
 
 log = logging.getLogger(__name__)
-CONFIG_KEYS = ("eval.heldout", "train.loss_on_prompt", "train.noise_scale")  # config sections this module reads
+CONFIG_KEYS = ("eval.heldout", "inference.precision", "train.loss_on_prompt", "train.noise_scale")  # config sections this module reads
 
 HELDOUT_COLUMNS = ["step", "phase", "ckpt", "id", "domain", "loss"]
 SNAPSHOT = re.compile(r"step_(\d+)\.pt$")
@@ -75,7 +77,7 @@ def per_clip_loss(model, batch: dict, t: torch.Tensor, x0: torch.Tensor, loss_on
 @torch.no_grad()
 def heldout_losses(model, data, cfg: dict, device="cpu") -> pd.DataFrame:
     """``id, domain, loss`` of every held-out clip of ``data`` for ``model`` (module docstring)."""
-    from ..device import move_batch
+    from ..device import autocast, autocast_dtype, move_batch
     from ..model import recipe
     from ..training.dataset import DOMAINS
 
@@ -86,6 +88,7 @@ def heldout_losses(model, data, cfg: dict, device="cpu") -> pd.DataFrame:
     seed, bs = int(hc["seed"]), int(hc["batch_size"])
     loss_on_prompt, noise_scale = recipe(cfg).loss_on_prompt, float(cfg["train"]["noise_scale"])  # the model's arch
     model = model.to(device).eval()
+    amp = autocast_dtype(cfg["inference"]["precision"], device, "inference.precision")   # bf16 on CUDA (auto)
     rows = []
     for batch in data.eval_batches(bs):
         total = torch.zeros(len(batch["ids"]), dtype=torch.float64)
@@ -93,7 +96,8 @@ def heldout_losses(model, data, cfg: dict, device="cpu") -> pd.DataFrame:
         for k, t in enumerate(t_grid):
             tt = torch.full((len(batch["ids"]),), t, device=device)
             x0 = _batch_noise(batch, seed, k).to(device) * noise_scale
-            total += per_clip_loss(model, dev_batch, tt, x0, loss_on_prompt).double().cpu()
+            with autocast(amp, device):
+                total += per_clip_loss(model, dev_batch, tt, x0, loss_on_prompt).double().cpu()
         for cid, d, v in zip(batch["ids"], batch["domain"].tolist(), (total / len(t_grid)).tolist()):
             rows.append({"id": cid, "domain": DOMAINS[d], "loss": v})
     return pd.DataFrame(rows, columns=["id", "domain", "loss"])

@@ -91,11 +91,12 @@ from ..corpora.manifest import read_manifest
 from ..corpora.mels import load_stats
 from ..store import Store
 from ..config import DOMAINS, PAD_ID
+from ..device import autocast, autocast_dtype
 from ..model import recipe
 from ..model.backbone import dit_uncond_prompt
 from ..model.cache import StepCache
 
-CONFIG_KEYS = ('audio', 'sample', 'train.noise_scale', 'train.cfg_mode')  # config sections this module reads
+CONFIG_KEYS = ('audio', 'inference.precision', 'sample', 'train.noise_scale', 'train.cfg_mode')  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def guided_velocity(model, x: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
     pass keeps the reference mel with ``uncond_prompt="keep"``), combined by ``formula``."""
     B = x.shape[0]
     if cfg_scale is None:
-        return model(x, t, tokens, prompt, mask, cache=cache)
+        return model(x, t, tokens, prompt, mask, cache=cache).float()
     if uncond_prompt not in ("keep", "drop"):
         raise ValueError(f"sample.cfg_uncond_prompt: expected keep or drop, got {uncond_prompt!r}")
     if formula not in ("uncond", "cond"):
@@ -158,7 +159,7 @@ def guided_velocity(model, x: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
     drop_prompt = torch.zeros_like(drop) if uncond_prompt == "keep" else drop
     v = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, tokens]), torch.cat([prompt, prompt]),
               None if mask is None else torch.cat([mask, mask]), drop_tokens=drop, drop_prompt=drop_prompt,
-              cache=cache)
+              cache=cache).float()                   # the guidance combination in fp32 (a no-op in fp32)
     v_c, v_u = v[:B], v[B:]
     return (v_u if formula == "uncond" else v_c) + float(cfg_scale) * (v_c - v_u)
 
@@ -188,7 +189,7 @@ def euler_solve(model, noise: Tensor, times: Tensor, tokens: Tensor, prompt: Ten
             states.append(x)
         t = times[i].expand(x.shape[0])
         v = guided_velocity(model, x, t, tokens, prompt, mask, cfg_scale, uncond_prompt, cache, formula)
-        x = x + (times[i + 1] - times[i]) * v
+        x = x + (times[i + 1] - times[i]) * v        # the ODE state stays fp32 under autocast
     return x
 
 
@@ -229,6 +230,12 @@ def noise_for(seed: int, clip_id: str, n_frames: int, n_mels: int) -> Tensor:
     from ..training.dataset import generator
 
     return torch.randn(n_frames, n_mels, generator=generator(seed, "sample", clip_id))
+
+
+def inference_dtype(cfg: dict, device) -> torch.dtype | None:
+    """The autocast dtype of sampling and LSAC on ``device`` (``inference.precision``: auto is bf16
+    on CUDA, fp32 on the CPU)."""
+    return autocast_dtype(cfg["inference"]["precision"], device, "inference.precision")
 
 
 def run_config(cfg: dict, trained: dict) -> dict:
@@ -282,19 +289,22 @@ def generate(model, requests: Sequence[Request], steps: int, cfg_scale: float | 
              batch_size: int = 8, device: str | torch.device = "cpu", progress: bool = True,
              noise_scale: float = 1.0, uncond_prompt: str = "drop",
              new_cache: Callable[[], StepCache] | None = None, schedule: str = "sway",
-             formula: str = "uncond") -> list[Tensor]:
+             formula: str = "uncond", amp: torch.dtype | None = None) -> list[Tensor]:
     """Generated normalised mels [L, n_mels] (target frames only), one per request; x0 has
     standard deviation ``noise_scale`` (``train.noise_scale``; ``**sampler_settings(cfg)`` gives
     every setting of a backbone's recipe).
 
-    ``new_cache``: makes the step cache of each batch (e.g. ``CachePlan.new_cache``; None: no cache)."""
+    ``new_cache``: makes the step cache of each batch (e.g. ``CachePlan.new_cache``; None: no cache).
+    ``amp``: the autocast dtype of the model's forward passes (:func:`inference_dtype`; None: fp32);
+    the ODE state and the guidance combination stay fp32."""
     out: dict[int, Tensor] = {}
     for idx in tqdm(length_batches(requests, batch_size), desc="sampling", disable=not progress):
         batch = [requests[i] for i in idx]
         noise, tokens, prompt, mask = batch_inputs(batch, seed, model.n_mels, noise_scale)
-        x = euler_sample(model, noise.to(device), tokens.to(device), prompt.to(device), mask.to(device),
-                         steps, cfg_scale, sway, uncond_prompt, None if new_cache is None else new_cache(),
-                         schedule, formula).float().cpu()
+        with autocast(amp, device):
+            x = euler_sample(model, noise.to(device), tokens.to(device), prompt.to(device), mask.to(device),
+                             steps, cfg_scale, sway, uncond_prompt, None if new_cache is None else new_cache(),
+                             schedule, formula).float().cpu()
         out.update(zip(idx, target_frames(x, batch)))
     return [out[i] for i in range(len(requests))]
 
@@ -484,7 +494,8 @@ def sample_split(model, cfg: dict, data, split: str, seed: int, out_dir: str | o
     targets, prompts, requests, mean, std, rows = sr.targets, sr.prompts, sr.requests, sr.mean, sr.std, sr.rows
     model = model.to(device).eval()
     settings = sampler_settings(cfg)
-    gen = generate(model, requests, seed=seed, batch_size=int(sc["batch_size"]), device=device, **settings)
+    gen = generate(model, requests, seed=seed, batch_size=int(sc["batch_size"]), device=device,
+                   amp=inference_dtype(cfg, device), **settings)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mels_out, records = {}, []

@@ -10,7 +10,17 @@ Config B's token fusion, the optimizer and EMA (each well under 1 % at paper siz
 been measured on a GPU, so every figure is an estimate at a stated MFU. Other GPU rules: a stated
 GPU-hours per job (``plan.job_gpu_hours``). Wall-clock per job = GPU-hours / the job's GPUs
 (``resources.<group>.gpu`` x ``nodes``, perfect scaling); the total wall-clock adds the stages' per-job
-wall-clock (every job of a stage in parallel, the stages one after another)."""
+wall-clock (every job of a stage in parallel, the stages one after another).
+
+Disk written per job (GB = 1e9 bytes), from the store formats and ``plan.clip_seconds`` (the mean clip;
+``plan.clips`` train clips, so the valid and test clips add theirs): ``data_mels`` float32
+``audio.n_mels`` x ``sample_rate / hop_length`` frames per second; ``teacher_embed`` (one job per
+role, every clip of both domains) :func:`teacher_store_bytes_per_clip`; ``train_warmup`` /
+``train_branch`` :func:`checkpoint_bytes` (``last.pt`` and ``final.pt`` the full training state, a
+branch's ``train.snapshot_fractions`` snapshots the EMA weights); ``sample`` PCM_16 wav + float32 mel
+of ``sample.max_clips`` clips. Other rules: not estimated (``-``; most write CSV / JSON). Peak memory
+per job: the ``mem_mb`` the job requests (``resources``, per node), and for the DiT training jobs
+an analytic GPU-memory estimate per GPU (:func:`train_gpu_memory_bytes`)."""
 from __future__ import annotations
 
 import inspect
@@ -28,7 +38,8 @@ from ..config import DOMAINS
 from ..model.dit import DiT
 from ..training.schedule import Lengths
 
-CONFIG_KEYS = ("plan", "train", "model", "audio", "resources")  # config sections this module reads
+CONFIG_KEYS = ("plan", "train", "model", "audio", "resources", "sample.max_clips", "tokens.speech.k",
+               "tokens.audio.k")  # config sections this module reads
 
 SKIPPED = {"results", ".snakemake", ".git"}   # not linked into the dry run's scratch directory
 TRAIN_RULES = {"train_warmup": "warmup", "train_branch": "branch"}
@@ -39,6 +50,23 @@ RULE_GROUPS = {"teacher_embed": "teacher_embed", "tokens_fit": "tokens", "tokens
                "sample": "sample", "evaluate": "evaluate", "evaluate_reference": "evaluate",
                "lsac_probe": "sample", "lsac_eval": "sample", "rr_sample_scale": "sample",
                "rr_evaluate_scale": "evaluate", "rr_rsa": "evaluate"}
+# rule -> resources group of the CPU rules that name one (the rest take resources.default)
+CPU_RULE_GROUPS = {"data_synth": "data", "data_corpus": "data", "data_mels": "data", "teacher_train": "teacher_train",
+                   "eval_classifier_train": "teacher_train", "listening_test": "report"}
+
+
+GB = 1e9
+MEL_BYTES = 4                  # float32 mel frames (corpora/mels.py)
+WAV_BYTES = 2                  # PCM_16 samples of a generated clip (audio.write_wav)
+TEACHER_POOLED_BYTES = 4       # float32 pooled [D] of every clip (teachers/cache.py)
+TEACHER_FRAME_BYTES = 4        # float32 frames [T', D] of every clip, written for every clip (teachers/cache.py today)
+# fp32 copies of the weights: a full checkpoint (weights, EMA, Adam m and v), a snapshot (the EMA),
+# a training process (weights, gradients, Adam m and v, EMA)
+STATE_COPIES = {"full": 4, "snapshot": 1, "train_gpu": 5}
+# bytes per layer x token x width a training step keeps for the backward: bf16 activations of a
+# transformer block (Korthikanti et al. 2022, "Reducing activation recomputation"), flash attention
+# (no T^2 term)
+ACTIVATION_BYTES = 34
 
 
 def dims(cfg: dict) -> Dims:
@@ -56,6 +84,79 @@ def crop_frames(cfg: dict) -> int:
 def train_step_flops(cfg: dict) -> int:
     """FLOPs of one optimiser step (forward + backward = 3 x forward) on the global batch."""
     return 3 * forward_flops(dims(cfg), int(cfg["train"]["batch_size"]), crop_frames(cfg))["total"]
+
+
+def dit_params(cfg: dict) -> int:
+    """Parameters of the config's DiT (Config A's vocabulary: 1 + tokens.speech.k + tokens.audio.k),
+    built on the meta device (no memory); the REPA / BiT-C heads are not counted."""
+    import torch
+
+    from ..model.dit import build_model
+    from ..model.layers import n_params
+
+    vocab = 1 + int(cfg["tokens"]["speech"]["k"]) + int(cfg["tokens"]["audio"]["k"])
+    with torch.device("meta"):
+        return n_params(build_model(cfg, vocab))
+
+
+def mel_bytes_per_second(cfg: dict) -> float:
+    """float32 mel frames of one second of audio: n_mels x (sample_rate / hop_length) x 4 B."""
+    ac = cfg["audio"]
+    return int(ac["n_mels"]) * ac["sample_rate"] / ac["hop_length"] * MEL_BYTES
+
+
+def window_seconds(cfg: dict, domain: str) -> float:
+    """The mean clip's seconds within ``audio.max_seconds`` (what the teachers and the sampler see)."""
+    return min(float(cfg["plan"]["clip_seconds"][domain]), float(cfg["audio"]["max_seconds"]))
+
+
+def teacher_store_bytes_per_clip(cfg: dict, role: str, domain: str) -> float:
+    """Bytes the ``role`` teacher store holds for the mean ``domain`` clip, as teachers/cache.py writes
+    it today: pooled [D] float32 + frames [frame_rate x window, D] float32, frames for every clip
+    (``plan.teachers.<role>``: dim, frame_rate). Change :data:`TEACHER_FRAME_BYTES` (fp16: 2) or this
+    function when the store writes frames differently."""
+    t = cfg["plan"]["teachers"][role]
+    D = int(t["dim"])
+    return D * TEACHER_POOLED_BYTES + float(t["frame_rate"]) * window_seconds(cfg, domain) * D * TEACHER_FRAME_BYTES
+
+
+def checkpoint_bytes(p: int) -> dict[str, int]:
+    """``full``: last.pt / final.pt (fp32 weights, EMA and Adam's two moments); ``snapshot``: a
+    convergence snapshot (the EMA weights: training/checkpoint.py ``snapshot_dict``) of a model of
+    ``p`` parameters (:func:`dit_params`)."""
+    return {k: STATE_COPIES[k] * p * 4 for k in ("full", "snapshot")}
+
+
+def train_gpu_memory_bytes(cfg: dict, gpus: int, params: int) -> float:
+    """Peak memory of one training process (estimate): fp32 weights, gradients, Adam m and v and EMA
+    (5 x params x 4 B, every DDP rank holds them) + activations L x (batch / gpus) x crop x dim x
+    :data:`ACTIVATION_BYTES` (bf16, flash attention); no allocator overhead, workspace or heads."""
+    mc = cfg["model"]
+    rows = math.ceil(int(cfg["train"]["batch_size"]) / max(gpus, 1))
+    acts = int(mc["n_layers"]) * rows * crop_frames(cfg) * int(mc["dim"]) * ACTIVATION_BYTES
+    return STATE_COPIES["train_gpu"] * params * 4 + acts
+
+
+def disk_per_job(cfg: dict, rule: str, ln: Lengths | None, params: int | None) -> tuple[float | None, str]:
+    """(bytes one job of ``rule`` writes, basis); None where not estimated (module docstring)."""
+    clips = {d: int(cfg["plan"]["clips"][d]) for d in DOMAINS}
+    if rule == "data_mels":
+        return sum(clips[d] * float(cfg["plan"]["clip_seconds"][d]) for d in DOMAINS) * mel_bytes_per_second(cfg), \
+            "fp32 mels of plan.clips"
+    if rule == "teacher_embed":    # one job per role; the mean of the two roles' stores
+        per = [sum(clips[d] * teacher_store_bytes_per_clip(cfg, r, d) for d in DOMAINS) for r in ("semantic", "acoustic")]
+        return sum(per) / 2, "fp32 pooled + frames, every clip (mean of the 2 roles)"
+    if rule in TRAIN_RULES:
+        from ..training.train import snapshot_steps
+
+        ck = checkpoint_bytes(params)
+        snaps = len(snapshot_steps(cfg, ln.steps("branch"))) if rule == "train_branch" else 0
+        return 2 * ck["full"] + snaps * ck["snapshot"], f"last + final full state, {snaps} EMA snapshots"
+    if rule == "sample":
+        per_s = cfg["audio"]["sample_rate"] * WAV_BYTES + mel_bytes_per_second(cfg)
+        n = cfg["sample"]["max_clips"]
+        return sum(int(n[d]) * window_seconds(cfg, d) * per_s for d in DOMAINS), "PCM_16 wav + fp32 mel"
+    return None, "not estimated"
 
 
 def lengths(cfg: dict) -> Lengths:
@@ -115,10 +216,12 @@ def plan(cfg: dict, counts: dict[str, int]) -> dict:
     rate = float(pc["mfu"]) * float(pc["peak_tflops"]) * 1e12            # FLOP/s achieved per GPU
     step = train_step_flops(cfg)
     ln = lengths(cfg) if set(counts) & set(TRAIN_RULES) else None
+    params = dit_params(cfg) if ln is not None else None
     stages = {}
     for rule, jobs in counts.items():
         group = RULE_GROUPS.get(rule)
-        res = rc[group] if group in rc else rc["default"]
+        res_group = group or CPU_RULE_GROUPS.get(rule)
+        res = rc[res_group] if res_group in rc else rc["default"]
         gpus = int(res["gpu"]) * int(res["nodes"] if "nodes" in res else 1) if group else 0
         row = {"jobs": jobs, "group": group or "-", "gpus_per_job": gpus}
         if rule in TRAIN_RULES:
@@ -134,21 +237,54 @@ def plan(cfg: dict, counts: dict[str, int]) -> dict:
         wall = per_job / max(gpus, 1)
         row.update(gpu_hours_per_job=per_job, gpu_hours=per_job * jobs, wall_hours_per_job=wall,
                    runtime_min=int(res["runtime"]), submissions=max(1, math.ceil(wall * 60 / int(res["runtime"]) - 1e-9)))
+        row.update(disk_and_memory(cfg, rule, res, gpus, jobs, ln, params))
         stages[rule] = row
-    total = {"jobs": sum(r["jobs"] for r in stages.values()),
-             "gpu_hours": sum(r["gpu_hours"] for r in stages.values()),
-             "wall_hours": sum(r["wall_hours_per_job"] for r in stages.values())}
     return {"estimate": f"MFU {pc['mfu']} of {pc['peak_tflops']} TFLOP/s ({pc['gpu']}); not measured",
-            "train_step_tflop": step / 1e12, "crop_frames": crop_frames(cfg), "stages": stages, "total": total}
+            "train_step_tflop": step / 1e12, "crop_frames": crop_frames(cfg), "stages": stages,
+            "total": totals(stages)}
+
+
+def disk_and_memory(cfg: dict, rule: str, res: dict, gpus: int, jobs: int, ln: Lengths | None,
+                    params: int | None) -> dict:
+    """A stage's disk (GB per job and in all, basis; None: not estimated), the memory its jobs request
+    (GB per node) and, for the DiT training rules, the estimated GPU memory per process."""
+    disk, basis = disk_per_job(cfg, rule, ln, params)
+    row = {"disk_gb_per_job": None if disk is None else disk / GB, "disk_gb": None if disk is None else disk * jobs / GB,
+           "disk_basis": basis, "mem_gb_requested": int(res["mem_mb"]) / 1000, "gpu_mem_gb_est": None}
+    if rule in TRAIN_RULES:
+        row["gpu_mem_gb_est"] = train_gpu_memory_bytes(cfg, gpus, params) / GB
+    return row
+
+
+def totals(stages: dict) -> dict:
+    """Jobs, GPU-hours, wall-clock (the stages' per-job wall-clock added), disk (the estimated
+    stages') and the largest memory request and GPU-memory estimate of any job."""
+    rows = stages.values()
+    return {"jobs": sum(r["jobs"] for r in rows), "gpu_hours": sum(r["gpu_hours"] for r in rows),
+            "wall_hours": sum(r["wall_hours_per_job"] for r in rows),
+            "disk_gb": sum(r["disk_gb"] for r in rows if r["disk_gb"] is not None),
+            "peak_mem_gb_requested": max((r["mem_gb_requested"] for r in rows), default=0.0),
+            "peak_gpu_mem_gb_est": max((r["gpu_mem_gb_est"] for r in rows if r["gpu_mem_gb_est"] is not None),
+                                       default=None)}
+
+
+def _num(value, width: int, fmt: str) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}{fmt}}"
 
 
 def table(p: dict) -> str:
-    """The plan as a fixed-width text table."""
-    head = f"{'rule':<22}{'jobs':>6}{'gpus':>6}{'GPU-h/job':>11}{'GPU-h':>10}{'wall-h/job':>12}{'runtime':>9}{'subm':>6}  basis"
-    rows = [f"estimate ({p['estimate']}); train step {p['train_step_tflop']:.1f} TFLOP on {p['crop_frames']} frames", head]
+    """The plan as a fixed-width text table (``-``: not estimated)."""
+    head = (f"{'rule':<22}{'jobs':>6}{'gpus':>6}{'GPU-h/job':>11}{'GPU-h':>10}{'wall-h/job':>12}{'runtime':>9}{'subm':>6}"
+            f"{'disk-GB/job':>13}{'disk-GB':>10}{'mem-GB':>8}{'GPU-mem-GB':>12}  basis")
+    rows = [f"estimate ({p['estimate']}); train step {p['train_step_tflop']:.1f} TFLOP on {p['crop_frames']} frames; "
+            "mem-GB: requested (resources, per node); GPU-mem-GB: estimated per training process", head]
     for rule, r in p["stages"].items():
         rows.append(f"{rule:<22}{r['jobs']:>6}{r['gpus_per_job']:>6}{r['gpu_hours_per_job']:>11.2f}{r['gpu_hours']:>10.1f}"
-                    f"{r['wall_hours_per_job']:>12.2f}{r['runtime_min']:>9}{r['submissions']:>6}  {r['basis']}")
+                    f"{r['wall_hours_per_job']:>12.2f}{r['runtime_min']:>9}{r['submissions']:>6}"
+                    f"{_num(r['disk_gb_per_job'], 13, '.2f')}{_num(r['disk_gb'], 10, '.1f')}"
+                    f"{r['mem_gb_requested']:>8.1f}{_num(r['gpu_mem_gb_est'], 12, '.1f')}  {r['basis']}")
     t = p["total"]
-    rows.append(f"{'total':<22}{t['jobs']:>6}{'':>6}{'':>11}{t['gpu_hours']:>10.1f}{t['wall_hours']:>12.2f}")
+    rows.append(f"{'total':<22}{t['jobs']:>6}{'':>6}{'':>11}{t['gpu_hours']:>10.1f}{t['wall_hours']:>12.2f}{'':>9}{'':>6}"
+                f"{'':>13}{t['disk_gb']:>10.1f}{t['peak_mem_gb_requested']:>8.1f}{_num(t['peak_gpu_mem_gb_est'], 12, '.1f')}"
+                "  (disk: the estimated rules; memory: the largest job)")
     return "\n".join(rows)

@@ -33,6 +33,11 @@ L ablated passes are full forwards in train mode with their own dropout masks, d
 from a generator seeded per call (:func:`foga_train_mode`; L + 1 full forwards, no
 shared work, since the masks differ). Without dropout train mode computes what eval
 mode does, so the exact shared-work path runs.
+
+FoG-A runs in fp32 whatever autocast encloses it (``inference.precision`` included): a score is
+the relative difference of two velocities, and bf16's rounding (2^-8 relative) of the two
+forwards would put a floor of about 0.5 % under every score, the size of a deep layer's; the
+shared-work path also equals :func:`foga_naive` only in exact arithmetic.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from ..device import full_precision
 from ..model.backbone import Backbone, Stream
 
 
@@ -158,6 +164,11 @@ def foga_per_sample(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, pro
     """
     if mode not in FOGA_MODES:
         raise ValueError(f"probe.foga_mode: expected one of {list(FOGA_MODES)}, got {mode!r}")
+    with full_precision(x_t.device):                      # fp32 under any autocast (module docstring)
+        return _foga_per_sample(model, x_t, t, tokens, prompt, mask, eps, max_streams, return_hidden, mode, seed)
+
+
+def _foga_per_sample(model, x_t, t, tokens, prompt, mask, eps, max_streams, return_hidden, mode, seed):
     if mode == "train" and has_dropout(model):
         scores = foga_train_mode(model, x_t, t, tokens, prompt, mask, eps, seed)
         if not return_hidden:
@@ -208,6 +219,6 @@ def foga(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor
 @torch.no_grad()
 def foga_naive(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, prompt: Tensor,
                mask: Tensor | None = None, eps: float = 1e-6) -> Tensor:
-    """Reference FoG-A -> Tensor[L]: one full gated forward per layer (g_l = 0, others 1)."""
-    with eval_mode(model):
+    """Reference FoG-A -> Tensor[L]: one full gated forward per layer (g_l = 0, others 1), fp32."""
+    with eval_mode(model), full_precision(x_t.device):
         return gated_ablations(model, x_t, t, tokens, prompt, mask, eps).mean(1)

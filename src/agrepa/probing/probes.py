@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from ..config import DOMAINS
 from ..corpora.manifest import split_labels
-from ..device import move_batch, resolve_device
+from ..device import autocast, autocast_dtype, full_precision, move_batch, resolve_device
 from ..model import Backbone, recipe
 from ..store import Store
 from ..training.checkpoint import load_run
@@ -52,7 +52,7 @@ from ..training.objectives import flow_matching_loss, ot_path
 from .foga import eval_mode, foga_per_sample
 from .records import CSV_COLUMNS, PROBES
 
-CONFIG_KEYS = ('probe', 'train.loss_on_prompt', 'train.noise_scale')  # config sections this module reads
+CONFIG_KEYS = ('inference.precision', 'probe', 'train.loss_on_prompt', 'train.noise_scale')  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def lasp_per_sample(model: Backbone, x_t: Tensor, t: Tensor, tokens: Tensor, pro
     ``score_fn`` is the one frozen head (with its teacher targets) applied to
     every layer, so all depths are scored in the same space.
     """
-    with eval_mode(model):
+    with eval_mode(model), full_precision(x_t.device):   # fp32 as FoG-A's forward it otherwise reuses
         _, hidden = model(x_t, t, tokens, prompt, mask, return_hidden=True)
         return lasp_from_hidden(with_interface(model, hidden, tokens, mask), mask, score_fn)
 
@@ -174,11 +174,22 @@ def _summarise(per_batch: list[Tensor], n: int, meta: dict, first_layer: int) ->
             for i in range(stacked.shape[1])]
 
 
+def _checked_probes(probes: Iterable[str], scorers) -> list[str]:
+    probes = list(probes)
+    unknown = set(probes) - set(PROBES)
+    if unknown:
+        raise ValueError(f"unknown probe(s) {sorted(unknown)}; choose from {PROBES}")
+    if "lasp" in probes and not scorers:
+        raise ValueError("the lasp probe needs scorers (one shared head per domain)")
+    return probes
+
+
 def run_probes(model: Backbone, batches: dict[str, list[dict]], t_grid: Sequence[float], *,
                noise_seed: int, eps: float = 1e-6, scorers: dict[str, Callable[[dict], ScoreFn]] | None = None,
                probes: Iterable[str] = PROBES, config_name: str = "", seed: int = 0,
                max_streams: int | None = None, gradnorm_t_grid: Sequence[float] | None = None,
-               loss_on_prompt: bool = True, noise_scale: float = 1.0, foga_mode: str = "eval") -> pd.DataFrame:
+               loss_on_prompt: bool = True, noise_scale: float = 1.0, foga_mode: str = "eval",
+               amp: torch.dtype | None = None) -> pd.DataFrame:
     """Run the probes over per-domain batches -> tidy DataFrame (:data:`CSV_COLUMNS`).
 
     ``batches[domain]`` is a list of batch dicts with ``mel`` [B, T, n_mels]
@@ -191,15 +202,12 @@ def run_probes(model: Backbone, batches: dict[str, list[dict]], t_grid: Sequence
     ``loss_on_prompt=False`` that loss leaves out the batch's ``prompt_mask`` frames
     (as ``train.loss_on_prompt`` does in training; needs ``prompt_mask``). ``noise_scale``:
     the standard deviation of x0 (``train.noise_scale``). ``foga_mode``: ``probe.foga_mode``
-    (``train``: each (domain, batch, t) draws its dropout masks from its own seed).
+    (``train``: each (domain, batch, t) draws its dropout masks from its own seed). ``amp``: the
+    autocast dtype of the gradient-norm passes (``inference.precision``; None: fp32); FoG-A and
+    LASP always run in fp32 (:func:`agrepa.probing.foga.foga_per_sample`).
     """
     grad_grid = list(t_grid if gradnorm_t_grid is None else gradnorm_t_grid)
-    probes = list(probes)
-    unknown = set(probes) - set(PROBES)
-    if unknown:
-        raise ValueError(f"unknown probe(s) {sorted(unknown)}; choose from {PROBES}")
-    if "lasp" in probes and not scorers:
-        raise ValueError("the lasp probe needs scorers (one shared head per domain)")
+    probes = _checked_probes(probes, scorers)
     rows: list[dict] = []
     for domain, blist in batches.items():
         if domain not in DOMAINS:
@@ -240,7 +248,8 @@ def run_probes(model: Backbone, batches: dict[str, list[dict]], t_grid: Sequence
                     lasp_b[t].append(lasp(model, x_t, tt, tokens, prompt, mask, score_fn).cpu())
                 steps.update()
             if "gradnorm" in probes:
-                grad_b.append(gradnorm(model, batch, x0, grad_grid, loss_on_prompt).cpu())
+                with autocast(amp, x1.device):
+                    grad_b.append(gradnorm(model, batch, x0, grad_grid, loss_on_prompt).cpu())
                 steps.update()
         steps.close()
         base = {"config": config_name, "seed": seed, "domain": domain}
@@ -296,7 +305,8 @@ def probe_checkpoint(cfg: dict, ckpt, data: DataPaths, *, split: str = "train", 
                     seed=int(run.seed if seed is None else seed), max_streams=pcfg["foga_max_streams"],
                     gradnorm_t_grid=pcfg["gradnorm_t_grid"],
                     loss_on_prompt=recipe(cfg, run.cfg["model"]["arch"]).loss_on_prompt,
-                    noise_scale=float(cfg["train"]["noise_scale"]), foga_mode=pcfg["foga_mode"])
+                    noise_scale=float(cfg["train"]["noise_scale"]), foga_mode=pcfg["foga_mode"],
+                    amp=autocast_dtype(cfg["inference"]["precision"], device, "inference.precision"))
     log.info("probed %s (step %d): %d rows", ckpt, run.step, len(df))
     return df
 

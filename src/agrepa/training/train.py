@@ -41,7 +41,6 @@ floating-point reduction order.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -57,7 +56,7 @@ from tqdm import tqdm
 
 from .. import config as config_mod
 from .. import io
-from ..device import move_batch, resolve_device
+from ..device import autocast, autocast_dtype, move_batch, resolve_device
 from ..model import build_model, recipe
 from ..model.tokens import CONFIG_A_LAYOUT
 from . import distributed as dist_mod
@@ -110,18 +109,6 @@ class StepOptions:
 
 
 # -- pieces of the run --
-
-def autocast_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPU, none (fp32) on CPU, unless ``train.precision`` says otherwise."""
-    p = cfg["train"]["precision"]
-    if p == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if p == "bf16":
-        return torch.bfloat16
-    if p == "fp32":
-        return None
-    raise ValueError(f"train.precision: expected auto, bf16 or fp32, got {p!r}")
-
 
 @dataclass
 class StepDraw:
@@ -298,7 +285,7 @@ class Loop:
             raise ValueError(f"--steps: must be >= 1, got {total}")
         start = 0 if init_ck is None else int(init_ck["start_step"]) + int(init_ck["step"])
         device, G = resolve_device(cfg, d.local_rank), int(tc["batch_size"])
-        return cls(cfg, phase, seed, out, d, device, autocast_dtype(cfg, device), G, shard(G, d.rank, d.world_size),
+        return cls(cfg, phase, seed, out, d, device, autocast_dtype(cfg["train"]["precision"], device, "train.precision"), G, shard(G, d.rank, d.world_size),
                    float(tc["grad_clip"]) if tc["grad_clip"] else math.inf, recipe(cfg).loss_on_prompt,
                    float(tc["noise_scale"]), every, log_every, lengths, total, start, continues,
                    "train" if continues else phase, snapshot_steps(cfg, total) if phase == "branch" else set())
@@ -542,7 +529,7 @@ def losses(loop: Loop, forward: nn.Module, state: TrainState, batch: dict,
     j, dev, T = loop.local, loop.device, batch["mel"].shape[1]
     x0 = noise(loop.cfg, draw, loop.batch_size, dev)[j, :T].to(dev) * loop.noise_scale
     drop_tokens = draw.drop_tokens[j].to(dev)
-    with (torch.autocast(dev.type, dtype=loop.amp) if loop.amp is not None else contextlib.nullcontext()):
+    with autocast(loop.amp, dev):
         fm = flow_matching_loss(forward, batch, draw.t[j].to(dev), x0, loss_on_prompt=loop.loss_on_prompt,
                                 drop_tokens=drop_tokens, drop_prompt=draw.drop_prompt[j].to(dev), return_hidden=True,
                                 padded=padded(loop, batch))
