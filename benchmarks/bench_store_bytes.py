@@ -119,7 +119,7 @@ def report(dirs: dict[str, Path]) -> None:
 
 def precision(cfg_paths: list[str], sets: list[str], work: Path, dirs: dict[str, Path]) -> None:
     from agrepa.corpora.mels import load_stats
-    from agrepa.tokenizers.inputs import FEATURE_ROLE, reads_frames
+    from agrepa.teachers.readers import FEATURE_ROLE, reads_frames
     from agrepa.tokenizers.streams import fit_stream, load_tokenizer
 
     cfg = C.load(cfg_paths, overrides=sets)

@@ -9,7 +9,7 @@ from agrepa import config as C
 from agrepa.store import Store
 from agrepa.teachers.beats import BEATs, save_checkpoint
 from agrepa.teachers.cache import FULL_FP32, embed_manifest, store_layout
-from agrepa.tokenizers.inputs import frames_read
+from agrepa.teachers.readers import frames_read
 from agrepa.tokenizers.streams import fit_stream
 from test_teachers import tiny_beats_cfg, write_clips
 from test_workflow_support import DEFAULT_CONFIG, REPO

@@ -114,9 +114,9 @@ def window_seconds(cfg: dict, domain: str) -> float:
 def teacher_store_bytes_per_clip(cfg: dict, role: str, domain: str) -> float:
     """Bytes the ``role`` teacher store holds for the mean ``domain`` clip, as teachers/cache.py writes
     it: pooled [D] float32 + frames [frame_rate x window, D] in ``teachers.frames_dtype``, the frames
-    only where a configured tokenizer reads them (:func:`agrepa.tokenizers.inputs.frames_read`)
+    only where a configured tokenizer reads them (:func:`agrepa.teachers.readers.frames_read`)
     (``plan.teachers.<role>``: dim, frame_rate)."""
-    from ..tokenizers.inputs import frames_read
+    from ..teachers.readers import frames_read
 
     t = cfg["plan"]["teachers"][role]
     D = int(t["dim"])

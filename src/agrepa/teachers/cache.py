@@ -4,7 +4,7 @@ Output: an :mod:`agrepa.store` with, per clip id, ``pooled`` [D] float32 (mean o
 frames, the REPA / BiT-C training target) and, only where a configured stage reads them,
 ``frames`` [T', D] in ``teachers.frames_dtype`` (float16 by default). What is stored is
 decided in one place, :func:`store_layout`: frames are kept for the clips of the domains
-:func:`agrepa.tokenizers.inputs.frames_read` names (the domains a frame-reading tokenizer
+:func:`agrepa.teachers.readers.frames_read` names (the domains a frame-reading tokenizer
 fits on or encodes; none at paper.yaml's semantic role, whose speech stream is the S3 ONNX
 tokenizer reading audio). Readers upcast frames with ``.float()``. ``index.json`` meta::
 
@@ -42,7 +42,7 @@ from .. import io
 from ..batching import Throughput, batches
 from ..store import Store, StoreWriter
 from ..config import DOMAINS
-from ..tokenizers.inputs import frames_read
+from .readers import frames_read
 from .base import Teacher
 from .registry import build_teacher
 
@@ -70,7 +70,7 @@ FULL_FP32 = StoreLayout(DOMAINS, "float32")
 
 def store_layout(cfg: dict, role: str) -> StoreLayout:
     """The ``role`` store's layout at ``cfg``: frames of the domains a configured stage reads
-    (:func:`agrepa.tokenizers.inputs.frames_read`), in ``teachers.frames_dtype``."""
+    (:func:`agrepa.teachers.readers.frames_read`), in ``teachers.frames_dtype``."""
     dtype = str(cfg["teachers"]["frames_dtype"])
     if dtype not in FRAMES_DTYPES:
         raise ValueError(f"teachers.frames_dtype: {dtype!r}, expected one of {sorted(FRAMES_DTYPES)}")

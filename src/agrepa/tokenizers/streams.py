@@ -42,6 +42,7 @@ from .. import io
 from ..batching import Throughput, batches
 from ..device import cpu_threads
 from ..store import Store, StoreWriter
+from ..teachers.readers import AUDIO_KINDS, FEATURE_ROLE   # stream -> teacher role; the kinds that read audio
 from .kmeans import KMeans, sample_frames, usage_from_counts, usage_stats
 from .repcodec import RepCodec, fit_repcodec, fit_window, repcodec_settings, sample_windows
 from .timing import grid_granularity, pair_by_time
@@ -51,8 +52,6 @@ CONFIG_KEYS = ("audio", "tokens")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
-# which teacher role each stream's frames come from; the kinds that read audio (:mod:`.inputs`)
-from .inputs import AUDIO_KINDS, FEATURE_ROLE  # noqa: E402
 TOKEN_CONFIGS = ("A", "B")
 
 
@@ -142,7 +141,7 @@ def _frame_lengths(store: Store, ids: list[str]) -> tuple[list[int], int]:
 
 def _no_frames(store: Store, clip: str) -> ValueError:
     """The error for a store written without the frames of ``clip``: the config that built it
-    had no reader of them (:func:`agrepa.tokenizers.inputs.frames_read`)."""
+    had no reader of them (:func:`agrepa.teachers.readers.frames_read`)."""
     kept = store.meta.get("frames_domains")
     where = "for no clip" if kept == [] else f"for the clips of domains {kept} only"
     return ValueError(f"{store.dir}: no {store.meta.get('role')} frames for clip {clip!r} (the store keeps "

@@ -13,7 +13,8 @@ it reads, by domain (:mod:`agrepa.tokenizers.streams`)::
 Nothing else reads teacher frames: training, probing, sampling and evaluation read the
 ``pooled`` embedding (:mod:`agrepa.training.dataset`) or run a teacher themselves
 (:mod:`agrepa.evaluation.embeddings`). :func:`frames_read` turns this table and the
-config into the domains whose frames the embed job writes.
+config into the domains whose frames the embed job writes. The table lives in the teachers
+stage, below the tokenizers (which import it), so the embed job can ask it.
 """
 from __future__ import annotations
 
