@@ -76,6 +76,8 @@ def test_semantic_store_without_readers_has_no_frames(tmp_path):
     store = Store(tmp_path / "sem")
     for row in rows:
         assert set(store.get(row["id"])) == {"pooled"}
+        assert store.has(row["id"], "pooled") and not store.has(row["id"], "frames")
+    assert not store.has("no-such-clip", "pooled")
     with pytest.raises(ValueError, match="no semantic frames"):
         fit_stream(C.load(DEFAULT_CONFIG), "speech", manifest, tmp_path / "tok", features=tmp_path / "sem")
 
