@@ -97,6 +97,7 @@ class Store:
         self.meta: dict[str, Any] = index.get("meta", {})
         self._shards: dict[str, str] = index["shards"]
         self._handles: dict[str, Any] = {}
+        self._names: dict[str, set[str]] = {}      # tensor names per shard, read on first use
 
     def shard_of(self, key: str) -> str:
         """The shard file name holding clip ``key``."""
@@ -141,6 +142,17 @@ class Store:
         if shard not in self._handles:
             self._handles[shard] = safe_open(str(self.dir / shard), framework="pt")
         return self._handles[shard]
+
+    def has(self, key: str, name: str) -> bool:
+        """Whether clip ``key`` is stored with a tensor ``name`` (from the shard header; a teacher
+        store keeps ``frames`` only for the clips a configured stage reads them of)."""
+        shard = self._shards.get(key)
+        if shard is None:
+            return False
+        names = self._names.get(shard)
+        if names is None:
+            names = self._names[shard] = set(self._handle(shard).keys())
+        return f"{key}{SEP}{name}" in names
 
     def get(self, key: str) -> dict[str, torch.Tensor]:
         try:

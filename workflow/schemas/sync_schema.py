@@ -53,6 +53,7 @@ ENUMS = {
     'tokens.beats.kind': ['kmeans', 'beats-tokenizer'],
     'tokens.audio.kind': ['repcodec'],
     'teachers.acoustic.beats_frames': ['patches', 'time'],
+    'teachers.frames_dtype': ['float16', 'bfloat16', 'float32'],
     'data.mels.normalization': ['global', 'per_bin'],
     'audio.resample.method': ['sinc_interp_kaiser', 'sinc_interp_hann'],
     'train.schedule': ['onecycle', 'warmup_constant'],

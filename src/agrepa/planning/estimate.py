@@ -40,6 +40,7 @@ from ..model.dit import DiT
 from ..training.schedule import Lengths
 
 CONFIG_KEYS = ("plan", "train", "model", "audio", "resources", "shards", "sample.max_clips", "tokens.speech.k",
+               "teachers.frames_dtype",
                "tokens.audio.k")  # config sections this module reads
 
 SKIPPED = {"results", ".snakemake", ".git"}   # not linked into the dry run's scratch directory
@@ -60,7 +61,8 @@ GB = 1e9
 MEL_BYTES = 4                  # float32 mel frames (corpora/mels.py)
 WAV_BYTES = 2                  # PCM_16 samples of a generated clip (audio.write_wav)
 TEACHER_POOLED_BYTES = 4       # float32 pooled [D] of every clip (teachers/cache.py)
-TEACHER_FRAME_BYTES = 4        # float32 frames [T', D] of every clip, written for every clip (teachers/cache.py today)
+# frames [T', D]: teachers.frames_dtype, only for the clips of the domains a tokenizer reads (teachers/cache.py)
+TEACHER_FRAME_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # fp32 copies of the weights: a full checkpoint (weights, EMA, Adam m and v), a snapshot (the EMA),
 # a training process (weights, gradients, Adam m and v, EMA)
 STATE_COPIES = {"full": 4, "snapshot": 1, "train_gpu": 5}
@@ -113,12 +115,17 @@ def window_seconds(cfg: dict, domain: str) -> float:
 
 def teacher_store_bytes_per_clip(cfg: dict, role: str, domain: str) -> float:
     """Bytes the ``role`` teacher store holds for the mean ``domain`` clip, as teachers/cache.py writes
-    it today: pooled [D] float32 + frames [frame_rate x window, D] float32, frames for every clip
-    (``plan.teachers.<role>``: dim, frame_rate). Change :data:`TEACHER_FRAME_BYTES` (fp16: 2) or this
-    function when the store writes frames differently."""
+    it: pooled [D] float32 + frames [frame_rate x window, D] in ``teachers.frames_dtype``, the frames
+    only where a configured tokenizer reads them (:func:`agrepa.teachers.readers.frames_read`)
+    (``plan.teachers.<role>``: dim, frame_rate)."""
+    from ..teachers.readers import frames_read
+
     t = cfg["plan"]["teachers"][role]
     D = int(t["dim"])
-    return D * TEACHER_POOLED_BYTES + float(t["frame_rate"]) * window_seconds(cfg, domain) * D * TEACHER_FRAME_BYTES
+    frames = 0.0
+    if domain in frames_read(cfg, role):
+        frames = float(t["frame_rate"]) * window_seconds(cfg, domain) * D * TEACHER_FRAME_BYTES[cfg["teachers"]["frames_dtype"]]
+    return D * TEACHER_POOLED_BYTES + frames
 
 
 def checkpoint_bytes(p: int) -> dict[str, int]:
@@ -147,8 +154,8 @@ def disk_per_job(cfg: dict, rule: str, ln: Lengths | None, params: int | None) -
             / int(shards["mels"]), f"fp32 mels of plan.clips / {shards['mels']} parts"
     if rule == "teacher_embed_part":    # shards.embed parts per role; the mean of the two roles' stores
         per = [sum(clips[d] * teacher_store_bytes_per_clip(cfg, r, d) for d in DOMAINS) for r in ("semantic", "acoustic")]
-        return sum(per) / 2 / int(shards["embed"]), \
-            f"fp32 pooled + frames, every clip (mean of the 2 roles) / {shards['embed']} parts"
+        return sum(per) / 2 / int(shards["embed"]), (f"fp32 pooled, every clip + {cfg['teachers']['frames_dtype']} "
+                                                     f"frames where read (mean of the 2 roles) / {shards['embed']} parts")
     if rule in TRAIN_RULES:
         from ..training.train import snapshot_steps
 

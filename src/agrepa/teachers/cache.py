@@ -1,10 +1,17 @@
 """Teacher embedding cache: run a teacher once over every clip of a manifest.
 
-Output: an :mod:`agrepa.store` with, per clip id, ``pooled`` [D] (mean over real
-frames) and ``frames`` [T', D] (float32). ``index.json`` meta::
+Output: an :mod:`agrepa.store` with, per clip id, ``pooled`` [D] float32 (mean over real
+frames, the REPA / BiT-C training target) and, only where a configured stage reads them,
+``frames`` [T', D] in ``teachers.frames_dtype`` (float16 by default). What is stored is
+decided in one place, :func:`store_layout`: frames are kept for the clips of the domains
+:func:`agrepa.teachers.readers.frames_read` names (the domains a frame-reading tokenizer
+fits on or encodes; none at paper.yaml's semantic role, whose speech stream is the S3 ONNX
+tokenizer reading audio). Readers upcast frames with ``.float()``. ``index.json`` meta::
 
     role, teacher, fingerprint, dim, frame_rate, granularity, sample_rate, window_seconds,
-    manifest_sha256, cache_key = sha256(role, fingerprint, window, manifest_sha256), n_clips, n_cut
+    frames_domains, frames_dtype, pooled_dtype,
+    manifest_sha256, cache_key = sha256(role, fingerprint, window, manifest_sha256, layout),
+    n_clips, n_frames_clips, n_cut
 
 The teacher sees the clip's training window: its first ``audio.max_seconds``
 (``window_seconds``), the span training cuts the mel and the tokens to
@@ -24,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -33,17 +41,60 @@ from .. import config as C
 from .. import io
 from ..batching import Throughput, batches
 from ..store import Store, StoreWriter, gather, merge_meta, part_dir, part_metas, part_range, start_part
+from ..config import DOMAINS
+from .readers import frames_read
 from .base import Teacher
 from .registry import build_teacher
 
-CONFIG_KEYS = ("audio", "teachers.shard_size", "teachers.batch_size", "teachers.{role}")  # config sections this module reads
+CONFIG_KEYS = ("audio", "teachers.shard_size", "teachers.batch_size", "teachers.frames_dtype",
+               "teachers.{role}")  # config sections this module reads (frames_read: its own)
 
 log = logging.getLogger(__name__)
 
 
-def cache_key(role: str, fingerprint: str, manifest_sha256: str, window_seconds: float) -> str:
-    return io.sha256_json({"role": role, "fingerprint": fingerprint, "manifest": manifest_sha256,
-                           "window_seconds": float(window_seconds)})
+FRAMES_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class StoreLayout(NamedTuple):
+    """What an embedding store holds beside ``pooled`` (float32, always): ``frames`` for the
+    clips of ``frames_domains``, in ``frames_dtype`` (a :data:`FRAMES_DTYPES` name)."""
+
+    frames_domains: tuple[str, ...]
+    frames_dtype: str
+
+
+#: the layout before stores kept only what is read (every clip's frames, float32): the
+#: "before" of benchmarks/bench_store_bytes.py
+FULL_FP32 = StoreLayout(DOMAINS, "float32")
+
+
+def store_layout(cfg: dict, role: str) -> StoreLayout:
+    """The ``role`` store's layout at ``cfg``: frames of the domains a configured stage reads
+    (:func:`agrepa.teachers.readers.frames_read`), in ``teachers.frames_dtype``."""
+    dtype = str(cfg["teachers"]["frames_dtype"])
+    if dtype not in FRAMES_DTYPES:
+        raise ValueError(f"teachers.frames_dtype: {dtype!r}, expected one of {sorted(FRAMES_DTYPES)}")
+    return StoreLayout(frames_read(cfg, role), dtype)
+
+
+def stored_frames(frames: torch.Tensor, dtype: str, path) -> torch.Tensor:
+    """``frames`` cast to the store's ``dtype``; an error (not an inf) when a value is out of its range."""
+    target = FRAMES_DTYPES[dtype]
+    frames = frames.float()
+    big = float(frames.abs().max()) if frames.numel() else 0.0
+    if big > torch.finfo(target).max:
+        raise ValueError(f"{path}: teacher frames reach |x| = {big:.4g}, beyond {dtype}'s range; set "
+                         f"teachers.frames_dtype: bfloat16 or float32")
+    return frames.to(target)
+
+
+def cache_key(role: str, fingerprint: str, manifest_sha256: str, window_seconds: float,
+              layout: StoreLayout | None = None) -> str:
+    key = {"role": role, "fingerprint": fingerprint, "manifest": manifest_sha256,
+           "window_seconds": float(window_seconds)}
+    if layout is not None:
+        key["layout"] = {"frames_domains": list(layout.frames_domains), "frames_dtype": layout.frames_dtype}
+    return io.sha256_json(key)
 
 
 def training_window(wave, sample_rate: int, max_seconds: float):
@@ -67,16 +118,17 @@ def cached_meta(out_dir: str | os.PathLike, key: str, ids: list[str]) -> dict | 
 
 def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
                    teacher: Teacher | None = None, teacher_dir: str | os.PathLike | None = None,
-                   part: int | None = None, parts: int = 1) -> dict:
+                   layout: StoreLayout | None = None, part: int | None = None, parts: int = 1) -> dict:
     """Embed every clip of the manifest (both domains) with the ``role`` teacher
     into the store ``out_dir``; a no-op when the cache is current. Returns the meta.
+    ``layout``: what to store (default :func:`store_layout` of ``cfg``).
     With ``part`` k: only part k of ``parts`` (its contiguous slice of the manifest) into
     ``out_dir/part-...`` (:mod:`agrepa.store`; :func:`gather_embeddings` writes the top-level
     index); without: the whole manifest as part 0 of 1 and its gather."""
     if part is None:
         if parts != 1:
             raise ValueError(f"parts={parts}: embed one part at a time (part=k), then gather_embeddings")
-        embed_manifest(cfg, role, manifest_path, out_dir, teacher, teacher_dir, part=0, parts=1)
+        embed_manifest(cfg, role, manifest_path, out_dir, teacher, teacher_dir, layout, part=0, parts=1)
         return gather_embeddings(cfg, role, manifest_path, out_dir, 1)
     from ..corpora.manifest import read_manifest, resolve_path
 
@@ -92,7 +144,8 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
     fingerprint = teacher.fingerprint()
     manifest_sha = io.sha256_file(manifest_path)
     window = float(cfg["audio"]["max_seconds"])
-    key = cache_key(role, fingerprint, manifest_sha, window)
+    layout = store_layout(cfg, role) if layout is None else layout
+    key = cache_key(role, fingerprint, manifest_sha, window, layout)
     ids = manifest["id"].tolist()
     hit = cached_meta(out_dir, key, ids)
     if hit is not None:
@@ -103,12 +156,13 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
     meta = {"role": role, "teacher": teacher.name, "fingerprint": fingerprint, "dim": teacher.dim,
             "frame_rate": teacher.frame_rate, "granularity": int(teacher.granularity),
             "sample_rate": teacher.sample_rate, "window_seconds": window,
-            "manifest_sha256": manifest_sha, "cache_key": key, "n_clips": len(ids),
+            "frames_domains": list(layout.frames_domains), "frames_dtype": layout.frames_dtype,
+            "pooled_dtype": "float32", "manifest_sha256": manifest_sha, "cache_key": key, "n_clips": len(ids),
             "part": {"index": part, "of": parts, "n_clips": len(ids)}}
     peak = cfg["audio"]["peak_normalize"]
     writer = StoreWriter(out, meta=meta, shard_size=int(cfg["teachers"]["shard_size"]))
     batch_size = int(cfg["teachers"]["batch_size"])
-    n_cut = 0
+    n_cut = n_frames_clips = 0
     rows = [row for _, row in manifest.iterrows()]
     with Throughput(log, f"embed {role} ({teacher.name})", len(rows), batch_size), \
             tqdm(total=len(rows), desc=f"embed {role} ({teacher.name})") as bar:
@@ -124,26 +178,32 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
             for row, path, (frames, pooled) in zip(batch, paths, teacher.embed_batch(cuts, teacher.sample_rate)):
                 if not torch.isfinite(frames).all():
                     raise ValueError(f"{path}: teacher {teacher.name} produced non-finite features")
-                writer.add(row["id"], {"pooled": pooled.float(), "frames": frames.float()})
+                tensors = {"pooled": pooled.float()}
+                if row["domain"] in layout.frames_domains:
+                    tensors["frames"] = stored_frames(frames, layout.frames_dtype, path)
+                    n_frames_clips += 1
+                writer.add(row["id"], tensors)
             bar.update(len(batch))
-    writer.meta["n_cut"] = n_cut
+    writer.meta.update({"n_cut": n_cut, "n_frames_clips": n_frames_clips})
     writer.close()
     C.save_resolved(cfg, out)
     log.info("embedded %d clips with %s into %s (%d longer than the %.3g-s training window: their first %.3g s)",
              len(ids), teacher.name, out, n_cut, window, window)
-    return {**meta, "n_cut": n_cut}
+    log.info("stored %s frames of %d clips (domains: %s); pooled float32 for all", layout.frames_dtype,
+             n_frames_clips, ", ".join(layout.frames_domains) or "none: no configured stage reads them")
+    return {**meta, "n_cut": n_cut, "n_frames_clips": n_frames_clips}
 
 
 def gather_embeddings(cfg: dict, role: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
                       parts: int) -> dict:
     """``out_dir/index.json`` over the ``parts`` finished parts (no tensor copied): their metas
-    must agree (role, teacher fingerprint, window, manifest bytes: one ``cache_key``);
-    ``n_clips`` and ``n_cut`` are summed. Returns the gathered meta."""
+    must agree (role, teacher fingerprint, window, layout, manifest bytes: one ``cache_key``);
+    ``n_clips``, ``n_cut`` and ``n_frames_clips`` are summed. Returns the gathered meta."""
     from ..corpora.manifest import read_manifest
 
     manifest = read_manifest(manifest_path)
     metas = part_metas(out_dir, parts)
-    meta = merge_meta(metas, str(out_dir), summed=("n_clips", "n_cut"))
+    meta = merge_meta(metas, str(out_dir), summed=("n_clips", "n_cut", "n_frames_clips"))
     if meta.get("role") != role:
         raise ValueError(f"{out_dir}: parts of role {meta.get('role')!r}, expected {role!r}")
     if meta["manifest_sha256"] != io.sha256_file(manifest_path):

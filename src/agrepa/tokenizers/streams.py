@@ -42,6 +42,7 @@ from .. import io
 from ..batching import Throughput, batches
 from ..device import cpu_threads
 from ..store import Store, StoreWriter, gather, merge_meta, part_metas, part_range, start_part
+from ..teachers.readers import AUDIO_KINDS, FEATURE_ROLE   # stream -> teacher role; the kinds that read audio
 from .kmeans import KMeans, sample_frames, usage_from_counts, usage_stats
 from .repcodec import RepCodec, fit_repcodec, fit_window, repcodec_settings, sample_windows
 from .timing import grid_granularity, pair_by_time
@@ -51,8 +52,6 @@ CONFIG_KEYS = ("audio", "tokens")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
-FEATURE_ROLE = {"speech": "semantic", "audio": "acoustic", "beats": "acoustic"}
-AUDIO_KINDS = ("s3-onnx", "beats-tokenizer")   # pretrained tokenizers that read 16 kHz audio
 TOKEN_CONFIGS = ("A", "B")
 
 
@@ -72,7 +71,7 @@ class Tokenizer:
     def encode_frames(self, frames: Tensor) -> Tensor:
         if self.input != "frames":
             raise ValueError(f"{self.directory}: a {self.kind} tokenizer reads audio, not teacher frames")
-        return self.impl.encode(frames).long()
+        return self.impl.encode(frames.float()).long()   # stores hold half-precision frames
 
     def encode_wave(self, wave16k: np.ndarray) -> Tensor:
         return torch.from_numpy(self.impl.encode_wave(wave16k))
@@ -131,8 +130,23 @@ def _frame_lengths(store: Store, ids: list[str]) -> tuple[list[int], int]:
     if missing:
         raise KeyError(f"{store.dir}: no features for clip id {missing[0]!r} "
                        f"({len(missing)} manifest clips missing; re-run `agrepa teacher embed`)")
-    shapes = [store.shape("frames", i) for i in ids]
+    try:
+        by_id = store.shapes("frames", ids)
+    except KeyError as e:
+        clip = next((i for i in ids if i in store and not store.has(i, "frames")), ids[0])
+        raise _no_frames(store, clip) from e
+    shapes = [by_id[i] for i in ids]
     return [s[0] for s in shapes], int(shapes[0][1])
+
+
+def _no_frames(store: Store, clip: str) -> ValueError:
+    """The error for a store written without the frames of ``clip``: the config that built it
+    had no reader of them (:func:`agrepa.teachers.readers.frames_read`)."""
+    kept = store.meta.get("frames_domains")
+    where = "for no clip" if kept == [] else f"for the clips of domains {kept} only"
+    return ValueError(f"{store.dir}: no {store.meta.get('role')} frames for clip {clip!r} (the store keeps "
+                      f"frames {where}: the config that built it had no other reader); re-run `agrepa "
+                      f"teacher embed` with this config")
 
 
 def fit_stream(cfg: dict, stream: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -395,6 +409,8 @@ def encode_part(cfg: dict, token_config: str, manifest_path: str | os.PathLike, 
         for row in rows:
             if row["id"] not in store:
                 raise KeyError(f"{store.dir}: no features for clip id {row['id']!r}")
+            if not store.has(row["id"], "frames"):
+                raise _no_frames(store, row["id"])
         frames = store.load("frames", [row["id"] for row in rows])
         return [tok.encode_frames(frames[row["id"]]) for row in rows]
 
