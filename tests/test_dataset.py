@@ -166,6 +166,8 @@ def test_collate_crop_tokens_prompt(corpus):
         assert torch.equal(b["prompt"][j, :p], b["mel"][j, :p]) and b["prompt"][j, p:].abs().sum() == 0
     # the host flag `padded` (attention without a mask when False) says whether any row is padded
     assert b["padded"] is bool((~b["mask"]).any())
+    # the host rows per domain (the heads select rows without a sync) are the domain tensor's
+    assert b["domain_rows"] == tuple(tuple((b["domain"] == d).nonzero().flatten().tolist()) for d in range(2))
     full = [i for i in idx if b["mask"][i].all()]
     assert len(full) >= 2 and data.collate(full[:2], u[full[:2]], v[full[:2]])["padded"] is False
     # deterministic batches: crop from frame 0, prompt exactly eval_prompt_fraction

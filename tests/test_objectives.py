@@ -222,3 +222,38 @@ def test_bitc_objective_full_heads_none():
     assert torch.allclose(grads["full"][2], grads["heads"][2])          # the heads learn as before
     with pytest.raises(ValueError, match="bitc_objective"):
         heads.loss(tok, b, objective="partial")
+
+
+def test_heads_select_rows_from_the_host_without_reading_the_device(monkeypatch):
+    """With collate's host-side ``domain_rows`` the BiT-C and REPA terms never read a device tensor
+    back to the host (no ``nonzero`` / ``bool`` of a tensor: a sync on a GPU), and give bitwise the
+    loss and gradients of the row selection from the ``domain`` tensor."""
+    torch.manual_seed(0)
+    bitc = BiTCHeads(16, DIMS, {"speech": 2.0, "audio": 0.5})
+    repa = REPAHeads({"speech": [(1, 0.25), (3, 0.75)], "audio": [(3, 1.0)]}, 16, DIMS, hidden=8)
+    b = _batch()
+    b["domain"] = torch.tensor([0, 1, 1, 1])
+    h = torch.randn(4, 12, 16, requires_grad=True)
+    hidden = [torch.randn(4, 12, 16, requires_grad=True) for _ in range(4)]
+
+    def run(batch):
+        for t in [h, *hidden, *bitc.parameters(), *repa.parameters()]:
+            t.grad = None
+        loss = bitc.loss(h, batch) + repa.loss(hidden, batch)
+        loss.backward()
+        return loss.detach(), [t.grad.clone() for t in [h, hidden[1], hidden[3], *bitc.parameters(), *repa.parameters()]]
+
+    want, want_grads = run(b)
+    host = {**b, "domain_rows": ((0,), (1, 2, 3))}
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("a device tensor was read on the host")
+
+    monkeypatch.setattr(torch.Tensor, "nonzero", no_read)
+    monkeypatch.setattr(torch.Tensor, "__bool__", no_read)
+    got, got_grads = run(host)
+    monkeypatch.undo()
+    assert torch.equal(got, want) and all(torch.equal(g, w) for g, w in zip(got_grads, want_grads))
+    with pytest.raises(AssertionError, match="read on the host"):   # the fallback does read it
+        monkeypatch.setattr(torch.Tensor, "nonzero", no_read)
+        bitc.loss(h, b)

@@ -22,6 +22,8 @@ key                shape / type        meaning
 ``emb_acoustic``   [B, Da] float32     cached pooled acoustic-teacher embedding (0 if none)
 ``ids``            list[str]           clip ids
 ``padded``         bool                whether any item is shorter than T (host-side, no sync)
+``domain_rows``    tuple of tuples     per domain index, the rows of that domain (host ints: the
+                                       REPA / BiT-C heads select rows without a sync)
 =================  ==================  =============================================
 
 Tokens and mel share one time axis (:mod:`agrepa.tokenizers.timing`): the token
@@ -387,6 +389,8 @@ class TrainingData:
             "emb_acoustic": torch.stack([self.embedding("acoustic", i) for i in indices]),
             "ids": [str(self._ids[i]) for i in indices],
             "padded": any(c.shape[0] < T for c in crops),   # a host bool: attention needs no mask when False
+            "domain_rows": tuple(tuple(j for j, i in enumerate(indices) if int(self.domain[i]) == d)
+                                 for d in range(len(DOMAINS))),   # host ints: per-domain rows without a sync
         }
 
     def eval_batches(self, batch_size: int, domain: int | str | None = None,

@@ -114,18 +114,27 @@ def teacher_target(batch: dict, teacher: str) -> Tensor:
     return batch[f"emb_{teacher}"]
 
 
+def domain_rows(batch: dict, d: int) -> Tensor:
+    """The row indices [n] of the batch's domain-``d`` samples, in order. From the host-side
+    ``domain_rows`` that :meth:`~agrepa.training.dataset.TrainingData.collate` writes (a tensor
+    made from host ints: no device-to-host read, so the step needs no sync), else from the
+    ``domain`` tensor (a sync on a GPU). Both give the same indices, hence the same arithmetic."""
+    host = batch.get("domain_rows")
+    if host is not None:
+        return torch.tensor(host[d], dtype=torch.long, device=batch["domain"].device)
+    return (batch["domain"] == d).nonzero(as_tuple=True)[0]
+
+
 def _per_domain_cos(heads: nn.ModuleDict, pooled: Tensor, batch: dict) -> Tensor:
     """cos(head_{teacher(d_b)}(pooled_b), e_b) for every sample -> [B] (float32)."""
-    domain = batch["domain"]
     cos = torch.zeros(pooled.shape[0], device=pooled.device, dtype=torch.float32)
     for d, name in enumerate(DOMAINS):
-        sel = domain == d
-        if not bool(sel.any()):
+        rows = domain_rows(batch, d)
+        if rows.numel() == 0:
             continue
         teacher = DOMAIN_TEACHER[name]
-        pred = heads[teacher](pooled[sel]).float()
-        cos = cos.index_put((sel.nonzero(as_tuple=True)[0],),
-                            F.cosine_similarity(pred, teacher_target(batch, teacher)[sel].float(), dim=-1))
+        pred = heads[teacher](pooled[rows]).float()
+        cos = cos.index_put((rows,), F.cosine_similarity(pred, teacher_target(batch, teacher)[rows].float(), dim=-1))
     return cos
 
 
@@ -253,7 +262,7 @@ class REPAHeads(nn.Module):
         domain, mask = batch["domain"], batch["mask"]
         out = torch.zeros(domain.shape[0], device=domain.device, dtype=torch.float32)
         for d_idx, d in enumerate(DOMAINS):
-            rows = (domain == d_idx).nonzero(as_tuple=True)[0]
+            rows = domain_rows(batch, d_idx)
             if not self.plan[d] or rows.numel() == 0:
                 continue
             teacher = DOMAIN_TEACHER[d]
