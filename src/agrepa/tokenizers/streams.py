@@ -362,14 +362,12 @@ def encode_manifest(cfg: dict, token_config: str, manifest_path: str | os.PathLi
                        semantic, acoustic, part=part, parts=parts, primary=primary)
 
 
-def encode_part(cfg: dict, token_config: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
-                speech_model: str | os.PathLike, audio_model: str | os.PathLike,
-                beats_model: str | os.PathLike | None, semantic: str | os.PathLike | None,
-                acoustic: str | os.PathLike | None, part: int, parts: int,
-                primary: str | os.PathLike | None = None) -> dict:
-    """Part ``part`` of ``parts`` of :func:`encode_manifest` into ``out_dir/part-...``; returns its meta."""
-    from ..corpora.manifest import read_manifest, resolve_path
-
+def load_streams(cfg: dict, token_config: str, speech_model: str | os.PathLike, audio_model: str | os.PathLike,
+                 beats_model: str | os.PathLike | None, semantic: str | os.PathLike | None,
+                 acoustic: str | os.PathLike | None) -> tuple[dict, dict]:
+    """The tokenizers of ``token_config`` (``{stream: tokenizer}``) and the teacher stores
+    (``{role: Store | None}``) they read, checked: each model is of its stream, and a tokenizer
+    that reads frames has its role's store with features of its width."""
     if token_config not in TOKEN_CONFIGS:
         raise ValueError(f"--token-config {token_config!r}: expected A or B")
     if token_config == "B" and beats_model is None:
@@ -391,6 +389,18 @@ def encode_part(cfg: dict, token_config: str, manifest_path: str | os.PathLike, 
             if stores[role] is None:
                 raise ValueError(f"the {stream} tokenizer ({tok.kind}) needs --{role} STORE")
             _check_features(tok, stores[role])
+    return toks, stores
+
+
+def encode_part(cfg: dict, token_config: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
+                speech_model: str | os.PathLike, audio_model: str | os.PathLike,
+                beats_model: str | os.PathLike | None, semantic: str | os.PathLike | None,
+                acoustic: str | os.PathLike | None, part: int, parts: int,
+                primary: str | os.PathLike | None = None) -> dict:
+    """Part ``part`` of ``parts`` of :func:`encode_manifest` into ``out_dir/part-...``; returns its meta."""
+    from ..corpora.manifest import read_manifest, resolve_path
+
+    toks, stores = load_streams(cfg, token_config, speech_model, audio_model, beats_model, semantic, acoustic)
     vocab = Vocab({s: t.k for s, t in toks.items()})
     shared = shared_primary(primary, token_config, toks, vocab, manifest_path) if primary else None
     manifest = read_manifest(manifest_path)
