@@ -17,6 +17,11 @@ the CPU), and legacy / new as a ratio. Examples::
     python benchmarks/bench_step.py --paper --compile                # CUDA: the paper DiT, 24 x 1024, batch 32, 10-s
     python benchmarks/bench_step.py --ddp 2                          # + data parallelism: 2 gloo processes on the CPU
 
+``--padded F`` times the baseline's new step on a batch whose every other clip is ``F`` shorter
+(masked attention: SDPA's memory-efficient kernel on CUDA) against the same step unpadded (no
+mask: the flash kernel), padded / unpadded as a ratio in the same run. The new step's batches
+carry the collate's host fields (``padded``, ``domain_rows``), the legacy step's do not.
+
 ``--ddp N`` (issue 24, item 2) adds, for the baseline's new step in N processes (gloo on the CPU,
 nccl on CUDA; one GPU each), the data parallelism before DDP (one flat all-reduce of every
 gradient after the whole backward, ``distributed.all_reduce_grads``) against torch DDP
@@ -106,15 +111,30 @@ def setup(cfg: dict, plan: dict, opts: train.StepOptions, device: torch.device, 
     return loop, state, forward
 
 
-def time_step(cfg, plan, opts, device, args) -> tuple[float, float]:
+def pad_batch(batch: dict, short: float) -> dict:
+    """The batch with every other clip cut to ``1 - short`` of the crop (0-padded, masked): a
+    padded batch, which takes the masked attention path."""
+    T = batch["mask"].shape[1]
+    mask = batch["mask"].clone()
+    mask[1::2, int(round((1 - short) * T)):] = False
+    return {**batch, "mask": mask, "mel": batch["mel"] * mask[..., None], "prompt": batch["prompt"] * mask[..., None],
+            "prompt_mask": batch["prompt_mask"] & mask, "padded": True}
+
+
+def time_step(cfg, plan, opts, device, args, short: float = 0.0) -> tuple[float, float]:
     """Median seconds per step over ``--repeats`` steps after ``--warmup`` (the meter read at log
-    steps): wall time, and this process's CPU time (which other jobs on shared cores do not inflate)."""
+    steps): wall time, and this process's CPU time (which other jobs on shared cores do not inflate).
+    ``short`` > 0: a padded batch (:func:`pad_batch`)."""
     loop, state, forward = setup(cfg, plan, opts, device, args.compile and opts != train.StepOptions.legacy(),
                                  args.seed)
     batch = batch_of(cfg, loop.batch_size, 1024, device, args.seed)
     meter, times, cpu = train.Meter(), [], []
     if opts.dense_attention:
         batch["padded"] = False          # what the collate knows on the host (every clip a whole crop)
+        rows = batch["domain"].cpu()
+        batch["domain_rows"] = tuple(tuple((rows == d).nonzero().flatten().tolist()) for d in range(2))
+    if short > 0:
+        batch = pad_batch(batch, short)
     for step in range(args.warmup + args.repeats):
         sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -232,6 +252,8 @@ def main(argv=None) -> None:
     p.add_argument("--peak", type=float, default=None, help="peak TFLOP/s for the MFU (default: H100 bf16 dense "
                                                             "989 on CUDA; none on the CPU)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--padded", type=float, default=0.0, help="also time the baseline's new step on a padded batch "
+                                                             "(every other clip this fraction shorter; 0: not)")
     p.add_argument("--ddp", type=int, default=0, help="also time the baseline step in this many processes: the flat "
                                                       "all-reduce before DDP against DDP (0: not)")
     args = p.parse_args(argv)
@@ -262,6 +284,12 @@ def main(argv=None) -> None:
             cratio = f"{res['legacy'][1] / c:14.2f}x" if label == "new" else ""
             print(f"{method:10s} {label:7s} {1e3 * s:9.1f} {args.batch / s:10.1f} {tf:9.3f} {mfu:>7s} {ratio:>11s} "
                   f"{1e3 * c:8.1f} {cratio:>15s}")
+    if args.padded > 0:
+        full, _ = time_step(cfg, {}, train.StepOptions(), device, args)
+        padded, _ = time_step(cfg, {}, train.StepOptions(), device, args, short=args.padded)
+        print(f"padded batch, baseline new step (every other clip {100 * args.padded:g} % shorter, masked attention): "
+              f"{1e3 * padded:.1f} ms/step against {1e3 * full:.1f} unpadded (no mask), padded/unpadded "
+              f"{padded / full:.2f}x")
     if args.ddp > 1:
         res = time_ddp(args)
         (fs, fc), (ds, dc) = res["flat"], res["ddp"]
