@@ -47,15 +47,19 @@ def test_embed_store_keeps_read_frames_only_in_half_precision(tmp_path):
     meta = embed_manifest(cfg, "acoustic", manifest, tmp_path / "emb")
     assert meta["frames_domains"] == ["audio"] and meta["frames_dtype"] == "float16"
     assert meta["n_frames_clips"] == 2
+    # Config A alone: no stage reads a speech clip's acoustic output (frames or pooled): not embedded
+    assert meta["domains"] == ["audio"] and meta["n_clips"] == 2 and meta["n_skipped"] == 2
     store = Store(tmp_path / "emb")
     full = embed_manifest(cfg, "acoustic", manifest, tmp_path / "full", layout=FULL_FP32)   # the layout before
     old = Store(tmp_path / "full")
+    assert full["domains"] == ["speech", "audio"] and full["n_clips"] == 4
     for row in rows:
-        got, ref = store.get(row["id"]), old.get(row["id"])
-        assert got["pooled"].dtype == torch.float32 and torch.equal(got["pooled"], ref["pooled"])
+        ref = old.get(row["id"])
         if row["domain"] == "speech":
-            assert set(got) == {"pooled"}                  # no stage reads a speech clip's acoustic frames here
+            assert row["id"] not in store and row["id"] in old
         else:
+            got = store.get(row["id"])
+            assert got["pooled"].dtype == torch.float32 and torch.equal(got["pooled"], ref["pooled"])
             assert got["frames"].dtype == torch.float16
             assert torch.equal(got["frames"], ref["frames"].half())   # round-to-nearest of the fp32 frames
     assert full["cache_key"] != meta["cache_key"]             # another layout is another cache
@@ -63,6 +67,7 @@ def test_embed_store_keeps_read_frames_only_in_half_precision(tmp_path):
     cfg["token_configs"] = ["A", "B"]
     again = embed_manifest(cfg, "acoustic", manifest, tmp_path / "emb")
     assert again["frames_domains"] == ["speech", "audio"] and again["cache_key"] != meta["cache_key"]
+    assert again["domains"] == ["speech", "audio"] and again["n_skipped"] == 0
     assert all(Store(tmp_path / "emb").has(r["id"], "frames") for r in rows)
 
 
@@ -73,8 +78,12 @@ def test_semantic_store_without_readers_has_no_frames(tmp_path):
     cfg = C.load(DEFAULT_CONFIG, overrides=["tokens.speech.kind=s3-onnx"])
     meta = embed_manifest(cfg, "semantic", manifest, tmp_path / "sem")
     assert meta["frames_domains"] == [] and meta["n_frames_clips"] == 0
+    assert meta["domains"] == ["speech"]               # Whisper's pooled is read of speech clips only
     store = Store(tmp_path / "sem")
     for row in rows:
+        if row["domain"] == "audio":
+            assert row["id"] not in store
+            continue
         assert set(store.get(row["id"])) == {"pooled"}
         assert store.has(row["id"], "pooled") and not store.has(row["id"], "frames")
     assert not store.has("no-such-clip", "pooled")

@@ -1,4 +1,4 @@
-"""Teacher embedding cache: run a teacher once over every clip of a manifest.
+"""Teacher embedding cache: run a teacher once over the clips of a manifest that are read.
 
 Output: an :mod:`agrepa.store` with, per clip id, ``pooled`` [D] float32 (mean over real
 frames, the REPA / BiT-C training target) and, only where a configured stage reads them,
@@ -6,12 +6,17 @@ frames, the REPA / BiT-C training target) and, only where a configured stage rea
 decided in one place, :func:`store_layout`: frames are kept for the clips of the domains
 :func:`agrepa.teachers.readers.frames_read` names (the domains a frame-reading tokenizer
 fits on or encodes; none at paper.yaml's semantic role, whose speech stream is the S3 ONNX
-tokenizer reading audio). Readers upcast frames with ``.float()``. ``index.json`` meta::
+tokenizer reading audio). Readers upcast frames with ``.float()``. The clips embedded at all
+are those of :func:`agrepa.teachers.readers.embedded_domains` (``layout.domains``): the
+domains whose ``pooled`` a stage reads (only the clip's own domain's teacher: speech clips with
+the semantic teacher, audio clips with the acoustic one) and those whose frames a tokenizer
+reads; the teacher is not run on the other domain's clips and the store has no entry for them
+(``TrainingData.embedding`` gives zeros, as for any clip a store lacks). ``index.json`` meta::
 
     role, teacher, fingerprint, dim, frame_rate, granularity, sample_rate, window_seconds,
-    frames_domains, frames_dtype, pooled_dtype,
+    domains, frames_domains, frames_dtype, pooled_dtype,
     manifest_sha256, cache_key = sha256(role, fingerprint, window, manifest_sha256, layout),
-    n_clips, n_frames_clips, n_cut
+    n_clips (embedded), n_skipped (clips of the other domains), n_frames_clips, n_cut
 
 The teacher sees the clip's training window: its first ``audio.max_seconds``
 (``window_seconds``), the span training cuts the mel and the tokens to
@@ -42,7 +47,7 @@ from .. import io
 from ..batching import Throughput, batches
 from ..store import Store, StoreWriter, gather, merge_meta, part_dir, part_metas, part_range, start_part
 from ..config import DOMAINS
-from .readers import frames_read
+from .readers import embedded_domains, frames_read
 from .base import Teacher
 from .registry import build_teacher
 
@@ -56,25 +61,28 @@ FRAMES_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32"
 
 
 class StoreLayout(NamedTuple):
-    """What an embedding store holds beside ``pooled`` (float32, always): ``frames`` for the
-    clips of ``frames_domains``, in ``frames_dtype`` (a :data:`FRAMES_DTYPES` name)."""
+    """What an embedding store holds: ``pooled`` (float32) for the clips of ``domains`` (the
+    others are not embedded) and ``frames`` for the clips of ``frames_domains``, in
+    ``frames_dtype`` (a :data:`FRAMES_DTYPES` name)."""
 
     frames_domains: tuple[str, ...]
     frames_dtype: str
+    domains: tuple[str, ...] = DOMAINS
 
 
-#: the layout before stores kept only what is read (every clip's frames, float32): the
-#: "before" of benchmarks/bench_store_bytes.py
-FULL_FP32 = StoreLayout(DOMAINS, "float32")
+#: the layout before stores kept only what is read (every clip embedded, every clip's frames,
+#: float32): the "before" of benchmarks/bench_store_bytes.py
+FULL_FP32 = StoreLayout(DOMAINS, "float32", DOMAINS)
 
 
 def store_layout(cfg: dict, role: str) -> StoreLayout:
-    """The ``role`` store's layout at ``cfg``: frames of the domains a configured stage reads
-    (:func:`agrepa.teachers.readers.frames_read`), in ``teachers.frames_dtype``."""
+    """The ``role`` store's layout at ``cfg``: the clips of the domains some stage reads
+    (:func:`agrepa.teachers.readers.embedded_domains`), frames of the domains a configured stage
+    reads them of (:func:`agrepa.teachers.readers.frames_read`), in ``teachers.frames_dtype``."""
     dtype = str(cfg["teachers"]["frames_dtype"])
     if dtype not in FRAMES_DTYPES:
         raise ValueError(f"teachers.frames_dtype: {dtype!r}, expected one of {sorted(FRAMES_DTYPES)}")
-    return StoreLayout(frames_read(cfg, role), dtype)
+    return StoreLayout(frames_read(cfg, role), dtype, embedded_domains(cfg, role))
 
 
 def stored_frames(frames: torch.Tensor, dtype: str, path) -> torch.Tensor:
@@ -94,7 +102,15 @@ def cache_key(role: str, fingerprint: str, manifest_sha256: str, window_seconds:
            "window_seconds": float(window_seconds)}
     if layout is not None:
         key["layout"] = {"frames_domains": list(layout.frames_domains), "frames_dtype": layout.frames_dtype}
+        if tuple(layout.domains) != tuple(DOMAINS):   # every clip embedded: the key of the stores before
+            key["layout"]["domains"] = list(layout.domains)
     return io.sha256_json(key)
+
+
+def embedded_rows(manifest, domains):
+    """The manifest rows of the clips of ``domains`` (in manifest order): the clips an embed job
+    with that layout embeds; its parts are slices of these."""
+    return manifest[manifest["domain"].isin(list(domains))]
 
 
 def training_window(wave, sample_rate: int, max_seconds: float):
@@ -119,10 +135,11 @@ def cached_meta(out_dir: str | os.PathLike, key: str, ids: list[str]) -> dict | 
 def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
                    teacher: Teacher | None = None, teacher_dir: str | os.PathLike | None = None,
                    layout: StoreLayout | None = None, part: int | None = None, parts: int = 1) -> dict:
-    """Embed every clip of the manifest (both domains) with the ``role`` teacher
+    """Embed the manifest's clips of ``layout.domains`` (the domains some stage reads this
+    teacher's output of, :func:`agrepa.teachers.readers.embedded_domains`) with the ``role`` teacher
     into the store ``out_dir``; a no-op when the cache is current. Returns the meta.
     ``layout``: what to store (default :func:`store_layout` of ``cfg``).
-    With ``part`` k: only part k of ``parts`` (its contiguous slice of the manifest) into
+    With ``part`` k: only part k of ``parts`` (its contiguous slice of those clips) into
     ``out_dir/part-...`` (:mod:`agrepa.store`; :func:`gather_embeddings` writes the top-level
     index); without: the whole manifest as part 0 of 1 and its gather."""
     if part is None:
@@ -135,6 +152,13 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
     manifest = read_manifest(manifest_path)
     if manifest.empty:
         raise ValueError(f"{manifest_path}: manifest has no clips to embed")
+    layout = store_layout(cfg, role) if layout is None else layout
+    n_manifest = len(manifest)
+    manifest = embedded_rows(manifest, layout.domains)
+    if manifest.empty:
+        raise ValueError(f"{manifest_path}: no clips of the domains {list(layout.domains)} that the {role} "
+                         f"store is read for")
+    n_skipped = n_manifest - len(manifest)    # clips of the other domains: read by no stage, not embedded
     start, stop = part_range(len(manifest), part, parts)
     manifest = manifest.iloc[start:stop]
     top = out_dir
@@ -144,7 +168,6 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
     fingerprint = teacher.fingerprint()
     manifest_sha = io.sha256_file(manifest_path)
     window = float(cfg["audio"]["max_seconds"])
-    layout = store_layout(cfg, role) if layout is None else layout
     key = cache_key(role, fingerprint, manifest_sha, window, layout)
     ids = manifest["id"].tolist()
     hit = cached_meta(out_dir, key, ids)
@@ -156,6 +179,7 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
     meta = {"role": role, "teacher": teacher.name, "fingerprint": fingerprint, "dim": teacher.dim,
             "frame_rate": teacher.frame_rate, "granularity": int(teacher.granularity),
             "sample_rate": teacher.sample_rate, "window_seconds": window,
+            "domains": list(layout.domains), "n_skipped": n_skipped,
             "frames_domains": list(layout.frames_domains), "frames_dtype": layout.frames_dtype,
             "pooled_dtype": "float32", "manifest_sha256": manifest_sha, "cache_key": key, "n_clips": len(ids),
             "part": {"index": part, "of": parts, "n_clips": len(ids)}}
@@ -187,6 +211,9 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
     writer.meta.update({"n_cut": n_cut, "n_frames_clips": n_frames_clips})
     writer.close()
     C.save_resolved(cfg, out)
+    if n_skipped:
+        log.info("skipped the manifest's %d clips outside %s: no stage reads their %s embedding",
+                 n_skipped, ", ".join(layout.domains), role)
     log.info("embedded %d clips with %s into %s (%d longer than the %.3g-s training window: their first %.3g s)",
              len(ids), teacher.name, out, n_cut, window, window)
     log.info("stored %s frames of %d clips (domains: %s); pooled float32 for all", layout.frames_dtype,
@@ -198,7 +225,9 @@ def gather_embeddings(cfg: dict, role: str, manifest_path: str | os.PathLike, ou
                       parts: int) -> dict:
     """``out_dir/index.json`` over the ``parts`` finished parts (no tensor copied): their metas
     must agree (role, teacher fingerprint, window, layout, manifest bytes: one ``cache_key``);
-    ``n_clips``, ``n_cut`` and ``n_frames_clips`` are summed. Returns the gathered meta."""
+    ``n_clips``, ``n_cut`` and ``n_frames_clips`` are summed. The parts must hold exactly the
+    manifest's clips of the embedded ``domains`` (meta; all domains for a store written before
+    it). Returns the gathered meta."""
     from ..corpora.manifest import read_manifest
 
     manifest = read_manifest(manifest_path)
@@ -208,7 +237,7 @@ def gather_embeddings(cfg: dict, role: str, manifest_path: str | os.PathLike, ou
         raise ValueError(f"{out_dir}: parts of role {meta.get('role')!r}, expected {role!r}")
     if meta["manifest_sha256"] != io.sha256_file(manifest_path):
         raise ValueError(f"{out_dir}: parts embedded from another manifest than {manifest_path}; rebuild them")
-    gather(out_dir, parts, manifest["id"].tolist(), meta)
+    gather(out_dir, parts, embedded_rows(manifest, meta.get("domains", DOMAINS))["id"].tolist(), meta)
     C.save_resolved(cfg, out_dir)
     log.info("embeddings %s: gathered %d parts, %d clips -> %s", role, parts, meta["n_clips"], out_dir)
     return {**meta, "parts": parts}

@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     config_mod.add_cli_args(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("embed", help="run a teacher over every clip of a manifest (cached)")
+    e = sub.add_parser("embed", help="run a teacher over the clips of a manifest that some stage reads its output of (cached)")
     e.add_argument("--role", required=True, choices=["semantic", "acoustic"])
     e.add_argument("--manifest", required=True)
     e.add_argument("--teacher-dir", default=None, help="trained event teacher directory (events teacher)")

@@ -15,6 +15,10 @@ Nothing else reads teacher frames: training, probing, sampling and evaluation re
 (:mod:`agrepa.evaluation.embeddings`). :func:`frames_read` turns this table and the
 config into the domains whose frames the embed job writes. The table lives in the teachers
 stage, below the tokenizers (which import it), so the embed job can ask it.
+
+``pooled`` of a clip is read only with the teacher of the clip's own domain (speech: semantic,
+audio: acoustic; :func:`pooled_read`), so the embed job runs a teacher only on the clips of
+:func:`embedded_domains` (the domains of ``pooled_read`` and ``frames_read``).
 """
 from __future__ import annotations
 
@@ -55,3 +59,41 @@ def frames_read(cfg: dict, role: str) -> tuple[str, ...]:
     for stream in frame_streams(cfg, role):
         domains |= set(DOMAINS) if stream == "beats" else {stream}
     return tuple(d for d in DOMAINS if d in domains)
+
+
+#: the teacher whose ``pooled`` embedding a clip of each domain is aligned to (the same table as
+#: :data:`agrepa.training.dataset.DOMAIN_TEACHER`, here below the training stage; test_embed_domains)
+POOLED_ROLE = {"speech": "semantic", "audio": "acoustic"}
+
+
+def pooled_read(cfg: dict, role: str) -> tuple[str, ...]:
+    """The domains whose clips' ``role`` teacher ``pooled`` embedding a configured stage reads.
+
+    Every reader of ``pooled`` reads it through :class:`agrepa.training.dataset.TrainingData`
+    (``emb_semantic`` / ``emb_acoustic`` of a batch) and only at the rows of the domain whose
+    teacher it is (:data:`POOLED_ROLE`), at every config (the table is code, not config):
+
+    - REPA (``training/objectives.py`` ``REPAHeads.per_sample``) and BiT-C (``_per_domain_cos``):
+      ``emb_<DOMAIN_TEACHER[d]>`` at the domain-``d`` rows only;
+    - the LASP probe (``probing/probes.py`` ``probe_checkpoint``): speech batches score against
+      ``emb_semantic``, audio batches against ``emb_acoustic``; FoG-A and gradnorm read no embedding;
+    - ``agrepa heldout`` (FM loss only), RR (``training/similarity.py``: tokens and hidden states),
+      seed 003's RSA (``evaluation/rsa.py``: the token store, and a teacher it runs itself),
+      FAD / TER / evaluation (``evaluation/embeddings.py``, ``ter.py``: they run a teacher on audio),
+      seed 004's caching and the reports read no teacher store.
+
+    So the other domain's ``pooled`` is never read; ``TrainingData.embedding`` gives zeros for a
+    clip its store lacks (as it always has). ``cfg`` is taken for the signature of
+    :func:`frames_read` (no config key changes the answer today)."""
+    if role not in set(FEATURE_ROLE.values()):
+        raise ValueError(f"teacher role {role!r}: expected one of {sorted(set(FEATURE_ROLE.values()))}")
+    return tuple(d for d in DOMAINS if POOLED_ROLE[d] == role)
+
+
+def embedded_domains(cfg: dict, role: str) -> tuple[str, ...]:
+    """The domains whose clips the ``role`` embed job runs its teacher on: those of
+    :func:`pooled_read` and of :func:`frames_read` (a tokenizer may read the frames of the other
+    domain's clips: Config B's k-means BEATs stand-in reads every clip's acoustic frames). The
+    other domain's clips are skipped: not embedded, not in the store."""
+    read = set(pooled_read(cfg, role)) | set(frames_read(cfg, role))
+    return tuple(d for d in DOMAINS if d in read)
