@@ -100,13 +100,14 @@ def test_plan_json_total_is_the_sum_of_its_stages(tmp_path, monkeypatch, capsys)
 
 
 def test_teacher_store_bytes_follow_what_is_read_at_paper_scale():
-    """paper.yaml: no semantic frames (S3 tokens read audio); BEATs frames of the audio clips only, float16."""
+    """paper.yaml: no semantic frames (S3 tokens read audio); BEATs frames of the audio clips only, float16;
+    each teacher embeds the clips of its own domain only (the only ``pooled`` read: ``pooled_read``)."""
     cfg = config_mod.load(CONFIGS)
     t, w = cfg["plan"]["teachers"], {d: estimate.window_seconds(cfg, d) for d in ("speech", "audio")}
     sem, aco = int(t["semantic"]["dim"]), int(t["acoustic"]["dim"])
     assert estimate.teacher_store_bytes_per_clip(cfg, "semantic", "speech") == sem * 4
-    assert estimate.teacher_store_bytes_per_clip(cfg, "semantic", "audio") == sem * 4
-    assert estimate.teacher_store_bytes_per_clip(cfg, "acoustic", "speech") == aco * 4
+    assert estimate.teacher_store_bytes_per_clip(cfg, "semantic", "audio") == 0         # not embedded
+    assert estimate.teacher_store_bytes_per_clip(cfg, "acoustic", "speech") == 0        # not embedded
     assert estimate.teacher_store_bytes_per_clip(cfg, "acoustic", "audio") == pytest.approx(
         aco * 4 + float(t["acoustic"]["frame_rate"]) * w["audio"] * aco * 2)
 
@@ -121,12 +122,13 @@ def test_disk_and_memory_per_job_match_a_hand_computation_at_the_embedded_defaul
     st, GB = p["stages"], 1e9
     mel_s = 100 * 24000 / 256 * 4                                   # 100 bins x 93.75 fps x 4 B = 37.5 kB per second
     assert st["data_mels_part"]["disk_gb_per_job"] == pytest.approx((240 * 3.75 + 240 * 2.5) * mel_s / GB)
-    # teacher stores: pooled [D] fp32 on both domains' 240 clips each + frames [rate x seconds, D] (fp32 at the
-    # embedded default) where read: semantic frames of the speech clips (k-means speech tokens), acoustic
-    # frames of both (RepCodec on audio clips, Config B's k-means stand-in on every clip)
-    sem = 240 * ((384 * 4 + 50 * 3.75 * 384 * 4) + 384 * 4)
+    # teacher stores: pooled [D] fp32 + frames [rate x seconds, D] (fp32 at the embedded default) where read,
+    # of the 240 clips of each domain a role is read for: semantic the speech clips only (pooled and the
+    # k-means speech tokens' frames), acoustic both (RepCodec on audio clips, Config B's k-means stand-in on
+    # every clip's frames)
+    sem = 240 * (384 * 4 + 50 * 3.75 * 384 * 4)
     aco = 240 * ((128 * 4 + 23.4375 * 3.75 * 128 * 4) + (128 * 4 + 23.4375 * 2.5 * 128 * 4))
-    assert sem == 69_857_280 and aco == 18_245_760
+    assert sem == 69_488_640 and aco == 18_245_760
     assert st["teacher_embed_part"]["disk_gb_per_job"] == pytest.approx((sem + aco) / 2 / GB)
     assert st["teacher_embed_part"]["disk_gb"] == pytest.approx((sem + aco) / GB)
     # checkpoints: last.pt and final.pt = 4 fp32 copies (weights, EMA, Adam m, v); a snapshot = the EMA

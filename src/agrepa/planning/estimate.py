@@ -15,8 +15,8 @@ wall-clock (every job of a stage in parallel, the stages one after another).
 Disk written per job (GB = 1e9 bytes), from the store formats and ``plan.clip_seconds`` (the mean clip;
 ``plan.clips`` train clips, so the valid and test clips add theirs): ``data_mels_part`` (one of
 ``shards.mels`` parts) float32 ``audio.n_mels`` x ``sample_rate / hop_length`` frames per second;
-``teacher_embed_part`` (``shards.embed`` parts per role, every clip of both domains)
-:func:`teacher_store_bytes_per_clip`; the gathers write only an index; ``train_warmup`` /
+``teacher_embed_part`` (``shards.embed`` parts per role, the clips of the domains the role is
+read for: :func:`agrepa.teachers.readers.embedded_domains`) :func:`teacher_store_bytes_per_clip`; the gathers write only an index; ``train_warmup`` /
 ``train_branch`` :func:`checkpoint_bytes` (``last.pt`` and ``final.pt`` the full training state, a
 branch's ``train.snapshot_fractions`` snapshots the EMA weights); ``sample`` PCM_16 wav + float32 mel
 of ``sample.max_clips`` clips. Other rules: not estimated (``-``; most write CSV / JSON). Peak memory
@@ -60,7 +60,7 @@ CPU_RULE_GROUPS = {"data_synth": "data", "data_corpus": "data", "data_mels_part"
 GB = 1e9
 MEL_BYTES = 4                  # float32 mel frames (corpora/mels.py)
 WAV_BYTES = 2                  # PCM_16 samples of a generated clip (audio.write_wav)
-TEACHER_POOLED_BYTES = 4       # float32 pooled [D] of every clip (teachers/cache.py)
+TEACHER_POOLED_BYTES = 4       # float32 pooled [D] of every embedded clip (teachers/cache.py)
 # frames [T', D]: teachers.frames_dtype, only for the clips of the domains a tokenizer reads (teachers/cache.py)
 TEACHER_FRAME_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # fp32 copies of the weights: a full checkpoint (weights, EMA, Adam m and v), a snapshot (the EMA),
@@ -115,11 +115,14 @@ def window_seconds(cfg: dict, domain: str) -> float:
 
 def teacher_store_bytes_per_clip(cfg: dict, role: str, domain: str) -> float:
     """Bytes the ``role`` teacher store holds for the mean ``domain`` clip, as teachers/cache.py writes
-    it: pooled [D] float32 + frames [frame_rate x window, D] in ``teachers.frames_dtype``, the frames
-    only where a configured tokenizer reads them (:func:`agrepa.teachers.readers.frames_read`)
-    (``plan.teachers.<role>``: dim, frame_rate)."""
-    from ..teachers.readers import frames_read
+    it: nothing for a clip of a domain the role is not read for (not embedded:
+    :func:`agrepa.teachers.readers.embedded_domains`), else pooled [D] float32 + frames [frame_rate x
+    window, D] in ``teachers.frames_dtype``, the frames only where a configured tokenizer reads them
+    (:func:`agrepa.teachers.readers.frames_read`) (``plan.teachers.<role>``: dim, frame_rate)."""
+    from ..teachers.readers import embedded_domains, frames_read
 
+    if domain not in embedded_domains(cfg, role):
+        return 0.0
     t = cfg["plan"]["teachers"][role]
     D = int(t["dim"])
     frames = 0.0
@@ -154,7 +157,7 @@ def disk_per_job(cfg: dict, rule: str, ln: Lengths | None, params: int | None) -
             / int(shards["mels"]), f"fp32 mels of plan.clips / {shards['mels']} parts"
     if rule == "teacher_embed_part":    # shards.embed parts per role; the mean of the two roles' stores
         per = [sum(clips[d] * teacher_store_bytes_per_clip(cfg, r, d) for d in DOMAINS) for r in ("semantic", "acoustic")]
-        return sum(per) / 2 / int(shards["embed"]), (f"fp32 pooled, every clip + {cfg['teachers']['frames_dtype']} "
+        return sum(per) / 2 / int(shards["embed"]), (f"fp32 pooled of the clips read + {cfg['teachers']['frames_dtype']} "
                                                      f"frames where read (mean of the 2 roles) / {shards['embed']} parts")
     if rule in TRAIN_RULES:
         from ..training.train import snapshot_steps
