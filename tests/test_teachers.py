@@ -416,13 +416,14 @@ def test_events_batched_equals_batch_1():
 
 
 def test_embedding_store_batched_equals_batch_1(tmp_path, caplog):
-    """The embedded default's semantic teacher (tiny.en, real frames) over 5 clips of 0.6-1.4 s:
+    """The embedded default's semantic teacher (tiny.en, real frames) over the 5 speech clips (0.6-2.2 s)
+    of a 10-clip manifest (the audio clips are not embedded: no stage reads their semantic embedding):
     teachers.batch_size 3 writes the batch-1 store within BATCH_ATOL, and logs clips/s."""
     from agrepa.teachers.cache import embed_manifest
 
     import logging
 
-    manifest, _ = write_clips(tmp_path, 5)
+    manifest, _ = write_clips(tmp_path, 10)
     stores = {}
     for b in (1, 3):
         cfg = C.load(DEFAULT_CONFIG, overrides=[f"teachers.batch_size={b}"])

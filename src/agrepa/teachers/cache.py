@@ -132,6 +132,22 @@ def cached_meta(out_dir: str | os.PathLike, key: str, ids: list[str]) -> dict | 
     return store.meta
 
 
+def part_rows(manifest_path, role: str, layout: StoreLayout, part: int, parts: int):
+    """(the manifest rows part ``part`` of ``parts`` embeds: its contiguous slice of the clips of
+    ``layout.domains``, the number of the manifest's clips of the other domains: not embedded)."""
+    from ..corpora.manifest import read_manifest
+
+    manifest = read_manifest(manifest_path)
+    if manifest.empty:
+        raise ValueError(f"{manifest_path}: manifest has no clips to embed")
+    rows = embedded_rows(manifest, layout.domains)
+    if rows.empty:
+        raise ValueError(f"{manifest_path}: no clips of the domains {list(layout.domains)} that the {role} "
+                         f"store is read for")
+    start, stop = part_range(len(rows), part, parts)
+    return rows.iloc[start:stop], len(manifest) - len(rows)
+
+
 def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
                    teacher: Teacher | None = None, teacher_dir: str | os.PathLike | None = None,
                    layout: StoreLayout | None = None, part: int | None = None, parts: int = 1) -> dict:
@@ -147,20 +163,10 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
             raise ValueError(f"parts={parts}: embed one part at a time (part=k), then gather_embeddings")
         embed_manifest(cfg, role, manifest_path, out_dir, teacher, teacher_dir, layout, part=0, parts=1)
         return gather_embeddings(cfg, role, manifest_path, out_dir, 1)
-    from ..corpora.manifest import read_manifest, resolve_path
+    from ..corpora.manifest import resolve_path
 
-    manifest = read_manifest(manifest_path)
-    if manifest.empty:
-        raise ValueError(f"{manifest_path}: manifest has no clips to embed")
     layout = store_layout(cfg, role) if layout is None else layout
-    n_manifest = len(manifest)
-    manifest = embedded_rows(manifest, layout.domains)
-    if manifest.empty:
-        raise ValueError(f"{manifest_path}: no clips of the domains {list(layout.domains)} that the {role} "
-                         f"store is read for")
-    n_skipped = n_manifest - len(manifest)    # clips of the other domains: read by no stage, not embedded
-    start, stop = part_range(len(manifest), part, parts)
-    manifest = manifest.iloc[start:stop]
+    manifest, n_skipped = part_rows(manifest_path, role, layout, part, parts)
     top = out_dir
     out_dir = part_dir(top, part, parts)
     if teacher is None:
