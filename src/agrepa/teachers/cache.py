@@ -222,7 +222,7 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
                  n_skipped, ", ".join(layout.domains), role)
     log.info("embedded %d clips with %s into %s (%d longer than the %.3g-s training window: their first %.3g s)",
              len(ids), teacher.name, out, n_cut, window, window)
-    log.info("stored %s frames of %d clips (domains: %s); pooled float32 for all", layout.frames_dtype,
+    log.info("stored %s frames of %d clips (domains: %s); pooled float32 for every embedded clip", layout.frames_dtype,
              n_frames_clips, ", ".join(layout.frames_domains) or "none: no configured stage reads them")
     return {**meta, "n_cut": n_cut, "n_frames_clips": n_frames_clips}
 
