@@ -14,11 +14,31 @@ Synthetic stores rather than `agrepa fixtures paper --scale K`: the paper path's
 with `git archive`, run with the same interpreter), on the same corpora. Example::
 
     python benchmarks/bench_scale.py --clips 64 --scale 16 --before 7400d43
+
+``--paper`` measures every job of the paper path instead (issue 23's first must-show): for each of
+``--scales K1 K2``, in a fresh copy of the workflow (Snakefile, workflow/, config/, ... as
+tests/test_rehearsal.py lays it out), `agrepa fixtures paper --config config/config.yaml --config
+config/paper.yaml --out results/fixtures/paper --seed 0 --scale K`, then `snakemake
+results/runs/A/seed0/warmup/final.pt --cores 2 --configfile config/paper.yaml config/rehearsal.yaml`
+(config A's seed-0 warm-up and everything it needs: corpora, merge, mel parts and gather, teacher
+embedding parts and gathers, token fits, encode part and gather), every job cold. A thread samples
+/proc every 50 ms and adds up the RssAnon of each job's process tree: the job's shell, its `agrepa`
+process and its DataLoader workers, found by their stdout (every rule's shell writes ``> {log}``, so
+all of them have fd 1 on ``results/logs/<rule>/<wildcards>.log``). RssAnon rather than the
+``max_uss`` of the rules' Snakemake ``benchmark:`` files: USS also counts private file-backed pages
+(written or copy-on-write mapped files), while memory that grows with the corpus is anonymous; and
+Snakemake samples every 0.5 s for the first 15 s of a job and every 30 s after, which misses short
+peaks of a long job. The benchmark files' ``max_uss`` is printed beside it as a cross-check. The
+train split's fp32 mel bytes are frames x n_mels x 4 summed over the train clips of the mel store.
+Example (table measured below)::
+
+    python benchmarks/bench_scale.py --paper --scales 1 4
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,6 +143,180 @@ def measure(name: str, src: Path, corpora: dict, steps: int, workers: int | None
           f"growth ratio {ratio:.3f} (goal <= 0.10)", flush=True)
 
 
+# --- --paper: every job of the paper path up to config A's seed-0 warm-up -------------------------
+WORKFLOW_FILES = ["Snakefile", "workflow", "config", "envs", "profiles", "slurm"]   # tests/test_workflow_support
+PAPER_RUN = ["--cores", "2", "--configfile", "config/paper.yaml", "config/rehearsal.yaml"]
+PAPER_TARGET = "results/runs/A/seed0/warmup/final.pt"   # WARMUP of workflow/rules/common.smk, tc=A, seed=0
+GOAL = 0.10
+
+
+def copy_workflow(dst: Path) -> Path:
+    """Snakefile, workflow/, config/, envs/, profiles/ and the `slurm` link of this checkout into dst."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_symlink():
+            os.symlink(os.readlink(src), dst / name)
+        elif src.is_dir():
+            shutil.copytree(src, dst / name, symlinks=True)
+        elif src.exists():
+            shutil.copy2(src, dst / name)
+    return dst
+
+
+def job_of_log(path: str, logs: str) -> str | None:
+    """``rule/wildcards`` of a job's log file ``LOGS/<rule>/<wildcards>.log`` (None if not under LOGS)."""
+    logs = logs.rstrip("/") + "/"
+    if not path.startswith(logs) or not path.endswith(".log"):
+        return None
+    return path[len(logs):-len(".log")]
+
+
+def parse_benchmark(text: str) -> dict[str, float]:
+    """A Snakemake ``benchmark:`` TSV (header row, one row per repeat) -> {column: float} of the
+    last row; ``h:m:s`` is dropped and ``NA`` (a job shorter than the first sample) reads as NaN."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2:
+        raise ValueError("a benchmark file needs a header and a row")
+    head, row = lines[0].split("\t"), lines[-1].split("\t")
+    return {k: (float("nan") if v == "NA" else float(v)) for k, v in zip(head, row) if k != "h:m:s"}
+
+
+def read_benchmarks(bench_dir: Path) -> dict[str, dict[str, float]]:
+    """``{rule/wildcards: parse_benchmark(file)}`` for every ``BENCH/<rule>/<wildcards>.tsv``."""
+    return {str(p.relative_to(bench_dir).with_suffix("")): parse_benchmark(p.read_text())
+            for p in sorted(bench_dir.glob("*/*.tsv"))}
+
+
+def growth_rows(peak1: dict[str, int], peakk: dict[str, int], mel1: int, melk: int,
+                goal: float = GOAL) -> list[dict]:
+    """One row per job measured at both scales: its peaks, growth, growth / mel growth, over the goal."""
+    if melk <= mel1:
+        raise ValueError(f"the train split's mel bytes must grow ({mel1} -> {melk})")
+    rows = []
+    for job in sorted(set(peak1) & set(peakk)):
+        growth = peakk[job] - peak1[job]
+        ratio = growth / (melk - mel1)
+        rows.append({"job": job, "peak1": peak1[job], "peakk": peakk[job], "growth": growth, "ratio": ratio,
+                     "over": ratio > goal})
+    return rows
+
+
+def format_table(rows: list[dict], k1: int, kk: int, mel1: int, melk: int, other: dict | None = None) -> str:
+    """The printed table (MiB); ``other`` = {job: (a, b)} adds a column pair (Snakemake's max_uss)."""
+    mib = 2 ** 20
+    out = [f"train split fp32 mel: scale {k1} {mel1 / mib:.1f} MiB, scale {kk} {melk / mib:.1f} MiB "
+           f"(growth {(melk - mel1) / mib:.1f} MiB); peak = max over 50-ms samples of the job's process-tree RssAnon"]
+    head = f"{'job':44s} {'peak@' + str(k1):>9s} {'peak@' + str(kk):>9s} {'growth':>8s} {'/ mel':>7s}"
+    if other is not None:
+        head += f" {'uss@' + str(k1):>8s} {'uss@' + str(kk):>8s}"
+    out.append(head + "  (MiB)")
+    for r in rows:
+        line = (f"{r['job']:44s} {r['peak1'] / mib:9.1f} {r['peakk'] / mib:9.1f} {r['growth'] / mib:8.1f} "
+                f"{r['ratio']:7.3f}")
+        if other is not None:
+            a, b = other.get(r["job"], (float("nan"), float("nan")))
+            line += f" {a:8.1f} {b:8.1f}"
+        out.append(line + ("  OVER 0.10" if r["over"] else ""))
+    return "\n".join(out)
+
+
+def train_mel_bytes(results: Path) -> int:
+    """fp32 bytes of the train split's mels, frames x n_mels x 4 from the mel store's headers."""
+    from agrepa.store import Store
+
+    manifest = pd.read_csv(results / "data" / "manifest.csv")
+    train = manifest.loc[manifest["split"] == "train", "id"].astype(str).tolist()
+    shapes = Store(results / "data" / "mels").shapes("mel", train)
+    if len(shapes) != len(train):
+        raise RuntimeError(f"{len(train) - len(shapes)} train clips missing from the mel store")
+    return sum(int(t) * int(m) * 4 for t, m in shapes.values())
+
+
+class JobSampler(threading.Thread):
+    """Every ``interval`` s, the RssAnon of each Snakemake job's process tree; peak per job.
+
+    A job is identified by its stdout: every rule's shell ends ``> {log} 2>&1``, so the job's shell,
+    the `agrepa` process and its DataLoader workers all have fd 1 on ``LOGS/<rule>/<wildcards>.log``
+    (and a child with another stdout keeps its nearest ancestor's job). Snakemake itself is no job."""
+
+    def __init__(self, root_pid: int, logs: Path, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.root_pid, self.logs, self.interval = root_pid, str(logs), interval
+        self.peaks: dict[str, int] = {}
+        self.stop = threading.Event()
+
+    def sample(self) -> dict[str, int]:
+        per_job: dict[str, int] = {}
+        todo = [(self.root_pid, None)]
+        while todo:
+            pid, job = todo.pop()
+            try:
+                own = job_of_log(os.readlink(f"/proc/{pid}/fd/1"), self.logs)
+                job = own or job
+                if job is not None:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("RssAnon:"):
+                            per_job[job] = per_job.get(job, 0) + int(line.split()[1]) * 1024
+                for t in Path(f"/proc/{pid}/task").iterdir():
+                    todo += [(int(c), job) for c in (t / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+        return per_job
+
+    def run(self):
+        while not self.stop.is_set():
+            for job, rss in self.sample().items():
+                self.peaks[job] = max(self.peaks.get(job, 0), rss)
+            time.sleep(self.interval)
+
+
+def paper_run(root: Path, scale: int, target: str, interval: float) -> tuple[dict[str, int], dict, int, float]:
+    """Fixtures at ``scale``, then Snakemake to ``target`` in a fresh workflow copy (every job cold).
+    Returns (peak RssAnon per job, Snakemake benchmark rows per job, train mel bytes, wall s)."""
+    copy_workflow(root)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    env.pop("AGREPA_SKIP_PATH_CHECK", None)
+    subprocess.run([sys.executable, "-m", "agrepa.cli", "fixtures", "paper", "--config", "config/config.yaml",
+                    "--config", "config/paper.yaml", "--out", "results/fixtures/paper", "--seed", "0",
+                    "--scale", str(scale)], cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
+    t0 = time.time()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "snakemake"), target, *PAPER_RUN], cwd=root,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sampler = JobSampler(proc.pid, root / "results" / "logs", interval)
+    sampler.start()
+    out = proc.communicate()[0]
+    sampler.stop.set()
+    sampler.join()
+    wall = time.time() - t0
+    if proc.returncode:
+        raise RuntimeError(f"snakemake at scale {scale} failed in {root}:\n{out[-4000:]}")
+    return sampler.peaks, read_benchmarks(root / "results" / "benchmarks"), train_mel_bytes(root / "results"), wall
+
+
+def paper_main(args) -> None:
+    k1, kk = args.scales
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_scale_paper-"))
+    runs = {}
+    for k in (k1, kk):
+        root = work / f"scale{k}"
+        if root.exists():
+            shutil.rmtree(root)   # every job cold: a fresh copy, fresh fixtures, no results
+        runs[k] = paper_run(root, k, args.target, args.interval)
+        peaks, _, mel, wall = runs[k]
+        print(f"scale {k}: {len(peaks)} jobs in {wall:.0f} s, train mel {mel / 2**20:.1f} MiB ({root})", flush=True)
+    (p1, b1, m1, _), (pk, bk, mk, _) = runs[k1], runs[kk]
+    rows = growth_rows(p1, pk, m1, mk)
+    uss = {j: (b1.get(j, {}).get("max_uss", float("nan")), bk.get(j, {}).get("max_uss", float("nan"))) for j in p1}
+    print(format_table(rows, k1, kk, m1, mk, other=uss))
+    missing = sorted(set(p1) ^ set(pk))
+    if missing:
+        print(f"jobs measured at one scale only: {', '.join(missing)}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=64, help="train clips at scale 1")
@@ -131,8 +325,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2, help="train.num_workers of this checkout's run")
     ap.add_argument("--before", help="also measure this git revision (its src/ and config/)")
+    ap.add_argument("--paper", action="store_true", help="the paper path, every job, at --scales (see above)")
+    ap.add_argument("--scales", type=int, nargs=2, default=[1, 4], metavar=("K1", "K2"),
+                    help="--paper: the two `agrepa fixtures paper --scale` values")
+    ap.add_argument("--target", default=PAPER_TARGET, help="--paper: the Snakemake target")
+    ap.add_argument("--interval", type=float, default=0.05, help="--paper: seconds between /proc samples")
+    ap.add_argument("--keep", help="--paper: run in this directory (scale<K>/ each) and keep it")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "src"))
+    if args.paper:
+        return paper_main(args)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         corpora = {k: (tmp / f"corpus-{k}", write_corpus(tmp / f"corpus-{k}", args.clips * k, args.seconds))
