@@ -30,9 +30,45 @@ all of them have fd 1 on ``results/logs/<rule>/<wildcards>.log``). RssAnon rathe
 Snakemake samples every 0.5 s for the first 15 s of a job and every 30 s after, which misses short
 peaks of a long job. The benchmark files' ``max_uss`` is printed beside it as a cross-check. The
 train split's fp32 mel bytes are frames x n_mels x 4 summed over the train clips of the mel store.
-Example (table measured below)::
+The rehearsal's ``train.warmup_epochs`` is a fraction of an epoch, so its warm-up steps grow with
+the corpus (2 at scale 1, 16 at scale 8), and the training process's memory grows with its first
+steps (scale 2, one process: 1075 / 1613 / 1748 MiB RssAnon after 1 / 2 / 4 steps): ``--fixed-steps
+E`` overlays ``train.warmup_epochs: E / K`` at scale K, the same steps at both scales (E = 0.36: 8).
+Jobs run with ``--config warm_start=False``: with the warm start (agrepa/warm.py) every job is forked
+from one server, its RssAnon counts the server's ~440 MiB of imported modules, and the rules'
+benchmark files measure only the thin `agrepa` client (max_rss 14 MiB for a 2-GiB training job).
 
-    python benchmarks/bench_scale.py --paper --scales 1 4
+Measured 2026-12-07, 2-core CPU (no GPU), `--paper --scales 1 8 --fixed-steps 0.36` (8 warm-up steps
+at both scales; 41 -> 328 clips, 26 -> 206 train)::
+
+    train split fp32 mel: scale 1 9.2 MiB, scale 8 73.5 MiB (growth 64.4 MiB)
+    job                                             peak@1    peak@8   growth   / mel    uss@1    uss@8  (MiB)
+    data_corpus/audioset                              54.9      57.9      3.1   0.048     51.2     55.5
+    data_corpus/librispeech                           53.4      53.7      0.3   0.005     56.4     54.1
+    data_mels/data_mels                              302.9     302.9      0.0   0.000    303.6    316.2
+    data_mels_part/part-00000of00002                 345.9     453.3    107.4   1.669    363.9    453.7  OVER 0.10
+    data_mels_part/part-00001of00002                 343.3     414.2     70.9   1.101    377.3    415.1  OVER 0.10
+    data_merge/data_merge                             49.8      49.8      0.1   0.001     46.0     46.7
+    teacher_embed/acoustic                           301.3     301.5      0.2   0.003    320.1    301.8
+    teacher_embed/semantic                           301.2     301.5      0.2   0.004    353.1    301.9
+    teacher_embed_part/acoustic_part-00000of00001     537.3     625.1     87.8   1.364    584.7    594.4  OVER 0.10
+    teacher_embed_part/semantic_part-00000of00001     653.9     686.8     32.9   0.511    743.9    661.4  OVER 0.10
+    tokens_encode/A                                  298.0     298.2      0.2   0.004    315.5    313.0
+    tokens_encode_part/A_part-00000of00001           394.5     433.4     38.9   0.604    442.1    473.0  OVER 0.10
+    tokens_fit/audio                                 369.0     369.0      0.1   0.001    446.7    384.6
+    tokens_fit/speech                                390.3     428.1     37.8   0.587    434.4    439.9  OVER 0.10
+    train_warmup/A_seed0                            3435.5    3530.7     95.2   1.480   1773.2   1750.5  OVER 0.10
+
+At this size every part is within one store shard (``shard_size`` 512 mels, 256 embeddings, 1024
+tokens; 164 clips per mel part, 328 per embed / encode part), and a StoreWriter holds a shard's
+tensors until it is full: those jobs grow until a part passes its shard size and are bounded by it
+after (to be shown at a larger K). The training job's growth is in the training process itself
+(its own peak 1784 / 1753 MiB at scale 1, 1920 / 1927 at scale 8 in two reruns each; 956 -> 1061
+after one step), not in the DataLoader workers (376 MiB each at both scales).
+
+Example::
+
+    python benchmarks/bench_scale.py --paper --scales 1 8 --fixed-steps 0.36
 """
 from __future__ import annotations
 
@@ -146,6 +182,7 @@ def measure(name: str, src: Path, corpora: dict, steps: int, workers: int | None
 # --- --paper: every job of the paper path up to config A's seed-0 warm-up -------------------------
 WORKFLOW_FILES = ["Snakefile", "workflow", "config", "envs", "profiles", "slurm"]   # tests/test_workflow_support
 PAPER_RUN = ["--cores", "2", "--configfile", "config/paper.yaml", "config/rehearsal.yaml"]
+COLD = ["--config", "warm_start=False"]   # every job its own process, as under SLURM (agrepa/warm.py)
 PAPER_TARGET = "results/runs/A/seed0/warmup/final.pt"   # WARMUP of workflow/rules/common.smk, tc=A, seed=0
 GOAL = 0.10
 
@@ -271,10 +308,17 @@ class JobSampler(threading.Thread):
             time.sleep(self.interval)
 
 
-def paper_run(root: Path, scale: int, target: str, interval: float) -> tuple[dict[str, int], dict, int, float]:
+def paper_run(root: Path, scale: int, target: str, interval: float,
+              warmup_epochs: float | None = None) -> tuple[dict[str, int], dict, int, float]:
     """Fixtures at ``scale``, then Snakemake to ``target`` in a fresh workflow copy (every job cold).
-    Returns (peak RssAnon per job, Snakemake benchmark rows per job, train mel bytes, wall s)."""
+    ``warmup_epochs`` (the value at scale 1) overlays ``train.warmup_epochs: warmup_epochs / scale``:
+    the same number of warm-up steps at every scale. Returns (peak RssAnon per job, Snakemake
+    benchmark rows per job, train mel bytes, wall s)."""
     copy_workflow(root)
+    over = []
+    if warmup_epochs is not None:
+        (root / "bench_steps.yaml").write_text(yaml.safe_dump({"train": {"warmup_epochs": warmup_epochs / scale}}))
+        over = ["bench_steps.yaml"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     env.pop("AGREPA_SKIP_PATH_CHECK", None)
@@ -282,7 +326,8 @@ def paper_run(root: Path, scale: int, target: str, interval: float) -> tuple[dic
                     "--config", "config/paper.yaml", "--out", "results/fixtures/paper", "--seed", "0",
                     "--scale", str(scale)], cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
     t0 = time.time()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "snakemake"), target, *PAPER_RUN], cwd=root,
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "snakemake"), target, *PAPER_RUN, *over, *COLD],
+                            cwd=root,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler = JobSampler(proc.pid, root / "results" / "logs", interval)
     sampler.start()
@@ -303,7 +348,7 @@ def paper_main(args) -> None:
         root = work / f"scale{k}"
         if root.exists():
             shutil.rmtree(root)   # every job cold: a fresh copy, fresh fixtures, no results
-        runs[k] = paper_run(root, k, args.target, args.interval)
+        runs[k] = paper_run(root, k, args.target, args.interval, args.fixed_steps)
         peaks, _, mel, wall = runs[k]
         print(f"scale {k}: {len(peaks)} jobs in {wall:.0f} s, train mel {mel / 2**20:.1f} MiB ({root})", flush=True)
     (p1, b1, m1, _), (pk, bk, mk, _) = runs[k1], runs[kk]
@@ -330,6 +375,8 @@ def main() -> None:
                     help="--paper: the two `agrepa fixtures paper --scale` values")
     ap.add_argument("--target", default=PAPER_TARGET, help="--paper: the Snakemake target")
     ap.add_argument("--interval", type=float, default=0.05, help="--paper: seconds between /proc samples")
+    ap.add_argument("--fixed-steps", type=float, metavar="EPOCHS",
+                    help="--paper: train.warmup_epochs EPOCHS / K at scale K (the same warm-up steps at both)")
     ap.add_argument("--keep", help="--paper: run in this directory (scale<K>/ each) and keep it")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "src"))
