@@ -63,8 +63,12 @@ At this size every part is within one store shard (``shard_size`` 512 mels, 256 
 tokens; 164 clips per mel part, 328 per embed / encode part), and a StoreWriter holds a shard's
 tensors until it is full: those jobs grow until a part passes its shard size and are bounded by it
 after (to be shown at a larger K). The training job's growth is in the training process itself
-(its own peak 1784 / 1753 MiB at scale 1, 1920 / 1927 at scale 8 in two reruns each; 956 -> 1061
-after one step), not in the DataLoader workers (376 MiB each at both scales).
+(its own peak 1784 / 1753 MiB at scale 1, 1920 / 1927 at scale 8 in two reruns each), not in the
+DataLoader workers (376 MiB each at both scales), and not in the index: `TrainingData` of the train
+split adds 1 MiB at both scales (299 MiB after the imports either way). One step with
+``train.num_workers: 0`` peaks at 1076 MiB at scale 1 and 1062 at scale 8 (with 4 workers: 956 and
+1075): the peak follows which clips the seeded sampler draws (a batch's length sets the activation
+memory), which changes with the corpus but is not proportional to it.
 
 Example::
 
