@@ -61,14 +61,43 @@ at both scales; 41 -> 328 clips, 26 -> 206 train)::
 
 At this size every part is within one store shard (``shard_size`` 512 mels, 256 embeddings, 1024
 tokens; 164 clips per mel part, 328 per embed / encode part), and a StoreWriter holds a shard's
-tensors until it is full: those jobs grow until a part passes its shard size and are bounded by it
-after (to be shown at a larger K). The training job's growth is in the training process itself
-(its own peak 1784 / 1753 MiB at scale 1, 1920 / 1927 at scale 8 in two reruns each), not in the
-DataLoader workers (376 MiB each at both scales), and not in the index: `TrainingData` of the train
-split adds 1 MiB at both scales (299 MiB after the imports either way). One step with
-``train.num_workers: 0`` peaks at 1076 MiB at scale 1 and 1062 at scale 8 (with 4 workers: 956 and
-1075): the peak follows which clips the seeded sampler draws (a batch's length sets the activation
-memory), which changes with the corpus but is not proportional to it.
+tensors until it is full (and `safetensors.save_file` serialises them into one more buffer at the
+flush): those jobs grow until a part passes its shard size and are bounded by it after.
+
+The same, `--scales 1 32` (same day and machine; 41 -> 1312 clips, 26 -> 825 train; 656 clips per mel
+part, 1312 per embed / encode part: every part past its first shard)::
+
+    train split fp32 mel: scale 1 9.2 MiB, scale 32 295.1 MiB (growth 285.9 MiB)
+    job                                             peak@1   peak@32   growth   / mel    uss@1   uss@32  (MiB)
+    data_corpus/audioset                              57.1      58.0      0.9   0.003     51.9     58.4
+    data_corpus/librispeech                           53.4      54.0      0.6   0.002     53.7     56.0
+    data_mels/data_mels                              303.0     303.5      0.5   0.002    303.4    303.8
+    data_mels_part/part-00000of00002                 341.3     668.6    327.2   1.145    468.6    586.9  OVER 0.10
+    data_mels_part/part-00001of00002                 343.0     593.9    250.9   0.877    364.4    521.5  OVER 0.10
+    data_merge/data_merge                             49.8      50.3      0.6   0.002     50.0     51.0
+    teacher_embed/acoustic                           301.3     302.5      1.2   0.004    319.4    425.1
+    teacher_embed/semantic                           301.2     302.5      1.3   0.004    315.6    302.7
+    teacher_embed_part/acoustic_part-00000of00001     557.4     601.9     44.5   0.156    514.6    554.4  OVER 0.10
+    teacher_embed_part/semantic_part-00000of00001     664.2     729.9     65.8   0.230    440.5    756.8  OVER 0.10
+    tokens_encode/A                                  298.0     299.2      1.3   0.004    298.3    314.7
+    tokens_encode_part/A_part-00000of00001           401.2     462.5     61.3   0.214    435.3    507.2  OVER 0.10
+    tokens_fit/audio                                 369.0     369.6      0.6   0.002    391.7    389.8
+    tokens_fit/speech                                390.3     454.0     63.7   0.223    424.4    481.0  OVER 0.10
+    train_warmup/A_seed0                            3396.8    3294.3   -102.5  -0.359   1667.4   1572.5
+
+Read across the two runs (their scale-1 peaks agree within 5 MiB), scale 8 -> 32 (mel +221.6 MiB):
+teacher_embed_part/acoustic -23 MiB (<= 0), semantic +43 (0.19), tokens_encode_part +29 (0.13),
+tokens_fit/speech +26 (0.12): the ratios fall with K, as a buffer bounded by the shard size (or by
+`tokens.usage_max_clips`) does; data_mels_part +215 (0.97) is still its ramp (a part reaches 512
+clips at K ~ 26), its bound is one shard of mels and its serialised copy. The training job is within
+its own noise: the tree sum at the same scale varies by ~350 MiB between reruns (2914 / 3258 MiB at
+scale 1), which is more than 0.10 x the mel growth at these sizes, and its growth to scale 32 is
+negative. The training process's own peak (1784 / 1753 MiB at scale 1, 1920 / 1927 at scale 8 in two
+reruns each) is not the index: `TrainingData` of the train split adds 1 MiB at both scales (299 MiB
+after the imports either way); one step with ``train.num_workers: 0`` peaks at 1076 MiB at scale 1
+and 1062 at scale 8 (with 4 workers: 956 and 1075), so it likely follows which clips the seeded
+sampler draws (a batch's length sets the activation memory; not verified), not the corpus size.
+The DataLoader workers hold 376 MiB each at both scales.
 
 Example::
 
