@@ -24,7 +24,9 @@ results/runs/A/seed0/warmup/final.pt --cores 2 --configfile config/paper.yaml co
 embedding parts and gathers, token fits, encode part and gather), every job cold. A thread samples
 /proc every 50 ms and adds up the RssAnon of each job's process tree: the job's shell, its `agrepa`
 process and its DataLoader workers, found by their stdout (every rule's shell writes ``> {log}``, so
-all of them have fd 1 on ``results/logs/<rule>/<wildcards>.log``). RssAnon rather than the
+all of them have fd 1 on ``results/logs/<rule>/<wildcards>.log``; a forked DataLoader worker's
+RssAnon includes the pages it still shares copy-on-write with the training process, so the sum
+counts those once per worker: a constant offset, not a growth). RssAnon rather than the
 ``max_uss`` of the rules' Snakemake ``benchmark:`` files: USS also counts private file-backed pages
 (written or copy-on-write mapped files), while memory that grows with the corpus is anonymous; and
 Snakemake samples every 0.5 s for the first 15 s of a job and every 30 s after, which misses short
