@@ -64,7 +64,8 @@ at both scales; 41 -> 328 clips, 26 -> 206 train)::
 At this size every part is within one store shard (``shard_size`` 512 mels, 256 embeddings, 1024
 tokens; 164 clips per mel part, 328 per embed / encode part), and a StoreWriter holds a shard's
 tensors until it is full (and `safetensors.save_file` serialises them into one more buffer at the
-flush): those jobs grow until a part passes its shard size and are bounded by it after.
+flush): those jobs should grow until a part passes its shard size and stay flat after (the
+1-vs-64 run below shows two that do not).
 
 The same, `--scales 1 32` (same day and machine; 41 -> 1312 clips, 26 -> 825 train; 656 clips per mel
 part, 1312 per embed / encode part: every part past its first shard)::
@@ -88,9 +89,9 @@ part, 1312 per embed / encode part: every part past its first shard)::
     train_warmup/A_seed0                            3396.8    3294.3   -102.5  -0.359   1667.4   1572.5
 
 Read across the two runs (their scale-1 peaks agree within 5 MiB), scale 8 -> 32 (mel +221.6 MiB):
-teacher_embed_part/acoustic -23 MiB (<= 0), semantic +43 (0.19), tokens_encode_part +29 (0.13),
+teacher_embed_part/acoustic -23 MiB (<= 0; but +85 from 32 to 64), semantic +43 (0.19), tokens_encode_part +29 (0.13),
 tokens_fit/speech +26 (0.12): the ratios fall with K, as a buffer bounded by the shard size (or by
-`tokens.usage_max_clips`) does; data_mels_part +215 (0.97) is still its ramp (a part reaches 512
+`tokens.usage_max_clips`) would (1 vs 64 below: not all of them); data_mels_part +215 (0.97) is still its ramp (a part reaches 512
 clips at K ~ 26), its bound is one shard of mels and its serialised copy. The training job is within
 its own noise: the tree sum at the same scale varies by ~350 MiB between reruns (2914 / 3258 MiB at
 scale 1), which is more than 0.10 x the mel growth at these sizes, and its growth to scale 32 is
