@@ -245,25 +245,10 @@ def measure(name: str, src: Path, corpora: dict, steps: int, workers: int | None
 
 
 # --- --paper: every job of the paper path up to config A's seed-0 warm-up -------------------------
-WORKFLOW_FILES = ["Snakefile", "workflow", "config", "envs", "profiles", "slurm"]   # tests/test_workflow_support
 PAPER_RUN = ["--cores", "2", "--configfile", "config/paper.yaml", "config/rehearsal.yaml"]
 COLD = ["--config", "warm_start=False"]   # every job its own process, as under SLURM (agrepa/warm.py)
 PAPER_TARGET = "results/runs/A/seed0/warmup/final.pt"   # WARMUP of workflow/rules/common.smk, tc=A, seed=0
 GOAL = 0.10
-
-
-def copy_workflow(dst: Path) -> Path:
-    """Snakefile, workflow/, config/, envs/, profiles/ and the `slurm` link of this checkout into dst."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_symlink():
-            os.symlink(os.readlink(src), dst / name)
-        elif src.is_dir():
-            shutil.copytree(src, dst / name, symlinks=True)
-        elif src.exists():
-            shutil.copy2(src, dst / name)
-    return dst
 
 
 def job_of_log(path: str, logs: str) -> str | None:
@@ -379,6 +364,9 @@ def paper_run(root: Path, scale: int, target: str, interval: float,
     ``warmup_epochs`` (the value at scale 1) overlays ``train.warmup_epochs: warmup_epochs / scale``:
     the same number of warm-up steps at every scale. Returns (peak RssAnon per job, Snakemake
     benchmark rows per job, train mel bytes, wall s)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_workflow_support import copy_workflow   # the workflow copy the rehearsal test runs in
+
     copy_workflow(root)
     over = []
     if warmup_epochs is not None:
