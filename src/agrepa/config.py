@@ -27,6 +27,7 @@ from . import io
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 DOMAINS = ("speech", "audio")                           # a clip's domain; index = domain id in batches
+DOMAIN_TEACHER = {"speech": "semantic", "audio": "acoustic"}   # the teacher a domain's clips are aligned to
 STRATEGIES = ("foga", "lasp", "gradnorm", "random")     # layer-selection strategies (Table 3)
 CACHE_STRATEGIES = ("lsac", "causal", "random", "pab", "deepcache")  # attention-caching plans (Table L1)
 PAD_ID = 0                                              # token id of padding in the unified vocabulary

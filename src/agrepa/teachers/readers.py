@@ -22,7 +22,7 @@ audio: acoustic; :func:`pooled_read`), so the embed job runs a teacher only on t
 """
 from __future__ import annotations
 
-from ..config import DOMAINS
+from ..config import DOMAIN_TEACHER, DOMAINS
 
 # config keys frames_read reads (so a teacher-embedding rule reruns when a reader appears or goes)
 CONFIG_KEYS = ("token_configs", "tokens.speech.kind", "tokens.audio.kind", "tokens.beats.kind")
@@ -49,21 +49,26 @@ def frame_streams(cfg: dict, role: str) -> list[str]:
     return out
 
 
+def check_role(role: str) -> None:
+    """A ValueError unless ``role`` is a teacher role (semantic, acoustic)."""
+    if role not in set(FEATURE_ROLE.values()):
+        raise ValueError(f"teacher role {role!r}: expected one of {sorted(set(FEATURE_ROLE.values()))}")
+
+
 def frames_read(cfg: dict, role: str) -> tuple[str, ...]:
     """The domains whose clips' ``role`` teacher frames a configured stage reads (module
     doc): the embed job stores ``frames`` for these clips only; ``()``: for none (the store
     holds ``pooled`` alone)."""
-    if role not in set(FEATURE_ROLE.values()):
-        raise ValueError(f"teacher role {role!r}: expected one of {sorted(set(FEATURE_ROLE.values()))}")
+    check_role(role)
     domains = set()
     for stream in frame_streams(cfg, role):
         domains |= set(DOMAINS) if stream == "beats" else {stream}
     return tuple(d for d in DOMAINS if d in domains)
 
 
-#: the teacher whose ``pooled`` embedding a clip of each domain is aligned to (the same table as
-#: :data:`agrepa.training.dataset.DOMAIN_TEACHER`, here below the training stage; test_embed_domains)
-POOLED_ROLE = {"speech": "semantic", "audio": "acoustic"}
+#: the teacher whose ``pooled`` embedding a clip of each domain is aligned to (the training
+#: stage's table, :data:`agrepa.config.DOMAIN_TEACHER`)
+POOLED_ROLE = DOMAIN_TEACHER
 
 
 def pooled_read(cfg: dict, role: str) -> tuple[str, ...]:
@@ -85,8 +90,7 @@ def pooled_read(cfg: dict, role: str) -> tuple[str, ...]:
     So the other domain's ``pooled`` is never read; ``TrainingData.embedding`` gives zeros for a
     clip its store lacks (as it always has). ``cfg`` is taken for the signature of
     :func:`frames_read` (no config key changes the answer today)."""
-    if role not in set(FEATURE_ROLE.values()):
-        raise ValueError(f"teacher role {role!r}: expected one of {sorted(set(FEATURE_ROLE.values()))}")
+    check_role(role)
     return tuple(d for d in DOMAINS if POOLED_ROLE[d] == role)
 
 

@@ -67,7 +67,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..config import DOMAINS
+from ..config import DOMAIN_TEACHER, DOMAINS  # noqa: F401  (DOMAIN_TEACHER re-exported)
 from ..corpora.mels import load_stats
 from ..store import SEP, ShardPool, Store, StoreInfo
 from ..tokenizers.timing import Grid, duration_mismatch, token_window
@@ -76,7 +76,6 @@ CONFIG_KEYS = ("audio", "train")  # config sections this module reads
 
 log = logging.getLogger(__name__)
 
-DOMAIN_TEACHER = {"speech": "semantic", "audio": "acoustic"}
 TEACHERS = ("semantic", "acoustic")
 
 
