@@ -27,16 +27,18 @@ from typing import Any, Iterable, NamedTuple
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from . import io
+from .safetensors_stream import StreamingSafetensors
 from .parts import part_name, part_range  # noqa: F401  (re-exported)
 
 SEP = "::"
 
 
 class StoreWriter:
-    """Write ``{clip id: {name: tensor}}`` into shards of ``shard_size`` clips."""
+    """Write ``{clip id: {name: tensor}}`` into shards of ``shard_size`` clips. Each tensor goes to
+    disk as it is added (:class:`agrepa.safetensors_stream.StreamingSafetensors`), so memory does not
+    grow with the shard or the store."""
 
     def __init__(self, out_dir: str | os.PathLike, meta: dict[str, Any] | None = None,
                  shard_size: int = 512):
@@ -44,18 +46,23 @@ class StoreWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.meta = dict(meta or {})
         self.shard_size = shard_size
-        self._pending: dict[str, torch.Tensor] = {}
+        self._shard: StreamingSafetensors | None = None
         self._pending_keys: list[str] = []
         self._shards: dict[str, str] = {}
         self._n_shard = 0
+
+    def _shard_name(self) -> str:
+        return f"shard-{self._n_shard:05d}.safetensors"
 
     def add(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         if SEP in key:
             raise ValueError(f"clip id {key!r} contains the reserved separator {SEP!r}")
         if key in self._shards or key in self._pending_keys:
             raise ValueError(f"clip id {key!r} added twice")
+        if self._shard is None:
+            self._shard = StreamingSafetensors(self.out_dir / self._shard_name())
         for name, t in tensors.items():
-            self._pending[f"{key}{SEP}{name}"] = t.detach().cpu().contiguous()
+            self._shard.add(f"{key}{SEP}{name}", t)
         self._pending_keys.append(key)
         if len(self._pending_keys) >= self.shard_size:
             self._flush()
@@ -63,13 +70,11 @@ class StoreWriter:
     def _flush(self) -> None:
         if not self._pending_keys:
             return
-        name = f"shard-{self._n_shard:05d}.safetensors"
-        with io.atomic_path(self.out_dir / name) as tmp:
-            save_file(self._pending, str(tmp))
+        self._shard.close()
         for key in self._pending_keys:
-            self._shards[key] = name
+            self._shards[key] = self._shard_name()
         self._n_shard += 1
-        self._pending, self._pending_keys = {}, []
+        self._shard, self._pending_keys = None, []
 
     def close(self) -> Path:
         self._flush()
