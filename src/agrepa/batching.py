@@ -7,12 +7,24 @@ import time
 from typing import Iterator, Sequence
 
 
-def batches(items: Sequence, size: int, key: str) -> Iterator[Sequence]:
-    """Consecutive slices of ``size`` items (the last may be shorter); ``key`` names the
-    config key ``size`` came from in the error for a size below 1."""
+def row_batches(table, size: int, key: str) -> Iterator[list[dict]]:
+    """:func:`batches` of a DataFrame's rows as ``{column: value}`` dicts, made one batch at a
+    time: a list of every row (``iterrows`` Series: ~1.3 kB each) would grow with the manifest."""
+    for first in range(0, len(table), _checked(size, key)):
+        yield table.iloc[first: first + int(size)].to_dict("records")
+
+
+def _checked(size: int, key: str) -> int:
     size = int(size)
     if size < 1:
         raise ValueError(f"{key}: must be >= 1, got {size}")
+    return size
+
+
+def batches(items: Sequence, size: int, key: str) -> Iterator[Sequence]:
+    """Consecutive slices of ``size`` items (the last may be shorter); ``key`` names the
+    config key ``size`` came from in the error for a size below 1."""
+    size = _checked(size, key)
     for first in range(0, len(items), size):
         yield items[first: first + size]
 

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from .. import audio as A
 from .. import config as C
 from .. import io
-from ..batching import Throughput, batches
+from ..batching import Throughput, row_batches
 from ..store import Store, StoreWriter, gather, merge_meta, part_dir, part_metas, part_range, start_part
 from ..config import DOMAINS
 from .readers import embedded_domains, frames_read
@@ -193,10 +193,9 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
     writer = StoreWriter(out, meta=meta, shard_size=int(cfg["teachers"]["shard_size"]))
     batch_size = int(cfg["teachers"]["batch_size"])
     n_cut = n_frames_clips = 0
-    rows = [row for _, row in manifest.iterrows()]
-    with Throughput(log, f"embed {role} ({teacher.name})", len(rows), batch_size), \
-            tqdm(total=len(rows), desc=f"embed {role} ({teacher.name})") as bar:
-        for batch in batches(rows, batch_size, "teachers.batch_size"):
+    with Throughput(log, f"embed {role} ({teacher.name})", len(manifest), batch_size), \
+            tqdm(total=len(manifest), desc=f"embed {role} ({teacher.name})") as bar:
+        for batch in row_batches(manifest, batch_size, "teachers.batch_size"):
             paths, cuts = [], []
             for row in batch:
                 path = resolve_path(manifest_path, row["path"])

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from .. import config as C
 from ..config import DOMAINS
 from .. import io
-from ..batching import Throughput, batches
+from ..batching import Throughput, row_batches
 from ..device import cpu_threads
 from ..store import Store, StoreWriter, gather, merge_meta, part_metas, part_range, start_part
 from ..teachers.readers import AUDIO_KINDS, FEATURE_ROLE   # stream -> teacher role; the kinds that read audio
@@ -433,11 +433,10 @@ def encode_part(cfg: dict, token_config: str, manifest_path: str | os.PathLike, 
     out = start_part(out_dir, part, parts)   # no index may describe shards being rewritten
     writer = StoreWriter(out, meta=meta, shard_size=int(cfg["tokens"]["shard_size"]))
     batch_size = int(cfg["tokens"]["batch_size"])
-    rows = [row for _, row in manifest.iterrows()]
     lengths = []
-    with Throughput(log, f"tokens {token_config}", len(rows), batch_size), \
-            tqdm(total=len(rows), desc=f"tokens {token_config}") as bar:
-        for batch in batches(rows, batch_size, "tokens.batch_size"):
+    with Throughput(log, f"tokens {token_config}", len(manifest), batch_size), \
+            tqdm(total=len(manifest), desc=f"tokens {token_config}") as bar:
+        for batch in row_batches(manifest, batch_size, "tokens.batch_size"):
             primary = shared(batch) if shared else primary_codes(batch, codes)
             beats = codes("beats", batch) if token_config == "B" else None
             for i, row in enumerate(batch):
