@@ -6,6 +6,7 @@ run bitwise) is in tests/test_workflow_run.py."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,6 +65,9 @@ def test_a_warm_training_job_equals_a_cold_one_bitwise(server, corpus, tmp_path)
         r = agrepa(train, tmp_path / mode, socket, env={"OMP_NUM_THREADS": "1"})   # --out is relative to cwd
         assert r.returncode == 0, r.stderr
         assert "INFO agrepa.training" in r.stderr         # the job's log reaches the caller's stderr
+    # the job's own peak and CPU time reach its log (Snakemake's benchmark file sees the ~14-MiB client)
+    peak = re.search(r"agrepa: warm-started job \(pid \d+\): max_rss ([\d.]+) MiB, cpu ([\d.]+) s", r.stderr)
+    assert peak and float(peak.group(1)) > 200 and float(peak.group(2)) > 0.1, r.stderr[-2000:]
     assert f"agrepa train in {tmp_path / 'warm'}" in log.read_text()
     assert f"in {tmp_path / 'cold'}" not in log.read_text()
     cold, hot = (torch.load(tmp_path / m / "run" / "final.pt", map_location="cpu", weights_only=True)
@@ -77,7 +81,9 @@ def test_streams_and_exit_codes_are_a_fresh_processs(server, tmp_path):
     for args in (["--help"], ["select"], ["train", "--config", "missing.yaml", "--phase", "warmup", "--out", "x"],
                  ["no-such-command"]):
         cold, hot = agrepa(args, tmp_path), agrepa(args, tmp_path, path)
-        assert (hot.returncode, hot.stdout, hot.stderr) == (cold.returncode, cold.stdout, cold.stderr), args
+        lines = hot.stderr.splitlines(keepends=True)
+        assert lines and lines[-1].startswith("agrepa: warm-started job"), hot.stderr   # its resource line, last
+        assert (hot.returncode, hot.stdout, "".join(lines[:-1])) == (cold.returncode, cold.stdout, cold.stderr), args
     assert cold.returncode == 2 and "invalid choice" in cold.stderr
 
 
