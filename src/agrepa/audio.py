@@ -38,7 +38,11 @@ def resample(wave: np.ndarray | torch.Tensor, orig_sr: int, new_sr: int,
         kw = {} if resampler is None else {"resampling_method": str(resampler["method"]),
                                            "lowpass_filter_width": int(resampler["lowpass_filter_width"]),
                                            "rolloff": float(resampler["rolloff"])}
-        x = torchaudio.functional.resample(x, int(orig_sr), int(new_sr), **kw)
+        # oneDNN off: it caches one convolution primitive per input length, and a corpus of clips of
+        # every length grew a mels job's memory by ~100 MiB over 1.3 k clips (the native kernel is
+        # as fast here and bitwise equal; docs/architecture.md, "Memory of the per-clip stages")
+        with torch.backends.mkldnn.flags(enabled=False):
+            x = torchaudio.functional.resample(x, int(orig_sr), int(new_sr), **kw)
     return x.numpy().astype(np.float32, copy=False)
 
 
