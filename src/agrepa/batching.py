@@ -7,6 +7,14 @@ import time
 from typing import Iterator, Sequence
 
 
+def longest_first(manifest):
+    """The manifest's rows by ``duration``, longest first (ties in manifest order). Batches of
+    similar lengths pad less, and the job's largest batch comes first, so its memory peak is
+    reached on the first batch whatever the corpus size (a job that fits its memory request at
+    the start does not run out of it hours later on a long clip)."""
+    return manifest.sort_values("duration", ascending=False, kind="stable")
+
+
 def row_batches(table, size: int, key: str) -> Iterator[list[dict]]:
     """:func:`batches` of a DataFrame's rows as ``{column: value}`` dicts, made one batch at a
     time: a list of every row (``iterrows`` Series: ~1.3 kB each) would grow with the manifest."""

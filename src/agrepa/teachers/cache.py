@@ -44,7 +44,7 @@ from tqdm import tqdm
 from .. import audio as A
 from .. import config as C
 from .. import io
-from ..batching import Throughput, row_batches
+from ..batching import Throughput, longest_first, row_batches
 from ..store import Store, StoreWriter, gather, merge_meta, part_dir, part_metas, part_range, start_part
 from ..config import DOMAINS
 from .readers import embedded_domains, frames_read
@@ -195,7 +195,7 @@ def embed_manifest(cfg: dict, role: str, manifest_path: str | os.PathLike, out_d
     n_cut = n_frames_clips = 0
     with Throughput(log, f"embed {role} ({teacher.name})", len(manifest), batch_size), \
             tqdm(total=len(manifest), desc=f"embed {role} ({teacher.name})") as bar:
-        for batch in row_batches(manifest, batch_size, "teachers.batch_size"):
+        for batch in row_batches(longest_first(manifest), batch_size, "teachers.batch_size"):
             paths, cuts = [], []
             for row in batch:
                 path = resolve_path(manifest_path, row["path"])

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from .. import config as C
 from ..config import DOMAINS
 from .. import io
-from ..batching import Throughput, row_batches
+from ..batching import Throughput, longest_first, row_batches
 from ..device import cpu_threads
 from ..store import Store, StoreWriter, gather, merge_meta, part_metas, part_range, start_part
 from ..teachers.readers import AUDIO_KINDS, FEATURE_ROLE   # stream -> teacher role; the kinds that read audio
@@ -219,7 +219,7 @@ def _fit_pretrained(cfg: dict, stream: str, manifest_path, manifest, ids: list[s
     if cap is not None and len(ids) > int(cap):
         pick = torch.randperm(len(ids), generator=torch.Generator().manual_seed(conf["seed"]))[:int(cap)]
         ids = [ids[i] for i in sorted(pick.tolist())]
-    rows = manifest.set_index("id").loc[ids]
+    rows = longest_first(manifest.set_index("id").loc[ids])   # the usage counts do not depend on the order
     peak = cfg["audio"]["peak_normalize"]
     codes = torch.cat([torch.from_numpy(tok.encode_wave(A.load_audio(resolve_path(manifest_path, p), 16000,
                                                                      peak=peak)))
@@ -436,7 +436,7 @@ def encode_part(cfg: dict, token_config: str, manifest_path: str | os.PathLike, 
     lengths = []
     with Throughput(log, f"tokens {token_config}", len(manifest), batch_size), \
             tqdm(total=len(manifest), desc=f"tokens {token_config}") as bar:
-        for batch in row_batches(manifest, batch_size, "tokens.batch_size"):
+        for batch in row_batches(longest_first(manifest), batch_size, "tokens.batch_size"):
             primary = shared(batch) if shared else primary_codes(batch, codes)
             beats = codes("beats", batch) if token_config == "B" else None
             for i, row in enumerate(batch):
