@@ -22,7 +22,7 @@ SIZES = [
     "train.compile",       # not a size: inductor builds C++ per job on the CPU (tests/test_train_step.py checks compile)
     "tokens.audio.k", "tokens.audio.dim", "tokens.audio.hidden", "tokens.audio.steps",
     "tokens.audio.batch_size", "tokens.audio.window", "tokens.audio.fit_windows", "tokens.beats.k",
-    "probe.t_grid", "probe.n_clips", "probe.batch_size",
+    "teachers.batch_size", "probe.t_grid", "probe.n_clips", "probe.batch_size",
     "sample.steps", "sample.batch_size", "sample.max_clips.*",
     "eval.bootstrap", "eval.fad.fad_inf.*", "eval.listening_test.max_clips.*", "eval.convergence.max_clips",
     "eval.heldout.max_clips.*",
