@@ -123,13 +123,32 @@ per mel part; scale 64's snakemake run 334 s)::
     tokens_fit/speech                                389.5     468.1     78.6   0.136    426.4    501.8  OVER 0.10
     train_warmup/A_seed0                            3544.7    3204.7   -340.0  -0.586   2112.9   1660.1
 
-Scale 32 -> 64 across the runs (mel +294 MiB): tokens_encode_part +11 MiB (0.04), tokens_fit/speech
-+14 (0.05), teacher_embed_part/semantic -1 (0): level. teacher_embed_part/acoustic +85 (0.29) and
-data_mels_part +42 / +167 (0.14 / 0.57) still grow past their first shard: not explained here (one
-shard's tensors plus save_file's serialised copy should be flat past the first flush; the allocator
-keeping freed shard buffers, or longer clips in later shards, are candidates, unchecked). The
-training job stays within its rerun noise (negative growth at 8 steps). So the must-show does not
-pass as measured: nine jobs are within 0.10, six are over it at 1 vs 64.
+The runs above predate four fixes (docs/architecture.md, "Memory of the per-clip stages"): the
+streaming shard writer, row batches made one at a time, oneDNN off in the resampler, clips longest
+first; and rehearsal.yaml's ``teachers.batch_size: 4``, so that both scales run full teacher batches.
+After them, `--scales 1 64 --fixed-steps 0.36` (2026-12-07, same machine, nothing else running)::
+
+    train split fp32 mel: scale 1 9.2 MiB, scale 64 589.1 MiB (growth 579.9 MiB); peak = max over 50-ms samples of the job's process-tree RssAnon
+    job                                             peak@1   peak@64   growth   / mel    uss@1   uss@64  (MiB)
+    data_corpus/audioset                              57.9      58.2      0.2   0.000     55.6     56.0
+    data_corpus/librispeech                           53.4      54.9      1.5   0.003     52.7     57.3
+    data_mels/data_mels                              302.9     304.7      1.8   0.003    305.6    371.1
+    data_mels_part/part-00000of00002                 338.8     348.7      9.8   0.017    339.8    347.5
+    data_mels_part/part-00001of00002                 349.0     370.1     21.1   0.036    363.9    360.9
+    data_merge/data_merge                             49.8      52.4      2.7   0.005     52.3     52.9
+    teacher_embed/acoustic                           301.3     302.9      1.6   0.003    306.9    317.3
+    teacher_embed/semantic                           301.3     303.8      2.6   0.004    306.5    298.2
+    teacher_embed_part/acoustic_part-00000of00001     379.0     365.2    -13.8  -0.024    387.9    374.1
+    teacher_embed_part/semantic_part-00000of00001     488.9     501.3     12.4   0.021    596.5    592.0
+    tokens_encode/A                                  298.0     301.0      3.0   0.005    303.7    304.7
+    tokens_encode_part/A_part-00000of00001           397.2     441.1     44.0   0.076    454.8    493.6
+    tokens_fit/audio                                 369.0     370.2      1.2   0.002    446.0    378.9
+    tokens_fit/speech                                389.8     432.7     42.9   0.074    388.9    478.9
+    train_warmup/A_seed0                            3168.0    2899.0   -269.0  -0.464   1804.1   1558.6
+
+Every preprocessing job is within 0.10 (the largest: tokens_encode_part and tokens_fit/speech,
+0.08, onnxruntime's CPU arena, sized by the longest clip and reused after); the training job's
+growth is negative, within its rerun noise.
 
 Example::
 

@@ -18,7 +18,7 @@ PKG = REPO / "src" / "agrepa"
 
 # Stage order, bottom to top: a module may import its own stage and anything below it (the ground
 # floor, rank 0, imports only itself; every other rank is one stage).
-RANK = {"io": 0, "config": 0, "audio": 0, "store": 0, "parts": 0, "device": 0, "batching": 0, "model": 0,
+RANK = {"io": 0, "config": 0, "audio": 0, "store": 0, "safetensors_stream": 0, "parts": 0, "device": 0, "batching": 0, "model": 0,
         "corpora": 1, "teachers": 2, "tokenizers": 3, "training": 4, "probing": 5, "generation": 6,
         "evaluation": 7, "caching": 8, "reports": 9, "fixtures": 10, "planning": 10, "cli": 11, "warm": 12}
 
