@@ -213,6 +213,52 @@ def test_gathered_tokens_equal_the_one_part_store_bitwise(teacher_tokens, tc):
     assert {k: v for k, v in one.meta.items() if k not in drop} == {k: v for k, v in three.meta.items() if k not in drop}
 
 
+def test_parts_with_no_clips_write_empty_stores_and_gather_as_the_one_part_store(teacher_tokens, tmp_path):
+    """More parts than clips (K = 12 over 7 clips, and the acoustic role's parts of no embedded clip):
+    the empty parts are complete stores of no clip, and every gather equals the K = 1 store."""
+    from agrepa.teachers.cache import embed_manifest, gather_embeddings
+    from agrepa.teachers.registry import build_teacher
+    from agrepa.tokenizers.streams import encode_manifest, gather_tokens
+    from test_ter_events import random_events_dir
+
+    K, root = 12, teacher_tokens
+    cfg = config.load(DEFAULT_CONFIG)
+    cfg["device"] = "cpu"
+    cfg["teachers"]["batch_size"] = 4
+    cfg["tokens"]["speech"].update(k=16)
+    cfg["tokens"]["audio"].update(kind="kmeans", k=8, iters=20, max_frames=100000)
+    manifest = root / "manifest_train.csv"
+    teacher = build_teacher(cfg, "acoustic", random_events_dir(root / "events", cfg))
+    for k in range(K):
+        embed_manifest(cfg, "acoustic", manifest, tmp_path / "acoustic", teacher=teacher, part=k, parts=K)
+        encode_manifest(cfg, "A", manifest, tmp_path / "tokens_A", speech_model=root / "tok" / "speech",
+                        audio_model=root / "tok" / "audio", semantic=root / "one" / "semantic",
+                        acoustic=root / "one" / "acoustic", part=k, parts=K)
+    empty = [k for k in range(K) if part_range(7, k, K)[0] == part_range(7, k, K)[1]]
+    assert len(empty) == 5
+    for k in empty:
+        for name in ("acoustic", "tokens_A"):
+            part = Store(part_dir(tmp_path / name, k, K))
+            assert len(part) == 0 and (part.meta["part"]["index"], part.meta["part"]["of"]) == (k, K)
+    gather_embeddings(cfg, "acoustic", manifest, tmp_path / "acoustic", K)
+    gather_tokens(cfg, manifest, tmp_path / "tokens_A", K)
+    drop = ("parts", "part")
+    for name, tol in (("acoustic", EMBED_TOL), ("tokens_A", 0.0)):
+        one, many = Store(root / "one" / name), Store(tmp_path / name)
+        assert_same_tensors(one, many, atol=tol)
+        assert {k: v for k, v in one.meta.items() if k not in drop} == {k: v for k, v in many.meta.items() if k not in drop}
+    # mels: 6 clips in 8 parts
+    (tmp_path / "mels").mkdir()
+    man = mel_corpus(tmp_path / "mels")
+    base = ["--config", str(DEFAULT_CONFIG), "--manifest", str(man)]
+    assert cli.main(["data", "mels", *base, "--out", str(tmp_path / "mel_one")]) == 0
+    for k in range(8):
+        assert cli.main(["data", "mels", *base, "--part", str(k), "--parts", "8", "--out", str(tmp_path / "mel_8")]) == 0
+    assert cli.main(["data", "mels", *base, "--gather", "--parts", "8", "--out", str(tmp_path / "mel_8")]) == 0
+    assert assert_same_tensors(Store(tmp_path / "mel_one"), Store(tmp_path / "mel_8")) == 0.0
+    assert Store(tmp_path / "mel_8").meta["stats"]["n_clips"] == Store(tmp_path / "mel_one").meta["stats"]["n_clips"]
+
+
 def test_gather_refuses_parts_built_from_other_inputs(teacher_tokens, tmp_path):
     from agrepa.tokenizers.streams import gather_tokens
 
