@@ -163,3 +163,66 @@ def test_paper_training_memory_and_checkpoints_are_of_the_issues_size():
     assert ck["full"] == 16 * P and ck["snapshot"] == 4 * P         # ~7.5 GB and ~1.9 GB
     assert 20e9 < estimate.train_gpu_memory_bytes(cfg, 1, P) < 78e9    # fits one H100 at batch 32 (estimate)
     assert estimate.train_gpu_memory_bytes(cfg, 8, P) < estimate.train_gpu_memory_bytes(cfg, 1, P)
+
+
+def test_table4_backbone_flops_on_meta_equal_the_count_of_a_real_step_at_the_embedded_default():
+    """backbone_step counts on the meta device what torch's FLOP counter counts for a real forward and
+    backward of the same backbone on the CPU (the embedded default's small sizes), for every backbone."""
+    from agrepa.model import build_model
+    from agrepa.model.layers import n_params
+
+    cfg = config_mod.load(CONFIGS[:1])
+    T, N, rows = estimate.crop_frames(cfg), int(1.5 * 50), 2
+    vocab = 1 + int(cfg["tokens"]["speech"]["k"]) + int(cfg["tokens"]["audio"]["k"])
+    backbones = estimate.table4_backbones(cfg)
+    assert sorted(backbones) == ["cosyvoice", "f5", "voicebox"]          # report.table4.architectures but model.arch
+    for arch, b in backbones.items():
+        c = {**cfg, "model": {**cfg["model"], "arch": arch}}
+        torch.manual_seed(0)
+        m = build_model(c, vocab).train()
+        x, t = torch.randn(rows, T, m.n_mels), torch.rand(rows)
+        tokens, prompt = torch.randint(1, vocab, (rows, N)), torch.randn(rows, T, m.n_mels)
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+            m(x, t, tokens, prompt).square().mean().backward()
+        assert b["step_flops"] == fc.get_total_flops() * cfg["train"]["batch_size"] / rows, arch
+        assert b["params"] == n_params(m), arch
+
+
+def test_table4_rules_take_their_backbones_flops_and_their_parent_rules_resources():
+    cfg = config_mod.load(CONFIGS[:1])
+    backbones = {"voicebox": {"step_flops": 3e12, "params": 100}, "f5": {"step_flops": 1e12, "params": 300}}
+    counts = {"train_branch": 2, "train_branch_arch": 4, "probe_arch": 2, "sample": 1, "sample_arch": 2,
+              "tokens_encode_part": 2, "select_arch": 2}
+    st = estimate.plan(cfg, counts, backbones)["stages"]
+    rate = float(cfg["plan"]["mfu"]) * float(cfg["plan"]["peak_tflops"]) * 1e12
+    steps = st["train_branch"]["steps_per_job"]
+    assert st["train_branch_arch"]["steps_per_job"] == steps
+    assert st["train_branch_arch"]["gpu_hours_per_job"] == pytest.approx(steps * 2e12 / rate / 3600)   # mean step
+    snaps = st["train_branch"]["disk_basis"].split(", ")[1].split()[0]
+    assert st["train_branch_arch"]["disk_gb_per_job"] == pytest.approx((2 * 16 * 200 + int(snaps) * 4 * 200) / 1e9)
+    assert "voicebox 3.0, f5 1.0 TFLOP" in st["train_branch_arch"]["basis"]
+    for rule in ("probe_arch", "sample_arch"):      # the parent's resources group and plan.job_gpu_hours
+        parent = rule.removesuffix("_arch")
+        group = estimate.RULE_GROUPS[parent]
+        assert st[rule]["group"] == group and st[rule]["gpus_per_job"] == int(cfg["resources"][group]["gpu"])
+        assert st[rule]["runtime_min"] == int(cfg["resources"][group]["runtime"])
+        assert st[rule]["gpu_hours_per_job"] == float(cfg["plan"]["job_gpu_hours"][parent])
+    assert st["sample_arch"]["disk_gb_per_job"] == st["sample"]["disk_gb_per_job"]
+    assert st["select_arch"]["basis"] == "CPU" and st["select_arch"]["disk_gb"] is None
+    # token stores: int64 ids, one column per stream (B: 2), at the stream's rate (speech: k-means on
+    # Whisper frames, 50 /s; audio: RepCodec on the event encoder's 23.4375 /s; B's positions: the faster
+    # of the domain's stream and BEATs'), 240 + 240 clips of 3.75 s and 2.5 s, the mean of A and B
+    A = 240 * 50 * 3.75 * 8 + 240 * 23.4375 * 2.5 * 8
+    B = 240 * 50 * 3.75 * 2 * 8 + 240 * 23.4375 * 2.5 * 2 * 8
+    assert (A, B) == (472_500, 945_000)
+    assert st["tokens_encode_part"]["disk_gb_per_job"] == pytest.approx((A + B) / 2 / 1e9)
+    assert st["tokens_encode_part"]["disk_gb"] == pytest.approx((A + B) / 1e9)
+
+
+def test_paper_table4_backbones_are_of_their_papers_size():
+    cfg = config_mod.load(CONFIGS)
+    b = estimate.table4_backbones(cfg)
+    assert 300e6 < b["voicebox"]["params"] < 360e6 and 300e6 < b["f5"]["params"] < 360e6      # ~330 M, F5 Base ~336 M
+    assert 80e6 < b["cosyvoice"]["params"] < 130e6                                            # CosyVoice-300M's flow
+    for arch in b:                       # each below the 24 x 1024 DiT's step but within a factor of 10
+        assert 0.1 * estimate.train_step_flops(cfg) < b[arch]["step_flops"] < 1.2 * estimate.train_step_flops(cfg), arch

@@ -7,12 +7,19 @@ from .. import config as config_mod
 
 
 def cmd_plan(args) -> int:
-    from .estimate import job_counts, plan, table
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .estimate import ARCH_SUFFIX, job_counts, plan, table, table4_backbones
 
     cfg = config_mod.from_args(args)
     if args.set:
         raise ValueError("agrepa plan: --set is not passed to Snakemake's dry run; put the keys in an overlay file")
-    p = plan(cfg, job_counts(args.config, args.targets))
+    # Table 4's backbones are FLOP-counted while Snakemake's dry run (a subprocess) counts the jobs
+    with ThreadPoolExecutor(1) as pool:
+        dry_run = pool.submit(job_counts, args.config, args.targets)
+        backbones = table4_backbones(cfg)
+        counts = dry_run.result()
+    p = plan(cfg, counts, backbones if any(r.endswith(ARCH_SUFFIX) for r in counts) else None)
     print(json.dumps(p, indent=1) if args.json else table(p))
     return 0
 

@@ -18,8 +18,17 @@ Disk written per job (GB = 1e9 bytes), from the store formats and ``plan.clip_se
 ``teacher_embed_part`` (``shards.embed`` parts per role, the clips of the domains the role is
 read for: :func:`agrepa.teachers.readers.embedded_domains`) :func:`teacher_store_bytes_per_clip`; the gathers write only an index; ``train_warmup`` /
 ``train_branch`` :func:`checkpoint_bytes` (``last.pt`` and ``final.pt`` the full training state, a
-branch's ``train.snapshot_fractions`` snapshots the EMA weights); ``sample`` PCM_16 wav + float32 mel
-of ``sample.max_clips`` clips. Other rules: not estimated (``-``; most write CSV / JSON). Peak memory
+branch's ``train.snapshot_fractions`` snapshots the EMA weights); ``tokens_encode_part`` (``shards.encode``
+parts per token config of ``token_configs``) :func:`token_store_bytes_per_clip`; ``sample`` PCM_16 wav +
+float32 mel of ``sample.max_clips`` clips.
+
+Table 4's backbones (``train_warmup_arch``, ``train_branch_arch``: the backbones of
+``report.table4.architectures`` other than ``model.arch``, as many jobs each): one training step's
+FLOPs as ``torch.utils.flop_counter.FlopCounterMode`` counts the backbone's forward and backward on the
+``meta`` device (no memory, no arithmetic) at ``model.<arch>``'s sizes, on 2 rows of the crop
+(FLOPs are linear in the rows) with ``crop_seconds x tokens.speech.onnx_token_rate`` tokens;
+a job's GPU-hours and checkpoint bytes are the mean over those backbones. The ``*_arch`` variants of
+the other rules take their parent rule's resources, ``plan.job_gpu_hours`` and disk. Other rules: not estimated (``-``; most write CSV / JSON). Peak memory
 per job: the ``mem_mb`` the job requests (``resources``, per node), and for the DiT training jobs
 an analytic GPU-memory estimate per GPU (:func:`train_gpu_memory_bytes`)."""
 from __future__ import annotations
@@ -40,15 +49,15 @@ from ..model.dit import DiT
 from ..training.schedule import Lengths
 
 CONFIG_KEYS = ("plan", "train", "model", "audio", "resources", "shards", "sample.max_clips", "tokens.speech.k",
-               "teachers.frames_dtype",
-               "tokens.audio.k")  # config sections this module reads
+               "teachers.frames_dtype", "tokens.audio.k", "tokens.speech.kind", "tokens.speech.onnx_token_rate",
+               "token_configs", "report.table4.architectures")  # config sections this module reads
 
 SKIPPED = {"results", ".snakemake", ".git"}   # not linked into the dry run's scratch directory
 TRAIN_RULES = {"train_warmup": "warmup", "train_branch": "branch"}
-# rule -> resources group of the workflow's GPU rules (workflow/rules/*.smk, resources_of(...))
+# rule -> resources group of the workflow's GPU rules (workflow/rules/*.smk, resources_of(...));
+# a Table 4 variant (X_arch) takes X's (base_rule)
 RULE_GROUPS = {"teacher_embed_part": "teacher_embed", "tokens_fit": "tokens", "tokens_encode_part": "tokens",
-               "train_warmup": "train", "train_branch": "train", "train_warmup_arch": "train",
-               "train_branch_arch": "train", "probe": "probe", "heldout": "evaluate",
+               "train_warmup": "train", "train_branch": "train", "probe": "probe", "heldout": "evaluate",
                "sample": "sample", "evaluate": "evaluate", "evaluate_reference": "evaluate",
                "lsac_probe": "sample", "lsac_eval": "sample", "rr_sample_scale": "sample",
                "rr_evaluate_scale": "evaluate", "rr_rsa": "evaluate"}
@@ -63,6 +72,8 @@ WAV_BYTES = 2                  # PCM_16 samples of a generated clip (audio.write
 TEACHER_POOLED_BYTES = 4       # float32 pooled [D] of every embedded clip (teachers/cache.py)
 # frames [T', D]: teachers.frames_dtype, only for the clips of the domains a tokenizer reads (teachers/cache.py)
 TEACHER_FRAME_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+TOKEN_BYTES = 8                # int64 token ids (tokenizers/streams.py)
+ARCH_SUFFIX = "_arch"          # Table 4's variant of a rule (workflow/rules/*.smk: use rule X as X_arch)
 # fp32 copies of the weights: a full checkpoint (weights, EMA, Adam m and v), a snapshot (the EMA),
 # a training process (weights, gradients, Adam m and v, EMA)
 STATE_COPIES = {"full": 4, "snapshot": 1, "train_gpu": 5}
@@ -131,6 +142,59 @@ def teacher_store_bytes_per_clip(cfg: dict, role: str, domain: str) -> float:
     return D * TEACHER_POOLED_BYTES + frames
 
 
+def token_rate(cfg: dict, stream: str) -> float:
+    """Tokens per second of a stream: the S3 ONNX tokenizer's ``tokens.speech.onnx_token_rate``, else
+    one token per frame of the teacher it reads (``plan.teachers.<role>.frame_rate``: k-means and
+    RepCodec on teacher frames, BEATs' tokenizer on its patches)."""
+    if stream == "speech" and cfg["tokens"]["speech"]["kind"] == "s3-onnx":
+        return float(cfg["tokens"]["speech"]["onnx_token_rate"])
+    return float(cfg["plan"]["teachers"]["semantic" if stream == "speech" else "acoustic"]["frame_rate"])
+
+
+def token_store_bytes_per_clip(cfg: dict, token_config: str, domain: str) -> float:
+    """Bytes the token store of ``token_config`` holds for the mean ``domain`` clip: int64 ids at the
+    domain's position rate (Config B: the faster of the domain's stream and BEATs'), one column per
+    stream (A: 1, B: 2), over the clip's window (tokenizers/streams.py ``store_timing``)."""
+    streams = [domain, "beats"] if token_config == "B" else [domain]
+    rate = max(token_rate(cfg, s) for s in streams)
+    return rate * window_seconds(cfg, domain) * len(streams) * TOKEN_BYTES
+
+
+def backbone_step(cfg: dict, arch: str) -> dict:
+    """``{"step_flops", "params"}`` of a Table 4 backbone: the FLOPs torch's FLOP counter counts for
+    one training step (forward + backward of the velocity) on the global batch, and its parameters
+    (Config A's vocabulary), both on the ``meta`` device (module docstring)."""
+    import copy
+
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..model import build_model
+    from ..model.layers import n_params
+
+    c = copy.deepcopy(cfg)
+    c["model"]["arch"] = arch
+    vocab = 1 + int(cfg["tokens"]["speech"]["k"]) + int(cfg["tokens"]["audio"]["k"])
+    rows, T = 2, crop_frames(cfg)
+    N = math.ceil(float(cfg["train"]["crop_seconds"]) * float(cfg["tokens"]["speech"]["onnx_token_rate"]) - 1e-9)
+    n_mels = int(cfg["audio"]["n_mels"])
+    with torch.device("meta"):
+        m = build_model(c, vocab).train()
+    x, t = torch.empty(rows, T, n_mels, device="meta"), torch.empty(rows, device="meta")
+    tokens = torch.zeros(rows, N, dtype=torch.long, device="meta")
+    prompt = torch.empty(rows, T, n_mels, device="meta")
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        m(x, t, tokens, prompt).square().mean().backward()
+    step = fc.get_total_flops() * int(cfg["train"]["batch_size"]) / rows
+    return {"step_flops": step, "params": n_params(m)}
+
+
+def table4_backbones(cfg: dict) -> dict[str, dict]:
+    """:func:`backbone_step` of every backbone of ``report.table4.architectures`` but ``model.arch``."""
+    return {a: backbone_step(cfg, a) for a in cfg["report"]["table4"]["architectures"] if a != cfg["model"]["arch"]}
+
+
 def checkpoint_bytes(p: int) -> dict[str, int]:
     """``full``: last.pt / final.pt (fp32 weights, EMA and Adam's two moments); ``snapshot``: a
     convergence snapshot (the EMA weights: training/checkpoint.py ``snapshot_dict``) of a model of
@@ -149,7 +213,9 @@ def train_gpu_memory_bytes(cfg: dict, gpus: int, params: int) -> float:
 
 
 def disk_per_job(cfg: dict, rule: str, ln: Lengths | None, params: int | None) -> tuple[float | None, str]:
-    """(bytes one job of ``rule`` writes, basis); None where not estimated (module docstring)."""
+    """(bytes one job of ``rule`` writes, basis); None where not estimated (module docstring).
+    ``params``: the backbone's parameters (Table 4's rules: the mean over its backbones)."""
+    rule = base_rule(rule)
     clips = {d: int(cfg["plan"]["clips"][d]) for d in DOMAINS}
     shards = cfg["shards"]
     if rule == "data_mels_part":   # one of shards.mels parts of the store
@@ -159,6 +225,11 @@ def disk_per_job(cfg: dict, rule: str, ln: Lengths | None, params: int | None) -
         per = [sum(clips[d] * teacher_store_bytes_per_clip(cfg, r, d) for d in DOMAINS) for r in ("semantic", "acoustic")]
         return sum(per) / 2 / int(shards["embed"]), (f"fp32 pooled of the clips read + {cfg['teachers']['frames_dtype']} "
                                                      f"frames where read (mean of the 2 roles) / {shards['embed']} parts")
+    if rule == "tokens_encode_part":    # shards.encode parts per token config; the mean of the configs' stores
+        tcs = list(cfg["token_configs"])
+        per = [sum(clips[d] * token_store_bytes_per_clip(cfg, tc, d) for d in DOMAINS) for tc in tcs]
+        return sum(per) / len(tcs) / int(shards["encode"]), \
+            f"int64 ids (mean of {'/'.join(tcs)}) / {shards['encode']} parts"
     if rule in TRAIN_RULES:
         from ..training.train import snapshot_steps
 
@@ -170,6 +241,11 @@ def disk_per_job(cfg: dict, rule: str, ln: Lengths | None, params: int | None) -
         n = cfg["sample"]["max_clips"]
         return sum(int(n[d]) * window_seconds(cfg, d) * per_s for d in DOMAINS), "PCM_16 wav + fp32 mel"
     return None, "not estimated"
+
+
+def base_rule(rule: str) -> str:
+    """``probe_arch`` -> ``probe``: the rule a Table 4 variant was made from (its resources and sizes)."""
+    return rule[:-len(ARCH_SUFFIX)] if rule.endswith(ARCH_SUFFIX) else rule
 
 
 def lengths(cfg: dict) -> Lengths:
@@ -222,35 +298,48 @@ def parse_job_stats(output: str) -> dict[str, int]:
     return counts
 
 
-def plan(cfg: dict, counts: dict[str, int]) -> dict:
+def plan(cfg: dict, counts: dict[str, int], backbones: dict[str, dict] | None = None) -> dict:
     """Per rule: jobs, GPUs per job, GPU-hours per job and in all, wall-clock per job, the runtime
-    limit per job (minutes) and the submissions a job needs within it; with ``total``."""
+    limit per job (minutes) and the submissions a job needs within it; with ``total``.
+    ``backbones``: :func:`table4_backbones` (counted here when Table 4's training rules are planned
+    and it is None)."""
     pc, rc = cfg["plan"], cfg["resources"]
     rate = float(pc["mfu"]) * float(pc["peak_tflops"]) * 1e12            # FLOP/s achieved per GPU
     step = train_step_flops(cfg)
-    ln = lengths(cfg) if set(counts) & set(TRAIN_RULES) else None
+    train_rules = [r for r in counts if base_rule(r) in TRAIN_RULES]
+    ln = lengths(cfg) if train_rules else None
     params = dit_params(cfg) if ln is not None else None
+    if backbones is None and any(r.endswith(ARCH_SUFFIX) for r in train_rules):
+        backbones = table4_backbones(cfg)
     stages = {}
     for rule, jobs in counts.items():
-        group = RULE_GROUPS.get(rule)
-        res_group = group or CPU_RULE_GROUPS.get(rule)
+        base = base_rule(rule)
+        group = RULE_GROUPS.get(base)
+        res_group = group or CPU_RULE_GROUPS.get(base)
         res = rc[res_group] if res_group in rc else rc["default"]
         gpus = int(res["gpu"]) * int(res["nodes"] if "nodes" in res else 1) if group else 0
         row = {"jobs": jobs, "group": group or "-", "gpus_per_job": gpus}
-        if rule in TRAIN_RULES:
-            steps = ln.steps(TRAIN_RULES[rule])
-            per_job = steps * step / rate / 3600
-            row.update(steps_per_job=steps, basis=f"{steps} steps x {step / 1e12:.1f} TFLOP at MFU {pc['mfu']}")
+        rule_params = params
+        if base in TRAIN_RULES:
+            steps = ln.steps(TRAIN_RULES[base])
+            if rule == base:
+                flops, row["basis"] = step, f"{steps} steps x {step / 1e12:.1f} TFLOP at MFU {pc['mfu']}"
+            else:     # Table 4: as many jobs of each backbone; the mean job
+                flops = sum(b["step_flops"] for b in backbones.values()) / len(backbones)
+                rule_params = sum(b["params"] for b in backbones.values()) / len(backbones)
+                each = ", ".join(f"{a} {b['step_flops'] / 1e12:.1f}" for a, b in backbones.items())
+                row["basis"] = f"{steps} steps x mean of {each} TFLOP (FLOP counter on meta) at MFU {pc['mfu']}"
+            per_job = steps * flops / rate / 3600
+            row["steps_per_job"] = steps
         elif group:
-            per_job = float(pc["job_gpu_hours"][rule]) if rule in pc["job_gpu_hours"] else 0.0
-            row["basis"] = "plan.job_gpu_hours" if rule in pc["job_gpu_hours"] else \
-                "not estimated" + (" (Table 4 backbone: no FLOP count)" if rule.endswith("_arch") else "")
+            per_job = float(pc["job_gpu_hours"][base]) if base in pc["job_gpu_hours"] else 0.0
+            row["basis"] = "plan.job_gpu_hours" if base in pc["job_gpu_hours"] else "not estimated"
         else:
             per_job, row["basis"] = 0.0, "CPU"
         wall = per_job / max(gpus, 1)
         row.update(gpu_hours_per_job=per_job, gpu_hours=per_job * jobs, wall_hours_per_job=wall,
                    runtime_min=int(res["runtime"]), submissions=max(1, math.ceil(wall * 60 / int(res["runtime"]) - 1e-9)))
-        row.update(disk_and_memory(cfg, rule, res, gpus, jobs, ln, params))
+        row.update(disk_and_memory(cfg, rule, res, gpus, jobs, ln, rule_params))
         stages[rule] = row
     return {"estimate": f"MFU {pc['mfu']} of {pc['peak_tflops']} TFLOP/s ({pc['gpu']}); not measured",
             "train_step_tflop": step / 1e12, "crop_frames": crop_frames(cfg), "stages": stages,
