@@ -121,14 +121,15 @@ def test_a_killed_part_job_is_the_only_one_redone(wf, tmp_path):
 
 
 # ----------------------------------------------------------------------------- 3. gathered == K = 1
-def test_gathered_mel_store_equals_the_one_part_store(tmp_path):
+@pytest.mark.parametrize("K", [3, 8])             # 8: more parts than the 6 clips, some of them empty
+def test_gathered_mel_store_equals_the_one_part_store(tmp_path, K):
     man = mel_corpus(tmp_path)
     base = ["--config", str(DEFAULT_CONFIG), "--manifest", str(man)]
     assert cli.main(["data", "mels", *base, "--out", str(tmp_path / "one")]) == 0
-    for k in range(3):
-        assert cli.main(["data", "mels", *base, "--part", str(k), "--parts", "3", "--out", str(tmp_path / "three")]) == 0
+    for k in range(K):
+        assert cli.main(["data", "mels", *base, "--part", str(k), "--parts", str(K), "--out", str(tmp_path / "three")]) == 0
     assert not (tmp_path / "three" / "index.json").exists()          # parts only: no gathered index yet
-    assert cli.main(["data", "mels", *base, "--gather", "--parts", "3", "--out", str(tmp_path / "three")]) == 0
+    assert cli.main(["data", "mels", *base, "--gather", "--parts", str(K), "--out", str(tmp_path / "three")]) == 0
     one, three = Store(tmp_path / "one"), Store(tmp_path / "three")
     assert assert_same_tensors(one, three) == 0.0                     # bitwise
     s1, s3 = one.meta["stats"], three.meta["stats"]
@@ -136,13 +137,24 @@ def test_gathered_mel_store_equals_the_one_part_store(tmp_path):
     # the same float64 per-frame terms, summed part by part: equal to float64 rounding
     np.testing.assert_allclose(s3["mean"], s1["mean"], rtol=1e-12, atol=0)
     np.testing.assert_allclose(s3["std"], s1["std"], rtol=1e-12, atol=0)
-    assert three.meta["parts"] == 3 and one.meta["parts"] == 1
+    assert three.meta["parts"] == K and one.meta["parts"] == 1
     assert {k: v for k, v in one.meta.items() if k not in ("stats", "parts")} == \
         {k: v for k, v in three.meta.items() if k not in ("stats", "parts")}
     # the gather refuses a missing part and parts of another manifest
-    (part_dir(tmp_path / "three", 2, 3) / "index.json").unlink()
-    assert cli.main(["data", "mels", *base, "--gather", "--parts", "3", "--out", str(tmp_path / "three")]) == 2
+    (part_dir(tmp_path / "three", 2, K) / "index.json").unlink()
+    assert cli.main(["data", "mels", *base, "--gather", "--parts", str(K), "--out", str(tmp_path / "three")]) == 2
     assert not (tmp_path / "three" / "index.json").exists()
+
+
+def small_cfg() -> dict:
+    """The embedded default on the CPU with small tokenizers (the teacher_tokens corpus's)."""
+    cfg = config.load(DEFAULT_CONFIG)
+    cfg["device"] = "cpu"
+    cfg["teachers"]["batch_size"] = 4                # K = 1: batches of 4 + 3; K = 3 (2, 2, 3 clips): other batches
+    cfg["tokens"]["speech"].update(k=16)
+    cfg["tokens"]["audio"].update(kind="kmeans", k=8, iters=20, max_frames=100000)
+    cfg["tokens"]["beats"].update(k=8)
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -158,12 +170,7 @@ def teacher_tokens(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("shards")
     corpus = make_corpus(root)
-    cfg = config.load(DEFAULT_CONFIG)
-    cfg["device"] = "cpu"
-    cfg["teachers"]["batch_size"] = 4                # K = 1: batches of 4 + 3; K = 3 (2, 2, 3 clips): other batches
-    cfg["tokens"]["speech"].update(k=16)
-    cfg["tokens"]["audio"].update(kind="kmeans", k=8, iters=20, max_frames=100000)
-    cfg["tokens"]["beats"].update(k=8)
+    cfg = small_cfg()
     manifest = root / "manifest_train.csv"
     write_manifest(read_manifest(corpus["manifest"]).assign(split="train"), manifest)
     teachers = {"semantic": build_teacher(cfg, "semantic"),
@@ -215,18 +222,15 @@ def test_gathered_tokens_equal_the_one_part_store_bitwise(teacher_tokens, tc):
 
 def test_parts_with_no_clips_write_empty_stores_and_gather_as_the_one_part_store(teacher_tokens, tmp_path):
     """More parts than clips (K = 12 over 7 clips, and the acoustic role's parts of no embedded clip):
-    the empty parts are complete stores of no clip, and every gather equals the K = 1 store."""
+    the empty parts are complete stores of no clip, and every gather equals the K = 1 store (the mels':
+    test_gathered_mel_store_equals_the_one_part_store with K = 8)."""
     from agrepa.teachers.cache import embed_manifest, gather_embeddings
     from agrepa.teachers.registry import build_teacher
     from agrepa.tokenizers.streams import encode_manifest, gather_tokens
     from test_ter_events import random_events_dir
 
     K, root = 12, teacher_tokens
-    cfg = config.load(DEFAULT_CONFIG)
-    cfg["device"] = "cpu"
-    cfg["teachers"]["batch_size"] = 4
-    cfg["tokens"]["speech"].update(k=16)
-    cfg["tokens"]["audio"].update(kind="kmeans", k=8, iters=20, max_frames=100000)
+    cfg = small_cfg()
     manifest = root / "manifest_train.csv"
     teacher = build_teacher(cfg, "acoustic", random_events_dir(root / "events", cfg))
     for k in range(K):
@@ -247,16 +251,6 @@ def test_parts_with_no_clips_write_empty_stores_and_gather_as_the_one_part_store
         one, many = Store(root / "one" / name), Store(tmp_path / name)
         assert_same_tensors(one, many, atol=tol)
         assert {k: v for k, v in one.meta.items() if k not in drop} == {k: v for k, v in many.meta.items() if k not in drop}
-    # mels: 6 clips in 8 parts
-    (tmp_path / "mels").mkdir()
-    man = mel_corpus(tmp_path / "mels")
-    base = ["--config", str(DEFAULT_CONFIG), "--manifest", str(man)]
-    assert cli.main(["data", "mels", *base, "--out", str(tmp_path / "mel_one")]) == 0
-    for k in range(8):
-        assert cli.main(["data", "mels", *base, "--part", str(k), "--parts", "8", "--out", str(tmp_path / "mel_8")]) == 0
-    assert cli.main(["data", "mels", *base, "--gather", "--parts", "8", "--out", str(tmp_path / "mel_8")]) == 0
-    assert assert_same_tensors(Store(tmp_path / "mel_one"), Store(tmp_path / "mel_8")) == 0.0
-    assert Store(tmp_path / "mel_8").meta["stats"]["n_clips"] == Store(tmp_path / "mel_one").meta["stats"]["n_clips"]
 
 
 def test_gather_refuses_parts_built_from_other_inputs(teacher_tokens, tmp_path):

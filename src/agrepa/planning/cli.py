@@ -9,7 +9,7 @@ from .. import config as config_mod
 def cmd_plan(args) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from .estimate import ARCH_SUFFIX, job_counts, plan, table, table4_backbones
+    from .estimate import job_counts, plan, table, table4_backbones
 
     cfg = config_mod.from_args(args)
     if args.set:
@@ -19,7 +19,7 @@ def cmd_plan(args) -> int:
         dry_run = pool.submit(job_counts, args.config, args.targets)
         backbones = table4_backbones(cfg)
         counts = dry_run.result()
-    p = plan(cfg, counts, backbones if any(r.endswith(ARCH_SUFFIX) for r in counts) else None)
+    p = plan(cfg, counts, backbones)
     print(json.dumps(p, indent=1) if args.json else table(p))
     return 0
 

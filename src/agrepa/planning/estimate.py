@@ -20,15 +20,15 @@ read for: :func:`agrepa.teachers.readers.embedded_domains`) :func:`teacher_store
 ``train_branch`` :func:`checkpoint_bytes` (``last.pt`` and ``final.pt`` the full training state, a
 branch's ``train.snapshot_fractions`` snapshots the EMA weights); ``tokens_encode_part`` (``shards.encode``
 parts per token config of ``token_configs``) :func:`token_store_bytes_per_clip`; ``sample`` PCM_16 wav +
-float32 mel of ``sample.max_clips`` clips.
+float32 mel of ``sample.max_clips`` clips. Other rules: not estimated (``-``; most write CSV / JSON).
 
 Table 4's backbones (``train_warmup_arch``, ``train_branch_arch``: the backbones of
 ``report.table4.architectures`` other than ``model.arch``, as many jobs each): one training step's
 FLOPs as ``torch.utils.flop_counter.FlopCounterMode`` counts the backbone's forward and backward on the
 ``meta`` device (no memory, no arithmetic) at ``model.<arch>``'s sizes, on 2 rows of the crop
-(FLOPs are linear in the rows) with ``crop_seconds x tokens.speech.onnx_token_rate`` tokens;
+(FLOPs are linear in the rows) with ``crop_seconds`` x the speech stream's :func:`token_rate` tokens;
 a job's GPU-hours and checkpoint bytes are the mean over those backbones. The ``*_arch`` variants of
-the other rules take their parent rule's resources, ``plan.job_gpu_hours`` and disk. Other rules: not estimated (``-``; most write CSV / JSON). Peak memory
+the other rules take their parent rule's resources, ``plan.job_gpu_hours`` and disk. Peak memory
 per job: the ``mem_mb`` the job requests (``resources``, per node), and for the DiT training jobs
 an analytic GPU-memory estimate per GPU (:func:`train_gpu_memory_bytes`)."""
 from __future__ import annotations
@@ -100,6 +100,11 @@ def train_step_flops(cfg: dict) -> int:
     return 3 * forward_flops(dims(cfg), int(cfg["train"]["batch_size"]), crop_frames(cfg))["total"]
 
 
+def config_a_vocab(cfg: dict) -> int:
+    """Config A's vocabulary: the padding id + ``tokens.speech.k`` + ``tokens.audio.k``."""
+    return 1 + int(cfg["tokens"]["speech"]["k"]) + int(cfg["tokens"]["audio"]["k"])
+
+
 def dit_params(cfg: dict) -> int:
     """Parameters of the config's DiT (Config A's vocabulary: 1 + tokens.speech.k + tokens.audio.k),
     built on the meta device (no memory); the REPA / BiT-C heads are not counted."""
@@ -108,9 +113,8 @@ def dit_params(cfg: dict) -> int:
     from ..model.dit import build_model
     from ..model.layers import n_params
 
-    vocab = 1 + int(cfg["tokens"]["speech"]["k"]) + int(cfg["tokens"]["audio"]["k"])
     with torch.device("meta"):
-        return n_params(build_model(cfg, vocab))
+        return n_params(build_model(cfg, config_a_vocab(cfg)))
 
 
 def mel_bytes_per_second(cfg: dict) -> float:
@@ -175,12 +179,11 @@ def backbone_step(cfg: dict, arch: str) -> dict:
 
     c = copy.deepcopy(cfg)
     c["model"]["arch"] = arch
-    vocab = 1 + int(cfg["tokens"]["speech"]["k"]) + int(cfg["tokens"]["audio"]["k"])
     rows, T = 2, crop_frames(cfg)
-    N = math.ceil(float(cfg["train"]["crop_seconds"]) * float(cfg["tokens"]["speech"]["onnx_token_rate"]) - 1e-9)
+    N = math.ceil(float(cfg["train"]["crop_seconds"]) * token_rate(cfg, "speech") - 1e-9)
     n_mels = int(cfg["audio"]["n_mels"])
     with torch.device("meta"):
-        m = build_model(c, vocab).train()
+        m = build_model(c, config_a_vocab(cfg)).train()
     x, t = torch.empty(rows, T, n_mels, device="meta"), torch.empty(rows, device="meta")
     tokens = torch.zeros(rows, N, dtype=torch.long, device="meta")
     prompt = torch.empty(rows, T, n_mels, device="meta")
@@ -301,8 +304,8 @@ def parse_job_stats(output: str) -> dict[str, int]:
 def plan(cfg: dict, counts: dict[str, int], backbones: dict[str, dict] | None = None) -> dict:
     """Per rule: jobs, GPUs per job, GPU-hours per job and in all, wall-clock per job, the runtime
     limit per job (minutes) and the submissions a job needs within it; with ``total``.
-    ``backbones``: :func:`table4_backbones` (counted here when Table 4's training rules are planned
-    and it is None)."""
+    ``backbones``: :func:`table4_backbones`, read by Table 4's training rules only (counted here when
+    those are planned and it is None)."""
     pc, rc = cfg["plan"], cfg["resources"]
     rate = float(pc["mfu"]) * float(pc["peak_tflops"]) * 1e12            # FLOP/s achieved per GPU
     step = train_step_flops(cfg)
